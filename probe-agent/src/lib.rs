@@ -1,0 +1,17 @@
+//! netprobe's agent: loads the kernel program onto pod veths, turns its events into
+//! per-connection verdicts and serves them over HTTP.
+//!
+//! Data flows one way through one module per concern:
+//! `loader`/`attach` (kernel side) → `decode` (wire bytes → typed packets) →
+//! `track` (per-flow state machine → verdicts) → `serve` (HTTP API) and `metrics`.
+
+pub mod attach;
+pub mod config;
+pub mod decode;
+pub mod loader;
+pub mod metrics;
+pub mod model;
+pub mod observe;
+pub mod run;
+pub mod serve;
+pub mod track;

@@ -1,0 +1,264 @@
+//! The values netprobe reports: verdicts, flow events, interfaces. These are the JSON
+//! shapes of the HTTP API (DESIGN.md, "HTTP API (v1)") and what `observe` reads back.
+
+use std::{fmt, net::IpAddr, str::FromStr};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Transport protocol of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        }
+    }
+}
+
+/// A 5-tuple oriented client → server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Flow {
+    pub protocol: Protocol,
+    pub src_ip: IpAddr,
+    pub src_port: u16,
+    pub dst_ip: IpAddr,
+    pub dst_port: u16,
+}
+
+impl fmt::Display for Flow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = |ip: &IpAddr, port: u16| match ip {
+            IpAddr::V4(v4) => format!("{v4}:{port}"),
+            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        };
+        write!(
+            f,
+            "{} -> {} {}",
+            side(&self.src_ip, self.src_port),
+            side(&self.dst_ip, self.dst_port),
+            self.protocol.as_str()
+        )
+    }
+}
+
+/// What happened to a flow (DESIGN.md, "The failures it must recognise").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VerdictKind {
+    Ok,
+    Pending,
+    Timeout,
+    Refused,
+    Reset,
+    Unreachable,
+    Nxdomain,
+    Servfail,
+    DnsRefused,
+    /// A DNS error rcode other than NXDOMAIN, SERVFAIL or REFUSED (FORMERR, NOTIMP, ...).
+    DnsError,
+    DnsTimeout,
+}
+
+impl VerdictKind {
+    pub const ALL: [VerdictKind; 11] = [
+        Self::Ok,
+        Self::Pending,
+        Self::Timeout,
+        Self::Refused,
+        Self::Reset,
+        Self::Unreachable,
+        Self::Nxdomain,
+        Self::Servfail,
+        Self::DnsRefused,
+        Self::DnsError,
+        Self::DnsTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "OK",
+            Self::Pending => "PENDING",
+            Self::Timeout => "TIMEOUT",
+            Self::Refused => "REFUSED",
+            Self::Reset => "RESET",
+            Self::Unreachable => "UNREACHABLE",
+            Self::Nxdomain => "NXDOMAIN",
+            Self::Servfail => "SERVFAIL",
+            Self::DnsRefused => "DNS_REFUSED",
+            Self::DnsError => "DNS_ERROR",
+            Self::DnsTimeout => "DNS_TIMEOUT",
+        }
+    }
+
+    /// A verdict that is not expected to change without new packets.
+    pub fn is_final(self) -> bool {
+        self != Self::Pending
+    }
+
+    pub fn is_failure(self) -> bool {
+        !matches!(self, Self::Ok | Self::Pending)
+    }
+}
+
+impl fmt::Display for VerdictKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown verdict {0:?} (expected one of OK, PENDING, TIMEOUT, REFUSED, RESET, UNREACHABLE, NXDOMAIN, SERVFAIL, DNS_REFUSED, DNS_ERROR, DNS_TIMEOUT)")]
+pub struct UnknownVerdict(pub String);
+
+impl FromStr for VerdictKind {
+    type Err = UnknownVerdict;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_uppercase();
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == wanted)
+            .ok_or_else(|| UnknownVerdict(s.to_string()))
+    }
+}
+
+/// Packet counts of one flow, as the kernel counted them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub syn: u64,
+    pub syn_ack: u64,
+    pub rst: u64,
+    pub icmp_unreachable: u64,
+    pub dns_queries: u64,
+    pub dns_responses: u64,
+}
+
+/// Kubernetes identity of one end of a flow; `null` in JSON where nothing is known.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub workload: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub service: Option<String>,
+}
+
+/// The DNS transaction that decided a DNS flow's verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsSummary {
+    pub id: u16,
+    /// Fully qualified, with the trailing dot.
+    pub qname: String,
+    pub qtype: String,
+    /// `null` while no response has been seen.
+    pub rcode: Option<String>,
+}
+
+/// The current verdict of one tracked 5-tuple (`GET /v1/verdicts`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub flow: Flow,
+    pub verdict: VerdictKind,
+    pub reason: String,
+    pub counts: Counts,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// Host-side interface the flow was counted on.
+    pub interface: String,
+    pub src: Option<Endpoint>,
+    pub dst: Option<Endpoint>,
+    pub dns: Option<DnsSummary>,
+}
+
+/// What a flow event records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FlowEventKind {
+    Syn,
+    SynAck,
+    Rst,
+    IcmpUnreachable,
+    DnsQuery,
+    DnsResponse,
+    /// No packet: a timeout expired and changed the verdict.
+    Timeout,
+}
+
+impl FlowEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Syn => "SYN",
+            Self::SynAck => "SYN_ACK",
+            Self::Rst => "RST",
+            Self::IcmpUnreachable => "ICMP_UNREACHABLE",
+            Self::DnsQuery => "DNS_QUERY",
+            Self::DnsResponse => "DNS_RESPONSE",
+            Self::Timeout => "TIMEOUT",
+        }
+    }
+}
+
+/// One entry of the recent-event ring (`GET /v1/flows`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowEvent {
+    pub time: DateTime<Utc>,
+    pub flow: Flow,
+    pub event: FlowEventKind,
+    /// The flow's verdict after this event.
+    pub verdict: VerdictKind,
+    pub reason: String,
+    pub interface: String,
+    pub src: Option<Endpoint>,
+    pub dst: Option<Endpoint>,
+    pub dns: Option<DnsSummary>,
+}
+
+/// How an interface's programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// BPF links on the TCX hooks (kernel ≥ 6.6); they die with the agent.
+    Tcx,
+    /// Filters on a clsact qdisc, through netlink.
+    Clsact,
+}
+
+/// One attached interface (`GET /v1/interfaces`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub ifindex: u32,
+    pub mode: AttachMode,
+    pub attached_at: DateTime<Utc>,
+    /// Events received from this interface since it was attached.
+    pub events: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_names_parse_case_insensitively_and_reject_unknown() {
+        assert_eq!("timeout".parse::<VerdictKind>(), Ok(VerdictKind::Timeout));
+        assert_eq!("DNS_REFUSED".parse::<VerdictKind>(), Ok(VerdictKind::DnsRefused));
+        assert!("TIMEOUTS".parse::<VerdictKind>().is_err());
+        for kind in VerdictKind::ALL {
+            assert_eq!(kind.as_str().parse::<VerdictKind>(), Ok(kind));
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+        }
+    }
+}

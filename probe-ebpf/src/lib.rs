@@ -1,0 +1,239 @@
+//! The wire contract between netprobe's kernel program and its agent.
+//!
+//! Everything here is `#[repr(C)]` with fixed-width fields and explicit padding, so the
+//! kernel and userspace agree on every byte. Enums travel as `u32` and are decoded with
+//! `TryFrom`, never transmuted. Bump [`WIRE_VERSION`] whenever a layout changes.
+#![no_std]
+
+/// Format version carried in every [`PacketEvent`]; the agent rejects other versions.
+pub const WIRE_VERSION: u32 = 1;
+
+/// BPF ring buffer of [`PacketEvent`]s.
+pub const EVENTS_MAP: &str = "NETPROBE_EVENTS";
+/// LRU hash map [`FlowKey`] → [`FlowCounters`]: exact counts even when events are lost.
+pub const FLOW_COUNTS_MAP: &str = "NETPROBE_FLOW_COUNTS";
+/// LRU hash map of IPs seen leaving a pod veth (16-byte address → ifindex).
+pub const LOCAL_ENDPOINTS_MAP: &str = "NETPROBE_LOCAL_ENDPOINTS";
+/// Per-CPU array of [`LossCounter`] slots: events the kernel could not hand over.
+pub const LOSSES_MAP: &str = "NETPROBE_LOSSES";
+
+/// Program attached at the ingress hook of a host-side veth (packets leaving the pod).
+pub const INGRESS_PROGRAM: &str = "netprobe_ingress";
+/// Program attached at the egress hook of a host-side veth (packets entering the pod).
+pub const EGRESS_PROGRAM: &str = "netprobe_egress";
+/// A classifier that does nothing: the baseline `cargo xtask bench` compares against.
+pub const EMPTY_PROGRAM: &str = "netprobe_empty";
+
+/// Bytes of each interesting packet copied into its event, from the Ethernet header on.
+/// Enough for Ethernet + two VLAN tags + IPv6 + UDP + a DNS header and a 255-byte name,
+/// or an ICMPv6 error with the embedded IPv6 and transport headers.
+pub const CAPTURE_BYTES: usize = 448;
+
+/// Default sizes; the agent may override them at load time.
+pub const EVENTS_RING_BYTES: u32 = 4 << 20;
+pub const FLOW_COUNTS_ENTRIES: u32 = 65_536;
+pub const LOCAL_ENDPOINTS_ENTRIES: u32 = 16_384;
+
+/// What made a packet interesting. Ids are fixed and never reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Syn = 1,
+    SynAck = 2,
+    Rst = 3,
+    IcmpUnreachable = 4,
+    DnsQuery = 5,
+    DnsResponse = 6,
+}
+
+/// An unknown event kind id came over the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownEventKind(pub u32);
+
+impl TryFrom<u32> for EventKind {
+    type Error = UnknownEventKind;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Ok(match value {
+            1 => Self::Syn,
+            2 => Self::SynAck,
+            3 => Self::Rst,
+            4 => Self::IcmpUnreachable,
+            5 => Self::DnsQuery,
+            6 => Self::DnsResponse,
+            other => return Err(UnknownEventKind(other)),
+        })
+    }
+}
+
+/// Which hook of the host-side veth saw the packet.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Ingress of the host-side veth: the packet leaves the pod.
+    FromPod = 0,
+    /// Egress of the host-side veth: the packet enters the pod.
+    ToPod = 1,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownDirection(pub u32);
+
+impl TryFrom<u32> for Direction {
+    type Error = UnknownDirection;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        match value {
+            0 => Ok(Self::FromPod),
+            1 => Ok(Self::ToPod),
+            other => Err(UnknownDirection(other)),
+        }
+    }
+}
+
+/// IP protocol numbers used in [`FlowKey::protocol`].
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// A connection's 5-tuple, always oriented client → server (the side that sent the
+/// SYN or the DNS query is `src`). IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// Ports in host byte order.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// The same connection seen from the other end.
+    #[inline(always)]
+    pub fn reversed(&self) -> Self {
+        Self {
+            src_addr: self.dst_addr,
+            dst_addr: self.src_addr,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Per-flow packet counts kept by the kernel. Updated with atomic adds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowCounters {
+    pub syn: u64,
+    pub syn_ack: u64,
+    pub rst: u64,
+    pub icmp_unreachable: u64,
+    pub dns_queries: u64,
+    pub dns_responses: u64,
+    pub dns_nxdomain: u64,
+    pub dns_servfail: u64,
+    pub dns_refused: u64,
+    pub dns_other_error: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the first and latest counted packet.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+/// Slots of [`LOSSES_MAP`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossCounter {
+    /// `bpf_ringbuf_reserve` failed: the ring buffer was full.
+    RingFull = 0,
+    /// The flow counter map could not take a new entry.
+    CountsUpdate = 1,
+}
+pub const LOSS_COUNTERS: u32 = 2;
+
+/// One interesting packet, as handed to userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PacketEvent {
+    /// [`WIRE_VERSION`].
+    pub version: u32,
+    /// [`EventKind`] id.
+    pub kind: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the packet was seen.
+    pub timestamp_ns: u64,
+    /// The flow this packet was counted on (client → server).
+    pub flow: FlowKey,
+    /// Interface the packet was seen on (`skb->ifindex`).
+    pub ifindex: u32,
+    /// [`Direction`] id.
+    pub direction: u32,
+    /// Full length of the packet (`skb->len`).
+    pub packet_len: u32,
+    /// Bytes of `data` that hold packet bytes (≤ [`CAPTURE_BYTES`]).
+    pub captured_len: u32,
+    /// Leading bytes of the packet, from the Ethernet header.
+    pub data: [u8; CAPTURE_BYTES],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain old data: repr(C), integer fields only, no implicit padding
+    // (checked by the layout tests below).
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowCounters {}
+    unsafe impl aya::Pod for super::PacketEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);
+        assert_eq!(size_of::<FlowCounters>(), 12 * 8);
+        assert_eq!(
+            size_of::<PacketEvent>(),
+            4 + 4 + 8 + size_of::<FlowKey>() + 4 * 4 + CAPTURE_BYTES
+        );
+        assert_eq!(size_of::<PacketEvent>() % 8, 0, "ring buffer records are 8-aligned");
+    }
+
+    #[test]
+    fn event_kinds_round_trip_and_unknown_ids_are_errors() {
+        for kind in [
+            EventKind::Syn,
+            EventKind::SynAck,
+            EventKind::Rst,
+            EventKind::IcmpUnreachable,
+            EventKind::DnsQuery,
+            EventKind::DnsResponse,
+        ] {
+            assert_eq!(EventKind::try_from(kind as u32), Ok(kind));
+        }
+        assert_eq!(EventKind::try_from(0), Err(UnknownEventKind(0)));
+        assert_eq!(EventKind::try_from(7), Err(UnknownEventKind(7)));
+        assert_eq!(Direction::try_from(2), Err(UnknownDirection(2)));
+    }
+
+    #[test]
+    fn reversed_swaps_ends() {
+        let key = FlowKey {
+            src_addr: [1; 16],
+            dst_addr: [2; 16],
+            src_port: 40000,
+            dst_port: 53,
+            protocol: IPPROTO_UDP,
+            _pad: [0; 3],
+        };
+        let back = key.reversed();
+        assert_eq!(back.src_addr, [2; 16]);
+        assert_eq!(back.dst_port, 40000);
+        assert_eq!(back.reversed(), key);
+    }
+}
