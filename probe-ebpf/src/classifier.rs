@@ -1,0 +1,540 @@
+//! The classifier itself. Entry points are thin; `classify` does the work and any
+//! parse failure simply means "not interesting": the packet is always passed on.
+
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    mem::size_of,
+};
+
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC,
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use probe_ebpf::{
+    Direction, EVENTS_RING_BYTES, EventKind, FLOW_COUNTS_ENTRIES, FlowCounters,
+    FlowKey, IPPROTO_TCP, IPPROTO_UDP, LOCAL_ENDPOINTS_ENTRIES, LOSS_COUNTERS, LossCounter,
+    PacketEvent, WIRE_VERSION,
+};
+
+#[map]
+static NETPROBE_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+#[map]
+static NETPROBE_FLOW_COUNTS: LruHashMap<FlowKey, FlowCounters> =
+    LruHashMap::with_max_entries(FLOW_COUNTS_ENTRIES, 0);
+
+/// Addresses seen leaving a pod veth: the pods of this node. Lets the program count a
+/// flow between two local pods once (at the client's veth) instead of at both veths.
+#[map]
+static NETPROBE_LOCAL_ENDPOINTS: LruHashMap<[u8; 16], u32> =
+    LruHashMap::with_max_entries(LOCAL_ENDPOINTS_ENTRIES, 0);
+
+#[map]
+static NETPROBE_LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_COUNTERS, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_RST: u8 = 0x04;
+const TCP_FLAG_ACK: u8 = 0x10;
+
+const DNS_PORT: u16 = 53;
+const DNS_HEADER_LEN: usize = 12;
+
+/// ICMP "fragmentation needed" (RFC 1191) is path-MTU discovery, not a failure.
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+
+/// IPv6 extension headers walked before giving up (RFC 8200 §4.1 recommends an order
+/// where a packet rarely has more than a few).
+const MAX_IPV6_EXTENSIONS: usize = 6;
+
+/// Bytes made linear by `bpf_skb_pull_data` when headers straddle the linear part.
+const PULL_BYTES: u32 = 256;
+
+/// BPF_NOEXIST: create the counter entry only if another CPU has not just done so.
+const BPF_NOEXIST: u64 = 1;
+
+#[classifier]
+pub fn netprobe_ingress(ctx: TcContext) -> i32 {
+    observe(&ctx, Direction::FromPod);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn netprobe_egress(ctx: TcContext) -> i32 {
+    observe(&ctx, Direction::ToPod);
+    TC_ACT_UNSPEC
+}
+
+/// The baseline for `cargo xtask bench`: a classifier that does nothing.
+#[classifier]
+pub fn netprobe_empty(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn observe(ctx: &TcContext, direction: Direction) {
+    if let Err(ParseError::NotLinear) = classify(ctx, direction) {
+        // Headers beyond the linear part (rare on veth): make them linear once, retry.
+        if ctx.pull_data(PULL_BYTES.min(ctx.len())).is_ok() {
+            let _ = classify(ctx, direction);
+        }
+    }
+}
+
+enum ParseError {
+    /// The bytes are in the packet but not in its linear part.
+    NotLinear,
+    /// Truncated, not IP, or not a packet we care about.
+    Uninteresting,
+}
+
+/// Returns a pointer to a `T` at `offset` in the packet, bounds-checked for the verifier.
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, ParseError> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return Err(if offset + size_of::<T>() <= ctx.len() as usize {
+            ParseError::NotLinear
+        } else {
+            ParseError::Uninteresting
+        });
+    }
+    Ok((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn u8_at(ctx: &TcContext, offset: usize) -> Result<u8, ParseError> {
+    Ok(unsafe { *ptr_at::<u8>(ctx, offset)? })
+}
+
+#[inline(always)]
+fn be16_at(ctx: &TcContext, offset: usize) -> Result<u16, ParseError> {
+    Ok(u16::from_be_bytes(unsafe { *ptr_at::<[u8; 2]>(ctx, offset)? }))
+}
+
+/// Where a packet's addresses are, as offsets: read only once the packet matters, to
+/// keep the BPF stack small.
+#[derive(Clone, Copy)]
+struct Addrs {
+    src: usize,
+    dst: usize,
+    v6: bool,
+}
+
+/// Writes the address at `offset` as 16 bytes; IPv4 as IPv4-mapped IPv6
+/// (RFC 4291 §2.5.5.2) so one key type serves both families.
+#[inline(always)]
+fn read_addr(ctx: &TcContext, offset: usize, v6: bool, out: &mut [u8; 16]) -> Result<(), ParseError> {
+    if v6 {
+        *out = unsafe { *ptr_at::<[u8; 16]>(ctx, offset)? };
+    } else {
+        let v4 = unsafe { *ptr_at::<[u8; 4]>(ctx, offset)? };
+        *out = [0; 16];
+        out[10] = 0xff;
+        out[11] = 0xff;
+        out[12..16].copy_from_slice(&v4);
+    }
+    Ok(())
+}
+
+/// Network-layer facts of a packet.
+#[derive(Clone, Copy)]
+struct L3 {
+    addrs: Addrs,
+    protocol: u8,
+    /// Offset of the transport header.
+    l4: usize,
+}
+
+/// What the packet means for a flow.
+struct Interesting {
+    kind: EventKind,
+    /// The flow's addresses: the packet's own, or those of the packet an ICMP error quotes.
+    addrs: Addrs,
+    src_port: u16,
+    dst_port: u16,
+    protocol: u8,
+    /// The packet goes server → client: the flow key is the reverse of what it carries.
+    reversed: bool,
+    dns_rcode: u8,
+}
+
+// A BPF-to-BPF call rather than inlined: `observe` may call it twice.
+#[inline(never)]
+fn classify(ctx: &TcContext, direction: Direction) -> Result<(), ParseError> {
+    let l3 = parse_l3(ctx)?;
+    let interesting = match l3.protocol {
+        IPPROTO_TCP => parse_tcp(ctx, &l3)?,
+        IPPROTO_UDP => parse_dns(ctx, &l3)?,
+        IPPROTO_ICMP => parse_icmp_unreachable(ctx, &l3, false)?,
+        IPPROTO_ICMPV6 => parse_icmp_unreachable(ctx, &l3, true)?,
+        _ => return Err(ParseError::Uninteresting),
+    };
+    record(ctx, direction, &l3, &interesting)
+}
+
+#[inline(always)]
+fn parse_l3(ctx: &TcContext) -> Result<L3, ParseError> {
+    let mut offset = ETH_HLEN;
+    let mut ether_type = be16_at(ctx, 12)?;
+    // Up to two VLAN tags (802.1ad outer, 802.1Q inner).
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        ether_type = be16_at(ctx, offset + 2)?;
+        offset += 4;
+        if ether_type == ETH_P_8021Q {
+            ether_type = be16_at(ctx, offset + 2)?;
+            offset += 4;
+        }
+    }
+    match ether_type {
+        ETH_P_IP => {
+            let version_ihl = u8_at(ctx, offset)?;
+            let header_len = usize::from(version_ihl & 0x0f) * 4;
+            if version_ihl >> 4 != 4 || header_len < 20 {
+                return Err(ParseError::Uninteresting);
+            }
+            // Only the first fragment carries the transport header (RFC 791).
+            if be16_at(ctx, offset + 6)? & 0x1fff != 0 {
+                return Err(ParseError::Uninteresting);
+            }
+            Ok(L3 {
+                addrs: Addrs {
+                    src: offset + 12,
+                    dst: offset + 16,
+                    v6: false,
+                },
+                protocol: u8_at(ctx, offset + 9)?,
+                l4: offset + header_len,
+            })
+        }
+        ETH_P_IPV6 => {
+            if u8_at(ctx, offset)? >> 4 != 6 {
+                return Err(ParseError::Uninteresting);
+            }
+            let mut next = u8_at(ctx, offset + 6)?;
+            let mut l4 = offset + 40;
+            for _ in 0..MAX_IPV6_EXTENSIONS {
+                match next {
+                    // Hop-by-hop, routing, destination options: length in 8-octet units
+                    // not counting the first 8 (RFC 8200 §4.3-4.6).
+                    0 | 43 | 60 => {
+                        let len = (usize::from(u8_at(ctx, l4 + 1)?) + 1) * 8;
+                        next = u8_at(ctx, l4)?;
+                        l4 += len;
+                    }
+                    // Fragment header: only the first fragment has the transport header.
+                    44 => {
+                        if be16_at(ctx, l4 + 2)? & 0xfff8 != 0 {
+                            return Err(ParseError::Uninteresting);
+                        }
+                        next = u8_at(ctx, l4)?;
+                        l4 += 8;
+                    }
+                    // Authentication header: length in 4-octet units minus 2 (RFC 4302 §2.2).
+                    51 => {
+                        let len = (usize::from(u8_at(ctx, l4 + 1)?) + 2) * 4;
+                        next = u8_at(ctx, l4)?;
+                        l4 += len;
+                    }
+                    _ => break,
+                }
+            }
+            Ok(L3 {
+                addrs: Addrs {
+                    src: offset + 8,
+                    dst: offset + 24,
+                    v6: true,
+                },
+                protocol: next,
+                l4,
+            })
+        }
+        _ => Err(ParseError::Uninteresting),
+    }
+}
+
+#[inline(always)]
+fn parse_tcp(ctx: &TcContext, l3: &L3) -> Result<Interesting, ParseError> {
+    let flags = u8_at(ctx, l3.l4 + 13)?;
+    // The fast path: plain data and ACKs end here, before any port or map work.
+    if flags & (TCP_FLAG_SYN | TCP_FLAG_RST) == 0 {
+        return Err(ParseError::Uninteresting);
+    }
+    let kind = if flags & TCP_FLAG_RST != 0 {
+        EventKind::Rst
+    } else if flags & TCP_FLAG_ACK != 0 {
+        EventKind::SynAck
+    } else {
+        EventKind::Syn
+    };
+    Ok(Interesting {
+        kind,
+        addrs: l3.addrs,
+        src_port: be16_at(ctx, l3.l4)?,
+        dst_port: be16_at(ctx, l3.l4 + 2)?,
+        protocol: IPPROTO_TCP,
+        // A RST's orientation is decided against the flow table in `record`.
+        reversed: kind == EventKind::SynAck,
+        dns_rcode: 0,
+    })
+}
+
+#[inline(always)]
+fn parse_dns(ctx: &TcContext, l3: &L3) -> Result<Interesting, ParseError> {
+    let src_port = be16_at(ctx, l3.l4)?;
+    let dst_port = be16_at(ctx, l3.l4 + 2)?;
+    if src_port != DNS_PORT && dst_port != DNS_PORT {
+        return Err(ParseError::Uninteresting);
+    }
+    // RFC 1035 §4.1.1: byte 2 holds QR, byte 3 the RCODE. A payload too short for a
+    // DNS header is not DNS.
+    let dns = l3.l4 + 8;
+    u8_at(ctx, dns + DNS_HEADER_LEN - 1)?;
+    let is_response = u8_at(ctx, dns + 2)? & 0x80 != 0;
+    let rcode = u8_at(ctx, dns + 3)? & 0x0f;
+    Ok(Interesting {
+        kind: if is_response {
+            EventKind::DnsResponse
+        } else {
+            EventKind::DnsQuery
+        },
+        addrs: l3.addrs,
+        src_port,
+        dst_port,
+        protocol: IPPROTO_UDP,
+        reversed: is_response,
+        dns_rcode: if is_response { rcode } else { 0 },
+    })
+}
+
+/// ICMP/ICMPv6 destination unreachable: the flow is the quoted original packet, which
+/// the client sent (RFC 792 / RFC 4443 §3.1).
+#[inline(always)]
+fn parse_icmp_unreachable(ctx: &TcContext, l3: &L3, v6: bool) -> Result<Interesting, ParseError> {
+    let icmp_type = u8_at(ctx, l3.l4)?;
+    let code = u8_at(ctx, l3.l4 + 1)?;
+    let inner = l3.l4 + 8;
+    let quoted = if v6 {
+        if icmp_type != ICMPV6_DEST_UNREACH {
+            return Err(ParseError::Uninteresting);
+        }
+        L3 {
+            addrs: Addrs {
+                src: inner + 8,
+                dst: inner + 24,
+                v6: true,
+            },
+            protocol: u8_at(ctx, inner + 6)?,
+            l4: inner + 40,
+        }
+    } else {
+        if icmp_type != ICMP_DEST_UNREACH || code == ICMP_FRAG_NEEDED {
+            return Err(ParseError::Uninteresting);
+        }
+        let header_len = usize::from(u8_at(ctx, inner)? & 0x0f) * 4;
+        if header_len < 20 {
+            return Err(ParseError::Uninteresting);
+        }
+        L3 {
+            addrs: Addrs {
+                src: inner + 12,
+                dst: inner + 16,
+                v6: false,
+            },
+            protocol: u8_at(ctx, inner + 9)?,
+            l4: inner + header_len,
+        }
+    };
+    if quoted.protocol != IPPROTO_TCP && quoted.protocol != IPPROTO_UDP {
+        return Err(ParseError::Uninteresting);
+    }
+    let src_port = be16_at(ctx, quoted.l4)?;
+    let dst_port = be16_at(ctx, quoted.l4 + 2)?;
+    // UDP flows are DNS flows; other UDP is not tracked.
+    if quoted.protocol == IPPROTO_UDP && dst_port != DNS_PORT {
+        return Err(ParseError::Uninteresting);
+    }
+    Ok(Interesting {
+        kind: EventKind::IcmpUnreachable,
+        addrs: quoted.addrs,
+        src_port,
+        dst_port,
+        protocol: quoted.protocol,
+        reversed: false,
+        dns_rcode: 0,
+    })
+}
+
+#[inline(always)]
+fn reverse(key: &mut FlowKey) {
+    core::mem::swap(&mut key.src_addr, &mut key.dst_addr);
+    core::mem::swap(&mut key.src_port, &mut key.dst_port);
+}
+
+/// Counts the packet on its flow and hands it to userspace, unless the other veth of a
+/// pod-to-pod flow on this node is the one that counts it.
+#[inline(always)]
+fn record(
+    ctx: &TcContext,
+    direction: Direction,
+    l3: &L3,
+    packet: &Interesting,
+) -> Result<(), ParseError> {
+    let mut key = FlowKey {
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
+        protocol: packet.protocol,
+        ..FlowKey::default()
+    };
+    read_addr(ctx, packet.addrs.src, packet.addrs.v6, &mut key.src_addr)?;
+    read_addr(ctx, packet.addrs.dst, packet.addrs.v6, &mut key.dst_addr)?;
+    if packet.reversed {
+        reverse(&mut key);
+    } else if packet.kind == EventKind::Rst {
+        orient_rst(&mut key);
+    }
+
+    // The pod behind this veth: the sender of what leaves it, the receiver of what enters.
+    let mut pod_addr = [0u8; 16];
+    let pod_offset = match direction {
+        Direction::FromPod => l3.addrs.src,
+        Direction::ToPod => l3.addrs.dst,
+    };
+    read_addr(ctx, pod_offset, l3.addrs.v6, &mut pod_addr)?;
+    if direction == Direction::FromPod
+        && unsafe { NETPROBE_LOCAL_ENDPOINTS.get(&pod_addr) }.is_none()
+    {
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let _ = NETPROBE_LOCAL_ENDPOINTS.insert(&pod_addr, &ifindex, 0);
+    }
+    // A flow between two pods of this node crosses two veths: it is counted at the
+    // client's, so it is one flow with one set of counts.
+    if pod_addr != key.src_addr
+        && unsafe { NETPROBE_LOCAL_ENDPOINTS.get(&key.src_addr) }.is_some()
+    {
+        return Ok(());
+    }
+
+    let now = unsafe { bpf_ktime_get_ns() };
+    count(&key, packet.kind, packet.dns_rcode, now);
+    emit(ctx, direction, &key, packet.kind, now);
+    Ok(())
+}
+
+/// A RST can come from either end: count it on the flow the probe already knows, else
+/// take the end with the lower port for the server.
+#[inline(always)]
+fn orient_rst(key: &mut FlowKey) {
+    reverse(key);
+    if unsafe { NETPROBE_FLOW_COUNTS.get(&*key) }.is_some() {
+        return;
+    }
+    reverse(key);
+    if unsafe { NETPROBE_FLOW_COUNTS.get(&*key) }.is_some() || key.dst_port < key.src_port {
+        return;
+    }
+    reverse(key);
+}
+
+#[inline(always)]
+fn count(key: &FlowKey, kind: EventKind, rcode: u8, now: u64) {
+    let counters = match NETPROBE_FLOW_COUNTS.get_ptr_mut(key) {
+        Some(counters) => counters,
+        None => {
+            let fresh = FlowCounters {
+                first_seen_ns: now,
+                ..FlowCounters::default()
+            };
+            // Losing the race to another CPU is fine: its entry is used below.
+            let _ = NETPROBE_FLOW_COUNTS.insert(key, &fresh, BPF_NOEXIST);
+            match NETPROBE_FLOW_COUNTS.get_ptr_mut(key) {
+                Some(counters) => counters,
+                None => {
+                    add_loss(LossCounter::CountsUpdate);
+                    return;
+                }
+            }
+        }
+    };
+    let counters = unsafe { &mut *counters };
+    let field = match kind {
+        EventKind::Syn => &mut counters.syn,
+        EventKind::SynAck => &mut counters.syn_ack,
+        EventKind::Rst => &mut counters.rst,
+        EventKind::IcmpUnreachable => &mut counters.icmp_unreachable,
+        EventKind::DnsQuery => &mut counters.dns_queries,
+        EventKind::DnsResponse => &mut counters.dns_responses,
+    };
+    atomic_add(field);
+    if kind == EventKind::DnsResponse {
+        // RFC 1035 §4.1.1 and RFC 6895 §2.3 rcodes.
+        match rcode {
+            0 => {}
+            2 => atomic_add(&mut counters.dns_servfail),
+            3 => atomic_add(&mut counters.dns_nxdomain),
+            5 => atomic_add(&mut counters.dns_refused),
+            _ => atomic_add(&mut counters.dns_other_error),
+        }
+    }
+    counters.last_seen_ns = now;
+}
+
+#[inline(always)]
+fn atomic_add(counter: &mut u64) {
+    // The map value is shared by all CPUs: a BPF atomic add (the BPF target has no
+    // compare-and-swap, so `AtomicU64::fetch_add` is unavailable there).
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
+}
+
+#[inline(always)]
+fn add_loss(counter: LossCounter) {
+    if let Some(slot) = NETPROBE_LOSSES.get_ptr_mut(counter as u32) {
+        // Per-CPU slot: no other CPU writes it.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn emit(ctx: &TcContext, direction: Direction, key: &FlowKey, kind: EventKind, now: u64) {
+    let Some(mut entry) = NETPROBE_EVENTS.reserve::<PacketEvent>(0) else {
+        add_loss(LossCounter::RingFull);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    unsafe {
+        (*event).version = WIRE_VERSION;
+        (*event).kind = kind as u32;
+        (*event).timestamp_ns = now;
+        (*event).flow = *key;
+        (*event).ifindex = (*ctx.skb.skb).ifindex;
+        (*event).direction = direction as u32;
+        (*event).packet_len = ctx.len();
+        let captured = ctx.load_bytes(0, &mut (*event).data).unwrap_or(0);
+        (*event).captured_len = captured as u32;
+    }
+    entry.submit(0);
+}
+
+/// Required by the kernel to use GPL-only helpers; the program is dual-licensed.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
