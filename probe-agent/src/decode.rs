@@ -1,1 +1,508 @@
-//! placeholder
+//! Wire events → typed packets.
+//!
+//! The kernel hands over a fixed [`PacketEvent`] record: a header it filled in and the
+//! packet's leading bytes. The header's enums are decoded with `TryFrom` (never
+//! transmuted); the bytes are parsed again here with pnet, and DNS with hickory-proto,
+//! which keeps the kernel program small and lets the two parsers check each other.
+
+use std::{mem::size_of, net::IpAddr, time::Duration};
+
+use hickory_proto::{
+    op::{Header, Message, MessageType, ResponseCode},
+    serialize::binary::{BinDecodable, BinDecoder},
+};
+use pnet_packet::{
+    Packet as _,
+    ethernet::{EtherTypes, EthernetPacket},
+    icmp::{IcmpPacket, IcmpTypes},
+    icmpv6::{Icmpv6Packet, Icmpv6Types},
+    ip::{IpNextHeaderProtocol, IpNextHeaderProtocols},
+    ipv4::Ipv4Packet,
+    ipv6::{ExtensionPacket, FragmentPacket, Ipv6Packet},
+    tcp::{TcpFlags, TcpPacket},
+    udp::UdpPacket,
+    vlan::VlanPacket,
+};
+use probe_ebpf::{Direction, EventKind, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PacketEvent, WIRE_VERSION};
+
+use crate::model::{Flow, Protocol};
+
+/// Why a wire event could not be decoded. Each is counted, none is fatal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event of {0} bytes is shorter than the {expected}-byte record", expected = size_of::<PacketEvent>())]
+    Truncated(usize),
+    #[error("wire version {0}, this agent speaks version {WIRE_VERSION}")]
+    Version(u32),
+    #[error("unknown event kind {0}")]
+    Kind(u32),
+    #[error("unknown direction {0}")]
+    Direction(u32),
+    #[error("captured length {0} exceeds the record")]
+    CapturedLength(u32),
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+}
+
+/// One interesting packet, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packet {
+    pub kind: EventKind,
+    pub direction: Direction,
+    pub ifindex: u32,
+    /// CLOCK_MONOTONIC time the kernel saw it.
+    pub monotonic: Duration,
+    /// The flow the kernel counted it on (client → server).
+    pub flow: Flow,
+    pub key: FlowKey,
+    /// Set for DNS packets whose header could be read.
+    pub dns: Option<DnsPacket>,
+}
+
+/// What the agent needs of a DNS message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsPacket {
+    pub id: u16,
+    pub is_response: bool,
+    pub rcode: ResponseCode,
+    /// The first question, when the message parses in full.
+    pub qname: Option<String>,
+    pub qtype: Option<String>,
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(record: &[u8]) -> Result<Packet, DecodeError> {
+    if record.len() < size_of::<PacketEvent>() {
+        return Err(DecodeError::Truncated(record.len()));
+    }
+    // SAFETY: the length is checked above; PacketEvent is plain integers (aya::Pod),
+    // so every bit pattern is a valid value, and read_unaligned has no alignment needs.
+    let event = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<PacketEvent>()) };
+    if event.version != WIRE_VERSION {
+        return Err(DecodeError::Version(event.version));
+    }
+    let kind = EventKind::try_from(event.kind).map_err(|e| DecodeError::Kind(e.0))?;
+    let direction =
+        Direction::try_from(event.direction).map_err(|e| DecodeError::Direction(e.0))?;
+    let captured = usize::try_from(event.captured_len)
+        .ok()
+        .filter(|&n| n <= event.data.len())
+        .ok_or(DecodeError::CapturedLength(event.captured_len))?;
+    let flow = flow_from_key(&event.flow)?;
+    let parsed = parse_packet(&event.data[..captured])?;
+    check_agrees(kind, &flow, &parsed)?;
+    Ok(Packet {
+        kind,
+        direction,
+        ifindex: event.ifindex,
+        monotonic: Duration::from_nanos(event.timestamp_ns),
+        flow,
+        key: event.flow,
+        dns: parsed.dns,
+    })
+}
+
+/// A kernel flow key as an API flow. IPv4-mapped addresses become plain IPv4.
+pub fn flow_from_key(key: &FlowKey) -> Result<Flow, DecodeError> {
+    let protocol = match key.protocol {
+        IPPROTO_TCP => Protocol::Tcp,
+        IPPROTO_UDP => Protocol::Udp,
+        _ => return Err(DecodeError::Malformed("flow protocol is neither TCP nor UDP")),
+    };
+    let addr = |bytes: [u8; 16]| IpAddr::from(bytes).to_canonical();
+    Ok(Flow {
+        protocol,
+        src_ip: addr(key.src_addr),
+        src_port: key.src_port,
+        dst_ip: addr(key.dst_addr),
+        dst_port: key.dst_port,
+    })
+}
+
+/// What pnet makes of the captured bytes.
+#[derive(Debug, Default, PartialEq)]
+pub struct ParsedPacket {
+    /// The transport 5-tuple as carried: for ICMP errors, the quoted packet's.
+    pub tuple: Option<Flow>,
+    pub tcp_flags: Option<u8>,
+    pub icmp_unreachable: bool,
+    pub dns: Option<DnsPacket>,
+}
+
+/// Parses Ethernet (with up to two VLAN tags) → IPv4/IPv6 → TCP/UDP/ICMP(v6).
+pub fn parse_packet(bytes: &[u8]) -> Result<ParsedPacket, DecodeError> {
+    let ethernet =
+        EthernetPacket::new(bytes).ok_or(DecodeError::Malformed("truncated Ethernet header"))?;
+    let mut ether_type = ethernet.get_ethertype();
+    let mut payload = ethernet.payload();
+    for _ in 0..2 {
+        if ether_type != EtherTypes::Vlan && ether_type != EtherTypes::QinQ {
+            break;
+        }
+        let vlan = VlanPacket::new(payload).ok_or(DecodeError::Malformed("truncated VLAN tag"))?;
+        ether_type = vlan.get_ethertype();
+        // VlanPacket's payload borrows from the tag; re-slice the outer buffer instead.
+        payload = &payload[VlanPacket::minimum_packet_size()..];
+    }
+    let (src, dst, protocol, transport) = match ether_type {
+        EtherTypes::Ipv4 => ipv4_transport(payload)?,
+        EtherTypes::Ipv6 => ipv6_transport(payload)?,
+        _ => return Err(DecodeError::Malformed("not IPv4 or IPv6")),
+    };
+    transport_facts(src, dst, protocol, transport)
+}
+
+type Transport<'a> = (IpAddr, IpAddr, IpNextHeaderProtocol, &'a [u8]);
+
+fn ipv4_transport(bytes: &[u8]) -> Result<Transport<'_>, DecodeError> {
+    let ip = Ipv4Packet::new(bytes).ok_or(DecodeError::Malformed("truncated IPv4 header"))?;
+    let header_len = usize::from(ip.get_header_length()) * 4;
+    if header_len < Ipv4Packet::minimum_packet_size() || header_len > bytes.len() {
+        return Err(DecodeError::Malformed("bad IPv4 header length"));
+    }
+    if ip.get_fragment_offset() != 0 {
+        return Err(DecodeError::Malformed("IPv4 fragment without transport header"));
+    }
+    Ok((
+        ip.get_source().into(),
+        ip.get_destination().into(),
+        ip.get_next_level_protocol(),
+        &bytes[header_len..],
+    ))
+}
+
+fn ipv6_transport(bytes: &[u8]) -> Result<Transport<'_>, DecodeError> {
+    let ip = Ipv6Packet::new(bytes).ok_or(DecodeError::Malformed("truncated IPv6 header"))?;
+    let mut next = ip.get_next_header();
+    let mut rest = &bytes[Ipv6Packet::minimum_packet_size()..];
+    // Same walk as the kernel's: hop-by-hop, routing, destination options, fragment, AH.
+    for _ in 0..6 {
+        let len = match next {
+            IpNextHeaderProtocols::Hopopt
+            | IpNextHeaderProtocols::Ipv6Route
+            | IpNextHeaderProtocols::Ipv6Opts => {
+                let ext = ExtensionPacket::new(rest)
+                    .ok_or(DecodeError::Malformed("truncated IPv6 extension header"))?;
+                next = ext.get_next_header();
+                (usize::from(ext.get_hdr_ext_len()) + 1) * 8
+            }
+            IpNextHeaderProtocols::Ipv6Frag => {
+                let frag = FragmentPacket::new(rest)
+                    .ok_or(DecodeError::Malformed("truncated IPv6 fragment header"))?;
+                if frag.get_fragment_offset() != 0 {
+                    return Err(DecodeError::Malformed("IPv6 fragment without transport header"));
+                }
+                next = frag.get_next_header();
+                8
+            }
+            IpNextHeaderProtocols::Ah => {
+                let ext = ExtensionPacket::new(rest)
+                    .ok_or(DecodeError::Malformed("truncated IPv6 AH header"))?;
+                next = ext.get_next_header();
+                (usize::from(ext.get_hdr_ext_len()) + 2) * 4
+            }
+            _ => break,
+        };
+        rest = rest
+            .get(len..)
+            .ok_or(DecodeError::Malformed("IPv6 extension header overruns packet"))?;
+    }
+    Ok((
+        ip.get_source().into(),
+        ip.get_destination().into(),
+        next,
+        rest,
+    ))
+}
+
+fn transport_facts(
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: IpNextHeaderProtocol,
+    bytes: &[u8],
+) -> Result<ParsedPacket, DecodeError> {
+    let tuple = |protocol, src_port, dst_port| Flow {
+        protocol,
+        src_ip: src,
+        src_port,
+        dst_ip: dst,
+        dst_port,
+    };
+    match protocol {
+        IpNextHeaderProtocols::Tcp => {
+            let tcp = TcpPacket::new(bytes).ok_or(DecodeError::Malformed("truncated TCP header"))?;
+            Ok(ParsedPacket {
+                tuple: Some(tuple(Protocol::Tcp, tcp.get_source(), tcp.get_destination())),
+                tcp_flags: Some(tcp.get_flags()),
+                ..ParsedPacket::default()
+            })
+        }
+        IpNextHeaderProtocols::Udp => {
+            let udp = UdpPacket::new(bytes).ok_or(DecodeError::Malformed("truncated UDP header"))?;
+            Ok(ParsedPacket {
+                tuple: Some(tuple(Protocol::Udp, udp.get_source(), udp.get_destination())),
+                dns: decode_dns(&bytes[UdpPacket::minimum_packet_size()..]),
+                ..ParsedPacket::default()
+            })
+        }
+        IpNextHeaderProtocols::Icmp => {
+            let icmp =
+                IcmpPacket::new(bytes).ok_or(DecodeError::Malformed("truncated ICMP header"))?;
+            if icmp.get_icmp_type() != IcmpTypes::DestinationUnreachable {
+                return Err(DecodeError::Malformed("ICMP message is not destination-unreachable"));
+            }
+            quoted_packet(&bytes[8.min(bytes.len())..], false)
+        }
+        IpNextHeaderProtocols::Icmpv6 => {
+            let icmp =
+                Icmpv6Packet::new(bytes).ok_or(DecodeError::Malformed("truncated ICMPv6 header"))?;
+            if icmp.get_icmpv6_type() != Icmpv6Types::DestinationUnreachable {
+                return Err(DecodeError::Malformed("ICMPv6 message is not destination-unreachable"));
+            }
+            quoted_packet(&bytes[8.min(bytes.len())..], true)
+        }
+        _ => Err(DecodeError::Malformed("transport is not TCP, UDP, ICMP or ICMPv6")),
+    }
+}
+
+/// The packet an ICMP error quotes: its IP header and at least 8 bytes of transport
+/// header (RFC 792), enough for the ports.
+fn quoted_packet(bytes: &[u8], v6: bool) -> Result<ParsedPacket, DecodeError> {
+    let (src, dst, protocol, transport) = if v6 {
+        ipv6_transport(bytes)?
+    } else {
+        ipv4_transport(bytes)?
+    };
+    if transport.len() < 4 {
+        return Err(DecodeError::Malformed("ICMP quote too short for ports"));
+    }
+    let protocol = match protocol {
+        IpNextHeaderProtocols::Tcp => Protocol::Tcp,
+        IpNextHeaderProtocols::Udp => Protocol::Udp,
+        _ => return Err(DecodeError::Malformed("ICMP quotes neither TCP nor UDP")),
+    };
+    Ok(ParsedPacket {
+        tuple: Some(Flow {
+            protocol,
+            src_ip: src,
+            src_port: u16::from_be_bytes([transport[0], transport[1]]),
+            dst_ip: dst,
+            dst_port: u16::from_be_bytes([transport[2], transport[3]]),
+        }),
+        icmp_unreachable: true,
+        ..ParsedPacket::default()
+    })
+}
+
+/// Decodes a DNS message. The header alone is enough to match a response to its query
+/// and read its rcode; the question is added when the whole message parses.
+pub fn decode_dns(bytes: &[u8]) -> Option<DnsPacket> {
+    let header = Header::read(&mut BinDecoder::new(bytes)).ok()?;
+    let mut dns = DnsPacket {
+        id: header.id(),
+        is_response: header.message_type() == MessageType::Response,
+        rcode: header.response_code(),
+        qname: None,
+        qtype: None,
+    };
+    if let Ok(message) = Message::from_vec(bytes)
+        && let Some(query) = message.queries().first()
+    {
+        dns.qname = Some(query.name().to_string());
+        dns.qtype = Some(query.query_type().to_string());
+    }
+    Some(dns)
+}
+
+/// The kernel's flow key and event kind must agree with what pnet reads in the bytes.
+fn check_agrees(kind: EventKind, flow: &Flow, parsed: &ParsedPacket) -> Result<(), DecodeError> {
+    let tuple = parsed
+        .tuple
+        .ok_or(DecodeError::Malformed("no transport tuple"))?;
+    let reversed = Flow {
+        protocol: tuple.protocol,
+        src_ip: tuple.dst_ip,
+        src_port: tuple.dst_port,
+        dst_ip: tuple.src_ip,
+        dst_port: tuple.src_port,
+    };
+    let flags = parsed.tcp_flags.unwrap_or(0);
+    let kind_agrees = match kind {
+        EventKind::Syn => flags & (TcpFlags::SYN | TcpFlags::ACK | TcpFlags::RST) == TcpFlags::SYN,
+        EventKind::SynAck => {
+            flags & (TcpFlags::SYN | TcpFlags::ACK | TcpFlags::RST) == TcpFlags::SYN | TcpFlags::ACK
+        }
+        EventKind::Rst => flags & TcpFlags::RST != 0,
+        EventKind::IcmpUnreachable => parsed.icmp_unreachable,
+        EventKind::DnsQuery => parsed.dns.as_ref().is_some_and(|dns| !dns.is_response),
+        EventKind::DnsResponse => parsed.dns.as_ref().is_some_and(|dns| dns.is_response),
+    };
+    if !kind_agrees {
+        return Err(DecodeError::Malformed("event kind does not match the packet"));
+    }
+    let expected_orientation = match kind {
+        EventKind::Syn | EventKind::DnsQuery | EventKind::IcmpUnreachable => *flow == tuple,
+        EventKind::SynAck | EventKind::DnsResponse => *flow == reversed,
+        EventKind::Rst => *flow == tuple || *flow == reversed,
+    };
+    if !expected_orientation {
+        return Err(DecodeError::Malformed("kernel flow does not match the packet's tuple"));
+    }
+    Ok(())
+}
+
+/// Upper-case rcode name as DNS tools print it (NOERROR, NXDOMAIN, ...).
+pub fn rcode_name(rcode: ResponseCode) -> String {
+    match rcode {
+        ResponseCode::NoError => "NOERROR".into(),
+        ResponseCode::FormErr => "FORMERR".into(),
+        ResponseCode::ServFail => "SERVFAIL".into(),
+        ResponseCode::NXDomain => "NXDOMAIN".into(),
+        ResponseCode::NotImp => "NOTIMP".into(),
+        ResponseCode::Refused => "REFUSED".into(),
+        other => format!("RCODE{}", u16::from(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use hickory_proto::rr::RecordType;
+    use pnet_packet::ip::IpNextHeaderProtocols;
+
+    use super::*;
+    use crate::craft::{self, Frame, TcpFlags};
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn event(kind: EventKind, key: FlowKey, frame: &[u8]) -> Vec<u8> {
+        craft::wire_event(kind, key, Direction::FromPod, 5_000_000_000, frame)
+    }
+
+    #[test]
+    fn syn_through_vlan_tags_and_ip_options() {
+        let (client, server) = (addr("10.244.0.5:41234"), addr("10.96.45.123:8080"));
+        let frame = Frame {
+            vlans: vec![100, 200],
+            ipv4_options: 12,
+            ..Frame::default()
+        }
+        .tcp(client, server, TcpFlags::SYN);
+        let key = craft::flow_key(IPPROTO_TCP, client, server);
+        let packet = decode(&event(EventKind::Syn, key, &frame)).unwrap();
+        assert_eq!(packet.kind, EventKind::Syn);
+        assert_eq!(packet.flow.to_string(), "10.244.0.5:41234 -> 10.96.45.123:8080 TCP");
+        assert_eq!(packet.monotonic, Duration::from_secs(5));
+        assert_eq!(packet.ifindex, 7);
+    }
+
+    #[test]
+    fn syn_ack_is_counted_on_the_reversed_flow() {
+        let (client, server) = (addr("[fd00::5]:41234"), addr("[fd00::9]:443"));
+        let frame = Frame {
+            ipv6_hop_by_hop: true,
+            ..Frame::default()
+        }
+        .tcp(server, client, TcpFlags::SYN | TcpFlags::ACK);
+        let key = craft::flow_key(IPPROTO_TCP, client, server);
+        let packet = decode(&event(EventKind::SynAck, key, &frame)).unwrap();
+        assert_eq!(packet.flow.to_string(), "[fd00::5]:41234 -> [fd00::9]:443 TCP");
+        // The same bytes claimed for the unreversed flow are a disagreement.
+        let wrong = craft::flow_key(IPPROTO_TCP, server, client);
+        assert_eq!(
+            decode(&event(EventKind::SynAck, wrong, &frame)),
+            Err(DecodeError::Malformed("kernel flow does not match the packet's tuple"))
+        );
+        assert_eq!(
+            decode(&event(EventKind::Syn, key, &frame)),
+            Err(DecodeError::Malformed("event kind does not match the packet"))
+        );
+    }
+
+    #[test]
+    fn dns_query_and_response_carry_id_name_type_and_rcode() {
+        let (client, server) = (addr("10.244.0.5:5353"), addr("10.96.0.10:53"));
+        let name = "flagsmith-postgresql.flagsmith.svc.cluster.local.";
+        let key = craft::flow_key(IPPROTO_UDP, client, server);
+        let query = Frame::plain().udp(client, server, &craft::dns_query(4711, name, RecordType::A));
+        let packet = decode(&event(EventKind::DnsQuery, key, &query)).unwrap();
+        let dns = packet.dns.unwrap();
+        assert_eq!((dns.id, dns.is_response), (4711, false));
+        assert_eq!(dns.qname.as_deref(), Some(name));
+        assert_eq!(dns.qtype.as_deref(), Some("A"));
+
+        let response = Frame::plain().udp(
+            server,
+            client,
+            &craft::dns_response(4711, name, RecordType::AAAA, ResponseCode::NXDomain),
+        );
+        let packet = decode(&event(EventKind::DnsResponse, key, &response)).unwrap();
+        let dns = packet.dns.unwrap();
+        assert_eq!((dns.id, dns.is_response, dns.rcode), (4711, true, ResponseCode::NXDomain));
+        assert_eq!(dns.qtype.as_deref(), Some("AAAA"));
+        assert_eq!(rcode_name(dns.rcode), "NXDOMAIN");
+    }
+
+    #[test]
+    fn garbage_after_a_dns_header_keeps_the_header() {
+        let mut message = craft::dns_response(77, "x.cluster.local.", RecordType::A, ResponseCode::ServFail);
+        message.truncate(14);
+        let dns = decode_dns(&message).unwrap();
+        assert_eq!((dns.id, dns.rcode, dns.qname), (77, ResponseCode::ServFail, None));
+        assert_eq!(decode_dns(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn icmp_unreachable_names_the_quoted_flow() {
+        let (client, service) = (addr("10.244.0.5:40000"), addr("10.96.0.30:80"));
+        let original = Frame::plain().ipv4(
+            "10.244.0.5".parse().unwrap(),
+            "10.96.0.30".parse().unwrap(),
+            IpNextHeaderProtocols::Tcp,
+            &craft::tcp_segment(40000, 80, TcpFlags::SYN),
+        );
+        let frame = Frame::plain().icmp_unreachable(
+            "10.244.0.1".parse().unwrap(),
+            "10.244.0.5".parse().unwrap(),
+            3,
+            &original,
+        );
+        let key = craft::flow_key(IPPROTO_TCP, client, service);
+        let packet = decode(&event(EventKind::IcmpUnreachable, key, &frame)).unwrap();
+        assert_eq!(packet.flow.to_string(), "10.244.0.5:40000 -> 10.96.0.30:80 TCP");
+    }
+
+    #[test]
+    fn bad_records_are_errors_not_panics() {
+        let (client, server) = (addr("10.0.0.1:1"), addr("10.0.0.2:2"));
+        let key = craft::flow_key(IPPROTO_TCP, client, server);
+        let good = event(EventKind::Syn, key, &Frame::plain().tcp(client, server, TcpFlags::SYN));
+        assert_eq!(decode(&good[..100]), Err(DecodeError::Truncated(100)));
+        let mut bad = good.clone();
+        bad[0] = 9;
+        assert_eq!(decode(&bad), Err(DecodeError::Version(9)));
+        let mut bad = good.clone();
+        bad[4] = 42;
+        assert_eq!(decode(&bad), Err(DecodeError::Kind(42)));
+        let mut bad = good.clone();
+        let captured = 16 + size_of::<FlowKey>() + 12;
+        bad[captured..captured + 4].copy_from_slice(&10_000u32.to_ne_bytes());
+        assert_eq!(decode(&bad), Err(DecodeError::CapturedLength(10_000)));
+        // A runt frame: captured length shorter than an Ethernet header.
+        let runt = event(EventKind::Syn, key, &[0u8; 10]);
+        assert_eq!(decode(&runt), Err(DecodeError::Malformed("truncated Ethernet header")));
+        // An IPv4 fragment other than the first has no transport header.
+        let fragment = Frame {
+            fragment: Some((185, false)),
+            ..Frame::default()
+        }
+        .tcp(client, server, TcpFlags::SYN);
+        assert_eq!(
+            decode(&event(EventKind::Syn, key, &fragment)),
+            Err(DecodeError::Malformed("IPv4 fragment without transport header"))
+        );
+    }
+}

@@ -7,6 +7,7 @@
 
 pub mod attach;
 pub mod config;
+pub mod craft;
 pub mod decode;
 pub mod loader;
 pub mod metrics;

@@ -194,6 +194,8 @@ pub enum FlowEventKind {
     DnsResponse,
     /// No packet: a timeout expired and changed the verdict.
     Timeout,
+    /// No packet: counts the kernel made and whose events were lost were recovered.
+    Recovered,
 }
 
 impl FlowEventKind {
@@ -206,6 +208,7 @@ impl FlowEventKind {
             Self::DnsQuery => "DNS_QUERY",
             Self::DnsResponse => "DNS_RESPONSE",
             Self::Timeout => "TIMEOUT",
+            Self::Recovered => "RECOVERED",
         }
     }
 }

@@ -1,1 +1,727 @@
-//! placeholder
+//! Per-flow state machine: decoded packets and the passing of time → verdicts.
+//!
+//! Flows live in a bounded LRU table; recent events in a bounded ring. Timeouts are
+//! found by a sweep over a queue of deadlines (time only moves forward, so the queue is
+//! ordered by construction). Counts come from the events, and are topped up from the
+//! kernel's counter map when events were lost, so lost events never mean wrong counts.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    num::NonZeroUsize,
+    sync::Arc,
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use hickory_proto::op::ResponseCode;
+use lru::LruCache;
+use probe_ebpf::{EventKind, FlowCounters, FlowKey};
+use tokio::sync::broadcast;
+
+use crate::{
+    decode::{DnsPacket, Packet, flow_from_key, rcode_name},
+    metrics::{Metrics, PacketKind},
+    model::{Counts, DnsSummary, Flow, FlowEvent, FlowEventKind, Protocol, Verdict, VerdictKind},
+};
+
+/// Tracker settings (`probe-agent run` flags).
+#[derive(Clone, Debug)]
+pub struct TrackerConfig {
+    pub syn_timeout: Duration,
+    pub dns_timeout: Duration,
+    pub flow_capacity: NonZeroUsize,
+    pub event_capacity: NonZeroUsize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            syn_timeout: Duration::from_secs(3),
+            dns_timeout: Duration::from_secs(5),
+            flow_capacity: NonZeroUsize::new(65_536).expect("non-zero"),
+            event_capacity: NonZeroUsize::new(4096).expect("non-zero"),
+        }
+    }
+}
+
+/// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Wall-clock time at monotonic zero.
+    epoch: DateTime<Utc>,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let now = Utc::now();
+        Self {
+            epoch: now - monotonic_now(),
+        }
+    }
+
+    pub fn to_utc(&self, monotonic: Duration) -> DateTime<Utc> {
+        self.epoch + monotonic
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_now() -> Duration {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
+}
+
+/// How long a kernel count may run ahead of the events before the agent believes the
+/// missing events were lost rather than still on their way.
+const LOSS_GRACE: Duration = Duration::from_millis(500);
+
+/// Kernel flows unknown to the tracker are only recovered if seen this recently.
+const RECOVERY_WINDOW: Duration = Duration::from_secs(2);
+
+/// A DNS query still waiting for its response.
+#[derive(Clone, Debug)]
+struct PendingQuery {
+    id: u16,
+    qname: Option<String>,
+    qtype: Option<String>,
+    sent: Duration,
+}
+
+#[derive(Clone, Debug, Default)]
+struct DnsState {
+    pending: Vec<PendingQuery>,
+    /// The most recent failed transaction of this flow, with its verdict.
+    failure: Option<(VerdictKind, DnsSummary)>,
+    /// The most recent successful one.
+    success: Option<DnsSummary>,
+}
+
+/// Caps the queries remembered per flow: a flood of ids on one tuple stays bounded.
+const MAX_PENDING_QUERIES: usize = 16;
+
+#[derive(Clone, Debug)]
+struct FlowState {
+    flow: Flow,
+    generation: u64,
+    verdict: VerdictKind,
+    reason: String,
+    counts: Counts,
+    first_seen: Duration,
+    last_seen: Duration,
+    /// First SYN of the current connection attempt, and how many SYNs it has sent.
+    attempt_start: Option<Duration>,
+    attempt_syns: u64,
+    ifindex: u32,
+    dns: DnsState,
+}
+
+/// Everything the tracker knows. Shared behind a mutex by the event loop and the API.
+pub struct Tracker {
+    config: TrackerConfig,
+    clock: Clock,
+    flows: LruCache<FlowKey, FlowState>,
+    events: VecDeque<FlowEvent>,
+    events_tx: broadcast::Sender<FlowEvent>,
+    deadlines: VecDeque<(Duration, FlowKey, u64)>,
+    next_generation: u64,
+    interfaces: HashMap<u32, String>,
+    metrics: Arc<Metrics>,
+}
+
+impl Tracker {
+    pub fn new(config: TrackerConfig, clock: Clock, metrics: Arc<Metrics>) -> Self {
+        let (events_tx, _) = broadcast::channel(1024);
+        Self {
+            flows: LruCache::new(config.flow_capacity),
+            events: VecDeque::with_capacity(config.event_capacity.get()),
+            config,
+            clock,
+            events_tx,
+            deadlines: VecDeque::new(),
+            next_generation: 0,
+            interfaces: HashMap::new(),
+            metrics,
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<FlowEvent> {
+        self.events_tx.subscribe()
+    }
+
+    /// Names the interface behind an ifindex, for the `interface` field.
+    pub fn set_interface_name(&mut self, ifindex: u32, name: &str) {
+        self.interfaces.insert(ifindex, name.to_string());
+    }
+
+    pub fn flows_tracked(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Applies one decoded packet.
+    pub fn on_packet(&mut self, packet: &Packet) {
+        let now = packet.monotonic;
+        let (syn_timeout, dns_timeout) = (self.config.syn_timeout, self.config.dns_timeout);
+        let metrics = Arc::clone(&self.metrics);
+        let state = self.flow_entry(&packet.key, packet.flow, now, packet.ifindex);
+        state.last_seen = state.last_seen.max(now);
+        let before = state.verdict;
+        let mut deadline = None;
+        match packet.kind {
+            EventKind::Syn => {
+                state.counts.syn += 1;
+                metrics.packets(PacketKind::Syn, 1);
+                deadline = on_syn(state, now, syn_timeout);
+            }
+            EventKind::SynAck => {
+                state.counts.syn_ack += 1;
+                metrics.packets(PacketKind::SynAck, 1);
+                on_syn_ack(state, now);
+            }
+            EventKind::Rst => {
+                state.counts.rst += 1;
+                metrics.packets(PacketKind::Rst, 1);
+                on_rst(state, now);
+            }
+            EventKind::IcmpUnreachable => {
+                state.counts.icmp_unreachable += 1;
+                metrics.packets(PacketKind::IcmpUnreachable, 1);
+                on_icmp_unreachable(state);
+            }
+            EventKind::DnsQuery => {
+                state.counts.dns_queries += 1;
+                metrics.packets(PacketKind::DnsQuery, 1);
+                if let Some(dns) = &packet.dns {
+                    deadline = on_dns_query(state, dns, now, dns_timeout);
+                }
+            }
+            EventKind::DnsResponse => {
+                state.counts.dns_responses += 1;
+                metrics.packets(PacketKind::DnsResponse, 1);
+                if let Some(dns) = &packet.dns {
+                    metrics.dns_response(&rcode_name(dns.rcode));
+                    on_dns_response(state, dns);
+                }
+            }
+        }
+        let key = packet.key;
+        if let Some(at) = deadline {
+            let generation = state.generation;
+            self.deadlines.push_back((at, key, generation));
+        }
+        let event_kind = match packet.kind {
+            EventKind::Syn => FlowEventKind::Syn,
+            EventKind::SynAck => FlowEventKind::SynAck,
+            EventKind::Rst => FlowEventKind::Rst,
+            EventKind::IcmpUnreachable => FlowEventKind::IcmpUnreachable,
+            EventKind::DnsQuery => FlowEventKind::DnsQuery,
+            EventKind::DnsResponse => FlowEventKind::DnsResponse,
+        };
+        self.after_change(&key, before, event_kind, now);
+    }
+
+    /// Declares the timeouts that have expired by `now` (monotonic).
+    pub fn sweep(&mut self, now: Duration) {
+        while let Some(&(at, key, generation)) = self.deadlines.front() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            // `peek_mut`: a timeout is not a use, it must not refresh the flow's LRU rank.
+            let Some(state) = self.flows.peek_mut(&key) else {
+                continue;
+            };
+            if state.generation != generation {
+                continue;
+            }
+            let before = state.verdict;
+            let expired = match state.flow.protocol {
+                Protocol::Tcp => expire_syn(state, now, self.config.syn_timeout),
+                Protocol::Udp => expire_dns(state, now, self.config.dns_timeout),
+            };
+            if expired {
+                self.after_change(&key, before, FlowEventKind::Timeout, now);
+            }
+        }
+        self.compact_deadlines();
+    }
+
+    /// Tops up counts from the kernel's counter map: a count the kernel has and the
+    /// events never brought (for longer than [`LOSS_GRACE`]) was lost on the way, and
+    /// the transition it would have caused is applied now.
+    pub fn reconcile(&mut self, kernel: impl IntoIterator<Item = (FlowKey, FlowCounters)>, now: Duration) {
+        for (key, counters) in kernel {
+            if now.saturating_sub(Duration::from_nanos(counters.last_seen_ns)) < LOSS_GRACE {
+                continue;
+            }
+            let last_seen = Duration::from_nanos(counters.last_seen_ns);
+            let first_seen = Duration::from_nanos(counters.first_seen_ns);
+            if self.flows.peek(&key).is_none() {
+                // Created by events that were all lost, or evicted from the table. Only
+                // recent activity brings a flow back, so idle evicted flows stay out.
+                if now.saturating_sub(last_seen) > RECOVERY_WINDOW {
+                    continue;
+                }
+                let Ok(flow) = flow_from_key(&key) else {
+                    continue;
+                };
+                self.flow_entry(&key, flow, first_seen, 0);
+            }
+            let state = self.flows.peek_mut(&key).expect("present");
+            let before = state.verdict;
+            let recovered = recover_lost(state, &counters, last_seen, &self.metrics);
+            if recovered {
+                state.last_seen = state.last_seen.max(last_seen);
+                self.after_change(&key, before, FlowEventKind::Recovered, now);
+            }
+        }
+    }
+
+    fn flow_entry(&mut self, key: &FlowKey, flow: Flow, now: Duration, ifindex: u32) -> &mut FlowState {
+        if !self.flows.contains(key) {
+            self.next_generation += 1;
+            let state = FlowState {
+                flow,
+                generation: self.next_generation,
+                verdict: VerdictKind::Pending,
+                reason: String::new(),
+                counts: Counts::default(),
+                first_seen: now,
+                last_seen: now,
+                attempt_start: None,
+                attempt_syns: 0,
+                ifindex,
+                dns: DnsState::default(),
+            };
+            // At capacity `push` evicts the least recently used flow.
+            self.flows.push(*key, state);
+            self.metrics.set_flows_tracked(self.flows.len() as u64);
+        }
+        let state = self.flows.get_mut(key).expect("inserted above");
+        if state.ifindex == 0 {
+            state.ifindex = ifindex;
+        }
+        state
+    }
+
+    /// Records the event, and a verdict metric when the flow reaches a new final verdict.
+    fn after_change(&mut self, key: &FlowKey, before: VerdictKind, kind: FlowEventKind, now: Duration) {
+        let Some(state) = self.flows.peek(key) else {
+            return;
+        };
+        let verdict_changed = state.verdict != before;
+        if kind == FlowEventKind::Timeout && !verdict_changed {
+            return;
+        }
+        let event = FlowEvent {
+            time: self.clock.to_utc(now),
+            flow: state.flow,
+            event: kind,
+            verdict: state.verdict,
+            reason: state.reason.clone(),
+            interface: self.interface_name(state.ifindex),
+            src: None,
+            dst: None,
+            dns: dns_summary(state),
+        };
+        if verdict_changed && state.verdict.is_final() {
+            let verdict = self.verdict_of(state);
+            self.metrics.verdict_reached(&verdict);
+        }
+        if self.events.len() == self.config.event_capacity.get() {
+            self.events.pop_front();
+        }
+        // No subscriber is fine: nobody follows right now.
+        let _ = self.events_tx.send(event.clone());
+        self.events.push_back(event);
+    }
+
+    fn interface_name(&self, ifindex: u32) -> String {
+        match self.interfaces.get(&ifindex) {
+            Some(name) => name.clone(),
+            None if ifindex == 0 => String::new(),
+            None => format!("if{ifindex}"),
+        }
+    }
+
+    fn verdict_of(&self, state: &FlowState) -> Verdict {
+        Verdict {
+            flow: state.flow,
+            verdict: state.verdict,
+            reason: state.reason.clone(),
+            counts: state.counts,
+            first_seen: self.clock.to_utc(state.first_seen),
+            last_seen: self.clock.to_utc(state.last_seen),
+            interface: self.interface_name(state.ifindex),
+            src: None,
+            dst: None,
+            dns: dns_summary(state),
+        }
+    }
+
+    /// Verdicts accepted by `keep`: the `limit` most recently seen, oldest first.
+    pub fn verdicts(&self, keep: &dyn Fn(&Verdict) -> bool, limit: usize) -> Vec<Verdict> {
+        let mut out: Vec<Verdict> = self
+            .flows
+            .iter()
+            .map(|(_, state)| self.verdict_of(state))
+            .filter(|verdict| keep(verdict))
+            .collect();
+        out.sort_by_key(|verdict| (verdict.last_seen, verdict.first_seen));
+        let skip = out.len().saturating_sub(limit);
+        out.drain(..skip);
+        out
+    }
+
+    /// Recent events accepted by `keep`: the newest `limit`, oldest first.
+    pub fn events(&self, keep: &dyn Fn(&FlowEvent) -> bool, limit: usize) -> Vec<FlowEvent> {
+        let mut out: Vec<FlowEvent> = self
+            .events
+            .iter()
+            .rev()
+            .filter(|event| keep(event))
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// Drops queue entries of flows that are gone, once the queue outgrows the table:
+    /// keeps memory bounded under a flood of short-lived flows.
+    fn compact_deadlines(&mut self) {
+        let bound = self.flows.cap().get().saturating_mul(2).saturating_add(1024);
+        if self.deadlines.len() > bound {
+            let flows = &self.flows;
+            self.deadlines
+                .retain(|(_, key, generation)| flows.peek(key).is_some_and(|s| s.generation == *generation));
+        }
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+fn millis(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+/// Returns the deadline to check when this SYN starts a new connection attempt.
+fn on_syn(state: &mut FlowState, now: Duration, syn_timeout: Duration) -> Option<Duration> {
+    match state.verdict {
+        // A retransmission of the current attempt.
+        VerdictKind::Pending if state.attempt_start.is_some() => {
+            state.attempt_syns += 1;
+            state.reason = format!("{} SYNs sent, waiting for an answer", state.attempt_syns);
+            None
+        }
+        // Retransmissions after the timeout was declared keep the verdict.
+        VerdictKind::Timeout => {
+            state.attempt_syns += 1;
+            state.reason = timeout_reason(state, now);
+            None
+        }
+        // A first SYN, or a new attempt on a reused 5-tuple.
+        _ => {
+            state.verdict = VerdictKind::Pending;
+            state.attempt_start = Some(now);
+            state.attempt_syns = 1;
+            state.reason = "SYN sent, waiting for an answer".into();
+            Some(now + syn_timeout)
+        }
+    }
+}
+
+fn timeout_reason(state: &FlowState, now: Duration) -> String {
+    let elapsed = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
+    format!(
+        "{} SYNs in {} and no answer: packets are dropped on the path (NetworkPolicy, firewall or broken route)",
+        state.attempt_syns,
+        secs(elapsed)
+    )
+}
+
+fn on_syn_ack(state: &mut FlowState, now: Duration) {
+    if matches!(state.verdict, VerdictKind::Pending | VerdictKind::Timeout) {
+        let took = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
+        let slow = if state.verdict == VerdictKind::Timeout || state.attempt_syns > 1 {
+            format!(" (slow: {} SYNs)", state.attempt_syns)
+        } else {
+            String::new()
+        };
+        state.verdict = VerdictKind::Ok;
+        state.reason = format!("handshake completed in {}{slow}", millis(took));
+    }
+}
+
+fn on_rst(state: &mut FlowState, now: Duration) {
+    match state.verdict {
+        VerdictKind::Pending | VerdictKind::Timeout if state.attempt_start.is_some() => {
+            let took = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
+            state.verdict = VerdictKind::Refused;
+            state.reason = format!(
+                "SYN answered by RST in {}: nothing listens on port {} (port/targetPort mismatch or app down)",
+                millis(took),
+                state.flow.dst_port
+            );
+        }
+        VerdictKind::Refused | VerdictKind::Reset => {}
+        _ => {
+            state.verdict = VerdictKind::Reset;
+            state.reason = "connection reset by RST after the handshake".into();
+        }
+    }
+}
+
+fn on_icmp_unreachable(state: &mut FlowState) {
+    if state.verdict == VerdictKind::Ok && state.flow.protocol == Protocol::Tcp {
+        // An established connection: ICMP errors there are not a connect failure.
+        return;
+    }
+    state.verdict = VerdictKind::Unreachable;
+    state.reason = match state.flow.protocol {
+        Protocol::Tcp => format!(
+            "SYN answered by ICMP destination unreachable: a Service without ready endpoints (kube-proxy REJECT) or no route to port {}",
+            state.flow.dst_port
+        ),
+        Protocol::Udp => {
+            "DNS query answered by ICMP destination unreachable: nothing listens on port 53 or it is rejected".into()
+        }
+    };
+    state.dns.pending.clear();
+}
+
+fn on_dns_query(
+    state: &mut FlowState,
+    dns: &DnsPacket,
+    now: Duration,
+    dns_timeout: Duration,
+) -> Option<Duration> {
+    if state.dns.pending.iter().any(|q| q.id == dns.id) {
+        // A retransmission of a query still waiting.
+        return None;
+    }
+    if state.dns.pending.len() == MAX_PENDING_QUERIES {
+        state.dns.pending.remove(0);
+    }
+    state.dns.pending.push(PendingQuery {
+        id: dns.id,
+        qname: dns.qname.clone(),
+        qtype: dns.qtype.clone(),
+        sent: now,
+    });
+    state.verdict = VerdictKind::Pending;
+    state.reason = format!(
+        "DNS query for {} sent, waiting for an answer",
+        dns.qname.as_deref().unwrap_or("?")
+    );
+    Some(now + dns_timeout)
+}
+
+fn on_dns_response(state: &mut FlowState, dns: &DnsPacket) {
+    let query = state
+        .dns
+        .pending
+        .iter()
+        .position(|q| q.id == dns.id)
+        .map(|i| state.dns.pending.remove(i));
+    let qname = dns
+        .qname
+        .clone()
+        .or_else(|| query.as_ref().and_then(|q| q.qname.clone()))
+        .unwrap_or_else(|| "?".into());
+    let qtype = dns
+        .qtype
+        .clone()
+        .or_else(|| query.as_ref().and_then(|q| q.qtype.clone()))
+        .unwrap_or_else(|| "?".into());
+    let summary = DnsSummary {
+        id: dns.id,
+        qname,
+        qtype,
+        rcode: Some(rcode_name(dns.rcode)),
+    };
+    match rcode_verdict(dns.rcode) {
+        VerdictKind::Ok => state.dns.success = Some(summary),
+        failure => state.dns.failure = Some((failure, summary)),
+    }
+    settle_dns(state);
+}
+
+fn rcode_verdict(rcode: ResponseCode) -> VerdictKind {
+    match rcode {
+        ResponseCode::NoError => VerdictKind::Ok,
+        ResponseCode::NXDomain => VerdictKind::Nxdomain,
+        ResponseCode::ServFail => VerdictKind::Servfail,
+        ResponseCode::Refused => VerdictKind::DnsRefused,
+        _ => VerdictKind::DnsError,
+    }
+}
+
+/// A DNS flow's verdict once no query is waiting: its failure if it had one, else OK.
+fn settle_dns(state: &mut FlowState) {
+    if !state.dns.pending.is_empty() {
+        return;
+    }
+    if let Some((verdict, summary)) = &state.dns.failure {
+        state.verdict = *verdict;
+        state.reason = match verdict {
+            VerdictKind::Nxdomain => format!(
+                "{} does not exist (NXDOMAIN): wrong Service name or namespace",
+                summary.qname
+            ),
+            VerdictKind::Servfail => format!("DNS server failed on {} (SERVFAIL)", summary.qname),
+            VerdictKind::DnsRefused => {
+                format!("DNS server refused the query for {} (REFUSED)", summary.qname)
+            }
+            VerdictKind::DnsTimeout => format!(
+                "no answer to the DNS query for {}: port 53 blocked (NetworkPolicy) or DNS server down",
+                summary.qname
+            ),
+            _ => format!(
+                "DNS server answered {} with {}",
+                summary.qname,
+                summary.rcode.as_deref().unwrap_or("an error")
+            ),
+        };
+    } else if let Some(summary) = &state.dns.success {
+        state.verdict = VerdictKind::Ok;
+        state.reason = format!("{} {} answered (NOERROR)", summary.qname, summary.qtype);
+    }
+}
+
+fn expire_syn(state: &mut FlowState, now: Duration, syn_timeout: Duration) -> bool {
+    let Some(start) = state.attempt_start else {
+        return false;
+    };
+    if state.verdict != VerdictKind::Pending || now.saturating_sub(start) < syn_timeout {
+        return false;
+    }
+    state.verdict = VerdictKind::Timeout;
+    state.reason = timeout_reason(state, now);
+    true
+}
+
+fn expire_dns(state: &mut FlowState, now: Duration, dns_timeout: Duration) -> bool {
+    let (expired, waiting): (Vec<_>, Vec<_>) = state
+        .dns
+        .pending
+        .drain(..)
+        .partition(|q| now.saturating_sub(q.sent) >= dns_timeout);
+    state.dns.pending = waiting;
+    let Some(query) = expired.last() else {
+        return false;
+    };
+    state.dns.failure = Some((
+        VerdictKind::DnsTimeout,
+        DnsSummary {
+            id: query.id,
+            qname: query.qname.clone().unwrap_or_else(|| "?".into()),
+            qtype: query.qtype.clone().unwrap_or_else(|| "?".into()),
+            rcode: None,
+        },
+    ));
+    settle_dns(state);
+    true
+}
+
+fn dns_summary(state: &FlowState) -> Option<DnsSummary> {
+    if state.flow.protocol != Protocol::Udp {
+        return None;
+    }
+    if state.verdict == VerdictKind::Pending
+        && let Some(query) = state.dns.pending.last()
+    {
+        return Some(DnsSummary {
+            id: query.id,
+            qname: query.qname.clone().unwrap_or_else(|| "?".into()),
+            qtype: query.qtype.clone().unwrap_or_else(|| "?".into()),
+            rcode: None,
+        });
+    }
+    match (&state.dns.failure, &state.dns.success) {
+        (Some((_, summary)), _) if state.verdict.is_failure() => Some(summary.clone()),
+        (_, Some(summary)) => Some(summary.clone()),
+        (Some((_, summary)), None) => Some(summary.clone()),
+        (None, None) => None,
+    }
+}
+
+/// Applies what the kernel counted and the events never delivered. Returns whether
+/// anything was recovered.
+fn recover_lost(state: &mut FlowState, kernel: &FlowCounters, at: Duration, metrics: &Metrics) -> bool {
+    let mut recovered = false;
+    let mut top_up = |agent: &mut u64, kernel: u64, kind: PacketKind| -> bool {
+        if kernel > *agent {
+            metrics.packets(kind, kernel - *agent);
+            *agent = kernel;
+            recovered = true;
+            true
+        } else {
+            false
+        }
+    };
+    let counts = &mut state.counts;
+    let syn = top_up(&mut counts.syn, kernel.syn, PacketKind::Syn);
+    let syn_ack = top_up(&mut counts.syn_ack, kernel.syn_ack, PacketKind::SynAck);
+    let rst = top_up(&mut counts.rst, kernel.rst, PacketKind::Rst);
+    let icmp = top_up(&mut counts.icmp_unreachable, kernel.icmp_unreachable, PacketKind::IcmpUnreachable);
+    let queries = top_up(&mut counts.dns_queries, kernel.dns_queries, PacketKind::DnsQuery);
+    let responses = top_up(&mut counts.dns_responses, kernel.dns_responses, PacketKind::DnsResponse);
+    if syn && state.attempt_start.is_none() {
+        state.attempt_start = Some(Duration::from_nanos(kernel.first_seen_ns));
+        state.attempt_syns = kernel.syn;
+        state.verdict = VerdictKind::Pending;
+    }
+    if syn_ack {
+        on_syn_ack(state, at);
+    } else if rst {
+        on_rst(state, at);
+    } else if icmp {
+        on_icmp_unreachable(state);
+    } else if responses || queries {
+        // The rcodes the kernel counted tell the worst outcome even without the names.
+        let failure = if kernel.dns_nxdomain > 0 {
+            Some(VerdictKind::Nxdomain)
+        } else if kernel.dns_servfail > 0 {
+            Some(VerdictKind::Servfail)
+        } else if kernel.dns_refused > 0 {
+            Some(VerdictKind::DnsRefused)
+        } else if kernel.dns_other_error > 0 {
+            Some(VerdictKind::DnsError)
+        } else {
+            None
+        };
+        if responses && counts_settled(&state.counts) {
+            state.dns.pending.clear();
+            let summary = DnsSummary {
+                id: 0,
+                qname: "?".into(),
+                qtype: "?".into(),
+                rcode: Some(failure.map_or("NOERROR", |v| v.as_str()).into()),
+            };
+            match failure {
+                Some(verdict) => state.dns.failure = Some((verdict, summary)),
+                None => state.dns.success = Some(summary),
+            }
+            settle_dns(state);
+        }
+    }
+    if recovered && state.reason.is_empty() {
+        state.reason = "recovered from the kernel's counters (events were lost)".into();
+    }
+    recovered
+}
+
+fn counts_settled(counts: &Counts) -> bool {
+    counts.dns_responses >= counts.dns_queries
+}
+
+#[cfg(test)]
+mod tests;

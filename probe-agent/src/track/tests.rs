@@ -1,0 +1,305 @@
+use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
+
+use hickory_proto::op::ResponseCode;
+use probe_ebpf::{Direction, EventKind, FlowCounters, IPPROTO_TCP, IPPROTO_UDP};
+
+use super::{Clock, Tracker, TrackerConfig};
+use crate::{
+    craft,
+    decode::{DnsPacket, Packet, flow_from_key},
+    metrics::Metrics,
+    model::{FlowEventKind, Verdict, VerdictKind},
+};
+
+const CLIENT: &str = "10.244.0.5:41234";
+const SERVER: &str = "10.96.45.123:8080";
+const DNS: &str = "10.96.0.10:53";
+
+fn tracker() -> Tracker {
+    tracker_with(TrackerConfig {
+        syn_timeout: Duration::from_secs(3),
+        dns_timeout: Duration::from_secs(5),
+        ..TrackerConfig::default()
+    })
+}
+
+fn tracker_with(config: TrackerConfig) -> Tracker {
+    Tracker::new(config, Clock::new(), Arc::new(Metrics::new(2000)))
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn tcp(kind: EventKind, at_ms: u64) -> Packet {
+    packet(kind, IPPROTO_TCP, CLIENT, SERVER, at_ms, None)
+}
+
+fn packet(kind: EventKind, protocol: u8, client: &str, server: &str, at_ms: u64, dns: Option<DnsPacket>) -> Packet {
+    let client: SocketAddr = client.parse().unwrap();
+    let server: SocketAddr = server.parse().unwrap();
+    let key = craft::flow_key(protocol, client, server);
+    Packet {
+        kind,
+        direction: Direction::FromPod,
+        ifindex: 7,
+        monotonic: ms(at_ms),
+        flow: flow_from_key(&key).unwrap(),
+        key,
+        dns,
+    }
+}
+
+fn dns(kind: EventKind, id: u16, qname: &str, rcode: ResponseCode, at_ms: u64) -> Packet {
+    let dns = DnsPacket {
+        id,
+        is_response: kind == EventKind::DnsResponse,
+        rcode,
+        qname: Some(qname.into()),
+        qtype: Some("A".into()),
+    };
+    packet(kind, IPPROTO_UDP, "10.244.0.5:5353", DNS, at_ms, Some(dns))
+}
+
+fn only(tracker: &Tracker) -> Verdict {
+    let verdicts = tracker.verdicts(&|_| true, 100);
+    assert_eq!(verdicts.len(), 1, "{verdicts:#?}");
+    verdicts.into_iter().next().unwrap()
+}
+
+#[test]
+fn syn_then_syn_ack_is_ok() {
+    let mut t = tracker();
+    t.on_packet(&tcp(EventKind::Syn, 1000));
+    assert_eq!(only(&t).verdict, VerdictKind::Pending);
+    t.on_packet(&tcp(EventKind::SynAck, 1002));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Ok);
+    assert_eq!((v.counts.syn, v.counts.syn_ack), (1, 1));
+    assert_eq!(v.reason, "handshake completed in 2 ms");
+    assert_eq!(v.flow.to_string(), "10.244.0.5:41234 -> 10.96.45.123:8080 TCP");
+    assert_eq!(v.interface, "if7");
+}
+
+#[test]
+fn unanswered_syns_time_out_at_the_deadline_not_before() {
+    let mut t = tracker();
+    t.on_packet(&tcp(EventKind::Syn, 1000));
+    t.on_packet(&tcp(EventKind::Syn, 2000));
+    t.sweep(ms(3999));
+    assert_eq!(only(&t).verdict, VerdictKind::Pending);
+    t.on_packet(&tcp(EventKind::Syn, 4000));
+    t.sweep(ms(4000));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Timeout);
+    assert_eq!(v.counts.syn, 3);
+    assert_eq!(
+        v.reason,
+        "3 SYNs in 3.0s and no answer: packets are dropped on the path (NetworkPolicy, firewall or broken route)"
+    );
+    // Later retransmissions keep the verdict and are counted.
+    t.on_packet(&tcp(EventKind::Syn, 8000));
+    let v = only(&t);
+    assert_eq!((v.verdict, v.counts.syn), (VerdictKind::Timeout, 4));
+    let timeouts = t.events(&|e| e.event == FlowEventKind::Timeout, 10);
+    assert_eq!(timeouts.len(), 1);
+}
+
+#[test]
+fn slow_handshake_is_ok_even_after_the_timeout() {
+    let mut t = tracker();
+    t.on_packet(&tcp(EventKind::Syn, 0));
+    t.on_packet(&tcp(EventKind::Syn, 1000));
+    t.on_packet(&tcp(EventKind::SynAck, 1500));
+    assert_eq!(only(&t).verdict, VerdictKind::Ok);
+    t.sweep(ms(10_000));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Ok);
+    assert_eq!(v.reason, "handshake completed in 1500 ms (slow: 2 SYNs)");
+
+    let mut t = tracker();
+    t.on_packet(&tcp(EventKind::Syn, 0));
+    t.sweep(ms(3000));
+    assert_eq!(only(&t).verdict, VerdictKind::Timeout);
+    t.on_packet(&tcp(EventKind::SynAck, 3100));
+    assert_eq!(only(&t).verdict, VerdictKind::Ok);
+}
+
+#[test]
+fn rst_before_handshake_is_refused_and_after_is_reset() {
+    let mut t = tracker();
+    t.on_packet(&tcp(EventKind::Syn, 0));
+    t.on_packet(&tcp(EventKind::Rst, 1));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Refused);
+    assert_eq!((v.counts.syn, v.counts.rst), (1, 1));
+    assert!(v.reason.contains("nothing listens on port 8080"), "{}", v.reason);
+    t.sweep(ms(60_000));
+    assert_eq!(only(&t).verdict, VerdictKind::Refused);
+
+    let mut t = tracker();
+    t.on_packet(&tcp(EventKind::Syn, 0));
+    t.on_packet(&tcp(EventKind::SynAck, 1));
+    t.on_packet(&tcp(EventKind::Rst, 500));
+    assert_eq!(only(&t).verdict, VerdictKind::Reset);
+}
+
+#[test]
+fn icmp_unreachable_answering_a_syn_is_unreachable() {
+    let mut t = tracker();
+    t.on_packet(&tcp(EventKind::Syn, 0));
+    t.on_packet(&tcp(EventKind::IcmpUnreachable, 1));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Unreachable);
+    assert_eq!(v.counts.icmp_unreachable, 1);
+    t.sweep(ms(60_000));
+    assert_eq!(only(&t).verdict, VerdictKind::Unreachable);
+}
+
+#[test]
+fn dns_rcodes_map_to_verdicts() {
+    for (rcode, verdict) in [
+        (ResponseCode::NoError, VerdictKind::Ok),
+        (ResponseCode::NXDomain, VerdictKind::Nxdomain),
+        (ResponseCode::ServFail, VerdictKind::Servfail),
+        (ResponseCode::Refused, VerdictKind::DnsRefused),
+        (ResponseCode::NotImp, VerdictKind::DnsError),
+    ] {
+        let mut t = tracker();
+        t.on_packet(&dns(EventKind::DnsQuery, 4711, "paymnt.production.svc.cluster.local.", ResponseCode::NoError, 0));
+        t.on_packet(&dns(EventKind::DnsResponse, 4711, "paymnt.production.svc.cluster.local.", rcode, 3));
+        let v = only(&t);
+        assert_eq!(v.verdict, verdict, "{rcode:?}");
+        assert_eq!((v.counts.dns_queries, v.counts.dns_responses), (1, 1));
+        let summary = v.dns.unwrap();
+        assert_eq!(summary.id, 4711);
+        assert_eq!(summary.qname, "paymnt.production.svc.cluster.local.");
+        assert_eq!(summary.qtype, "A");
+        assert_eq!(summary.rcode.as_deref(), Some(crate::decode::rcode_name(rcode).as_str()));
+    }
+}
+
+#[test]
+fn dns_verdict_waits_for_every_query_of_the_flow() {
+    let mut t = tracker();
+    let name = "api.example.com.";
+    t.on_packet(&dns(EventKind::DnsQuery, 1, name, ResponseCode::NoError, 0));
+    t.on_packet(&dns(EventKind::DnsQuery, 2, name, ResponseCode::NoError, 0));
+    t.on_packet(&dns(EventKind::DnsResponse, 1, name, ResponseCode::NoError, 2));
+    assert_eq!(only(&t).verdict, VerdictKind::Pending);
+    t.on_packet(&dns(EventKind::DnsResponse, 2, name, ResponseCode::NoError, 3));
+    assert_eq!(only(&t).verdict, VerdictKind::Ok);
+}
+
+#[test]
+fn unanswered_dns_query_times_out() {
+    let mut t = tracker();
+    let name = "payment-service.production.svc.cluster.local.";
+    t.on_packet(&dns(EventKind::DnsQuery, 9, name, ResponseCode::NoError, 0));
+    // A retransmission with the same id is the same transaction.
+    t.on_packet(&dns(EventKind::DnsQuery, 9, name, ResponseCode::NoError, 2000));
+    t.sweep(ms(4999));
+    assert_eq!(only(&t).verdict, VerdictKind::Pending);
+    t.sweep(ms(5000));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::DnsTimeout);
+    assert_eq!(v.counts.dns_queries, 2);
+    assert_eq!(v.dns.unwrap().rcode, None);
+}
+
+#[test]
+fn flow_table_is_bounded_and_evicts_least_recently_used() {
+    let mut t = tracker_with(TrackerConfig {
+        flow_capacity: NonZeroUsize::new(3).unwrap(),
+        event_capacity: NonZeroUsize::new(4).unwrap(),
+        ..TrackerConfig::default()
+    });
+    for port in 1..=5u16 {
+        let client = format!("10.244.0.5:{port}");
+        t.on_packet(&packet(EventKind::Syn, IPPROTO_TCP, &client, SERVER, u64::from(port), None));
+    }
+    let ports: Vec<u16> = t.verdicts(&|_| true, 100).iter().map(|v| v.flow.src_port).collect();
+    assert_eq!(ports, vec![3, 4, 5]);
+    let events: Vec<u16> = t.events(&|_| true, 100).iter().map(|e| e.flow.src_port).collect();
+    assert_eq!(events, vec![2, 3, 4, 5]);
+    // The deadlines of evicted flows are dropped when the sweep runs.
+    t.sweep(ms(10_000));
+    assert_eq!(t.verdicts(&|v| v.verdict == VerdictKind::Timeout, 100).len(), 3);
+}
+
+#[test]
+fn limit_keeps_the_most_recent_oldest_first() {
+    let mut t = tracker();
+    for port in 1..=5u16 {
+        let client = format!("10.244.0.5:{port}");
+        t.on_packet(&packet(EventKind::Syn, IPPROTO_TCP, &client, SERVER, u64::from(port) * 10, None));
+    }
+    let ports: Vec<u16> = t.verdicts(&|_| true, 2).iter().map(|v| v.flow.src_port).collect();
+    assert_eq!(ports, vec![4, 5]);
+    let ports: Vec<u16> = t.events(&|e| e.flow.src_port != 5, 2).iter().map(|e| e.flow.src_port).collect();
+    assert_eq!(ports, vec![3, 4]);
+}
+
+#[test]
+fn kernel_counts_recover_lost_events_without_double_counting() {
+    let mut t = tracker();
+    t.on_packet(&tcp(EventKind::Syn, 1000));
+    let key = craft::flow_key(IPPROTO_TCP, CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+    let kernel = FlowCounters {
+        syn: 1,
+        rst: 1,
+        first_seen_ns: 1_000_000_000,
+        last_seen_ns: 1_001_000_000,
+        ..FlowCounters::default()
+    };
+    // Too recent: the RST event may still be on its way.
+    t.reconcile([(key, kernel)], ms(1200));
+    assert_eq!(only(&t).verdict, VerdictKind::Pending);
+    t.reconcile([(key, kernel)], ms(1600));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Refused);
+    assert_eq!((v.counts.syn, v.counts.rst), (1, 1));
+    // Reconciling again changes nothing.
+    t.reconcile([(key, kernel)], ms(2000));
+    assert_eq!(only(&t).counts.rst, 1);
+}
+
+#[test]
+fn kernel_counts_create_flows_whose_events_were_all_lost() {
+    let mut t = tracker();
+    let key = craft::flow_key(IPPROTO_UDP, "10.244.0.5:5353".parse().unwrap(), DNS.parse().unwrap());
+    let kernel = FlowCounters {
+        dns_queries: 2,
+        dns_responses: 2,
+        dns_nxdomain: 2,
+        first_seen_ns: 1_000_000_000,
+        last_seen_ns: 1_002_000_000,
+        ..FlowCounters::default()
+    };
+    t.reconcile([(key, kernel)], ms(1700));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Nxdomain);
+    assert_eq!((v.counts.dns_queries, v.counts.dns_responses), (2, 2));
+    // Idle kernel entries the table no longer holds are not brought back.
+    let mut t = tracker();
+    t.reconcile([(key, kernel)], ms(10_000));
+    assert!(t.verdicts(&|_| true, 100).is_empty());
+}
+
+#[test]
+fn final_verdicts_are_counted_once_per_transition() {
+    let metrics = Arc::new(Metrics::new(2000));
+    let mut t = Tracker::new(TrackerConfig::default(), Clock::new(), Arc::clone(&metrics));
+    t.on_packet(&tcp(EventKind::Syn, 0));
+    t.on_packet(&tcp(EventKind::Syn, 1000));
+    t.sweep(ms(3000));
+    t.sweep(ms(4000));
+    t.on_packet(&tcp(EventKind::Syn, 7000));
+    let text = metrics.encode();
+    let timeouts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("netprobe_verdicts_total") && l.contains("verdict=\"TIMEOUT\""))
+        .collect();
+    assert_eq!(timeouts.len(), 1, "{text}");
+    assert!(timeouts[0].ends_with(" 1"), "{}", timeouts[0]);
+}
