@@ -1,1 +1,391 @@
-//! placeholder
+//! Keeps the classifiers attached to every matching interface: the ones there at start,
+//! the ones netlink announces, minus the ones that go away.
+
+use std::{collections::HashMap, io};
+
+use aya::{
+    Ebpf,
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
+    },
+};
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{LinkAttribute, LinkMessage},
+};
+use netlink_sys::{AsyncSocket, SocketAddr};
+use probe_ebpf::{EGRESS_PROGRAM, INGRESS_PROGRAM};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::AttachModeArg,
+    loader,
+    model::{AttachMode, InterfaceStatus},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("bad interface glob {glob:?}: {source}")]
+    Glob {
+        glob: String,
+        #[source]
+        source: globset::Error,
+    },
+    #[error(transparent)]
+    Load(#[from] loader::LoadError),
+    #[error("attaching {program} to {interface} with TCX: {source}")]
+    Tcx {
+        program: &'static str,
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("adding the clsact qdisc to {interface}: {source}")]
+    Clsact {
+        interface: String,
+        #[source]
+        source: TcError,
+    },
+    #[error("attaching {program} to {interface} with a clsact filter: {source}")]
+    Filter {
+        program: &'static str,
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("netlink: {0}")]
+    Netlink(#[from] io::Error),
+    #[error("listing interfaces: {0}")]
+    ListLinks(#[from] rtnetlink::Error),
+}
+
+/// One interface with both hooks attached.
+struct Attachment {
+    status: InterfaceStatus,
+    ingress: SchedClassifierLinkId,
+    egress: SchedClassifierLinkId,
+}
+
+/// Owns the loaded programs and their attachments.
+pub struct Attacher {
+    ebpf: Ebpf,
+    patterns: GlobSet,
+    mode: AttachModeArg,
+    attached: HashMap<u32, Attachment>,
+}
+
+/// A change netlink reported, or a full listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkChange {
+    Added { index: u32, name: String },
+    Removed { index: u32 },
+}
+
+/// Compiles the interface globs (`veth*,lxc*`).
+pub fn interface_globs(globs: &[String]) -> Result<GlobSet, AttachError> {
+    let mut builder = GlobSetBuilder::new();
+    for glob in globs {
+        builder.add(Glob::new(glob).map_err(|source| AttachError::Glob {
+            glob: glob.clone(),
+            source,
+        })?);
+    }
+    builder.build().map_err(|source| AttachError::Glob {
+        glob: globs.join(","),
+        source,
+    })
+}
+
+impl Attacher {
+    pub fn new(ebpf: Ebpf, patterns: GlobSet, mode: AttachModeArg) -> Self {
+        Self {
+            ebpf,
+            patterns,
+            mode,
+            attached: HashMap::new(),
+        }
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.patterns.is_match(name)
+    }
+
+    pub fn statuses(&self) -> Vec<InterfaceStatus> {
+        let mut out: Vec<_> = self.attached.values().map(|a| a.status.clone()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn is_attached(&self, index: u32) -> bool {
+        self.attached.contains_key(&index)
+    }
+
+    /// Attaches both hooks of `name`. Returns the mode used.
+    pub fn attach(&mut self, index: u32, name: &str) -> Result<AttachMode, AttachError> {
+        if let Some(existing) = self.attached.get(&index) {
+            if existing.status.name == name {
+                return Ok(existing.status.mode);
+            }
+            // The index was reused by a new interface: the old links died with the old one.
+            self.forget(index);
+        }
+        let (mode, ingress, egress) = match self.mode {
+            AttachModeArg::Tcx => self.attach_tcx(name)?,
+            AttachModeArg::Clsact => self.attach_clsact(name)?,
+            AttachModeArg::Auto => match self.attach_tcx(name) {
+                Ok(links) => links,
+                Err(err) => {
+                    debug!(interface = name, "TCX unavailable ({err}); using clsact");
+                    self.attach_clsact(name)?
+                }
+            },
+        };
+        self.attached.insert(
+            index,
+            Attachment {
+                status: InterfaceStatus {
+                    name: name.to_string(),
+                    ifindex: index,
+                    mode,
+                    attached_at: Utc::now(),
+                    events: 0,
+                },
+                ingress,
+                egress,
+            },
+        );
+        Ok(mode)
+    }
+
+    fn attach_tcx(
+        &mut self,
+        name: &str,
+    ) -> Result<(AttachMode, SchedClassifierLinkId, SchedClassifierLinkId), AttachError> {
+        let attach = |ebpf: &mut Ebpf, program: &'static str, hook| {
+            let classifier = loader::classifier(ebpf, program)?;
+            classifier
+                .attach_with_options(name, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .map_err(|source| AttachError::Tcx {
+                    program,
+                    interface: name.to_string(),
+                    source,
+                })
+        };
+        let ingress = attach(&mut self.ebpf, INGRESS_PROGRAM, TcAttachType::Ingress)?;
+        let egress = match attach(&mut self.ebpf, EGRESS_PROGRAM, TcAttachType::Egress) {
+            Ok(link) => link,
+            Err(err) => {
+                self.detach_link(INGRESS_PROGRAM, ingress, name);
+                return Err(err);
+            }
+        };
+        Ok((AttachMode::Tcx, ingress, egress))
+    }
+
+    fn attach_clsact(
+        &mut self,
+        name: &str,
+    ) -> Result<(AttachMode, SchedClassifierLinkId, SchedClassifierLinkId), AttachError> {
+        match tc::qdisc_add_clsact(name) {
+            Ok(()) => {}
+            // Another program (the CNI's, or ours from before) already added it.
+            Err(TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(source) => {
+                return Err(AttachError::Clsact {
+                    interface: name.to_string(),
+                    source,
+                });
+            }
+        }
+        let attach = |ebpf: &mut Ebpf, program: &'static str, hook| {
+            let classifier = loader::classifier(ebpf, program)?;
+            classifier
+                .attach_with_options(name, hook, TcAttachOptions::Netlink(NlOptions::default()))
+                .map_err(|source| AttachError::Filter {
+                    program,
+                    interface: name.to_string(),
+                    source,
+                })
+        };
+        let ingress = attach(&mut self.ebpf, INGRESS_PROGRAM, TcAttachType::Ingress)?;
+        let egress = match attach(&mut self.ebpf, EGRESS_PROGRAM, TcAttachType::Egress) {
+            Ok(link) => link,
+            Err(err) => {
+                self.detach_link(INGRESS_PROGRAM, ingress, name);
+                return Err(err);
+            }
+        };
+        Ok((AttachMode::Clsact, ingress, egress))
+    }
+
+    fn detach_link(&mut self, program: &'static str, link: SchedClassifierLinkId, name: &str) {
+        let result = loader::classifier(&mut self.ebpf, program)
+            .map_err(|e| e.to_string())
+            .and_then(|p: &mut SchedClassifier| p.detach(link).map_err(|e| e.to_string()));
+        if let Err(err) = result {
+            // The interface is usually gone already, and its hooks with it.
+            debug!(interface = name, program, "detach: {err}");
+        }
+    }
+
+    /// Forgets an interface that went away; its hooks went with it.
+    pub fn forget(&mut self, index: u32) -> Option<String> {
+        let attachment = self.attached.remove(&index)?;
+        let name = attachment.status.name;
+        self.detach_link(INGRESS_PROGRAM, attachment.ingress, &name);
+        self.detach_link(EGRESS_PROGRAM, attachment.egress, &name);
+        Some(name)
+    }
+
+    /// Detaches from every interface (clsact filters outlive the process otherwise).
+    pub fn detach_all(&mut self) {
+        let indexes: Vec<u32> = self.attached.keys().copied().collect();
+        for index in indexes {
+            if let Some(name) = self.forget(index) {
+                info!(interface = name, "detached");
+            }
+        }
+    }
+
+    /// Counts an event seen on `index`.
+    pub fn count_event(&mut self, index: u32, n: u64) {
+        if let Some(attachment) = self.attached.get_mut(&index) {
+            attachment.status.events += n;
+        }
+    }
+
+    /// Applies a netlink change. Returns the interface newly attached, if any.
+    pub fn apply(&mut self, change: &LinkChange) -> Option<(u32, String, AttachMode)> {
+        match change {
+            LinkChange::Added { index, name } if self.matches(name) && !self.is_attached(*index) => {
+                match self.attach(*index, name) {
+                    Ok(mode) => {
+                        info!(interface = %name, ?mode, "attached");
+                        Some((*index, name.clone(), mode))
+                    }
+                    Err(err) => {
+                        // Often a veth that disappeared between the event and the attach.
+                        warn!(interface = %name, "attach failed: {err}");
+                        None
+                    }
+                }
+            }
+            LinkChange::Added { index, name } if !self.matches(name) && self.is_attached(*index) => {
+                // Renamed away from the globs.
+                self.forget(*index);
+                None
+            }
+            LinkChange::Removed { index } => {
+                if let Some(name) = self.forget(*index) {
+                    info!(interface = name, "interface removed");
+                }
+                None
+            }
+            LinkChange::Added { .. } => None,
+        }
+    }
+
+    /// Brings the attached set in line with a full listing: attaches what is missing,
+    /// forgets what is gone. Covers netlink messages lost to a socket overrun.
+    pub fn resync(&mut self, links: &[(u32, String)]) -> Vec<(u32, String, AttachMode)> {
+        let gone: Vec<u32> = self
+            .attached
+            .keys()
+            .copied()
+            .filter(|index| !links.iter().any(|(i, _)| i == index))
+            .collect();
+        for index in gone {
+            self.apply(&LinkChange::Removed { index });
+        }
+        links
+            .iter()
+            .filter_map(|(index, name)| {
+                self.apply(&LinkChange::Added {
+                    index: *index,
+                    name: name.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn link_name(message: &LinkMessage) -> Option<String> {
+    message.attributes.iter().find_map(|attribute| match attribute {
+        LinkAttribute::IfName(name) => Some(name.clone()),
+        _ => None,
+    })
+}
+
+/// Lists the interfaces of the current network namespace.
+pub async fn list_links() -> Result<Vec<(u32, String)>, AttachError> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(connection);
+    let mut links = handle.link().get().execute();
+    let mut out = Vec::new();
+    while let Some(message) = links.try_next().await? {
+        if let Some(name) = link_name(&message) {
+            out.push((message.header.index, name));
+        }
+    }
+    task.abort();
+    Ok(out)
+}
+
+/// rtnetlink multicast group of link changes (RTNLGRP_LINK, as a bind mask).
+const RTMGRP_LINK: u32 = 1;
+
+/// Streams link additions and removals into `changes` until the receiver goes away.
+pub async fn watch_links(changes: mpsc::Sender<LinkChange>) -> Result<(), AttachError> {
+    let (mut connection, _handle, mut messages) = rtnetlink::new_connection()?;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+    let task = tokio::spawn(connection);
+    while let Some((message, _)) = messages.next().await {
+        let change = match message.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+                link_name(&link).map(|name| LinkChange::Added {
+                    index: link.header.index,
+                    name,
+                })
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
+                Some(LinkChange::Removed {
+                    index: link.header.index,
+                })
+            }
+            _ => None,
+        };
+        if let Some(change) = change
+            && changes.send(change).await.is_err()
+        {
+            break;
+        }
+    }
+    task.abort();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_globs_match_pod_veths_only() {
+        let globs = interface_globs(&["veth*".into(), "lxc*".into(), "cali*".into()]).unwrap();
+        for name in ["veth3f2a", "lxc12ab", "cali0123456789a"] {
+            assert!(globs.is_match(name), "{name}");
+        }
+        for name in ["eth0", "lo", "cni0", "docker0", "uplink0"] {
+            assert!(!globs.is_match(name), "{name}");
+        }
+        assert!(interface_globs(&["veth[".into()]).is_err());
+    }
+}

@@ -1,1 +1,94 @@
-//! placeholder
+//! Command line and environment (DESIGN.md, "Command line").
+
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::observe::ObserveArgs;
+
+#[derive(Parser, Debug)]
+#[command(name = "probe-agent", version, about = "netprobe: which connections on this node fail, and why")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach to pod veths and serve verdicts over HTTP.
+    Run(RunArgs),
+    /// Print verdicts from a running agent, like `hubble observe`.
+    Observe(ObserveArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Interface name globs of host-side pod veths (kindnet/bridge, Cilium, Calico).
+    #[arg(long, env = "NETPROBE_INTERFACES", value_delimiter = ',', default_value = "veth*,lxc*,cali*")]
+    pub interfaces: Vec<String>,
+    /// Address of the HTTP API and /metrics.
+    #[arg(long, env = "NETPROBE_LISTEN", default_value = "0.0.0.0:9810")]
+    pub listen: SocketAddr,
+    /// A SYN without answer for this long is a TIMEOUT.
+    #[arg(long, env = "NETPROBE_SYN_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub syn_timeout: Duration,
+    /// A DNS query without answer for this long is a DNS_TIMEOUT.
+    #[arg(long, env = "NETPROBE_DNS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub dns_timeout: Duration,
+    /// Flows tracked at most (least recently used evicted); also sizes the kernel's table.
+    #[arg(long, env = "NETPROBE_FLOW_CAPACITY", default_value = "65536")]
+    pub flow_capacity: NonZeroUsize,
+    /// Recent flow events kept for /v1/flows.
+    #[arg(long, env = "NETPROBE_EVENT_CAPACITY", default_value = "4096")]
+    pub event_capacity: NonZeroUsize,
+    /// Kubernetes enrichment: `auto` is on when running in a cluster.
+    #[arg(long, env = "NETPROBE_KUBE", value_enum, default_value = "auto")]
+    pub kube: KubeMode,
+    /// How to attach: TCX links, clsact filters, or TCX falling back to clsact.
+    #[arg(long, env = "NETPROBE_ATTACH_MODE", value_enum, default_value = "auto")]
+    pub attach_mode: AttachModeArg,
+    /// Work in this network namespace (e.g. /var/run/netns/NAME, a simulated node),
+    /// keeping the HTTP listener in the namespace the agent started in.
+    #[arg(long, env = "NETPROBE_NETNS")]
+    pub netns: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KubeMode {
+    Auto,
+    Off,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachModeArg {
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design() {
+        let cli = Cli::try_parse_from(["probe-agent", "run"]).unwrap();
+        let Command::Run(args) = cli.command else { panic!("run") };
+        assert_eq!(args.interfaces, ["veth*", "lxc*", "cali*"]);
+        assert_eq!(args.listen, "0.0.0.0:9810".parse().unwrap());
+        assert_eq!(args.syn_timeout, Duration::from_secs(3));
+        assert_eq!(args.dns_timeout, Duration::from_secs(5));
+        assert_eq!(args.event_capacity.get(), 4096);
+        assert_eq!(args.kube, KubeMode::Auto);
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(Cli::try_parse_from(["probe-agent", "run", "--syn-timeout", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["probe-agent", "run", "--flow-capacity", "0"]).is_err());
+        let cli = Cli::try_parse_from(["probe-agent", "run", "--interfaces", "eth*,veth*", "--dns-timeout", "250ms"]).unwrap();
+        let Command::Run(args) = cli.command else { panic!("run") };
+        assert_eq!(args.interfaces, ["eth*", "veth*"]);
+        assert_eq!(args.dns_timeout, Duration::from_millis(250));
+    }
+}

@@ -1,1 +1,120 @@
-//! placeholder
+//! Loads the embedded kernel program and hands out its maps.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, SchedClassifier},
+};
+use probe_ebpf::{
+    EGRESS_PROGRAM, EVENTS_MAP, FLOW_COUNTS_MAP, FlowCounters, FlowKey, INGRESS_PROGRAM,
+    LOSSES_MAP,
+};
+
+/// The kernel program, built by build.rs from probe-ebpf's binary.
+pub static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this probe-agent was built without its eBPF program (bpf-linker was missing at build time): run `cargo xtask build`"
+    )]
+    NoProgram,
+    #[error("loading the eBPF object: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("the eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("loading program {name} into the kernel: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// The maps the agent reads, taken out of the loaded object.
+pub struct ProbeMaps {
+    pub events: RingBuf<MapData>,
+    pub flow_counts: HashMap<MapData, FlowKey, FlowCounters>,
+    pub losses: PerCpuArray<MapData, u64>,
+}
+
+/// Sizes of the kernel maps.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub flow_counts_entries: u32,
+    /// A power of two, a multiple of the page size.
+    pub events_ring_bytes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            flow_counts_entries: probe_ebpf::FLOW_COUNTS_ENTRIES,
+            events_ring_bytes: probe_ebpf::EVENTS_RING_BYTES,
+        }
+    }
+}
+
+/// Opens the object with its maps sized by `options` and loads the ingress and egress
+/// classifiers (not yet attached).
+pub fn load(options: LoadOptions) -> Result<Ebpf, LoadError> {
+    if PROGRAM_OBJECT.is_empty() {
+        return Err(LoadError::NoProgram);
+    }
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(FLOW_COUNTS_MAP, options.flow_counts_entries)
+        .map_max_entries(EVENTS_MAP, options.events_ring_bytes)
+        .load(PROGRAM_OBJECT)?;
+    for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+        load_program(&mut ebpf, name)?;
+    }
+    Ok(ebpf)
+}
+
+/// Loads one classifier of the object into the kernel.
+pub fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoadError> {
+    classifier(ebpf, name)?
+        .load()
+        .map_err(|source| LoadError::Program { name, source })
+}
+
+pub fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
+}
+
+/// Takes the maps the agent reads; the programs stay in `ebpf`.
+pub fn take_maps(ebpf: &mut Ebpf) -> Result<ProbeMaps, LoadError> {
+    let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LoadError::MissingMap(name));
+    let events = take(EVENTS_MAP)?;
+    let flow_counts = take(FLOW_COUNTS_MAP)?;
+    let losses = take(LOSSES_MAP)?;
+    Ok(ProbeMaps {
+        events: RingBuf::try_from(events).map_err(|source| LoadError::Map {
+            name: EVENTS_MAP,
+            source,
+        })?,
+        flow_counts: HashMap::try_from(flow_counts).map_err(|source| LoadError::Map {
+            name: FLOW_COUNTS_MAP,
+            source,
+        })?,
+        losses: PerCpuArray::try_from(losses).map_err(|source| LoadError::Map {
+            name: LOSSES_MAP,
+            source,
+        })?,
+    })
+}

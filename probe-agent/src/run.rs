@@ -1,1 +1,366 @@
-//! placeholder
+//! `probe-agent run`: wires the modules together and runs until SIGTERM/SIGINT.
+//!
+//! Tasks: the HTTP server; the attacher (owns the programs, applies netlink changes and
+//! a periodic resync); the ring-buffer reader (never blocks the kernel: it hands batches
+//! to a bounded queue and counts what does not fit); the tracker loop (decode + track,
+//! timeout sweep, reconcile with the kernel's counters).
+
+use std::{
+    fs::File,
+    os::fd::AsFd,
+    path::Path,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use probe_ebpf::{FlowCounters, FlowKey, LossCounter, PacketEvent};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::{broadcast, mpsc, watch},
+    time::{MissedTickBehavior, interval},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    attach::{self, Attacher},
+    config::{KubeMode, RunArgs},
+    decode::{self, DecodeError},
+    loader,
+    metrics::{DecodeErrorKind, LossSource, Metrics},
+    model::{FlowEvent, InterfaceStatus, Verdict},
+    serve::{self, AppState, FlowSource},
+    track::{Clock, Tracker, TrackerConfig, monotonic_now},
+};
+
+/// Batches of raw records waiting for the tracker. Bounded: when the tracker falls
+/// behind, the reader drops and counts instead of stalling the ring buffer.
+const QUEUE_BATCHES: usize = 1024;
+/// Records per batch, at most.
+const BATCH_RECORDS: usize = 256;
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+const RESYNC_EVERY: Duration = Duration::from_secs(5);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+/// Enters the network namespace at `path` for the calling thread (and the threads it
+/// creates afterwards).
+pub fn enter_netns(path: &Path) -> anyhow::Result<()> {
+    let file = File::open(path).with_context(|| format!("opening network namespace {}", path.display()))?;
+    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace {}", path.display()))?;
+    Ok(())
+}
+
+/// What the API reads: the tracker, the attached interfaces and readiness.
+struct AgentSource {
+    tracker: Arc<Mutex<Tracker>>,
+    interfaces: Arc<RwLock<Vec<InterfaceStatus>>>,
+    ready: Arc<RwLock<Result<(), String>>>,
+    events_tx: broadcast::Sender<FlowEvent>,
+}
+
+impl FlowSource for AgentSource {
+    fn verdicts(&self, keep: &dyn Fn(&Verdict) -> bool, limit: usize) -> Vec<Verdict> {
+        lock(&self.tracker).verdicts(keep, limit)
+    }
+
+    fn events(&self, keep: &dyn Fn(&FlowEvent) -> bool, limit: usize) -> Vec<FlowEvent> {
+        lock(&self.tracker).events(keep, limit)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<FlowEvent> {
+        self.events_tx.subscribe()
+    }
+
+    fn interfaces(&self) -> Vec<InterfaceStatus> {
+        self.interfaces.read().map(|i| i.clone()).unwrap_or_default()
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        self.ready
+            .read()
+            .map_err(|_| "agent state poisoned".to_string())?
+            .clone()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock must not take the API down with it.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs the agent. `listener` was bound before entering any `--netns`.
+pub async fn run(args: RunArgs, listener: std::net::TcpListener) -> anyhow::Result<()> {
+    if args.kube == KubeMode::Auto && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        warn!("running in a cluster, but Kubernetes enrichment is not available in this build: flows carry IPs only");
+    }
+    let metrics = Arc::new(Metrics::new(2000));
+    let tracker = Tracker::new(
+        TrackerConfig {
+            syn_timeout: args.syn_timeout,
+            dns_timeout: args.dns_timeout,
+            flow_capacity: args.flow_capacity,
+            event_capacity: args.event_capacity,
+        },
+        Clock::new(),
+        Arc::clone(&metrics),
+    );
+    let events_tx = tracker.events_sender();
+    let tracker = Arc::new(Mutex::new(tracker));
+    let interfaces = Arc::new(RwLock::new(Vec::new()));
+    let ready = Arc::new(RwLock::new(Err("loading the eBPF programs".to_string())));
+    let source = Arc::new(AgentSource {
+        tracker: Arc::clone(&tracker),
+        interfaces: Arc::clone(&interfaces),
+        ready: Arc::clone(&ready),
+        events_tx,
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    info!(listen = %listener.local_addr()?, "serving the API");
+    let mut http = tokio::spawn(serve::serve(
+        listener,
+        AppState::new(source, Arc::clone(&metrics)),
+        wait_for(shutdown_rx.clone()),
+    ));
+
+    let result = run_probe(&args, &tracker, &interfaces, &ready, &metrics, shutdown_rx).await;
+    if let Err(err) = &result {
+        error!("{err:#}");
+    }
+    shutdown_tx.send_replace(true);
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut http).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => warn!("HTTP server: {err}"),
+        Ok(Err(err)) => warn!("HTTP server task: {err}"),
+        Err(_) => {
+            warn!("HTTP server did not stop in time");
+            http.abort();
+        }
+    }
+    result
+}
+
+async fn wait_for(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+async fn run_probe(
+    args: &RunArgs,
+    tracker: &Arc<Mutex<Tracker>>,
+    interfaces: &Arc<RwLock<Vec<InterfaceStatus>>>,
+    ready: &Arc<RwLock<Result<(), String>>>,
+    metrics: &Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut ebpf = loader::load(loader::LoadOptions {
+        flow_counts_entries: u32::try_from(args.flow_capacity.get()).unwrap_or(u32::MAX),
+        ..loader::LoadOptions::default()
+    })?;
+    let maps = loader::take_maps(&mut ebpf)?;
+    let globs = attach::interface_globs(&args.interfaces)?;
+    let mut attacher = Attacher::new(ebpf, globs, args.attach_mode);
+
+    let (changes_tx, mut changes) = mpsc::channel(1024);
+    // Subscribe before listing, so an interface created in between is not missed.
+    let watcher = tokio::spawn(attach::watch_links(changes_tx));
+    let links = attach::list_links().await?;
+    for (index, name, _) in attacher.resync(&links) {
+        lock(tracker).set_interface_name(index, &name);
+    }
+    *interfaces.write().expect("not poisoned") = attacher.statuses();
+    metrics.set_attached_interfaces(attacher.statuses().len() as u64);
+    *ready.write().expect("not poisoned") = Ok(());
+    info!(
+        interfaces = attacher.statuses().len(),
+        globs = args.interfaces.join(","),
+        "probe loaded and attached"
+    );
+
+    let (batches_tx, batches) = mpsc::channel(QUEUE_BATCHES);
+    let reader = tokio::spawn(read_ring(maps.events, batches_tx, Arc::clone(metrics), shutdown.clone()));
+    let (per_interface_tx, mut per_interface) = mpsc::unbounded_channel();
+    let tracking = tokio::spawn(track_loop(
+        batches,
+        Arc::clone(tracker),
+        maps.flow_counts,
+        maps.losses,
+        Arc::clone(metrics),
+        per_interface_tx,
+        shutdown.clone(),
+    ));
+
+    let mut resync = interval(RESYNC_EVERY);
+    resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut shutdown = shutdown;
+    loop {
+        let changed = tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = shutdown.changed() => break,
+            Some(change) = changes.recv() => {
+                if let Some((index, name, _)) = attacher.apply(&change) {
+                    lock(tracker).set_interface_name(index, &name);
+                }
+                true
+            }
+            Some((index, n)) = per_interface.recv() => {
+                attacher.count_event(index, n);
+                true
+            }
+            _ = resync.tick() => {
+                match attach::list_links().await {
+                    Ok(links) => {
+                        for (index, name, _) in attacher.resync(&links) {
+                            lock(tracker).set_interface_name(index, &name);
+                        }
+                    }
+                    Err(err) => warn!("listing interfaces: {err}"),
+                }
+                true
+            }
+        };
+        if changed {
+            let statuses = attacher.statuses();
+            metrics.set_attached_interfaces(statuses.len() as u64);
+            *interfaces.write().expect("not poisoned") = statuses;
+        }
+    }
+    *ready.write().expect("not poisoned") = Err("shutting down".into());
+    attacher.detach_all();
+    watcher.abort();
+    reader.abort();
+    tracking.abort();
+    info!("detached from every interface");
+    Ok(())
+}
+
+/// Drains the ring buffer whenever the kernel signals it, in batches of raw records.
+async fn read_ring(
+    ring: RingBuf<MapData>,
+    batches: mpsc::Sender<Vec<u8>>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let record = size_of::<PacketEvent>();
+    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long
+    // as it lives, and the AsyncFd owns the ring buffer.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|err| anyhow::anyhow!("polling the ring buffer: {err}"))?;
+    loop {
+        let mut guard = tokio::select! {
+            guard = ring.readable_mut() => guard?,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let ring = guard.get_inner_mut();
+        let mut batch = Vec::with_capacity(record * BATCH_RECORDS);
+        let mut in_batch = 0;
+        while let Some(item) = ring.next() {
+            // The kernel only writes whole PacketEvents; anything else is reported, not
+            // misread as the start of the next record.
+            if item.len() != record {
+                metrics.decode_error(DecodeErrorKind::Truncated);
+                continue;
+            }
+            batch.extend_from_slice(&item);
+            in_batch += 1;
+            if in_batch == BATCH_RECORDS {
+                send_batch(&batches, std::mem::take(&mut batch), in_batch, &metrics);
+                batch.reserve(record * BATCH_RECORDS);
+                in_batch = 0;
+            }
+        }
+        if in_batch > 0 {
+            send_batch(&batches, batch, in_batch, &metrics);
+        }
+        guard.clear_ready();
+    }
+}
+
+fn send_batch(batches: &mpsc::Sender<Vec<u8>>, batch: Vec<u8>, records: usize, metrics: &Metrics) {
+    if batches.try_send(batch).is_err() {
+        metrics.events_lost(LossSource::Agent, records as u64);
+    }
+}
+
+/// Decodes and tracks batches; sweeps timeouts; reconciles with the kernel's counters.
+async fn track_loop(
+    mut batches: mpsc::Receiver<Vec<u8>>,
+    tracker: Arc<Mutex<Tracker>>,
+    flow_counts: aya::maps::HashMap<MapData, FlowKey, FlowCounters>,
+    losses: PerCpuArray<MapData, u64>,
+    metrics: Arc<Metrics>,
+    per_interface: mpsc::UnboundedSender<(u32, u64)>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let record = size_of::<PacketEvent>();
+    let mut sweep = interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut reconcile = interval(RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut kernel_lost = 0u64;
+    loop {
+        tokio::select! {
+            Some(batch) = batches.recv() => {
+                let mut seen_on: Vec<(u32, u64)> = Vec::new();
+                let mut tracker = lock(&tracker);
+                for raw in batch.chunks(record) {
+                    match decode::decode(raw) {
+                        Ok(packet) => {
+                            match seen_on.iter_mut().find(|(i, _)| *i == packet.ifindex) {
+                                Some((_, n)) => *n += 1,
+                                None => seen_on.push((packet.ifindex, 1)),
+                            }
+                            tracker.on_packet(&packet);
+                        }
+                        Err(err) => metrics.decode_error(decode_error_kind(&err)),
+                    }
+                }
+                drop(tracker);
+                for counted in seen_on {
+                    let _ = per_interface.send(counted);
+                }
+            }
+            _ = sweep.tick() => lock(&tracker).sweep(monotonic_now()),
+            _ = reconcile.tick() => {
+                // Read the kernel map outside the lock: it is one syscall per entry.
+                let kernel: Vec<(FlowKey, FlowCounters)> =
+                    flow_counts.iter().filter_map(Result::ok).collect();
+                let mut tracker = lock(&tracker);
+                tracker.reconcile(kernel, monotonic_now());
+                metrics.set_flows_tracked(tracker.flows_tracked() as u64);
+                drop(tracker);
+                let lost = ring_full_count(&losses);
+                if lost > kernel_lost {
+                    metrics.events_lost(LossSource::Kernel, lost - kernel_lost);
+                    kernel_lost = lost;
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Events the kernel could not put in the ring buffer, summed over CPUs.
+fn ring_full_count(losses: &PerCpuArray<MapData, u64>) -> u64 {
+    losses
+        .get(&(LossCounter::RingFull as u32), 0)
+        .map(|per_cpu| per_cpu.iter().sum())
+        .unwrap_or(0)
+}
+
+fn decode_error_kind(err: &DecodeError) -> DecodeErrorKind {
+    match err {
+        DecodeError::Truncated(_) | DecodeError::CapturedLength(_) => DecodeErrorKind::Truncated,
+        DecodeError::Version(_) => DecodeErrorKind::Version,
+        DecodeError::Kind(_) | DecodeError::Direction(_) => DecodeErrorKind::Kind,
+        DecodeError::Malformed(_) => DecodeErrorKind::Malformed,
+    }
+}

@@ -154,6 +154,11 @@ impl Tracker {
         self.events_tx.subscribe()
     }
 
+    /// The sender behind [`Tracker::subscribe`], so followers need not take the lock.
+    pub fn events_sender(&self) -> broadcast::Sender<FlowEvent> {
+        self.events_tx.clone()
+    }
+
     /// Names the interface behind an ifindex, for the `interface` field.
     pub fn set_interface_name(&mut self, ifindex: u32, name: &str) {
         self.interfaces.insert(ifindex, name.to_string());

@@ -1,0 +1,5 @@
+//! Tests that need root: the real kernel program (BPF_PROG_TEST_RUN) and the whole agent
+//! on a simulated node made of network namespaces with real traffic.
+//! Built only with `--features privileged-tests` (`cargo xtask test` does that).
+
+mod kernel;
