@@ -263,7 +263,9 @@ impl Attacher {
     /// Applies a netlink change. Returns the interface newly attached, if any.
     pub fn apply(&mut self, change: &LinkChange) -> Option<(u32, String, AttachMode)> {
         match change {
-            LinkChange::Added { index, name } if self.matches(name) && !self.is_attached(*index) => {
+            LinkChange::Added { index, name }
+                if self.matches(name) && !self.is_attached(*index) =>
+            {
                 match self.attach(*index, name) {
                     Ok(mode) => {
                         info!(interface = %name, ?mode, "attached");
@@ -276,7 +278,9 @@ impl Attacher {
                     }
                 }
             }
-            LinkChange::Added { index, name } if !self.matches(name) && self.is_attached(*index) => {
+            LinkChange::Added { index, name }
+                if !self.matches(name) && self.is_attached(*index) =>
+            {
                 // Renamed away from the globs.
                 self.forget(*index);
                 None
@@ -316,10 +320,13 @@ impl Attacher {
 }
 
 fn link_name(message: &LinkMessage) -> Option<String> {
-    message.attributes.iter().find_map(|attribute| match attribute {
-        LinkAttribute::IfName(name) => Some(name.clone()),
-        _ => None,
-    })
+    message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            LinkAttribute::IfName(name) => Some(name.clone()),
+            _ => None,
+        })
 }
 
 /// Lists the interfaces of the current network namespace.
@@ -350,12 +357,11 @@ pub async fn watch_links(changes: mpsc::Sender<LinkChange>) -> Result<(), Attach
     let task = tokio::spawn(connection);
     while let Some((message, _)) = messages.next().await {
         let change = match message.payload {
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
-                link_name(&link).map(|name| LinkChange::Added {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => link_name(&link)
+                .map(|name| LinkChange::Added {
                     index: link.header.index,
                     name,
-                })
-            }
+                }),
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
                 Some(LinkChange::Removed {
                     index: link.header.index,

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::observe::ObserveArgs;
 
 #[derive(Parser, Debug)]
-#[command(name = "probe-agent", version, about = "netprobe: which connections on this node fail, and why")]
+#[command(
+    name = "probe-agent",
+    version,
+    about = "netprobe: which connections on this node fail, and why"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -24,7 +28,12 @@ pub enum Command {
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
     /// Interface name globs of host-side pod veths (kindnet/bridge, Cilium, Calico).
-    #[arg(long, env = "NETPROBE_INTERFACES", value_delimiter = ',', default_value = "veth*,lxc*,cali*")]
+    #[arg(
+        long,
+        env = "NETPROBE_INTERFACES",
+        value_delimiter = ',',
+        default_value = "veth*,lxc*,cali*"
+    )]
     pub interfaces: Vec<String>,
     /// Address of the HTTP API and /metrics.
     #[arg(long, env = "NETPROBE_LISTEN", default_value = "0.0.0.0:9810")]
@@ -73,7 +82,9 @@ mod tests {
     #[test]
     fn defaults_match_the_design() {
         let cli = Cli::try_parse_from(["probe-agent", "run"]).unwrap();
-        let Command::Run(args) = cli.command else { panic!("run") };
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
         assert_eq!(args.interfaces, ["veth*", "lxc*", "cali*"]);
         assert_eq!(args.listen, "0.0.0.0:9810".parse().unwrap());
         assert_eq!(args.syn_timeout, Duration::from_secs(3));
@@ -86,8 +97,18 @@ mod tests {
     fn bad_values_are_rejected() {
         assert!(Cli::try_parse_from(["probe-agent", "run", "--syn-timeout", "soon"]).is_err());
         assert!(Cli::try_parse_from(["probe-agent", "run", "--flow-capacity", "0"]).is_err());
-        let cli = Cli::try_parse_from(["probe-agent", "run", "--interfaces", "eth*,veth*", "--dns-timeout", "250ms"]).unwrap();
-        let Command::Run(args) = cli.command else { panic!("run") };
+        let cli = Cli::try_parse_from([
+            "probe-agent",
+            "run",
+            "--interfaces",
+            "eth*,veth*",
+            "--dns-timeout",
+            "250ms",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
         assert_eq!(args.interfaces, ["eth*", "veth*"]);
         assert_eq!(args.dns_timeout, Duration::from_millis(250));
     }

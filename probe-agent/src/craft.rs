@@ -39,13 +39,23 @@ impl Frame {
     }
 
     /// Wraps an IP `payload` of protocol `protocol` from `src` to `dst`.
-    pub fn ip(&self, src: IpAddr, dst: IpAddr, protocol: IpNextHeaderProtocol, payload: &[u8]) -> Vec<u8> {
+    pub fn ip(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: IpNextHeaderProtocol,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let ip = match (src, dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => self.ipv4(src, dst, protocol, payload),
             (IpAddr::V6(src), IpAddr::V6(dst)) => self.ipv6(src, dst, protocol, payload),
             _ => panic!("mixed address families"),
         };
-        let ether_type = if src.is_ipv4() { EtherTypes::Ipv4 } else { EtherTypes::Ipv6 };
+        let ether_type = if src.is_ipv4() {
+            EtherTypes::Ipv4
+        } else {
+            EtherTypes::Ipv6
+        };
         self.ethernet(ether_type, &ip)
     }
 
@@ -71,8 +81,14 @@ impl Frame {
     }
 
     /// An IPv4 packet (no Ethernet header), as an ICMP error quotes it.
-    pub fn ipv4(&self, src: Ipv4Addr, dst: Ipv4Addr, protocol: IpNextHeaderProtocol, payload: &[u8]) -> Vec<u8> {
-        assert!(self.ipv4_options % 4 == 0 && self.ipv4_options <= 40);
+    pub fn ipv4(
+        &self,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        protocol: IpNextHeaderProtocol,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        assert!(self.ipv4_options.is_multiple_of(4) && self.ipv4_options <= 40);
         let header = 20 + self.ipv4_options;
         let mut buf = vec![0u8; header + payload.len()];
         let mut ip = MutableIpv4Packet::new(&mut buf).expect("sized");
@@ -85,18 +101,30 @@ impl Frame {
         ip.set_destination(dst);
         if let Some((offset, more)) = self.fragment {
             ip.set_fragment_offset(offset);
-            ip.set_flags(if more { ipv4::Ipv4Flags::MoreFragments } else { 0 });
+            ip.set_flags(if more {
+                ipv4::Ipv4Flags::MoreFragments
+            } else {
+                0
+            });
         }
         // Options are NOPs (type 1), which any parser must step over (RFC 791).
         buf[20..header].fill(1);
         let checksum = ipv4::checksum(&ipv4::Ipv4Packet::new(&buf).expect("sized"));
-        MutableIpv4Packet::new(&mut buf).expect("sized").set_checksum(checksum);
+        MutableIpv4Packet::new(&mut buf)
+            .expect("sized")
+            .set_checksum(checksum);
         buf[header..].copy_from_slice(payload);
         buf
     }
 
     /// An IPv6 packet (no Ethernet header).
-    pub fn ipv6(&self, src: Ipv6Addr, dst: Ipv6Addr, protocol: IpNextHeaderProtocol, payload: &[u8]) -> Vec<u8> {
+    pub fn ipv6(
+        &self,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        protocol: IpNextHeaderProtocol,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let ext = if self.ipv6_hop_by_hop { 8 } else { 0 };
         let mut buf = vec![0u8; 40 + ext + payload.len()];
         let mut ip = MutableIpv6Packet::new(&mut buf).expect("sized");
@@ -120,16 +148,32 @@ impl Frame {
     }
 
     pub fn tcp(&self, src: SocketAddr, dst: SocketAddr, flags: u8) -> Vec<u8> {
-        self.ip(src.ip(), dst.ip(), IpNextHeaderProtocols::Tcp, &tcp_segment(src.port(), dst.port(), flags))
+        self.ip(
+            src.ip(),
+            dst.ip(),
+            IpNextHeaderProtocols::Tcp,
+            &tcp_segment(src.port(), dst.port(), flags),
+        )
     }
 
     pub fn udp(&self, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
-        self.ip(src.ip(), dst.ip(), IpNextHeaderProtocols::Udp, &udp_datagram(src.port(), dst.port(), payload))
+        self.ip(
+            src.ip(),
+            dst.ip(),
+            IpNextHeaderProtocols::Udp,
+            &udp_datagram(src.port(), dst.port(), payload),
+        )
     }
 
     /// An ICMP(v6) destination-unreachable from `router` to `to`, quoting `original`
     /// (an IP packet without Ethernet header).
-    pub fn icmp_unreachable(&self, router: IpAddr, to: IpAddr, code: u8, original: &[u8]) -> Vec<u8> {
+    pub fn icmp_unreachable(
+        &self,
+        router: IpAddr,
+        to: IpAddr,
+        code: u8,
+        original: &[u8],
+    ) -> Vec<u8> {
         let (icmp_type, protocol) = if router.is_ipv4() {
             (3, IpNextHeaderProtocols::Icmp)
         } else {
@@ -169,7 +213,10 @@ pub fn dns_query(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
     message.set_id(id);
     message.set_message_type(MessageType::Query);
     message.set_recursion_desired(true);
-    message.add_query(Query::query(Name::from_ascii(name).expect("valid name"), qtype));
+    message.add_query(Query::query(
+        Name::from_ascii(name).expect("valid name"),
+        qtype,
+    ));
     message.to_vec().expect("encodable")
 }
 
@@ -179,7 +226,10 @@ pub fn dns_response(id: u16, name: &str, qtype: RecordType, rcode: ResponseCode)
     message.set_id(id);
     message.set_message_type(MessageType::Response);
     message.set_response_code(rcode);
-    message.add_query(Query::query(Name::from_ascii(name).expect("valid name"), qtype));
+    message.add_query(Query::query(
+        Name::from_ascii(name).expect("valid name"),
+        qtype,
+    ));
     message.to_vec().expect("encodable")
 }
 
@@ -200,7 +250,13 @@ pub fn flow_key(protocol: u8, src: SocketAddr, dst: SocketAddr) -> FlowKey {
 }
 
 /// A ring-buffer record as the kernel would emit it for `frame`.
-pub fn wire_event(kind: EventKind, key: FlowKey, direction: Direction, timestamp_ns: u64, frame: &[u8]) -> Vec<u8> {
+pub fn wire_event(
+    kind: EventKind,
+    key: FlowKey,
+    direction: Direction,
+    timestamp_ns: u64,
+    frame: &[u8],
+) -> Vec<u8> {
     let captured = frame.len().min(CAPTURE_BYTES);
     let mut event = PacketEvent {
         version: WIRE_VERSION,
@@ -216,7 +272,10 @@ pub fn wire_event(kind: EventKind, key: FlowKey, direction: Direction, timestamp
     event.data[..captured].copy_from_slice(&frame[..captured]);
     // SAFETY: PacketEvent is repr(C) plain integers with no padding.
     let bytes = unsafe {
-        std::slice::from_raw_parts((&event as *const PacketEvent).cast::<u8>(), size_of::<PacketEvent>())
+        std::slice::from_raw_parts(
+            (&event as *const PacketEvent).cast::<u8>(),
+            size_of::<PacketEvent>(),
+        )
     };
     bytes.to_vec()
 }

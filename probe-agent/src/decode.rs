@@ -23,7 +23,9 @@ use pnet_packet::{
     udp::UdpPacket,
     vlan::VlanPacket,
 };
-use probe_ebpf::{Direction, EventKind, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PacketEvent, WIRE_VERSION};
+use probe_ebpf::{
+    Direction, EventKind, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PacketEvent, WIRE_VERSION,
+};
 
 use crate::model::{Flow, Protocol};
 
@@ -107,7 +109,11 @@ pub fn flow_from_key(key: &FlowKey) -> Result<Flow, DecodeError> {
     let protocol = match key.protocol {
         IPPROTO_TCP => Protocol::Tcp,
         IPPROTO_UDP => Protocol::Udp,
-        _ => return Err(DecodeError::Malformed("flow protocol is neither TCP nor UDP")),
+        _ => {
+            return Err(DecodeError::Malformed(
+                "flow protocol is neither TCP nor UDP",
+            ));
+        }
     };
     let addr = |bytes: [u8; 16]| IpAddr::from(bytes).to_canonical();
     Ok(Flow {
@@ -161,7 +167,9 @@ fn ipv4_transport(bytes: &[u8]) -> Result<Transport<'_>, DecodeError> {
         return Err(DecodeError::Malformed("bad IPv4 header length"));
     }
     if ip.get_fragment_offset() != 0 {
-        return Err(DecodeError::Malformed("IPv4 fragment without transport header"));
+        return Err(DecodeError::Malformed(
+            "IPv4 fragment without transport header",
+        ));
     }
     Ok((
         ip.get_source().into(),
@@ -190,7 +198,9 @@ fn ipv6_transport(bytes: &[u8]) -> Result<Transport<'_>, DecodeError> {
                 let frag = FragmentPacket::new(rest)
                     .ok_or(DecodeError::Malformed("truncated IPv6 fragment header"))?;
                 if frag.get_fragment_offset() != 0 {
-                    return Err(DecodeError::Malformed("IPv6 fragment without transport header"));
+                    return Err(DecodeError::Malformed(
+                        "IPv6 fragment without transport header",
+                    ));
                 }
                 next = frag.get_next_header();
                 8
@@ -203,9 +213,9 @@ fn ipv6_transport(bytes: &[u8]) -> Result<Transport<'_>, DecodeError> {
             }
             _ => break,
         };
-        rest = rest
-            .get(len..)
-            .ok_or(DecodeError::Malformed("IPv6 extension header overruns packet"))?;
+        rest = rest.get(len..).ok_or(DecodeError::Malformed(
+            "IPv6 extension header overruns packet",
+        ))?;
     }
     Ok((
         ip.get_source().into(),
@@ -230,17 +240,27 @@ fn transport_facts(
     };
     match protocol {
         IpNextHeaderProtocols::Tcp => {
-            let tcp = TcpPacket::new(bytes).ok_or(DecodeError::Malformed("truncated TCP header"))?;
+            let tcp =
+                TcpPacket::new(bytes).ok_or(DecodeError::Malformed("truncated TCP header"))?;
             Ok(ParsedPacket {
-                tuple: Some(tuple(Protocol::Tcp, tcp.get_source(), tcp.get_destination())),
+                tuple: Some(tuple(
+                    Protocol::Tcp,
+                    tcp.get_source(),
+                    tcp.get_destination(),
+                )),
                 tcp_flags: Some(tcp.get_flags()),
                 ..ParsedPacket::default()
             })
         }
         IpNextHeaderProtocols::Udp => {
-            let udp = UdpPacket::new(bytes).ok_or(DecodeError::Malformed("truncated UDP header"))?;
+            let udp =
+                UdpPacket::new(bytes).ok_or(DecodeError::Malformed("truncated UDP header"))?;
             Ok(ParsedPacket {
-                tuple: Some(tuple(Protocol::Udp, udp.get_source(), udp.get_destination())),
+                tuple: Some(tuple(
+                    Protocol::Udp,
+                    udp.get_source(),
+                    udp.get_destination(),
+                )),
                 dns: decode_dns(&bytes[UdpPacket::minimum_packet_size()..]),
                 ..ParsedPacket::default()
             })
@@ -249,19 +269,25 @@ fn transport_facts(
             let icmp =
                 IcmpPacket::new(bytes).ok_or(DecodeError::Malformed("truncated ICMP header"))?;
             if icmp.get_icmp_type() != IcmpTypes::DestinationUnreachable {
-                return Err(DecodeError::Malformed("ICMP message is not destination-unreachable"));
+                return Err(DecodeError::Malformed(
+                    "ICMP message is not destination-unreachable",
+                ));
             }
             quoted_packet(&bytes[8.min(bytes.len())..], false)
         }
         IpNextHeaderProtocols::Icmpv6 => {
-            let icmp =
-                Icmpv6Packet::new(bytes).ok_or(DecodeError::Malformed("truncated ICMPv6 header"))?;
+            let icmp = Icmpv6Packet::new(bytes)
+                .ok_or(DecodeError::Malformed("truncated ICMPv6 header"))?;
             if icmp.get_icmpv6_type() != Icmpv6Types::DestinationUnreachable {
-                return Err(DecodeError::Malformed("ICMPv6 message is not destination-unreachable"));
+                return Err(DecodeError::Malformed(
+                    "ICMPv6 message is not destination-unreachable",
+                ));
             }
             quoted_packet(&bytes[8.min(bytes.len())..], true)
         }
-        _ => Err(DecodeError::Malformed("transport is not TCP, UDP, ICMP or ICMPv6")),
+        _ => Err(DecodeError::Malformed(
+            "transport is not TCP, UDP, ICMP or ICMPv6",
+        )),
     }
 }
 
@@ -338,7 +364,9 @@ fn check_agrees(kind: EventKind, flow: &Flow, parsed: &ParsedPacket) -> Result<(
         EventKind::DnsResponse => parsed.dns.as_ref().is_some_and(|dns| dns.is_response),
     };
     if !kind_agrees {
-        return Err(DecodeError::Malformed("event kind does not match the packet"));
+        return Err(DecodeError::Malformed(
+            "event kind does not match the packet",
+        ));
     }
     let expected_orientation = match kind {
         EventKind::Syn | EventKind::DnsQuery | EventKind::IcmpUnreachable => *flow == tuple,
@@ -346,7 +374,9 @@ fn check_agrees(kind: EventKind, flow: &Flow, parsed: &ParsedPacket) -> Result<(
         EventKind::Rst => *flow == tuple || *flow == reversed,
     };
     if !expected_orientation {
-        return Err(DecodeError::Malformed("kernel flow does not match the packet's tuple"));
+        return Err(DecodeError::Malformed(
+            "kernel flow does not match the packet's tuple",
+        ));
     }
     Ok(())
 }
@@ -394,7 +424,10 @@ mod tests {
         let key = craft::flow_key(IPPROTO_TCP, client, server);
         let packet = decode(&event(EventKind::Syn, key, &frame)).unwrap();
         assert_eq!(packet.kind, EventKind::Syn);
-        assert_eq!(packet.flow.to_string(), "10.244.0.5:41234 -> 10.96.45.123:8080 TCP");
+        assert_eq!(
+            packet.flow.to_string(),
+            "10.244.0.5:41234 -> 10.96.45.123:8080 TCP"
+        );
         assert_eq!(packet.monotonic, Duration::from_secs(5));
         assert_eq!(packet.ifindex, 7);
     }
@@ -409,16 +442,23 @@ mod tests {
         .tcp(server, client, TcpFlags::SYN | TcpFlags::ACK);
         let key = craft::flow_key(IPPROTO_TCP, client, server);
         let packet = decode(&event(EventKind::SynAck, key, &frame)).unwrap();
-        assert_eq!(packet.flow.to_string(), "[fd00::5]:41234 -> [fd00::9]:443 TCP");
+        assert_eq!(
+            packet.flow.to_string(),
+            "[fd00::5]:41234 -> [fd00::9]:443 TCP"
+        );
         // The same bytes claimed for the unreversed flow are a disagreement.
         let wrong = craft::flow_key(IPPROTO_TCP, server, client);
         assert_eq!(
             decode(&event(EventKind::SynAck, wrong, &frame)),
-            Err(DecodeError::Malformed("kernel flow does not match the packet's tuple"))
+            Err(DecodeError::Malformed(
+                "kernel flow does not match the packet's tuple"
+            ))
         );
         assert_eq!(
             decode(&event(EventKind::Syn, key, &frame)),
-            Err(DecodeError::Malformed("event kind does not match the packet"))
+            Err(DecodeError::Malformed(
+                "event kind does not match the packet"
+            ))
         );
     }
 
@@ -427,7 +467,8 @@ mod tests {
         let (client, server) = (addr("10.244.0.5:5353"), addr("10.96.0.10:53"));
         let name = "flagsmith-postgresql.flagsmith.svc.cluster.local.";
         let key = craft::flow_key(IPPROTO_UDP, client, server);
-        let query = Frame::plain().udp(client, server, &craft::dns_query(4711, name, RecordType::A));
+        let query =
+            Frame::plain().udp(client, server, &craft::dns_query(4711, name, RecordType::A));
         let packet = decode(&event(EventKind::DnsQuery, key, &query)).unwrap();
         let dns = packet.dns.unwrap();
         assert_eq!((dns.id, dns.is_response), (4711, false));
@@ -441,17 +482,28 @@ mod tests {
         );
         let packet = decode(&event(EventKind::DnsResponse, key, &response)).unwrap();
         let dns = packet.dns.unwrap();
-        assert_eq!((dns.id, dns.is_response, dns.rcode), (4711, true, ResponseCode::NXDomain));
+        assert_eq!(
+            (dns.id, dns.is_response, dns.rcode),
+            (4711, true, ResponseCode::NXDomain)
+        );
         assert_eq!(dns.qtype.as_deref(), Some("AAAA"));
         assert_eq!(rcode_name(dns.rcode), "NXDOMAIN");
     }
 
     #[test]
     fn garbage_after_a_dns_header_keeps_the_header() {
-        let mut message = craft::dns_response(77, "x.cluster.local.", RecordType::A, ResponseCode::ServFail);
+        let mut message = craft::dns_response(
+            77,
+            "x.cluster.local.",
+            RecordType::A,
+            ResponseCode::ServFail,
+        );
         message.truncate(14);
         let dns = decode_dns(&message).unwrap();
-        assert_eq!((dns.id, dns.rcode, dns.qname), (77, ResponseCode::ServFail, None));
+        assert_eq!(
+            (dns.id, dns.rcode, dns.qname),
+            (77, ResponseCode::ServFail, None)
+        );
         assert_eq!(decode_dns(&[1, 2, 3]), None);
     }
 
@@ -472,14 +524,21 @@ mod tests {
         );
         let key = craft::flow_key(IPPROTO_TCP, client, service);
         let packet = decode(&event(EventKind::IcmpUnreachable, key, &frame)).unwrap();
-        assert_eq!(packet.flow.to_string(), "10.244.0.5:40000 -> 10.96.0.30:80 TCP");
+        assert_eq!(
+            packet.flow.to_string(),
+            "10.244.0.5:40000 -> 10.96.0.30:80 TCP"
+        );
     }
 
     #[test]
     fn bad_records_are_errors_not_panics() {
         let (client, server) = (addr("10.0.0.1:1"), addr("10.0.0.2:2"));
         let key = craft::flow_key(IPPROTO_TCP, client, server);
-        let good = event(EventKind::Syn, key, &Frame::plain().tcp(client, server, TcpFlags::SYN));
+        let good = event(
+            EventKind::Syn,
+            key,
+            &Frame::plain().tcp(client, server, TcpFlags::SYN),
+        );
         assert_eq!(decode(&good[..100]), Err(DecodeError::Truncated(100)));
         let mut bad = good.clone();
         bad[0] = 9;
@@ -493,7 +552,10 @@ mod tests {
         assert_eq!(decode(&bad), Err(DecodeError::CapturedLength(10_000)));
         // A runt frame: captured length shorter than an Ethernet header.
         let runt = event(EventKind::Syn, key, &[0u8; 10]);
-        assert_eq!(decode(&runt), Err(DecodeError::Malformed("truncated Ethernet header")));
+        assert_eq!(
+            decode(&runt),
+            Err(DecodeError::Malformed("truncated Ethernet header"))
+        );
         // An IPv4 fragment other than the first has no transport header.
         let fragment = Frame {
             fragment: Some((185, false)),
@@ -502,7 +564,9 @@ mod tests {
         .tcp(client, server, TcpFlags::SYN);
         assert_eq!(
             decode(&event(EventKind::Syn, key, &fragment)),
-            Err(DecodeError::Malformed("IPv4 fragment without transport header"))
+            Err(DecodeError::Malformed(
+                "IPv4 fragment without transport header"
+            ))
         );
     }
 }

@@ -6,8 +6,7 @@ use aya::{
     programs::{ProgramError, SchedClassifier},
 };
 use probe_ebpf::{
-    EGRESS_PROGRAM, EVENTS_MAP, FLOW_COUNTS_MAP, FlowCounters, FlowKey, INGRESS_PROGRAM,
-    LOSSES_MAP,
+    EGRESS_PROGRAM, EVENTS_MAP, FLOW_COUNTS_MAP, FlowCounters, FlowKey, INGRESS_PROGRAM, LOSSES_MAP,
 };
 
 /// The kernel program, built by build.rs from probe-ebpf's binary.

@@ -1,1 +1,612 @@
-//! placeholder
+//! Prometheus metrics (DESIGN.md, "Metrics (Prometheus)").
+//!
+//! Every label value comes from a bounded set: fixed enums for packet kinds, loss sources
+//! and decode errors, the DNS rcode names, and a cap on the number of verdict label sets,
+//! so a busy node cannot grow the exposition (and the scraper's memory) without limit.
+
+use std::{
+    fmt::{self, Write as _},
+    sync::{Mutex, PoisonError},
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::model::{Endpoint, Verdict};
+
+/// Distinct `netprobe_verdicts_total` label sets kept before new ones go to `other`.
+pub const DEFAULT_MAX_SERIES: usize = 2000;
+
+/// The label value that overflowing, unknown or unbounded values are counted under.
+const OTHER: &str = "other";
+
+/// A packet the kernel program reports because it can change a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PacketKind {
+    Syn,
+    SynAck,
+    Rst,
+    IcmpUnreachable,
+    DnsQuery,
+    DnsResponse,
+}
+
+impl PacketKind {
+    pub const ALL: [PacketKind; 6] = [
+        Self::Syn,
+        Self::SynAck,
+        Self::Rst,
+        Self::IcmpUnreachable,
+        Self::DnsQuery,
+        Self::DnsResponse,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Syn => "syn",
+            Self::SynAck => "syn_ack",
+            Self::Rst => "rst",
+            Self::IcmpUnreachable => "icmp_unreachable",
+            Self::DnsQuery => "dns_query",
+            Self::DnsResponse => "dns_response",
+        }
+    }
+}
+
+/// Where events were lost before the tracker saw them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LossSource {
+    /// The kernel found the ring buffer full.
+    Kernel,
+    /// The agent's queue between ring-buffer reader and tracker was full.
+    Agent,
+}
+
+impl LossSource {
+    pub const ALL: [LossSource; 2] = [Self::Kernel, Self::Agent];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::Agent => "agent",
+        }
+    }
+}
+
+/// Why a kernel event could not be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DecodeErrorKind {
+    /// The header carries a wire-format version this agent does not know.
+    Version,
+    /// Unknown event kind tag.
+    Kind,
+    /// Shorter than its header or kind says.
+    Truncated,
+    /// Well framed but the contents do not parse (packet headers, DNS message).
+    Malformed,
+}
+
+impl DecodeErrorKind {
+    pub const ALL: [DecodeErrorKind; 4] =
+        [Self::Version, Self::Kind, Self::Truncated, Self::Malformed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Version => "version",
+            Self::Kind => "kind",
+            Self::Truncated => "truncated",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+macro_rules! label_value {
+    ($($ty:ty),*) => {$(
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+                encoder.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+label_value!(PacketKind, LossSource, DecodeErrorKind);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: &'static str,
+    src_namespace: String,
+    src_workload: String,
+    dst_namespace: String,
+    dst_workload: String,
+    dst_service: String,
+    dst_port: String,
+}
+
+impl VerdictLabels {
+    fn of(v: &Verdict) -> Self {
+        let field = |end: &Option<Endpoint>, get: fn(&Endpoint) -> &Option<String>| {
+            end.as_ref()
+                .and_then(|end| get(end).as_deref())
+                .map(escape)
+                .unwrap_or_default()
+        };
+        Self {
+            verdict: v.verdict.as_str(),
+            src_namespace: field(&v.src, |e| &e.namespace),
+            src_workload: field(&v.src, |e| &e.workload),
+            dst_namespace: field(&v.dst, |e| &e.namespace),
+            dst_workload: field(&v.dst, |e| &e.workload),
+            dst_service: field(&v.dst, |e| &e.service),
+            dst_port: v.flow.dst_port.to_string(),
+        }
+    }
+
+    fn overflow(verdict: &'static str) -> Self {
+        let other = || OTHER.to_string();
+        Self {
+            verdict,
+            src_namespace: other(),
+            src_workload: other(),
+            dst_namespace: other(),
+            dst_workload: other(),
+            dst_service: other(),
+            dst_port: other(),
+        }
+    }
+}
+
+/// prometheus-client 0.23 writes label values verbatim; names from the Kubernetes API are
+/// safe, but escape anyway so one odd value cannot corrupt the whole exposition.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PacketLabels {
+    kind: PacketKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RcodeLabels {
+    rcode: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LossLabels {
+    source: LossSource,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DecodeErrorLabels {
+    reason: DecodeErrorKind,
+}
+
+/// DNS response codes 0–11 by value (IANA "DNS RCODEs"); the 4-bit header field can hold
+/// 12–15, which are unassigned, and extended rcodes need EDNS, which we do not parse.
+const RCODES: [&str; 12] = [
+    "NOERROR",
+    "FORMERR",
+    "SERVFAIL",
+    "NXDOMAIN",
+    "NOTIMP",
+    "REFUSED",
+    "YXDOMAIN",
+    "YXRRSET",
+    "NXRRSET",
+    "NOTAUTH",
+    "NOTZONE",
+    "DSOTYPENI",
+];
+
+/// The rcode label for a name (any case) or a decimal value; anything else is `other`.
+fn rcode_label(rcode: &str) -> &'static str {
+    let rcode = rcode.trim();
+    let by_value = rcode.parse::<usize>().ok().and_then(|n| RCODES.get(n));
+    let by_name = || RCODES.iter().find(|name| name.eq_ignore_ascii_case(rcode));
+    by_value.or_else(by_name).copied().unwrap_or(OTHER)
+}
+
+/// The agent's metrics, exposed with the `netprobe_` prefix.
+pub struct Metrics {
+    registry: Registry,
+    verdicts: Family<VerdictLabels, Counter>,
+    /// Distinct verdict label sets created so far (overflow sets not included); the lock
+    /// makes check-and-create atomic so the cap is exact under concurrent calls.
+    verdict_series: Mutex<usize>,
+    max_series: usize,
+    packets: Family<PacketLabels, Counter>,
+    dns_responses: Family<RcodeLabels, Counter>,
+    events_lost: Family<LossLabels, Counter>,
+    decode_errors: Family<DecodeErrorLabels, Counter>,
+    flows_tracked: Gauge,
+    attached_interfaces: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_SERIES)
+    }
+}
+
+impl Metrics {
+    /// `max_series` bounds the distinct `netprobe_verdicts_total` label sets; beyond it each
+    /// verdict gets one more series with every other label `other`.
+    pub fn new(max_series: usize) -> Self {
+        let metrics = Self {
+            registry: Registry::with_prefix("netprobe"),
+            verdicts: Family::default(),
+            verdict_series: Mutex::new(0),
+            max_series,
+            packets: Family::default(),
+            dns_responses: Family::default(),
+            events_lost: Family::default(),
+            decode_errors: Family::default(),
+            flows_tracked: Gauge::default(),
+            attached_interfaces: Gauge::default(),
+        };
+        // Series of fixed label sets exist from the start at 0, so `rate()` and alerts on
+        // them work before the first increment.
+        for kind in PacketKind::ALL {
+            drop(metrics.packets.get_or_create(&PacketLabels { kind }));
+        }
+        for source in LossSource::ALL {
+            drop(metrics.events_lost.get_or_create(&LossLabels { source }));
+        }
+        for reason in DecodeErrorKind::ALL {
+            drop(
+                metrics
+                    .decode_errors
+                    .get_or_create(&DecodeErrorLabels { reason }),
+            );
+        }
+        metrics.register()
+    }
+
+    fn register(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "verdicts",
+            "Flows that reached a final verdict",
+            self.verdicts.clone(),
+        );
+        r.register(
+            "packets",
+            "Verdict-relevant packets seen by the kernel program",
+            self.packets.clone(),
+        );
+        r.register(
+            "dns_responses",
+            "DNS responses by response code",
+            self.dns_responses.clone(),
+        );
+        r.register(
+            "events_lost",
+            "Events lost before tracking (kernel: ring buffer full, agent: queue full)",
+            self.events_lost.clone(),
+        );
+        r.register(
+            "decode_errors",
+            "Kernel events the agent could not decode",
+            self.decode_errors.clone(),
+        );
+        r.register(
+            "flows_tracked",
+            "Flows in the tracking table",
+            self.flows_tracked.clone(),
+        );
+        r.register(
+            "attached_interfaces",
+            "Interfaces the probe is attached to",
+            self.attached_interfaces.clone(),
+        );
+        self
+    }
+
+    /// Counts a flow reaching a final verdict.
+    pub fn verdict_reached(&self, v: &Verdict) {
+        let labels = VerdictLabels::of(v);
+        if let Some(counter) = self.verdicts.get(&labels) {
+            counter.inc();
+            return;
+        }
+        let mut series = self
+            .verdict_series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let labels = if self.verdicts.get(&labels).is_some() {
+            labels
+        } else if *series < self.max_series {
+            *series += 1;
+            labels
+        } else {
+            VerdictLabels::overflow(labels.verdict)
+        };
+        self.verdicts.get_or_create(&labels).inc();
+    }
+
+    pub fn packets(&self, kind: PacketKind, n: u64) {
+        self.packets.get_or_create(&PacketLabels { kind }).inc_by(n);
+    }
+
+    /// Counts one DNS response; `rcode` is a name such as `NXDOMAIN` (any case) or a
+    /// decimal value.
+    pub fn dns_response(&self, rcode: &str) {
+        let rcode = rcode_label(rcode);
+        self.dns_responses
+            .get_or_create(&RcodeLabels { rcode })
+            .inc();
+    }
+
+    pub fn events_lost(&self, source: LossSource, n: u64) {
+        self.events_lost
+            .get_or_create(&LossLabels { source })
+            .inc_by(n);
+    }
+
+    pub fn decode_error(&self, reason: DecodeErrorKind) {
+        self.decode_errors
+            .get_or_create(&DecodeErrorLabels { reason })
+            .inc();
+    }
+
+    pub fn set_flows_tracked(&self, n: u64) {
+        self.flows_tracked.set(saturating_i64(n));
+    }
+
+    pub fn set_attached_interfaces(&self, n: u64) {
+        self.attached_interfaces.set(saturating_i64(n));
+    }
+
+    /// The OpenMetrics text exposition (served as
+    /// `application/openmetrics-text; version=1.0.0; charset=utf-8`). Samples within a
+    /// family are sorted, so the output is stable between scrapes and diffs.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        text::encode(&mut out, &self.registry).expect("encoding into a String cannot fail");
+        sort_samples(&out)
+    }
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Sorts each run of sample lines; `#` lines (HELP, TYPE, EOF) stay where they are, so
+/// every family keeps its samples together after its own header.
+fn sort_samples(exposition: &str) -> String {
+    let mut out = String::with_capacity(exposition.len());
+    let mut run: Vec<&str> = Vec::new();
+    let flush = |run: &mut Vec<&str>, out: &mut String| {
+        run.sort_unstable();
+        for line in run.drain(..) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    };
+    for line in exposition.lines() {
+        if line.starts_with('#') {
+            flush(&mut run, &mut out);
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            run.push(line);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Counts, Flow, Protocol, VerdictKind};
+
+    fn verdict(
+        kind: VerdictKind,
+        dst_port: u16,
+        src: Option<Endpoint>,
+        dst: Option<Endpoint>,
+    ) -> Verdict {
+        let t = "2026-11-23T10:00:00.123Z".parse().unwrap();
+        Verdict {
+            flow: Flow {
+                protocol: Protocol::Tcp,
+                src_ip: "10.244.1.5".parse().unwrap(),
+                src_port: 41234,
+                dst_ip: "10.96.45.123".parse().unwrap(),
+                dst_port,
+            },
+            verdict: kind,
+            reason: String::new(),
+            counts: Counts::default(),
+            first_seen: t,
+            last_seen: t,
+            interface: "veth3f2a".into(),
+            src,
+            dst,
+            dns: None,
+        }
+    }
+
+    fn endpoint(
+        namespace: &str,
+        workload: Option<&str>,
+        service: Option<&str>,
+    ) -> Option<Endpoint> {
+        Some(Endpoint {
+            namespace: Some(namespace.into()),
+            pod: Some("ignored-pod-name-abc12".into()),
+            workload: workload.map(Into::into),
+            service: service.map(Into::into),
+        })
+    }
+
+    /// The sample lines of one metric, in exposition order.
+    fn samples(text: &str, name: &str) -> Vec<String> {
+        text.lines()
+            .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn fresh_metrics_expose_every_family_with_fixed_series_at_zero() {
+        let text = Metrics::default().encode();
+        assert_eq!(
+            text,
+            "\
+# HELP netprobe_verdicts Flows that reached a final verdict.
+# TYPE netprobe_verdicts counter
+# HELP netprobe_packets Verdict-relevant packets seen by the kernel program.
+# TYPE netprobe_packets counter
+netprobe_packets_total{kind=\"dns_query\"} 0
+netprobe_packets_total{kind=\"dns_response\"} 0
+netprobe_packets_total{kind=\"icmp_unreachable\"} 0
+netprobe_packets_total{kind=\"rst\"} 0
+netprobe_packets_total{kind=\"syn\"} 0
+netprobe_packets_total{kind=\"syn_ack\"} 0
+# HELP netprobe_dns_responses DNS responses by response code.
+# TYPE netprobe_dns_responses counter
+# HELP netprobe_events_lost Events lost before tracking (kernel: ring buffer full, agent: queue full).
+# TYPE netprobe_events_lost counter
+netprobe_events_lost_total{source=\"agent\"} 0
+netprobe_events_lost_total{source=\"kernel\"} 0
+# HELP netprobe_decode_errors Kernel events the agent could not decode.
+# TYPE netprobe_decode_errors counter
+netprobe_decode_errors_total{reason=\"kind\"} 0
+netprobe_decode_errors_total{reason=\"malformed\"} 0
+netprobe_decode_errors_total{reason=\"truncated\"} 0
+netprobe_decode_errors_total{reason=\"version\"} 0
+# HELP netprobe_flows_tracked Flows in the tracking table.
+# TYPE netprobe_flows_tracked gauge
+netprobe_flows_tracked 0
+# HELP netprobe_attached_interfaces Interfaces the probe is attached to.
+# TYPE netprobe_attached_interfaces gauge
+netprobe_attached_interfaces 0
+# EOF
+"
+        );
+    }
+
+    #[test]
+    fn counters_and_gauges_show_exact_values() {
+        let m = Metrics::default();
+        m.packets(PacketKind::Syn, 3);
+        m.packets(PacketKind::Syn, 2);
+        m.packets(PacketKind::IcmpUnreachable, 1);
+        m.events_lost(LossSource::Kernel, 7);
+        m.decode_error(DecodeErrorKind::Truncated);
+        m.decode_error(DecodeErrorKind::Truncated);
+        m.set_flows_tracked(42);
+        m.set_attached_interfaces(3);
+        m.set_attached_interfaces(2);
+        let text = m.encode();
+        assert_eq!(
+            samples(&text, "netprobe_packets_total"),
+            [
+                "netprobe_packets_total{kind=\"dns_query\"} 0",
+                "netprobe_packets_total{kind=\"dns_response\"} 0",
+                "netprobe_packets_total{kind=\"icmp_unreachable\"} 1",
+                "netprobe_packets_total{kind=\"rst\"} 0",
+                "netprobe_packets_total{kind=\"syn\"} 5",
+                "netprobe_packets_total{kind=\"syn_ack\"} 0",
+            ]
+        );
+        assert_eq!(
+            samples(&text, "netprobe_events_lost_total"),
+            [
+                "netprobe_events_lost_total{source=\"agent\"} 0",
+                "netprobe_events_lost_total{source=\"kernel\"} 7",
+            ]
+        );
+        assert!(text.contains("\nnetprobe_decode_errors_total{reason=\"truncated\"} 2\n"));
+        assert!(text.contains("\nnetprobe_flows_tracked 42\n"));
+        assert!(text.contains("\nnetprobe_attached_interfaces 2\n"));
+    }
+
+    #[test]
+    fn dns_rcodes_are_named_upper_case_and_unknown_ones_go_to_other() {
+        let m = Metrics::default();
+        for rcode in [
+            "NXDOMAIN", "nxdomain", "3", "NOERROR", "ServFail", "15", "4000", "Bogus", "",
+        ] {
+            m.dns_response(rcode);
+        }
+        assert_eq!(
+            samples(&m.encode(), "netprobe_dns_responses_total"),
+            [
+                "netprobe_dns_responses_total{rcode=\"NOERROR\"} 1",
+                "netprobe_dns_responses_total{rcode=\"NXDOMAIN\"} 3",
+                "netprobe_dns_responses_total{rcode=\"SERVFAIL\"} 1",
+                "netprobe_dns_responses_total{rcode=\"other\"} 4",
+            ]
+        );
+    }
+
+    #[test]
+    fn verdict_labels_come_from_endpoints_and_are_empty_where_unknown() {
+        let m = Metrics::default();
+        let src = endpoint("production", Some("checkout-api"), None);
+        let dst = endpoint("production", None, Some("payment-service"));
+        m.verdict_reached(&verdict(
+            VerdictKind::Timeout,
+            8080,
+            src.clone(),
+            dst.clone(),
+        ));
+        m.verdict_reached(&verdict(VerdictKind::Timeout, 8080, src, dst));
+        m.verdict_reached(&verdict(VerdictKind::Refused, 80, None, None));
+        assert_eq!(
+            samples(&m.encode(), "netprobe_verdicts_total"),
+            [
+                "netprobe_verdicts_total{verdict=\"REFUSED\",src_namespace=\"\",src_workload=\"\",dst_namespace=\"\",dst_workload=\"\",dst_service=\"\",dst_port=\"80\"} 1",
+                "netprobe_verdicts_total{verdict=\"TIMEOUT\",src_namespace=\"production\",src_workload=\"checkout-api\",dst_namespace=\"production\",dst_workload=\"\",dst_service=\"payment-service\",dst_port=\"8080\"} 2",
+            ]
+        );
+    }
+
+    #[test]
+    fn verdict_label_sets_beyond_the_cap_are_counted_under_other() {
+        let m = Metrics::new(2);
+        for port in [80, 443, 8080, 9090] {
+            m.verdict_reached(&verdict(VerdictKind::Timeout, port, None, None));
+        }
+        // An existing set keeps counting after the cap is reached.
+        m.verdict_reached(&verdict(VerdictKind::Timeout, 80, None, None));
+        m.verdict_reached(&verdict(VerdictKind::Ok, 53, None, None));
+        assert_eq!(
+            samples(&m.encode(), "netprobe_verdicts_total"),
+            [
+                "netprobe_verdicts_total{verdict=\"OK\",src_namespace=\"other\",src_workload=\"other\",dst_namespace=\"other\",dst_workload=\"other\",dst_service=\"other\",dst_port=\"other\"} 1",
+                "netprobe_verdicts_total{verdict=\"TIMEOUT\",src_namespace=\"\",src_workload=\"\",dst_namespace=\"\",dst_workload=\"\",dst_service=\"\",dst_port=\"443\"} 1",
+                "netprobe_verdicts_total{verdict=\"TIMEOUT\",src_namespace=\"\",src_workload=\"\",dst_namespace=\"\",dst_workload=\"\",dst_service=\"\",dst_port=\"80\"} 2",
+                "netprobe_verdicts_total{verdict=\"TIMEOUT\",src_namespace=\"other\",src_workload=\"other\",dst_namespace=\"other\",dst_workload=\"other\",dst_service=\"other\",dst_port=\"other\"} 2",
+            ]
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::default();
+        let odd = endpoint("a\"b\\c\nd", None, None);
+        m.verdict_reached(&verdict(VerdictKind::Reset, 1, odd, None));
+        assert_eq!(
+            samples(&m.encode(), "netprobe_verdicts_total"),
+            [
+                "netprobe_verdicts_total{verdict=\"RESET\",src_namespace=\"a\\\"b\\\\c\\nd\",src_workload=\"\",dst_namespace=\"\",dst_workload=\"\",dst_service=\"\",dst_port=\"1\"} 1"
+            ]
+        );
+    }
+}

@@ -116,7 +116,9 @@ impl fmt::Display for VerdictKind {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown verdict {0:?} (expected one of OK, PENDING, TIMEOUT, REFUSED, RESET, UNREACHABLE, NXDOMAIN, SERVFAIL, DNS_REFUSED, DNS_ERROR, DNS_TIMEOUT)")]
+#[error(
+    "unknown verdict {0:?} (expected one of OK, PENDING, TIMEOUT, REFUSED, RESET, UNREACHABLE, NXDOMAIN, SERVFAIL, DNS_REFUSED, DNS_ERROR, DNS_TIMEOUT)"
+)]
 pub struct UnknownVerdict(pub String);
 
 impl FromStr for VerdictKind {
@@ -256,7 +258,10 @@ mod tests {
     #[test]
     fn verdict_names_parse_case_insensitively_and_reject_unknown() {
         assert_eq!("timeout".parse::<VerdictKind>(), Ok(VerdictKind::Timeout));
-        assert_eq!("DNS_REFUSED".parse::<VerdictKind>(), Ok(VerdictKind::DnsRefused));
+        assert_eq!(
+            "DNS_REFUSED".parse::<VerdictKind>(),
+            Ok(VerdictKind::DnsRefused)
+        );
         assert!("TIMEOUTS".parse::<VerdictKind>().is_err());
         for kind in VerdictKind::ALL {
             assert_eq!(kind.as_str().parse::<VerdictKind>(), Ok(kind));

@@ -48,7 +48,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 /// Enters the network namespace at `path` for the calling thread (and the threads it
 /// creates afterwards).
 pub fn enter_netns(path: &Path) -> anyhow::Result<()> {
-    let file = File::open(path).with_context(|| format!("opening network namespace {}", path.display()))?;
+    let file = File::open(path)
+        .with_context(|| format!("opening network namespace {}", path.display()))?;
     nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
         .with_context(|| format!("entering network namespace {}", path.display()))?;
     Ok(())
@@ -76,7 +77,10 @@ impl FlowSource for AgentSource {
     }
 
     fn interfaces(&self) -> Vec<InterfaceStatus> {
-        self.interfaces.read().map(|i| i.clone()).unwrap_or_default()
+        self.interfaces
+            .read()
+            .map(|i| i.clone())
+            .unwrap_or_default()
     }
 
     fn readiness(&self) -> Result<(), String> {
@@ -89,13 +93,17 @@ impl FlowSource for AgentSource {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock must not take the API down with it.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs the agent. `listener` was bound before entering any `--netns`.
 pub async fn run(args: RunArgs, listener: std::net::TcpListener) -> anyhow::Result<()> {
     if args.kube == KubeMode::Auto && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
-        warn!("running in a cluster, but Kubernetes enrichment is not available in this build: flows carry IPs only");
+        warn!(
+            "running in a cluster, but Kubernetes enrichment is not available in this build: flows carry IPs only"
+        );
     }
     let metrics = Arc::new(Metrics::new(2000));
     let tracker = Tracker::new(
@@ -183,7 +191,12 @@ async fn run_probe(
     );
 
     let (batches_tx, batches) = mpsc::channel(QUEUE_BATCHES);
-    let reader = tokio::spawn(read_ring(maps.events, batches_tx, Arc::clone(metrics), shutdown.clone()));
+    let reader = tokio::spawn(read_ring(
+        maps.events,
+        batches_tx,
+        Arc::clone(metrics),
+        shutdown.clone(),
+    ));
     let (per_interface_tx, mut per_interface) = mpsc::unbounded_channel();
     let tracking = tokio::spawn(track_loop(
         batches,

@@ -259,7 +259,11 @@ impl Tracker {
     /// Tops up counts from the kernel's counter map: a count the kernel has and the
     /// events never brought (for longer than [`LOSS_GRACE`]) was lost on the way, and
     /// the transition it would have caused is applied now.
-    pub fn reconcile(&mut self, kernel: impl IntoIterator<Item = (FlowKey, FlowCounters)>, now: Duration) {
+    pub fn reconcile(
+        &mut self,
+        kernel: impl IntoIterator<Item = (FlowKey, FlowCounters)>,
+        now: Duration,
+    ) {
         for (key, counters) in kernel {
             if now.saturating_sub(Duration::from_nanos(counters.last_seen_ns)) < LOSS_GRACE {
                 continue;
@@ -287,7 +291,13 @@ impl Tracker {
         }
     }
 
-    fn flow_entry(&mut self, key: &FlowKey, flow: Flow, now: Duration, ifindex: u32) -> &mut FlowState {
+    fn flow_entry(
+        &mut self,
+        key: &FlowKey,
+        flow: Flow,
+        now: Duration,
+        ifindex: u32,
+    ) -> &mut FlowState {
         if !self.flows.contains(key) {
             self.next_generation += 1;
             let state = FlowState {
@@ -315,7 +325,13 @@ impl Tracker {
     }
 
     /// Records the event, and a verdict metric when the flow reaches a new final verdict.
-    fn after_change(&mut self, key: &FlowKey, before: VerdictKind, kind: FlowEventKind, now: Duration) {
+    fn after_change(
+        &mut self,
+        key: &FlowKey,
+        before: VerdictKind,
+        kind: FlowEventKind,
+        now: Duration,
+    ) {
         let Some(state) = self.flows.peek(key) else {
             return;
         };
@@ -400,11 +416,17 @@ impl Tracker {
     /// Drops queue entries of flows that are gone, once the queue outgrows the table:
     /// keeps memory bounded under a flood of short-lived flows.
     fn compact_deadlines(&mut self) {
-        let bound = self.flows.cap().get().saturating_mul(2).saturating_add(1024);
+        let bound = self
+            .flows
+            .cap()
+            .get()
+            .saturating_mul(2)
+            .saturating_add(1024);
         if self.deadlines.len() > bound {
             let flows = &self.flows;
-            self.deadlines
-                .retain(|(_, key, generation)| flows.peek(key).is_some_and(|s| s.generation == *generation));
+            self.deadlines.retain(|(_, key, generation)| {
+                flows.peek(key).is_some_and(|s| s.generation == *generation)
+            });
         }
     }
 }
@@ -583,7 +605,10 @@ fn settle_dns(state: &mut FlowState) {
             ),
             VerdictKind::Servfail => format!("DNS server failed on {} (SERVFAIL)", summary.qname),
             VerdictKind::DnsRefused => {
-                format!("DNS server refused the query for {} (REFUSED)", summary.qname)
+                format!(
+                    "DNS server refused the query for {} (REFUSED)",
+                    summary.qname
+                )
             }
             VerdictKind::DnsTimeout => format!(
                 "no answer to the DNS query for {}: port 53 blocked (NetworkPolicy) or DNS server down",
@@ -660,7 +685,12 @@ fn dns_summary(state: &FlowState) -> Option<DnsSummary> {
 
 /// Applies what the kernel counted and the events never delivered. Returns whether
 /// anything was recovered.
-fn recover_lost(state: &mut FlowState, kernel: &FlowCounters, at: Duration, metrics: &Metrics) -> bool {
+fn recover_lost(
+    state: &mut FlowState,
+    kernel: &FlowCounters,
+    at: Duration,
+    metrics: &Metrics,
+) -> bool {
     let mut recovered = false;
     let mut top_up = |agent: &mut u64, kernel: u64, kind: PacketKind| -> bool {
         if kernel > *agent {
@@ -676,9 +706,21 @@ fn recover_lost(state: &mut FlowState, kernel: &FlowCounters, at: Duration, metr
     let syn = top_up(&mut counts.syn, kernel.syn, PacketKind::Syn);
     let syn_ack = top_up(&mut counts.syn_ack, kernel.syn_ack, PacketKind::SynAck);
     let rst = top_up(&mut counts.rst, kernel.rst, PacketKind::Rst);
-    let icmp = top_up(&mut counts.icmp_unreachable, kernel.icmp_unreachable, PacketKind::IcmpUnreachable);
-    let queries = top_up(&mut counts.dns_queries, kernel.dns_queries, PacketKind::DnsQuery);
-    let responses = top_up(&mut counts.dns_responses, kernel.dns_responses, PacketKind::DnsResponse);
+    let icmp = top_up(
+        &mut counts.icmp_unreachable,
+        kernel.icmp_unreachable,
+        PacketKind::IcmpUnreachable,
+    );
+    let queries = top_up(
+        &mut counts.dns_queries,
+        kernel.dns_queries,
+        PacketKind::DnsQuery,
+    );
+    let responses = top_up(
+        &mut counts.dns_responses,
+        kernel.dns_responses,
+        PacketKind::DnsResponse,
+    );
     if syn && state.attempt_start.is_none() {
         state.attempt_start = Some(Duration::from_nanos(kernel.first_seen_ns));
         state.attempt_syns = kernel.syn;

@@ -35,7 +35,14 @@ fn tcp(kind: EventKind, at_ms: u64) -> Packet {
     packet(kind, IPPROTO_TCP, CLIENT, SERVER, at_ms, None)
 }
 
-fn packet(kind: EventKind, protocol: u8, client: &str, server: &str, at_ms: u64, dns: Option<DnsPacket>) -> Packet {
+fn packet(
+    kind: EventKind,
+    protocol: u8,
+    client: &str,
+    server: &str,
+    at_ms: u64,
+    dns: Option<DnsPacket>,
+) -> Packet {
     let client: SocketAddr = client.parse().unwrap();
     let server: SocketAddr = server.parse().unwrap();
     let key = craft::flow_key(protocol, client, server);
@@ -77,7 +84,10 @@ fn syn_then_syn_ack_is_ok() {
     assert_eq!(v.verdict, VerdictKind::Ok);
     assert_eq!((v.counts.syn, v.counts.syn_ack), (1, 1));
     assert_eq!(v.reason, "handshake completed in 2 ms");
-    assert_eq!(v.flow.to_string(), "10.244.0.5:41234 -> 10.96.45.123:8080 TCP");
+    assert_eq!(
+        v.flow.to_string(),
+        "10.244.0.5:41234 -> 10.96.45.123:8080 TCP"
+    );
     assert_eq!(v.interface, "if7");
 }
 
@@ -133,7 +143,11 @@ fn rst_before_handshake_is_refused_and_after_is_reset() {
     let v = only(&t);
     assert_eq!(v.verdict, VerdictKind::Refused);
     assert_eq!((v.counts.syn, v.counts.rst), (1, 1));
-    assert!(v.reason.contains("nothing listens on port 8080"), "{}", v.reason);
+    assert!(
+        v.reason.contains("nothing listens on port 8080"),
+        "{}",
+        v.reason
+    );
     t.sweep(ms(60_000));
     assert_eq!(only(&t).verdict, VerdictKind::Refused);
 
@@ -166,8 +180,20 @@ fn dns_rcodes_map_to_verdicts() {
         (ResponseCode::NotImp, VerdictKind::DnsError),
     ] {
         let mut t = tracker();
-        t.on_packet(&dns(EventKind::DnsQuery, 4711, "paymnt.production.svc.cluster.local.", ResponseCode::NoError, 0));
-        t.on_packet(&dns(EventKind::DnsResponse, 4711, "paymnt.production.svc.cluster.local.", rcode, 3));
+        t.on_packet(&dns(
+            EventKind::DnsQuery,
+            4711,
+            "paymnt.production.svc.cluster.local.",
+            ResponseCode::NoError,
+            0,
+        ));
+        t.on_packet(&dns(
+            EventKind::DnsResponse,
+            4711,
+            "paymnt.production.svc.cluster.local.",
+            rcode,
+            3,
+        ));
         let v = only(&t);
         assert_eq!(v.verdict, verdict, "{rcode:?}");
         assert_eq!((v.counts.dns_queries, v.counts.dns_responses), (1, 1));
@@ -175,7 +201,10 @@ fn dns_rcodes_map_to_verdicts() {
         assert_eq!(summary.id, 4711);
         assert_eq!(summary.qname, "paymnt.production.svc.cluster.local.");
         assert_eq!(summary.qtype, "A");
-        assert_eq!(summary.rcode.as_deref(), Some(crate::decode::rcode_name(rcode).as_str()));
+        assert_eq!(
+            summary.rcode.as_deref(),
+            Some(crate::decode::rcode_name(rcode).as_str())
+        );
     }
 }
 
@@ -185,9 +214,21 @@ fn dns_verdict_waits_for_every_query_of_the_flow() {
     let name = "api.example.com.";
     t.on_packet(&dns(EventKind::DnsQuery, 1, name, ResponseCode::NoError, 0));
     t.on_packet(&dns(EventKind::DnsQuery, 2, name, ResponseCode::NoError, 0));
-    t.on_packet(&dns(EventKind::DnsResponse, 1, name, ResponseCode::NoError, 2));
+    t.on_packet(&dns(
+        EventKind::DnsResponse,
+        1,
+        name,
+        ResponseCode::NoError,
+        2,
+    ));
     assert_eq!(only(&t).verdict, VerdictKind::Pending);
-    t.on_packet(&dns(EventKind::DnsResponse, 2, name, ResponseCode::NoError, 3));
+    t.on_packet(&dns(
+        EventKind::DnsResponse,
+        2,
+        name,
+        ResponseCode::NoError,
+        3,
+    ));
     assert_eq!(only(&t).verdict, VerdictKind::Ok);
 }
 
@@ -197,7 +238,13 @@ fn unanswered_dns_query_times_out() {
     let name = "payment-service.production.svc.cluster.local.";
     t.on_packet(&dns(EventKind::DnsQuery, 9, name, ResponseCode::NoError, 0));
     // A retransmission with the same id is the same transaction.
-    t.on_packet(&dns(EventKind::DnsQuery, 9, name, ResponseCode::NoError, 2000));
+    t.on_packet(&dns(
+        EventKind::DnsQuery,
+        9,
+        name,
+        ResponseCode::NoError,
+        2000,
+    ));
     t.sweep(ms(4999));
     assert_eq!(only(&t).verdict, VerdictKind::Pending);
     t.sweep(ms(5000));
@@ -216,15 +263,34 @@ fn flow_table_is_bounded_and_evicts_least_recently_used() {
     });
     for port in 1..=5u16 {
         let client = format!("10.244.0.5:{port}");
-        t.on_packet(&packet(EventKind::Syn, IPPROTO_TCP, &client, SERVER, u64::from(port), None));
+        t.on_packet(&packet(
+            EventKind::Syn,
+            IPPROTO_TCP,
+            &client,
+            SERVER,
+            u64::from(port),
+            None,
+        ));
     }
-    let ports: Vec<u16> = t.verdicts(&|_| true, 100).iter().map(|v| v.flow.src_port).collect();
+    let ports: Vec<u16> = t
+        .verdicts(&|_| true, 100)
+        .iter()
+        .map(|v| v.flow.src_port)
+        .collect();
     assert_eq!(ports, vec![3, 4, 5]);
-    let events: Vec<u16> = t.events(&|_| true, 100).iter().map(|e| e.flow.src_port).collect();
+    let events: Vec<u16> = t
+        .events(&|_| true, 100)
+        .iter()
+        .map(|e| e.flow.src_port)
+        .collect();
     assert_eq!(events, vec![2, 3, 4, 5]);
     // The deadlines of evicted flows are dropped when the sweep runs.
     t.sweep(ms(10_000));
-    assert_eq!(t.verdicts(&|v| v.verdict == VerdictKind::Timeout, 100).len(), 3);
+    assert_eq!(
+        t.verdicts(&|v| v.verdict == VerdictKind::Timeout, 100)
+            .len(),
+        3
+    );
 }
 
 #[test]
@@ -232,11 +298,26 @@ fn limit_keeps_the_most_recent_oldest_first() {
     let mut t = tracker();
     for port in 1..=5u16 {
         let client = format!("10.244.0.5:{port}");
-        t.on_packet(&packet(EventKind::Syn, IPPROTO_TCP, &client, SERVER, u64::from(port) * 10, None));
+        t.on_packet(&packet(
+            EventKind::Syn,
+            IPPROTO_TCP,
+            &client,
+            SERVER,
+            u64::from(port) * 10,
+            None,
+        ));
     }
-    let ports: Vec<u16> = t.verdicts(&|_| true, 2).iter().map(|v| v.flow.src_port).collect();
+    let ports: Vec<u16> = t
+        .verdicts(&|_| true, 2)
+        .iter()
+        .map(|v| v.flow.src_port)
+        .collect();
     assert_eq!(ports, vec![4, 5]);
-    let ports: Vec<u16> = t.events(&|e| e.flow.src_port != 5, 2).iter().map(|e| e.flow.src_port).collect();
+    let ports: Vec<u16> = t
+        .events(&|e| e.flow.src_port != 5, 2)
+        .iter()
+        .map(|e| e.flow.src_port)
+        .collect();
     assert_eq!(ports, vec![3, 4]);
 }
 
@@ -244,7 +325,11 @@ fn limit_keeps_the_most_recent_oldest_first() {
 fn kernel_counts_recover_lost_events_without_double_counting() {
     let mut t = tracker();
     t.on_packet(&tcp(EventKind::Syn, 1000));
-    let key = craft::flow_key(IPPROTO_TCP, CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+    let key = craft::flow_key(
+        IPPROTO_TCP,
+        CLIENT.parse().unwrap(),
+        SERVER.parse().unwrap(),
+    );
     let kernel = FlowCounters {
         syn: 1,
         rst: 1,
@@ -267,7 +352,11 @@ fn kernel_counts_recover_lost_events_without_double_counting() {
 #[test]
 fn kernel_counts_create_flows_whose_events_were_all_lost() {
     let mut t = tracker();
-    let key = craft::flow_key(IPPROTO_UDP, "10.244.0.5:5353".parse().unwrap(), DNS.parse().unwrap());
+    let key = craft::flow_key(
+        IPPROTO_UDP,
+        "10.244.0.5:5353".parse().unwrap(),
+        DNS.parse().unwrap(),
+    );
     let kernel = FlowCounters {
         dns_queries: 2,
         dns_responses: 2,

@@ -50,14 +50,18 @@ impl Kernel {
             })
             .expect("BPF_PROG_TEST_RUN");
         assert_eq!(result.return_value, PASS_ON, "every packet is passed on");
-        assert_eq!(&out[..result.data_size_out as usize], frame, "packet unchanged");
+        assert_eq!(
+            &out[..result.data_size_out as usize],
+            frame,
+            "packet unchanged"
+        );
     }
 
-    fn from_pod(&mut self, frame: &[u8]) {
+    fn leaving_pod(&mut self, frame: &[u8]) {
         self.run(INGRESS_PROGRAM, frame);
     }
 
-    fn to_pod(&mut self, frame: &[u8]) {
+    fn entering_pod(&mut self, frame: &[u8]) {
         self.run(EGRESS_PROGRAM, frame);
     }
 
@@ -110,13 +114,16 @@ fn counts(syn: u64, syn_ack: u64, rst: u64, icmp: u64) -> impl Fn(&FlowCounters)
 fn syn_and_syn_ack_are_one_flow_counted_at_the_client_veth() {
     let mut k = Kernel::load();
     let (client, server) = (addr("10.244.0.5:41234"), addr("10.96.45.123:8080"));
-    k.from_pod(&Frame::plain().tcp(client, server, TcpFlags::SYN));
-    k.to_pod(&Frame::plain().tcp(server, client, TcpFlags::SYN | TcpFlags::ACK));
+    k.leaving_pod(&Frame::plain().tcp(client, server, TcpFlags::SYN));
+    k.entering_pod(&Frame::plain().tcp(server, client, TcpFlags::SYN | TcpFlags::ACK));
     let events = k.events();
     let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [EventKind::Syn, EventKind::SynAck]);
     for event in &events {
-        assert_eq!(event.flow.to_string(), "10.244.0.5:41234 -> 10.96.45.123:8080 TCP");
+        assert_eq!(
+            event.flow.to_string(),
+            "10.244.0.5:41234 -> 10.96.45.123:8080 TCP"
+        );
     }
     let c = k.counts(&tcp_key(client, server)).expect("counted");
     assert!(counts(1, 1, 0, 0)(&c), "{c:?}");
@@ -128,12 +135,16 @@ fn syn_and_syn_ack_are_one_flow_counted_at_the_client_veth() {
 fn plain_data_acks_and_fins_cost_nothing() {
     let mut k = Kernel::load();
     let (client, server) = (addr("10.244.0.5:41234"), addr("10.96.45.123:8080"));
-    for flags in [TcpFlags::ACK, TcpFlags::ACK | TcpFlags::PSH, TcpFlags::FIN | TcpFlags::ACK] {
-        k.from_pod(&Frame::plain().tcp(client, server, flags));
-        k.to_pod(&Frame::plain().tcp(server, client, flags));
+    for flags in [
+        TcpFlags::ACK,
+        TcpFlags::ACK | TcpFlags::PSH,
+        TcpFlags::FIN | TcpFlags::ACK,
+    ] {
+        k.leaving_pod(&Frame::plain().tcp(client, server, flags));
+        k.entering_pod(&Frame::plain().tcp(server, client, flags));
     }
     // UDP that is not DNS.
-    k.from_pod(&Frame::plain().udp(client, addr("10.96.0.1:4789"), &[0; 32]));
+    k.leaving_pod(&Frame::plain().udp(client, addr("10.96.0.1:4789"), &[0; 32]));
     assert!(k.raw_events().is_empty());
     assert_eq!(k.flows(), 0);
 }
@@ -142,11 +153,13 @@ fn plain_data_acks_and_fins_cost_nothing() {
 fn rst_answering_a_syn_counts_on_the_syn_flow() {
     let mut k = Kernel::load();
     let (client, server) = (addr("10.244.0.5:40000"), addr("10.244.0.9:9090"));
-    k.from_pod(&Frame::plain().tcp(client, server, TcpFlags::SYN));
-    k.to_pod(&Frame::plain().tcp(server, client, TcpFlags::RST | TcpFlags::ACK));
+    k.leaving_pod(&Frame::plain().tcp(client, server, TcpFlags::SYN));
+    k.entering_pod(&Frame::plain().tcp(server, client, TcpFlags::RST | TcpFlags::ACK));
     let kinds: Vec<EventKind> = k.events().iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [EventKind::Syn, EventKind::Rst]);
-    assert!(counts(1, 0, 1, 0)(&k.counts(&tcp_key(client, server)).unwrap()));
+    assert!(counts(1, 0, 1, 0)(
+        &k.counts(&tcp_key(client, server)).unwrap()
+    ));
     assert_eq!(k.flows(), 1);
 }
 
@@ -158,12 +171,17 @@ fn ipv6_with_extension_headers() {
         ipv6_hop_by_hop: true,
         ..Frame::default()
     };
-    k.from_pod(&frame.tcp(client, server, TcpFlags::SYN));
-    k.to_pod(&Frame::plain().tcp(server, client, TcpFlags::SYN | TcpFlags::ACK));
+    k.leaving_pod(&frame.tcp(client, server, TcpFlags::SYN));
+    k.entering_pod(&Frame::plain().tcp(server, client, TcpFlags::SYN | TcpFlags::ACK));
     let events = k.events();
     assert_eq!(events.len(), 2);
-    assert_eq!(events[0].flow.to_string(), "[fd00:10:244::5]:41000 -> [fd00:10:96::20]:80 TCP");
-    assert!(counts(1, 1, 0, 0)(&k.counts(&tcp_key(client, server)).unwrap()));
+    assert_eq!(
+        events[0].flow.to_string(),
+        "[fd00:10:244::5]:41000 -> [fd00:10:96::20]:80 TCP"
+    );
+    assert!(counts(1, 1, 0, 0)(
+        &k.counts(&tcp_key(client, server)).unwrap()
+    ));
 }
 
 #[test]
@@ -184,11 +202,15 @@ fn vlan_tags_and_ipv4_options_are_stepped_over() {
             ..Frame::default()
         },
     ] {
-        k.from_pod(&frame.tcp(client, server, TcpFlags::SYN));
+        k.leaving_pod(&frame.tcp(client, server, TcpFlags::SYN));
     }
     let events = k.events();
     assert_eq!(events.len(), 3);
-    assert!(events.iter().all(|e| e.flow.to_string() == "10.244.0.5:1111 -> 10.244.0.9:2222 TCP"));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.flow.to_string() == "10.244.0.5:1111 -> 10.244.0.9:2222 TCP")
+    );
     assert_eq!(k.counts(&tcp_key(client, server)).unwrap().syn, 3);
 }
 
@@ -201,13 +223,13 @@ fn only_first_fragments_are_read() {
         fragment: Some((100, false)),
         ..Frame::default()
     };
-    k.from_pod(&later.tcp(client, server, TcpFlags::SYN));
+    k.leaving_pod(&later.tcp(client, server, TcpFlags::SYN));
     assert!(k.raw_events().is_empty());
     let first = Frame {
         fragment: Some((0, true)),
         ..Frame::default()
     };
-    k.from_pod(&first.tcp(client, server, TcpFlags::SYN));
+    k.leaving_pod(&first.tcp(client, server, TcpFlags::SYN));
     assert_eq!(k.events().len(), 1);
     assert_eq!(k.counts(&tcp_key(client, server)).unwrap().syn, 1);
 }
@@ -216,7 +238,7 @@ fn only_first_fragments_are_read() {
 fn icmp_unreachable_counts_on_the_quoted_flow() {
     let mut k = Kernel::load();
     let (client, service) = (addr("10.244.0.5:40000"), addr("10.96.0.30:80"));
-    k.from_pod(&Frame::plain().tcp(client, service, TcpFlags::SYN));
+    k.leaving_pod(&Frame::plain().tcp(client, service, TcpFlags::SYN));
     let quoted = Frame::plain().ipv4(
         "10.244.0.5".parse().unwrap(),
         "10.96.0.30".parse().unwrap(),
@@ -225,12 +247,14 @@ fn icmp_unreachable_counts_on_the_quoted_flow() {
     );
     let router = "10.244.0.1".parse().unwrap();
     let pod = "10.244.0.5".parse().unwrap();
-    k.to_pod(&Frame::plain().icmp_unreachable(router, pod, 3, &quoted));
+    k.entering_pod(&Frame::plain().icmp_unreachable(router, pod, 3, &quoted));
     // "Fragmentation needed" is path-MTU discovery, not a failure.
-    k.to_pod(&Frame::plain().icmp_unreachable(router, pod, 4, &quoted));
+    k.entering_pod(&Frame::plain().icmp_unreachable(router, pod, 4, &quoted));
     let kinds: Vec<EventKind> = k.events().iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [EventKind::Syn, EventKind::IcmpUnreachable]);
-    assert!(counts(1, 0, 0, 1)(&k.counts(&tcp_key(client, service)).unwrap()));
+    assert!(counts(1, 0, 0, 1)(
+        &k.counts(&tcp_key(client, service)).unwrap()
+    ));
 
     // ICMPv6 destination unreachable.
     let (client6, service6) = (addr("[fd00:10:244::5]:40001"), addr("[fd00:10:96::30]:80"));
@@ -240,7 +264,7 @@ fn icmp_unreachable_counts_on_the_quoted_flow() {
         IpNextHeaderProtocols::Tcp,
         &craft::tcp_segment(40001, 80, TcpFlags::SYN),
     );
-    k.to_pod(&Frame::plain().icmp_unreachable(
+    k.entering_pod(&Frame::plain().icmp_unreachable(
         "fd00:10:244::1".parse().unwrap(),
         "fd00:10:244::5".parse().unwrap(),
         4,
@@ -248,8 +272,13 @@ fn icmp_unreachable_counts_on_the_quoted_flow() {
     ));
     let events = k.events();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].flow.to_string(), "[fd00:10:244::5]:40001 -> [fd00:10:96::30]:80 TCP");
-    assert!(counts(0, 0, 0, 1)(&k.counts(&tcp_key(client6, service6)).unwrap()));
+    assert_eq!(
+        events[0].flow.to_string(),
+        "[fd00:10:244::5]:40001 -> [fd00:10:96::30]:80 TCP"
+    );
+    assert!(counts(0, 0, 0, 1)(
+        &k.counts(&tcp_key(client6, service6)).unwrap()
+    ));
 }
 
 #[test]
@@ -257,19 +286,50 @@ fn dns_queries_and_responses_are_counted_with_their_rcodes() {
     let mut k = Kernel::load();
     let (client, dns) = (addr("10.244.0.5:5353"), addr("10.96.0.10:53"));
     let name = "paymnt-service.production.svc.cluster.local.";
-    k.from_pod(&Frame::plain().udp(client, dns, &craft::dns_query(4711, name, RecordType::A)));
-    k.to_pod(&Frame::plain().udp(dns, client, &craft::dns_response(4711, name, RecordType::A, ResponseCode::NXDomain)));
-    k.from_pod(&Frame::plain().udp(client, dns, &craft::dns_query(4712, name, RecordType::AAAA)));
-    k.to_pod(&Frame::plain().udp(dns, client, &craft::dns_response(4712, name, RecordType::AAAA, ResponseCode::ServFail)));
+    k.leaving_pod(&Frame::plain().udp(client, dns, &craft::dns_query(4711, name, RecordType::A)));
+    k.entering_pod(&Frame::plain().udp(
+        dns,
+        client,
+        &craft::dns_response(4711, name, RecordType::A, ResponseCode::NXDomain),
+    ));
+    k.leaving_pod(&Frame::plain().udp(
+        client,
+        dns,
+        &craft::dns_query(4712, name, RecordType::AAAA),
+    ));
+    k.entering_pod(&Frame::plain().udp(
+        dns,
+        client,
+        &craft::dns_response(4712, name, RecordType::AAAA, ResponseCode::ServFail),
+    ));
     let events = k.events();
     let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, [EventKind::DnsQuery, EventKind::DnsResponse, EventKind::DnsQuery, EventKind::DnsResponse]);
-    let response = events[1].dns.as_ref().unwrap();
-    assert_eq!((response.id, response.rcode), (4711, ResponseCode::NXDomain));
-    assert_eq!(response.qname.as_deref(), Some(name));
-    let c = k.counts(&craft::flow_key(IPPROTO_UDP, client, dns)).unwrap();
     assert_eq!(
-        (c.dns_queries, c.dns_responses, c.dns_nxdomain, c.dns_servfail, c.dns_refused),
+        kinds,
+        [
+            EventKind::DnsQuery,
+            EventKind::DnsResponse,
+            EventKind::DnsQuery,
+            EventKind::DnsResponse
+        ]
+    );
+    let response = events[1].dns.as_ref().unwrap();
+    assert_eq!(
+        (response.id, response.rcode),
+        (4711, ResponseCode::NXDomain)
+    );
+    assert_eq!(response.qname.as_deref(), Some(name));
+    let c = k
+        .counts(&craft::flow_key(IPPROTO_UDP, client, dns))
+        .unwrap();
+    assert_eq!(
+        (
+            c.dns_queries,
+            c.dns_responses,
+            c.dns_nxdomain,
+            c.dns_servfail,
+            c.dns_refused
+        ),
         (2, 2, 1, 1, 0)
     );
 }
@@ -279,17 +339,25 @@ fn garbage_dns_is_counted_by_header_and_short_payloads_are_ignored() {
     let mut k = Kernel::load();
     let (client, dns) = (addr("10.244.0.5:5353"), addr("10.96.0.10:53"));
     // Shorter than a DNS header: not DNS.
-    k.from_pod(&Frame::plain().udp(client, dns, &[0xde, 0xad, 0xbe]));
+    k.leaving_pod(&Frame::plain().udp(client, dns, &[0xde, 0xad, 0xbe]));
     assert!(k.raw_events().is_empty());
     // A header followed by garbage: a query by its QR bit, question unreadable.
     let mut garbage = vec![0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
     garbage.extend_from_slice(&[0xff; 40]);
-    k.from_pod(&Frame::plain().udp(client, dns, &garbage));
+    k.leaving_pod(&Frame::plain().udp(client, dns, &garbage));
     let events = k.events();
     assert_eq!(events.len(), 1);
     let decoded = events[0].dns.as_ref().unwrap();
-    assert_eq!((decoded.id, decoded.is_response, decoded.qname.as_deref()), (0x1234, false, None));
-    assert_eq!(k.counts(&craft::flow_key(IPPROTO_UDP, client, dns)).unwrap().dns_queries, 1);
+    assert_eq!(
+        (decoded.id, decoded.is_response, decoded.qname.as_deref()),
+        (0x1234, false, None)
+    );
+    assert_eq!(
+        k.counts(&craft::flow_key(IPPROTO_UDP, client, dns))
+            .unwrap()
+            .dns_queries,
+        1
+    );
 }
 
 #[test]
@@ -300,18 +368,18 @@ fn truncated_runt_and_non_ip_frames_pass_untouched() {
     // Cut after the IPv4 header, inside the TCP header, and one byte short of the flags.
     // (BPF_PROG_TEST_RUN itself refuses frames whose IPv4 header is incomplete.)
     for cut in [34, 40, 47] {
-        k.from_pod(&syn[..cut]);
+        k.leaving_pod(&syn[..cut]);
     }
     // IHL below 5 is not IPv4; IHL 15 puts the TCP header past the end of the packet.
     for version_ihl in [0x44, 0x4f] {
         let mut bad_ihl = syn.clone();
         bad_ihl[14] = version_ihl;
-        k.from_pod(&bad_ihl);
+        k.leaving_pod(&bad_ihl);
     }
     // ARP.
     let mut arp = vec![0u8; 42];
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    k.from_pod(&arp);
+    k.leaving_pod(&arp);
     // A VLAN tag that hides an unknown ethertype.
     let mut odd = Frame {
         vlans: vec![7],
@@ -319,17 +387,19 @@ fn truncated_runt_and_non_ip_frames_pass_untouched() {
     }
     .tcp(client, server, TcpFlags::SYN);
     odd[16..18].copy_from_slice(&0x88b5u16.to_be_bytes());
-    k.from_pod(&odd);
+    k.leaving_pod(&odd);
     assert!(k.raw_events().is_empty());
     assert_eq!(k.flows(), 0);
     // Runts shorter than an Ethernet header are refused by the kernel before the program.
     let program: &mut SchedClassifier = loader::classifier(&mut k.ebpf, INGRESS_PROGRAM).unwrap();
-    assert!(program
-        .test_run(TestRunOptions {
-            data_in: Some(&syn[..10]),
-            ..TestRunOptions::default()
-        })
-        .is_err());
+    assert!(
+        program
+            .test_run(TestRunOptions {
+                data_in: Some(&syn[..10]),
+                ..TestRunOptions::default()
+            })
+            .is_err()
+    );
 }
 
 #[test]
@@ -338,20 +408,24 @@ fn pod_to_pod_on_one_node_is_one_flow_with_one_set_of_counts() {
     let (client, server) = (addr("10.244.0.5:43000"), addr("10.244.0.9:5432"));
     let syn = Frame::plain().tcp(client, server, TcpFlags::SYN);
     let syn_ack = Frame::plain().tcp(server, client, TcpFlags::SYN | TcpFlags::ACK);
-    k.from_pod(&syn); // leaves the client's veth
-    k.to_pod(&syn); // enters the server's veth
-    k.from_pod(&syn_ack); // leaves the server's veth
-    k.to_pod(&syn_ack); // enters the client's veth
+    k.leaving_pod(&syn); // leaves the client's veth
+    k.entering_pod(&syn); // enters the server's veth
+    k.leaving_pod(&syn_ack); // leaves the server's veth
+    k.entering_pod(&syn_ack); // enters the client's veth
     let kinds: Vec<EventKind> = k.events().iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [EventKind::Syn, EventKind::SynAck]);
-    assert!(counts(1, 1, 0, 0)(&k.counts(&tcp_key(client, server)).unwrap()));
+    assert!(counts(1, 1, 0, 0)(
+        &k.counts(&tcp_key(client, server)).unwrap()
+    ));
     assert_eq!(k.flows(), 1);
 
     // A client off the node is seen only at the server's veth, and counted there.
     let remote = addr("192.0.2.77:50000");
-    k.to_pod(&Frame::plain().tcp(remote, server, TcpFlags::SYN));
-    k.from_pod(&Frame::plain().tcp(server, remote, TcpFlags::SYN | TcpFlags::ACK));
-    assert!(counts(1, 1, 0, 0)(&k.counts(&tcp_key(remote, server)).unwrap()));
+    k.entering_pod(&Frame::plain().tcp(remote, server, TcpFlags::SYN));
+    k.leaving_pod(&Frame::plain().tcp(server, remote, TcpFlags::SYN | TcpFlags::ACK));
+    assert!(counts(1, 1, 0, 0)(
+        &k.counts(&tcp_key(remote, server)).unwrap()
+    ));
 }
 
 #[test]
@@ -364,7 +438,7 @@ fn a_full_ring_buffer_is_counted_and_the_counters_stay_exact() {
     let server = addr("10.96.0.20:80");
     for port in 0..20u16 {
         let client = SocketAddr::new("10.244.0.5".parse().unwrap(), 30000 + port);
-        k.from_pod(&Frame::plain().tcp(client, server, TcpFlags::SYN));
+        k.leaving_pod(&Frame::plain().tcp(client, server, TcpFlags::SYN));
     }
     let emitted = k.raw_events().len() as u64;
     let lost = k.losses(LossCounter::RingFull);
