@@ -2,4 +2,5 @@
 //! on a simulated node made of network namespaces with real traffic.
 //! Built only with `--features privileged-tests` (`cargo xtask test` does that).
 
+mod e2e;
 mod kernel;

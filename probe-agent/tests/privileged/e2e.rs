@@ -1,0 +1,581 @@
+//! The agent binary on a simulated node (network namespaces, veths, nftables, dnsmasq)
+//! with real TCP stacks and a real DNS server: exact verdicts, counts and 5-tuples.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr, TcpListener},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use probe_agent::model::{AttachMode, InterfaceStatus, Protocol, Verdict, VerdictKind};
+use serde::de::DeserializeOwned;
+use xtask::lab::{self, Node, Proto, QueryType};
+
+const SYN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A running `probe-agent run` for a node; SIGTERM and wait on drop.
+struct Agent {
+    child: Child,
+    base: String,
+    /// The agent's log, printed when a test fails.
+    log: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(node: &Node, extra: &[&str]) -> Agent {
+        // A free port on loopback, in the test's own namespace.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::env::temp_dir().join(format!("netprobe-agent-{port}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_probe-agent"))
+            .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--netns")
+            .arg(node.netns_path())
+            .args(["--syn-timeout", "1s", "--dns-timeout", "1s"])
+            .args(extra)
+            .env("RUST_LOG", "info,netlink_packet_route=error")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("agent log file"))
+            .spawn()
+            .expect("start probe-agent");
+        let agent = Agent {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(response) = ureq::get(&format!("{}/readyz", self.base)).call()
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "agent not ready after 15 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> T {
+        let mut response = ureq::get(&format!("{}{path_and_query}", self.base))
+            .call()
+            .unwrap_or_else(|err| panic!("GET {path_and_query}: {err}"));
+        let body = response.body_mut().read_to_string().expect("body");
+        serde_json::from_str(&body).unwrap_or_else(|err| panic!("{path_and_query}: {err}: {body}"))
+    }
+
+    fn verdicts(&self, query: &str) -> Vec<Verdict> {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            verdicts: Vec<Verdict>,
+        }
+        self.get::<Body>(&format!("/v1/verdicts?limit=10000&{query}"))
+            .verdicts
+    }
+
+    fn interfaces(&self) -> Vec<InterfaceStatus> {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            interfaces: Vec<InterfaceStatus>,
+        }
+        self.get::<Body>("/v1/interfaces").interfaces
+    }
+
+    /// Polls until exactly one verdict of `flow_query` is final, and returns it.
+    fn settled(&self, flow_query: &str) -> Verdict {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let verdicts = self.verdicts(flow_query);
+            if let [verdict] = verdicts.as_slice()
+                && verdict.verdict != VerdictKind::Pending
+            {
+                return verdict.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no settled verdict for {flow_query}: {verdicts:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, and how long the agent took to exit.
+    fn stop(&mut self) -> Duration {
+        let started = Instant::now();
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let status = self.child.wait().expect("wait for the agent");
+        assert!(status.success(), "agent exited with {status}");
+        started.elapsed()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- probe-agent log ---\n{log}--- end of log ---");
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn node(tag: &str) -> Node {
+    Node::new(&lab::unique_prefix(tag)).expect("build the simulated node")
+}
+
+fn sock(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+fn counts(v: &Verdict) -> (u64, u64, u64, u64) {
+    (
+        v.counts.syn,
+        v.counts.syn_ack,
+        v.counts.rst,
+        v.counts.icmp_unreachable,
+    )
+}
+
+fn expect_err(result: io::Result<()>, kind: io::ErrorKind) {
+    match result {
+        Err(err) => assert_eq!(err.kind(), kind, "{err}"),
+        Ok(()) => panic!("expected {kind:?}, connected"),
+    }
+}
+
+/// The TCP incidents of DESIGN.md over IPv4, through a kube-proxy-style Service.
+#[test]
+fn tcp_verdicts_ipv4() {
+    let mut node = node("tcp4");
+    let client = node.add_pod("checkout", "production", 5).unwrap();
+    let server = node.add_pod("payment", "production", 9).unwrap();
+    let _http = server.listen_tcp(8080).unwrap();
+    let _db = server.listen_tcp(5432).unwrap();
+    let service: IpAddr = "10.96.0.20".parse().unwrap();
+    let empty_service: IpAddr = "10.96.0.30".parse().unwrap();
+    node.add_service(Proto::Tcp, service, 80, sock(server.ipv4, 8080))
+        .unwrap();
+    node.reject_service(Proto::Tcp, empty_service, 80).unwrap();
+    node.drop_traffic(
+        Proto::Tcp,
+        Some(client.ipv4.into()),
+        Some(server.ipv4.into()),
+        Some(5432),
+    )
+    .unwrap();
+    let agent = Agent::start(&node, &[]);
+
+    // Healthy, through the Service: one flow, named by the ClusterIP the client used.
+    client
+        .connect_tcp(sock(service, 80), Duration::from_secs(2))
+        .unwrap();
+    let ok = agent.settled("port=80");
+    assert_eq!(ok.verdict, VerdictKind::Ok);
+    assert_eq!(ok.flow.protocol, Protocol::Tcp);
+    assert_eq!(ok.flow.src_ip, IpAddr::from(client.ipv4));
+    assert_eq!((ok.flow.dst_ip, ok.flow.dst_port), (service, 80));
+    assert_eq!(counts(&ok), (1, 1, 0, 0));
+    assert_eq!(ok.interface, client.host_if);
+
+    // Nothing listening: REFUSED, answered by RST. Pod to pod on one node: one flow.
+    expect_err(
+        client.connect_tcp(sock(server.ipv4, 9090), Duration::from_secs(2)),
+        io::ErrorKind::ConnectionRefused,
+    );
+    let refused = agent.settled("port=9090");
+    assert_eq!(refused.verdict, VerdictKind::Refused);
+    assert_eq!(counts(&refused), (1, 0, 1, 0));
+    assert_eq!(refused.flow.dst_ip, IpAddr::from(server.ipv4));
+    assert_eq!(refused.interface, client.host_if);
+
+    // A Service without endpoints: kube-proxy's REJECT, an ICMP port unreachable.
+    expect_err(
+        client.connect_tcp(sock(empty_service, 80), Duration::from_secs(2)),
+        io::ErrorKind::ConnectionRefused,
+    );
+    let unreachable = agent.settled(&format!("dst_ip={empty_service}"));
+    assert_eq!(unreachable.verdict, VerdictKind::Unreachable);
+    assert_eq!(counts(&unreachable), (1, 0, 0, 1));
+
+    // A NetworkPolicy-style drop: within 1.5 s, the SYN at 0 s and its retransmission at 1 s.
+    expect_err(
+        client.connect_tcp(sock(server.ipv4, 5432), Duration::from_millis(1500)),
+        io::ErrorKind::TimedOut,
+    );
+    let timeout = agent.settled("port=5432");
+    assert_eq!(timeout.verdict, VerdictKind::Timeout);
+    assert_eq!(counts(&timeout), (2, 0, 0, 0));
+    assert!(timeout.reason.contains("no answer"), "{}", timeout.reason);
+
+    // Nothing else was seen: no stray flows from the server's veth.
+    assert_eq!(
+        agent.verdicts("protocol=tcp").len(),
+        4,
+        "{:#?}",
+        agent.verdicts("")
+    );
+
+    // The metrics agree.
+    let metrics = ureq::get(&format!("{}/metrics", agent.base))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    for verdict in ["OK", "REFUSED", "UNREACHABLE", "TIMEOUT"] {
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("netprobe_verdicts_total{")
+                    && l.contains(&format!("verdict=\"{verdict}\""))
+            })
+            .unwrap_or_else(|| panic!("no {verdict} series in\n{metrics}"));
+        assert!(line.ends_with(" 1"), "{line}");
+    }
+    assert!(
+        metrics.contains("netprobe_attached_interfaces 2"),
+        "{metrics}"
+    );
+}
+
+/// Slow but successful: the first SYN is dropped, the retransmission gets through.
+#[test]
+fn slow_handshake_is_ok_not_timeout() {
+    let mut node = node("slow");
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let server = node.add_pod("server", "default", 9).unwrap();
+    let _listener = server.listen_tcp(8443).unwrap();
+    // Drop every other SYN to the port: the first one is lost, its retransmission not.
+    node.nft(&format!(
+        "table inet slow {{\n chain forward {{\n  type filter hook forward priority -10;\n  \
+         ip daddr {} tcp dport 8443 tcp flags syn numgen inc mod 2 0 drop\n }}\n}}\n",
+        server.ipv4
+    ))
+    .unwrap();
+    let agent = Agent::start(&node, &[]);
+    client
+        .connect_tcp(sock(server.ipv4, 8443), Duration::from_secs(5))
+        .unwrap();
+    std::thread::sleep(SYN_TIMEOUT * 2);
+    let verdict = agent.settled("port=8443");
+    assert_eq!(verdict.verdict, VerdictKind::Ok);
+    assert_eq!(counts(&verdict), (2, 1, 0, 0));
+}
+
+/// The same incidents over IPv6.
+#[test]
+fn tcp_verdicts_ipv6() {
+    let mut node = node("tcp6");
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let server = node.add_pod("server", "default", 9).unwrap();
+    let _listener = server.listen_tcp(8080).unwrap();
+    node.drop_traffic(
+        Proto::Tcp,
+        Some(client.ipv6.into()),
+        Some(server.ipv6.into()),
+        Some(8081),
+    )
+    .unwrap();
+    let agent = Agent::start(&node, &[]);
+
+    client
+        .connect_tcp(sock(server.ipv6, 8080), Duration::from_secs(2))
+        .unwrap();
+    let ok = agent.settled("port=8080");
+    assert_eq!((ok.verdict, counts(&ok)), (VerdictKind::Ok, (1, 1, 0, 0)));
+    assert_eq!(ok.flow.src_ip, IpAddr::from(client.ipv6));
+    assert_eq!(ok.flow.dst_ip, IpAddr::from(server.ipv6));
+
+    expect_err(
+        client.connect_tcp(sock(server.ipv6, 9090), Duration::from_secs(2)),
+        io::ErrorKind::ConnectionRefused,
+    );
+    let refused = agent.settled("port=9090");
+    assert_eq!(
+        (refused.verdict, counts(&refused)),
+        (VerdictKind::Refused, (1, 0, 1, 0))
+    );
+
+    expect_err(
+        client.connect_tcp(sock(server.ipv6, 8081), Duration::from_millis(1500)),
+        io::ErrorKind::TimedOut,
+    );
+    let timeout = agent.settled("port=8081");
+    assert_eq!(
+        (timeout.verdict, counts(&timeout)),
+        (VerdictKind::Timeout, (2, 0, 0, 0))
+    );
+    assert_eq!(agent.verdicts(&format!("ip={}", server.ipv6)).len(), 3);
+}
+
+/// DNS through a real dnsmasq behind a kube-dns-style Service.
+#[test]
+fn dns_verdicts() {
+    let mut node = node("dns");
+    let dns_pod = node.add_pod("coredns", "kube-system", 10).unwrap();
+    let client = node.add_pod("checkout", "production", 5).unwrap();
+    let blocked = node.add_pod("batch", "jobs", 6).unwrap();
+    let _dns = lab::start_dns(
+        &dns_pod,
+        &[(
+            "payment-service.production.svc.cluster.local",
+            "10.96.0.20".parse().unwrap(),
+        )],
+    )
+    .unwrap();
+    let kube_dns: IpAddr = lab::DEFAULT_DNS.into();
+    node.add_service(Proto::Udp, kube_dns, 53, sock(dns_pod.ipv4, 53))
+        .unwrap();
+    node.drop_traffic(Proto::Udp, Some(blocked.ipv4.into()), None, Some(53))
+        .unwrap();
+    let agent = Agent::start(&node, &[]);
+    let server = sock(kube_dns, 53);
+
+    let reply = client
+        .dns_query(
+            server,
+            "payment-service.production.svc.cluster.local.",
+            QueryType::A,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    assert_eq!((reply.rcode, reply.answers), (0, 1));
+    let ok = agent.settled(&format!("src_ip={}&verdict=OK,PENDING", client.ipv4));
+    assert_eq!(ok.verdict, VerdictKind::Ok);
+    assert_eq!(
+        (ok.flow.protocol, ok.flow.dst_ip, ok.flow.dst_port),
+        (Protocol::Udp, kube_dns, 53)
+    );
+    assert_eq!((ok.counts.dns_queries, ok.counts.dns_responses), (1, 1));
+    let dns = ok.dns.unwrap();
+    assert_eq!(dns.id, reply.id);
+    assert_eq!(dns.qname, "payment-service.production.svc.cluster.local.");
+    assert_eq!(
+        (dns.qtype.as_str(), dns.rcode.as_deref()),
+        ("A", Some("NOERROR"))
+    );
+
+    let reply = client
+        .dns_query(
+            server,
+            "paymnt-service.production.svc.cluster.local.",
+            QueryType::A,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    assert_eq!(reply.rcode, 3);
+    let nxdomain = agent.settled("verdict=NXDOMAIN");
+    assert_eq!(
+        (nxdomain.counts.dns_queries, nxdomain.counts.dns_responses),
+        (1, 1)
+    );
+    let dns = nxdomain.dns.unwrap();
+    assert_eq!(
+        (dns.qname.as_str(), dns.rcode.as_deref()),
+        (
+            "paymnt-service.production.svc.cluster.local.",
+            Some("NXDOMAIN")
+        )
+    );
+
+    // Port 53 blocked: the query goes out, nothing comes back.
+    let err = blocked
+        .dns_query(
+            server,
+            "payment-service.production.svc.cluster.local.",
+            QueryType::A,
+            Duration::from_millis(1500),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+        ),
+        "{err}"
+    );
+    let timeout = agent.settled(&format!("src_ip={}", blocked.ipv4));
+    assert_eq!(timeout.verdict, VerdictKind::DnsTimeout);
+    assert_eq!(
+        (timeout.counts.dns_queries, timeout.counts.dns_responses),
+        (1, 0)
+    );
+    assert_eq!(timeout.dns.unwrap().rcode, None);
+
+    // The libc resolver with the pod's search path: every expansion of a wrong name fails.
+    let output = client
+        .command("getent")
+        .args(["hosts", "paymnt-service"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "getent found a wrong name");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let expansions = loop {
+        let names: Vec<String> = agent
+            .verdicts(&format!("verdict=NXDOMAIN&src_ip={}", client.ipv4))
+            .into_iter()
+            .filter_map(|v| v.dns.map(|d| d.qname))
+            .collect();
+        if names
+            .iter()
+            .any(|n| n == "paymnt-service.production.svc.cluster.local.")
+            || Instant::now() > deadline
+        {
+            break names;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for expected in [
+        "paymnt-service.production.svc.cluster.local.",
+        "paymnt-service.svc.cluster.local.",
+        "paymnt-service.cluster.local.",
+    ] {
+        assert!(
+            expansions.iter().any(|n| n == expected),
+            "{expected} not in {expansions:?}"
+        );
+    }
+    // The DNS server's own veth never adds a second copy of any flow.
+    assert!(
+        agent
+            .verdicts(&format!("src_ip={}", dns_pod.ipv4))
+            .is_empty()
+    );
+}
+
+/// New pod veths are attached within a second; removed ones are forgotten.
+#[test]
+fn interfaces_follow_pods_coming_and_going() {
+    let mut node = node("churn");
+    let first = node.add_pod("first", "default", 5).unwrap();
+    let agent = Agent::start(&node, &[]);
+    let names = |agent: &Agent| {
+        agent
+            .interfaces()
+            .into_iter()
+            .map(|i| i.name)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&agent), [first.host_if.clone()]);
+
+    let created = Instant::now();
+    let second = node.add_pod("second", "default", 6).unwrap();
+    loop {
+        if names(&agent).contains(&second.host_if) {
+            break;
+        }
+        assert!(
+            created.elapsed() < Duration::from_secs(1),
+            "not attached within 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    expect_err(
+        second.connect_tcp(sock(first.ipv4, 7), Duration::from_secs(2)),
+        io::ErrorKind::ConnectionRefused,
+    );
+    assert_eq!(agent.settled("port=7").interface, second.host_if);
+
+    node.remove_pod(&second).unwrap();
+    let removed = Instant::now();
+    while names(&agent).contains(&second.host_if) {
+        assert!(
+            removed.elapsed() < Duration::from_secs(1),
+            "not forgotten within 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(names(&agent), [first.host_if.clone()]);
+}
+
+/// Without TCX: clsact filters, removed again on SIGTERM.
+#[test]
+fn clsact_mode_attaches_and_detaches_cleanly() {
+    let mut node = node("clsact");
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let server = node.add_pod("server", "default", 9).unwrap();
+    let mut agent = Agent::start(&node, &["--attach-mode", "clsact"]);
+    let interfaces = agent.interfaces();
+    assert_eq!(interfaces.len(), 2);
+    assert!(interfaces.iter().all(|i| i.mode == AttachMode::Clsact));
+    let filters = |dev: &str| {
+        let out = node
+            .command("tc")
+            .args(["filter", "show", "dev", dev, "ingress"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        filters(&client.host_if).contains("netprobe_ingress"),
+        "{}",
+        filters(&client.host_if)
+    );
+
+    expect_err(
+        client.connect_tcp(sock(server.ipv4, 9), Duration::from_secs(2)),
+        io::ErrorKind::ConnectionRefused,
+    );
+    let refused = agent.settled("port=9");
+    assert_eq!(
+        (refused.verdict, counts(&refused)),
+        (VerdictKind::Refused, (1, 0, 1, 0))
+    );
+
+    let took = agent.stop();
+    assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
+    for pod in [&client, &server] {
+        assert_eq!(
+            filters(&pod.host_if).trim(),
+            "",
+            "filters left on {}",
+            pod.host_if
+        );
+    }
+}
+
+/// The API of a live agent rejects bad parameters with a JSON error.
+#[test]
+fn live_api_rejects_bad_parameters() {
+    let mut node = node("api");
+    node.add_pod("client", "default", 5).unwrap();
+    let agent = Agent::start(&node, &[]);
+    for query in [
+        "verdict=TIMEOUTS",
+        "src_ip=10.0.0.300",
+        "since=yesterday",
+        "limit=0",
+        "colour=blue",
+    ] {
+        let response = ureq::get(&format!("{}/v1/verdicts?{query}", agent.base))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+        let body: serde_json::Value =
+            serde_json::from_str(&response.into_body().read_to_string().unwrap()).unwrap();
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{query}: {body}"
+        );
+    }
+    let health: serde_json::Value = agent.get("/healthz");
+    assert_eq!(health, serde_json::json!({"status": "ok"}));
+}
