@@ -5,8 +5,9 @@
 //! so a busy node cannot grow the exposition (and the scraper's memory) without limit.
 
 use std::{
+    collections::HashMap,
     fmt::{self, Write as _},
-    sync::{Mutex, PoisonError},
+    sync::{Mutex, PoisonError, RwLock},
 };
 
 use prometheus_client::{
@@ -15,7 +16,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::model::{Endpoint, Verdict};
+use crate::model::{Endpoint, Verdict, VerdictKind};
 
 /// Distinct `netprobe_verdicts_total` label sets kept before new ones go to `other`.
 pub const DEFAULT_MAX_SERIES: usize = 2000;
@@ -225,8 +226,13 @@ pub struct Metrics {
     /// Distinct verdict label sets created so far (overflow sets not included); the lock
     /// makes check-and-create atomic so the cap is exact under concurrent calls.
     verdict_series: Mutex<usize>,
+    /// Counters of verdicts whose ends are unknown (no Kubernetes names), by verdict and
+    /// port: the common case skips building and hashing seven label strings.
+    anonymous_verdicts: RwLock<HashMap<(VerdictKind, u16), Counter>>,
     max_series: usize,
     packets: Family<PacketLabels, Counter>,
+    /// Handles on `packets`' fixed series: the hot path skips the family's lock and hash.
+    packet_counters: Vec<Counter>,
     dns_responses: Family<RcodeLabels, Counter>,
     events_lost: Family<LossLabels, Counter>,
     decode_errors: Family<DecodeErrorLabels, Counter>,
@@ -244,12 +250,14 @@ impl Metrics {
     /// `max_series` bounds the distinct `netprobe_verdicts_total` label sets; beyond it each
     /// verdict gets one more series with every other label `other`.
     pub fn new(max_series: usize) -> Self {
-        let metrics = Self {
+        let mut metrics = Self {
             registry: Registry::with_prefix("netprobe"),
             verdicts: Family::default(),
             verdict_series: Mutex::new(0),
+            anonymous_verdicts: RwLock::new(HashMap::new()),
             max_series,
             packets: Family::default(),
+            packet_counters: Vec::new(),
             dns_responses: Family::default(),
             events_lost: Family::default(),
             decode_errors: Family::default(),
@@ -258,9 +266,15 @@ impl Metrics {
         };
         // Series of fixed label sets exist from the start at 0, so `rate()` and alerts on
         // them work before the first increment.
-        for kind in PacketKind::ALL {
-            drop(metrics.packets.get_or_create(&PacketLabels { kind }));
-        }
+        metrics.packet_counters = PacketKind::ALL
+            .iter()
+            .map(|&kind| {
+                metrics
+                    .packets
+                    .get_or_create(&PacketLabels { kind })
+                    .clone()
+            })
+            .collect();
         for source in LossSource::ALL {
             drop(metrics.events_lost.get_or_create(&LossLabels { source }));
         }
@@ -316,10 +330,33 @@ impl Metrics {
 
     /// Counts a flow reaching a final verdict.
     pub fn verdict_reached(&self, v: &Verdict) {
-        let labels = VerdictLabels::of(v);
-        if let Some(counter) = self.verdicts.get(&labels) {
+        if v.src.is_none() && v.dst.is_none() {
+            let key = (v.verdict, v.flow.dst_port);
+            let cached = self
+                .anonymous_verdicts
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key)
+                .cloned();
+            let counter = cached.unwrap_or_else(|| {
+                let counter = self.verdict_counter(v);
+                self.anonymous_verdicts
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key, counter.clone());
+                counter
+            });
             counter.inc();
             return;
+        }
+        self.verdict_counter(v).inc();
+    }
+
+    /// The counter of `v`'s label set, created within the series cap.
+    fn verdict_counter(&self, v: &Verdict) -> Counter {
+        let labels = VerdictLabels::of(v);
+        if let Some(counter) = self.verdicts.get(&labels) {
+            return counter.clone();
         }
         let mut series = self
             .verdict_series
@@ -333,11 +370,11 @@ impl Metrics {
         } else {
             VerdictLabels::overflow(labels.verdict)
         };
-        self.verdicts.get_or_create(&labels).inc();
+        self.verdicts.get_or_create(&labels).clone()
     }
 
     pub fn packets(&self, kind: PacketKind, n: u64) {
-        self.packets.get_or_create(&PacketLabels { kind }).inc_by(n);
+        self.packet_counters[kind as usize].inc_by(n);
     }
 
     /// Counts one DNS response; `rcode` is a name such as `NXDOMAIN` (any case) or a
@@ -429,7 +466,7 @@ mod tests {
                 dst_port,
             },
             verdict: kind,
-            reason: String::new(),
+            reason: "".into(),
             counts: Counts::default(),
             first_seen: t,
             last_seen: t,

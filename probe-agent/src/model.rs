@@ -1,7 +1,7 @@
 //! The values netprobe reports: verdicts, flow events, interfaces. These are the JSON
 //! shapes of the HTTP API (DESIGN.md, "HTTP API (v1)") and what `observe` reads back.
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{fmt, net::IpAddr, str::FromStr, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -173,12 +173,13 @@ pub struct DnsSummary {
 pub struct Verdict {
     pub flow: Flow,
     pub verdict: VerdictKind,
-    pub reason: String,
+    /// Shared with the tracker's state and events: cloning is a reference count.
+    pub reason: Arc<str>,
     pub counts: Counts,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     /// Host-side interface the flow was counted on.
-    pub interface: String,
+    pub interface: Arc<str>,
     pub src: Option<Endpoint>,
     pub dst: Option<Endpoint>,
     pub dns: Option<DnsSummary>,
@@ -223,8 +224,8 @@ pub struct FlowEvent {
     pub event: FlowEventKind,
     /// The flow's verdict after this event.
     pub verdict: VerdictKind,
-    pub reason: String,
-    pub interface: String,
+    pub reason: Arc<str>,
+    pub interface: Arc<str>,
     pub src: Option<Endpoint>,
     pub dst: Option<Endpoint>,
     pub dns: Option<DnsSummary>,

@@ -110,7 +110,7 @@ struct FlowState {
     flow: Flow,
     generation: u64,
     verdict: VerdictKind,
-    reason: String,
+    reason: Arc<str>,
     counts: Counts,
     first_seen: Duration,
     last_seen: Duration,
@@ -124,13 +124,20 @@ struct FlowState {
 /// Everything the tracker knows. Shared behind a mutex by the event loop and the API.
 pub struct Tracker {
     config: TrackerConfig,
-    clock: Clock,
     flows: LruCache<FlowKey, FlowState>,
-    events: VecDeque<FlowEvent>,
-    events_tx: broadcast::Sender<FlowEvent>,
     deadlines: VecDeque<(Duration, FlowKey, u64)>,
     next_generation: u64,
-    interfaces: HashMap<u32, String>,
+    journal: Journal,
+}
+
+/// Where changes are reported: the recent-event ring, followers, metrics. Kept apart
+/// from the flow table so a flow's state can be reported while it is borrowed.
+struct Journal {
+    clock: Clock,
+    events: VecDeque<FlowEvent>,
+    capacity: usize,
+    events_tx: broadcast::Sender<FlowEvent>,
+    interfaces: HashMap<u32, Arc<str>>,
     metrics: Arc<Metrics>,
 }
 
@@ -139,29 +146,32 @@ impl Tracker {
         let (events_tx, _) = broadcast::channel(1024);
         Self {
             flows: LruCache::new(config.flow_capacity),
-            events: VecDeque::with_capacity(config.event_capacity.get()),
+            journal: Journal {
+                clock,
+                events: VecDeque::with_capacity(config.event_capacity.get()),
+                capacity: config.event_capacity.get(),
+                events_tx,
+                interfaces: HashMap::new(),
+                metrics,
+            },
             config,
-            clock,
-            events_tx,
             deadlines: VecDeque::new(),
             next_generation: 0,
-            interfaces: HashMap::new(),
-            metrics,
         }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<FlowEvent> {
-        self.events_tx.subscribe()
+        self.journal.events_tx.subscribe()
     }
 
     /// The sender behind [`Tracker::subscribe`], so followers need not take the lock.
     pub fn events_sender(&self) -> broadcast::Sender<FlowEvent> {
-        self.events_tx.clone()
+        self.journal.events_tx.clone()
     }
 
     /// Names the interface behind an ifindex, for the `interface` field.
     pub fn set_interface_name(&mut self, ifindex: u32, name: &str) {
-        self.interfaces.insert(ifindex, name.to_string());
+        self.journal.interfaces.insert(ifindex, name.into());
     }
 
     pub fn flows_tracked(&self) -> usize {
@@ -172,8 +182,16 @@ impl Tracker {
     pub fn on_packet(&mut self, packet: &Packet) {
         let now = packet.monotonic;
         let (syn_timeout, dns_timeout) = (self.config.syn_timeout, self.config.dns_timeout);
-        let metrics = Arc::clone(&self.metrics);
-        let state = self.flow_entry(&packet.key, packet.flow, now, packet.ifindex);
+        let journal = &mut self.journal;
+        let metrics = &journal.metrics;
+        let state = flow_entry(
+            &mut self.flows,
+            &mut self.next_generation,
+            &packet.key,
+            packet.flow,
+            now,
+            packet.ifindex,
+        );
         state.last_seen = state.last_seen.max(now);
         let before = state.verdict;
         let mut deadline = None;
@@ -214,10 +232,8 @@ impl Tracker {
                 }
             }
         }
-        let key = packet.key;
         if let Some(at) = deadline {
-            let generation = state.generation;
-            self.deadlines.push_back((at, key, generation));
+            self.deadlines.push_back((at, packet.key, state.generation));
         }
         let event_kind = match packet.kind {
             EventKind::Syn => FlowEventKind::Syn,
@@ -227,7 +243,7 @@ impl Tracker {
             EventKind::DnsQuery => FlowEventKind::DnsQuery,
             EventKind::DnsResponse => FlowEventKind::DnsResponse,
         };
-        self.after_change(&key, before, event_kind, now);
+        journal.record(state, before, event_kind, now);
     }
 
     /// Declares the timeouts that have expired by `now` (monotonic).
@@ -250,7 +266,8 @@ impl Tracker {
                 Protocol::Udp => expire_dns(state, now, self.config.dns_timeout),
             };
             if expired {
-                self.after_change(&key, before, FlowEventKind::Timeout, now);
+                self.journal
+                    .record(state, before, FlowEventKind::Timeout, now);
             }
         }
         self.compact_deadlines();
@@ -279,109 +296,23 @@ impl Tracker {
                 let Ok(flow) = flow_from_key(&key) else {
                     continue;
                 };
-                self.flow_entry(&key, flow, first_seen, 0);
+                flow_entry(
+                    &mut self.flows,
+                    &mut self.next_generation,
+                    &key,
+                    flow,
+                    first_seen,
+                    0,
+                );
             }
             let state = self.flows.peek_mut(&key).expect("present");
             let before = state.verdict;
-            let recovered = recover_lost(state, &counters, last_seen, &self.metrics);
+            let recovered = recover_lost(state, &counters, last_seen, &self.journal.metrics);
             if recovered {
                 state.last_seen = state.last_seen.max(last_seen);
-                self.after_change(&key, before, FlowEventKind::Recovered, now);
+                self.journal
+                    .record(state, before, FlowEventKind::Recovered, now);
             }
-        }
-    }
-
-    fn flow_entry(
-        &mut self,
-        key: &FlowKey,
-        flow: Flow,
-        now: Duration,
-        ifindex: u32,
-    ) -> &mut FlowState {
-        if !self.flows.contains(key) {
-            self.next_generation += 1;
-            let state = FlowState {
-                flow,
-                generation: self.next_generation,
-                verdict: VerdictKind::Pending,
-                reason: String::new(),
-                counts: Counts::default(),
-                first_seen: now,
-                last_seen: now,
-                attempt_start: None,
-                attempt_syns: 0,
-                ifindex,
-                dns: DnsState::default(),
-            };
-            // At capacity `push` evicts the least recently used flow.
-            self.flows.push(*key, state);
-            self.metrics.set_flows_tracked(self.flows.len() as u64);
-        }
-        let state = self.flows.get_mut(key).expect("inserted above");
-        if state.ifindex == 0 {
-            state.ifindex = ifindex;
-        }
-        state
-    }
-
-    /// Records the event, and a verdict metric when the flow reaches a new final verdict.
-    fn after_change(
-        &mut self,
-        key: &FlowKey,
-        before: VerdictKind,
-        kind: FlowEventKind,
-        now: Duration,
-    ) {
-        let Some(state) = self.flows.peek(key) else {
-            return;
-        };
-        let verdict_changed = state.verdict != before;
-        if kind == FlowEventKind::Timeout && !verdict_changed {
-            return;
-        }
-        let event = FlowEvent {
-            time: self.clock.to_utc(now),
-            flow: state.flow,
-            event: kind,
-            verdict: state.verdict,
-            reason: state.reason.clone(),
-            interface: self.interface_name(state.ifindex),
-            src: None,
-            dst: None,
-            dns: dns_summary(state),
-        };
-        if verdict_changed && state.verdict.is_final() {
-            let verdict = self.verdict_of(state);
-            self.metrics.verdict_reached(&verdict);
-        }
-        if self.events.len() == self.config.event_capacity.get() {
-            self.events.pop_front();
-        }
-        // No subscriber is fine: nobody follows right now.
-        let _ = self.events_tx.send(event.clone());
-        self.events.push_back(event);
-    }
-
-    fn interface_name(&self, ifindex: u32) -> String {
-        match self.interfaces.get(&ifindex) {
-            Some(name) => name.clone(),
-            None if ifindex == 0 => String::new(),
-            None => format!("if{ifindex}"),
-        }
-    }
-
-    fn verdict_of(&self, state: &FlowState) -> Verdict {
-        Verdict {
-            flow: state.flow,
-            verdict: state.verdict,
-            reason: state.reason.clone(),
-            counts: state.counts,
-            first_seen: self.clock.to_utc(state.first_seen),
-            last_seen: self.clock.to_utc(state.last_seen),
-            interface: self.interface_name(state.ifindex),
-            src: None,
-            dst: None,
-            dns: dns_summary(state),
         }
     }
 
@@ -390,7 +321,7 @@ impl Tracker {
         let mut out: Vec<Verdict> = self
             .flows
             .iter()
-            .map(|(_, state)| self.verdict_of(state))
+            .map(|(_, state)| self.journal.verdict_of(state))
             .filter(|verdict| keep(verdict))
             .collect();
         out.sort_by_key(|verdict| (verdict.last_seen, verdict.first_seen));
@@ -402,6 +333,7 @@ impl Tracker {
     /// Recent events accepted by `keep`: the newest `limit`, oldest first.
     pub fn events(&self, keep: &dyn Fn(&FlowEvent) -> bool, limit: usize) -> Vec<FlowEvent> {
         let mut out: Vec<FlowEvent> = self
+            .journal
             .events
             .iter()
             .rev()
@@ -431,6 +363,101 @@ impl Tracker {
     }
 }
 
+/// The flow's state, created (evicting the least recently used flow at capacity) if new.
+/// One table lookup when the flow is known. (The flows-tracked gauge is refreshed by the
+/// reconcile pass, once a second.)
+fn flow_entry<'a>(
+    flows: &'a mut LruCache<FlowKey, FlowState>,
+    next_generation: &mut u64,
+    key: &FlowKey,
+    flow: Flow,
+    now: Duration,
+    ifindex: u32,
+) -> &'a mut FlowState {
+    let state = flows.get_or_insert_mut(*key, || {
+        *next_generation += 1;
+        FlowState {
+            flow,
+            generation: *next_generation,
+            verdict: VerdictKind::Pending,
+            reason: "".into(),
+            counts: Counts::default(),
+            first_seen: now,
+            last_seen: now,
+            attempt_start: None,
+            attempt_syns: 0,
+            ifindex,
+            dns: DnsState::default(),
+        }
+    });
+    if state.ifindex == 0 {
+        state.ifindex = ifindex;
+    }
+    state
+}
+
+impl Journal {
+    /// Records a change of `state`, and counts a verdict when the flow reaches a new
+    /// final one.
+    fn record(
+        &mut self,
+        state: &FlowState,
+        before: VerdictKind,
+        kind: FlowEventKind,
+        now: Duration,
+    ) {
+        let verdict_changed = state.verdict != before;
+        if matches!(kind, FlowEventKind::Timeout) && !verdict_changed {
+            return;
+        }
+        let event = FlowEvent {
+            time: self.clock.to_utc(now),
+            flow: state.flow,
+            event: kind,
+            verdict: state.verdict,
+            reason: Arc::clone(&state.reason),
+            interface: self.interface_name(state.ifindex),
+            src: None,
+            dst: None,
+            dns: dns_summary(state),
+        };
+        if verdict_changed && state.verdict.is_final() {
+            self.metrics.verdict_reached(&self.verdict_of(state));
+        }
+        if self.events.len() == self.capacity {
+            self.events.pop_front();
+        }
+        if self.events_tx.receiver_count() > 0 {
+            // A follower that went away in between is fine.
+            let _ = self.events_tx.send(event.clone());
+        }
+        self.events.push_back(event);
+    }
+
+    fn interface_name(&self, ifindex: u32) -> Arc<str> {
+        match self.interfaces.get(&ifindex) {
+            Some(name) => Arc::clone(name),
+            None if ifindex == 0 => "".into(),
+            None => format!("if{ifindex}").into(),
+        }
+    }
+
+    fn verdict_of(&self, state: &FlowState) -> Verdict {
+        Verdict {
+            flow: state.flow,
+            verdict: state.verdict,
+            reason: Arc::clone(&state.reason),
+            counts: state.counts,
+            first_seen: self.clock.to_utc(state.first_seen),
+            last_seen: self.clock.to_utc(state.last_seen),
+            interface: self.interface_name(state.ifindex),
+            src: None,
+            dst: None,
+            dns: dns_summary(state),
+        }
+    }
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
@@ -445,13 +472,14 @@ fn on_syn(state: &mut FlowState, now: Duration, syn_timeout: Duration) -> Option
         // A retransmission of the current attempt.
         VerdictKind::Pending if state.attempt_start.is_some() => {
             state.attempt_syns += 1;
-            state.reason = format!("{} SYNs sent, waiting for an answer", state.attempt_syns);
+            state.reason =
+                format!("{} SYNs sent, waiting for an answer", state.attempt_syns).into();
             None
         }
         // Retransmissions after the timeout was declared keep the verdict.
         VerdictKind::Timeout => {
             state.attempt_syns += 1;
-            state.reason = timeout_reason(state, now);
+            state.reason = timeout_reason(state, now).into();
             None
         }
         // A first SYN, or a new attempt on a reused 5-tuple.
@@ -483,7 +511,7 @@ fn on_syn_ack(state: &mut FlowState, now: Duration) {
             String::new()
         };
         state.verdict = VerdictKind::Ok;
-        state.reason = format!("handshake completed in {}{slow}", millis(took));
+        state.reason = format!("handshake completed in {}{slow}", millis(took)).into();
     }
 }
 
@@ -496,7 +524,7 @@ fn on_rst(state: &mut FlowState, now: Duration) {
                 "SYN answered by RST in {}: nothing listens on port {} (port/targetPort mismatch or app down)",
                 millis(took),
                 state.flow.dst_port
-            );
+            ).into();
         }
         VerdictKind::Refused | VerdictKind::Reset => {}
         _ => {
@@ -512,7 +540,7 @@ fn on_icmp_unreachable(state: &mut FlowState) {
         return;
     }
     state.verdict = VerdictKind::Unreachable;
-    state.reason = match state.flow.protocol {
+    state.reason = Arc::from(match state.flow.protocol {
         Protocol::Tcp => format!(
             "SYN answered by ICMP destination unreachable: a Service without ready endpoints (kube-proxy REJECT) or no route to port {}",
             state.flow.dst_port
@@ -520,7 +548,7 @@ fn on_icmp_unreachable(state: &mut FlowState) {
         Protocol::Udp => {
             "DNS query answered by ICMP destination unreachable: nothing listens on port 53 or it is rejected".into()
         }
-    };
+    });
     state.dns.pending.clear();
 }
 
@@ -547,7 +575,8 @@ fn on_dns_query(
     state.reason = format!(
         "DNS query for {} sent, waiting for an answer",
         dns.qname.as_deref().unwrap_or("?")
-    );
+    )
+    .into();
     Some(now + dns_timeout)
 }
 
@@ -598,7 +627,7 @@ fn settle_dns(state: &mut FlowState) {
     }
     if let Some((verdict, summary)) = &state.dns.failure {
         state.verdict = *verdict;
-        state.reason = match verdict {
+        state.reason = Arc::from(match verdict {
             VerdictKind::Nxdomain => format!(
                 "{} does not exist (NXDOMAIN): wrong Service name or namespace",
                 summary.qname
@@ -619,10 +648,10 @@ fn settle_dns(state: &mut FlowState) {
                 summary.qname,
                 summary.rcode.as_deref().unwrap_or("an error")
             ),
-        };
+        });
     } else if let Some(summary) = &state.dns.success {
         state.verdict = VerdictKind::Ok;
-        state.reason = format!("{} {} answered (NOERROR)", summary.qname, summary.qtype);
+        state.reason = format!("{} {} answered (NOERROR)", summary.qname, summary.qtype).into();
     }
 }
 
@@ -634,7 +663,7 @@ fn expire_syn(state: &mut FlowState, now: Duration, syn_timeout: Duration) -> bo
         return false;
     }
     state.verdict = VerdictKind::Timeout;
-    state.reason = timeout_reason(state, now);
+    state.reason = timeout_reason(state, now).into();
     true
 }
 

@@ -149,7 +149,12 @@ struct Addrs {
 /// Writes the address at `offset` as 16 bytes; IPv4 as IPv4-mapped IPv6
 /// (RFC 4291 §2.5.5.2) so one key type serves both families.
 #[inline(always)]
-fn read_addr(ctx: &TcContext, offset: usize, v6: bool, out: &mut [u8; 16]) -> Result<(), ParseError> {
+fn read_addr(
+    ctx: &TcContext,
+    offset: usize,
+    v6: bool,
+    out: &mut [u8; 16],
+) -> Result<(), ParseError> {
     if v6 {
         *out = load::<16>(ctx, offset)?;
     } else {
@@ -443,8 +448,7 @@ fn record(
     }
     // A flow between two pods of this node crosses two veths: it is counted at the
     // client's, so it is one flow with one set of counts.
-    if pod_addr != key.src_addr
-        && unsafe { NETPROBE_LOCAL_ENDPOINTS.get(&key.src_addr) }.is_some()
+    if pod_addr != key.src_addr && unsafe { NETPROBE_LOCAL_ENDPOINTS.get(&key.src_addr) }.is_some()
     {
         return Ok(());
     }
@@ -532,7 +536,11 @@ fn add_loss(counter: LossCounter) {
 #[inline(always)]
 fn capture(ctx: &TcContext, data: &mut [u8; CAPTURE_BYTES]) -> u32 {
     let len = ctx.len();
-    let n = if len < CAPTURE_BYTES as u32 { len } else { CAPTURE_BYTES as u32 };
+    let n = if len < CAPTURE_BYTES as u32 {
+        len
+    } else {
+        CAPTURE_BYTES as u32
+    };
     // The helper takes no zero-length reads, and the verifier must see n ≥ 1 here.
     if n == 0 {
         return 0;

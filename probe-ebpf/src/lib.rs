@@ -98,7 +98,7 @@ pub const IPPROTO_UDP: u8 = 17;
 /// A connection's 5-tuple, always oriented client → server (the side that sent the
 /// SYN or the DNS query is `src`). IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct FlowKey {
     pub src_addr: [u8; 16],
     pub dst_addr: [u8; 16],
@@ -109,7 +109,33 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+// Compared and hashed as a few integers rather than byte by byte: the agent looks a
+// flow up several times per packet.
+impl PartialEq for FlowKey {
+    fn eq(&self, other: &Self) -> bool {
+        u128::from_ne_bytes(self.src_addr) == u128::from_ne_bytes(other.src_addr)
+            && u128::from_ne_bytes(self.dst_addr) == u128::from_ne_bytes(other.dst_addr)
+            && self.ports_and_protocol() == other.ports_and_protocol()
+    }
+}
+
+impl Eq for FlowKey {}
+
+impl core::hash::Hash for FlowKey {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_ne_bytes(self.src_addr));
+        state.write_u128(u128::from_ne_bytes(self.dst_addr));
+        state.write_u64(self.ports_and_protocol());
+    }
+}
+
 impl FlowKey {
+    fn ports_and_protocol(&self) -> u64 {
+        (u64::from(self.src_port) << 24)
+            | (u64::from(self.dst_port) << 8)
+            | u64::from(self.protocol)
+    }
+
     /// The same connection seen from the other end.
     #[inline(always)]
     pub fn reversed(&self) -> Self {
@@ -201,7 +227,11 @@ mod tests {
             size_of::<PacketEvent>(),
             4 + 4 + 8 + size_of::<FlowKey>() + 4 * 4 + CAPTURE_BYTES
         );
-        assert_eq!(size_of::<PacketEvent>() % 8, 0, "ring buffer records are 8-aligned");
+        assert_eq!(
+            size_of::<PacketEvent>() % 8,
+            0,
+            "ring buffer records are 8-aligned"
+        );
     }
 
     #[test]

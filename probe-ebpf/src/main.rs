@@ -5,7 +5,11 @@
 //! (SYN, SYN-ACK, RST, ICMP destination-unreachable, DNS) bumps a per-flow counter and
 //! hands the packet's leading bytes to userspace through a ring buffer.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
-#![cfg_attr(target_arch = "bpf", feature(core_intrinsics), allow(internal_features))]
+#![cfg_attr(
+    target_arch = "bpf",
+    feature(core_intrinsics),
+    allow(internal_features)
+)]
 
 #[cfg(target_arch = "bpf")]
 mod classifier;

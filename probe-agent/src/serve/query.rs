@@ -414,7 +414,7 @@ mod tests {
             flow: v.flow,
             event: FlowEventKind::Syn,
             verdict: VerdictKind::Pending,
-            reason: String::new(),
+            reason: "".into(),
             interface: v.interface,
             src: v.src,
             dst: v.dst,

@@ -83,12 +83,12 @@ fn syn_then_syn_ack_is_ok() {
     let v = only(&t);
     assert_eq!(v.verdict, VerdictKind::Ok);
     assert_eq!((v.counts.syn, v.counts.syn_ack), (1, 1));
-    assert_eq!(v.reason, "handshake completed in 2 ms");
+    assert_eq!(&*v.reason, "handshake completed in 2 ms");
     assert_eq!(
         v.flow.to_string(),
         "10.244.0.5:41234 -> 10.96.45.123:8080 TCP"
     );
-    assert_eq!(v.interface, "if7");
+    assert_eq!(&*v.interface, "if7");
 }
 
 #[test]
@@ -104,7 +104,7 @@ fn unanswered_syns_time_out_at_the_deadline_not_before() {
     assert_eq!(v.verdict, VerdictKind::Timeout);
     assert_eq!(v.counts.syn, 3);
     assert_eq!(
-        v.reason,
+        &*v.reason,
         "3 SYNs in 3.0s and no answer: packets are dropped on the path (NetworkPolicy, firewall or broken route)"
     );
     // Later retransmissions keep the verdict and are counted.
@@ -125,7 +125,7 @@ fn slow_handshake_is_ok_even_after_the_timeout() {
     t.sweep(ms(10_000));
     let v = only(&t);
     assert_eq!(v.verdict, VerdictKind::Ok);
-    assert_eq!(v.reason, "handshake completed in 1500 ms (slow: 2 SYNs)");
+    assert_eq!(&*v.reason, "handshake completed in 1500 ms (slow: 2 SYNs)");
 
     let mut t = tracker();
     t.on_packet(&tcp(EventKind::Syn, 0));

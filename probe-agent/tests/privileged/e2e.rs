@@ -190,7 +190,7 @@ fn tcp_verdicts_ipv4() {
     assert_eq!(ok.flow.src_ip, IpAddr::from(client.ipv4));
     assert_eq!((ok.flow.dst_ip, ok.flow.dst_port), (service, 80));
     assert_eq!(counts(&ok), (1, 1, 0, 0));
-    assert_eq!(ok.interface, client.host_if);
+    assert_eq!(&*ok.interface, client.host_if);
 
     // Nothing listening: REFUSED, answered by RST. Pod to pod on one node: one flow.
     expect_err(
@@ -201,7 +201,7 @@ fn tcp_verdicts_ipv4() {
     assert_eq!(refused.verdict, VerdictKind::Refused);
     assert_eq!(counts(&refused), (1, 0, 1, 0));
     assert_eq!(refused.flow.dst_ip, IpAddr::from(server.ipv4));
-    assert_eq!(refused.interface, client.host_if);
+    assert_eq!(&*refused.interface, client.host_if);
 
     // A Service without endpoints: kube-proxy's REJECT, an ICMP port unreachable.
     expect_err(
@@ -489,7 +489,7 @@ fn interfaces_follow_pods_coming_and_going() {
         second.connect_tcp(sock(first.ipv4, 7), Duration::from_secs(2)),
         io::ErrorKind::ConnectionRefused,
     );
-    assert_eq!(agent.settled("port=7").interface, second.host_if);
+    assert_eq!(&*agent.settled("port=7").interface, second.host_if);
 
     node.remove_pod(&second).unwrap();
     let removed = Instant::now();
