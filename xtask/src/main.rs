@@ -1,1 +1,56 @@
-fn main(){}
+//! `cargo xtask <task>`: netprobe's developer tasks. See README.md.
+
+mod bench;
+mod build;
+mod demo;
+mod test;
+mod toolchain;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", about = "netprobe's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// Install what is missing (nightly rust-src, bpf-linker, Debian packages), then build
+    /// the release agent with its eBPF program; prints the binary's path.
+    Build,
+    /// A simulated node with pods, the agent watching it, and the incidents of DESIGN.md
+    /// played against it (root).
+    Demo(demo::DemoArgs),
+    /// Format, lint, unit tests, then (root) the privileged suites and the demo.
+    Test,
+    /// Run probe-agent's benchmarks (the performance budgets of DESIGN.md).
+    Bench(bench::BenchArgs),
+    /// Only install what is missing (toolchain, bpf-linker, Debian packages).
+    Bootstrap,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The error chain on one line, without the backtrace anyhow would print under
+    // RUST_BACKTRACE=1 (set in CI): the messages say what to do, a backtrace does not.
+    if let Err(e) = util::put_cargo_bin_on_path().and_then(|()| run(cli.task)) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    match task {
+        Task::Build => build::run(),
+        Task::Demo(args) => demo::run(args),
+        Task::Test => test::run(),
+        Task::Bench(args) => bench::run(args),
+        Task::Bootstrap => toolchain::bootstrap(),
+    }
+}

@@ -471,7 +471,7 @@ fn interfaces_follow_pods_coming_and_going() {
             .map(|i| i.name)
             .collect::<Vec<_>>()
     };
-    assert_eq!(names(&agent), [first.host_if.clone()]);
+    assert_eq!(names(&agent), std::slice::from_ref(&first.host_if));
 
     let created = Instant::now();
     let second = node.add_pod("second", "default", 6).unwrap();
@@ -500,7 +500,7 @@ fn interfaces_follow_pods_coming_and_going() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(names(&agent), [first.host_if.clone()]);
+    assert_eq!(names(&agent), std::slice::from_ref(&first.host_if));
 }
 
 /// Without TCX: clsact filters, removed again on SIGTERM.
