@@ -86,10 +86,16 @@ pub fn netprobe_empty(_ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn observe(ctx: &TcContext, direction: Direction) {
-    if let Err(ParseError::NotLinear) = classify(ctx, direction) {
-        // Headers beyond the linear part (rare on veth): make them linear once, retry.
-        if ctx.pull_data(PULL_BYTES.min(ctx.len())).is_ok() {
-            let _ = classify(ctx, direction);
+    // At most twice: when headers straddle the linear part (rare on veth), make them
+    // linear once and parse again. A loop rather than two calls keeps one inlined copy.
+    for _ in 0..2 {
+        match classify(ctx, direction) {
+            Err(ParseError::NotLinear) => {
+                if ctx.pull_data(PULL_BYTES.min(ctx.len())).is_err() {
+                    return;
+                }
+            }
+            _ => return,
         }
     }
 }
@@ -116,12 +122,12 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, ParseError> {
     Ok((start + offset) as *const T)
 }
 
-/// Copies `N` header bytes at `offset` with one bounds check. Copying whole headers
-/// (rather than reading field by field) keeps LLVM from folding several checks into one
-/// that the verifier cannot follow.
+/// The `N` header bytes at `offset`, after one bounds check. Fields are then read
+/// through this one checked pointer, so LLVM cannot fold several checks into one that
+/// the verifier cannot follow, and only the bytes needed are loaded.
 #[inline(always)]
-fn header<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N], ParseError> {
-    Ok(unsafe { *ptr_at::<[u8; N]>(ctx, offset)? })
+fn header<const N: usize>(ctx: &TcContext, offset: usize) -> Result<&[u8; N], ParseError> {
+    Ok(unsafe { &*ptr_at::<[u8; N]>(ctx, offset)? })
 }
 
 /// Reads `N` bytes at `offset` with `bpf_skb_load_bytes`: for the few packets that
@@ -189,8 +195,7 @@ struct Interesting {
     dns_rcode: u8,
 }
 
-// A BPF-to-BPF call rather than inlined: `observe` may call it twice.
-#[inline(never)]
+#[inline(always)]
 fn classify(ctx: &TcContext, direction: Direction) -> Result<(), ParseError> {
     let l3 = parse_l3(ctx)?;
     let interesting = match l3.protocol {
