@@ -1,0 +1,323 @@
+//! Sets up a fresh machine: nightly Rust with rust-src (the eBPF program is built with
+//! `-Z build-std`), bpf-linker built against nightly's own LLVM, and the Debian packages
+//! the demo, tests and benchmarks drive (ip, nft, dnsmasq, iperf3, dig, curl).
+//! Each step checks first and does nothing when already done.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use xtask::exec::{self, run, run_streaming};
+
+use crate::util;
+
+/// bpf-linker release we build. 0.13 links against an LLVM shared library, which lets us
+/// use the exact LLVM that nightly rustc emits bitcode for.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages used by `cargo xtask demo`, `test` and `bench`.
+pub const PACKAGES: &[&str] = &[
+    "iproute2",     // ip: namespaces, veths, routes
+    "nftables",     // nft: Services (DNAT), rejects and drops in the lab
+    "dnsmasq-base", // the lab's DNS server
+    "dnsutils",     // dig, in the lab tests
+    "curl",         // HTTP clients in the demo, API examples
+    "iperf3",       // throughput benchmark
+];
+
+/// Runs every step; see the module docs.
+pub fn bootstrap() -> Result<()> {
+    let nightly = nightly()?;
+    ensure_rust_src()?;
+    ensure_bpf_linker(&nightly)?;
+    ensure_packages()?;
+    Ok(())
+}
+
+/// What `rustc +nightly -vV` says about itself.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RustcInfo {
+    /// e.g. `1.97.0-nightly`
+    pub release: String,
+    pub llvm_major: u32,
+    pub llvm_minor: u32,
+}
+
+impl RustcInfo {
+    /// Name of the LLVM shared library in nightly's sysroot, e.g.
+    /// `libLLVM.so.22.1-rust-1.97.0-nightly`.
+    pub fn llvm_soname(&self) -> String {
+        format!(
+            "libLLVM.so.{}.{}-rust-{}",
+            self.llvm_major, self.llvm_minor, self.release
+        )
+    }
+}
+
+/// Parses `rustc -vV` output.
+pub fn parse_rustc_vv(text: &str) -> Result<RustcInfo> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .with_context(|| format!("no `{name}` line in rustc -vV output:\n{text}"))
+    };
+    let release = field("release:")?.to_owned();
+    let llvm = field("LLVM version:")?;
+    let mut parts = llvm.split('.');
+    let mut number = || -> Result<u32> {
+        parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("cannot parse LLVM version {llvm:?}"))
+    };
+    Ok(RustcInfo {
+        release,
+        llvm_major: number()?,
+        llvm_minor: number()?,
+    })
+}
+
+fn nightly() -> Result<RustcInfo> {
+    let out = Command::new("rustc").args(["+nightly", "-vV"]).output();
+    match out {
+        Ok(out) if out.status.success() => parse_rustc_vv(&String::from_utf8_lossy(&out.stdout)),
+        Ok(out) => bail!(
+            "no nightly Rust toolchain (`rustc +nightly -vV`: {}).\n\
+             netprobe's eBPF program is built with nightly: install it with\n  \
+             rustup toolchain install nightly --component rust-src",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => bail!(
+            "cannot run rustc ({e}): install Rust with rustup (https://rustup.rs), then\n  \
+             rustup toolchain install nightly --component rust-src"
+        ),
+    }
+}
+
+fn ensure_rust_src() -> Result<()> {
+    let installed = run(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("listing nightly's components (is rustup installed?)")?;
+    if installed.lines().any(|l| l.trim() == "rust-src") {
+        return Ok(());
+    }
+    println!("xtask: adding rust-src to nightly (the eBPF build compiles core from source)");
+    run_streaming(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+}
+
+/// `CARGO_HOME`, as cargo and rustup resolve it.
+pub fn cargo_home() -> Result<PathBuf> {
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        return Ok(PathBuf::from(home));
+    }
+    let home = std::env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
+    Ok(Path::new(&home).join(".cargo"))
+}
+
+/// The installed bpf-linker's version, if it runs.
+fn bpf_linker_version() -> Option<String> {
+    let out = Command::new("bpf-linker").arg("--version").output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    // "bpf-linker 0.13.0"
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .map(str::to_owned)
+}
+
+fn ensure_bpf_linker(nightly: &RustcInfo) -> Result<()> {
+    let wanted_minor = BPF_LINKER_VERSION.rsplit_once('.').expect("x.y.z").0;
+    if let Some(v) = bpf_linker_version()
+        && v.starts_with(&format!("{wanted_minor}."))
+    {
+        return Ok(());
+    }
+    install_bpf_linker(nightly, &cargo_home()?)
+}
+
+/// Builds bpf-linker against nightly's own libLLVM (see DESIGN.md, "Toolchain facts"):
+/// a fake LLVM prefix whose `lib/` points at the sysroot's library, then `cargo install`.
+pub fn install_bpf_linker(nightly: &RustcInfo, cargo_home: &Path) -> Result<()> {
+    let sysroot = run(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let soname = nightly.llvm_soname();
+    let library = Path::new(sysroot.trim()).join("lib").join(&soname);
+    ensure!(
+        library.exists(),
+        "nightly's LLVM library {} is missing: bpf-linker must link against the LLVM that \
+         nightly rustc uses (LLVM {}.{}). Reinstall nightly with `rustup toolchain install nightly`.",
+        library.display(),
+        nightly.llvm_major,
+        nightly.llvm_minor
+    );
+    // Kept for good: the installed binary has an rpath to <prefix>/lib.
+    let prefix = cargo_home.join("netprobe-llvm").join(&soname);
+    let (bin, lib) = (prefix.join("bin"), prefix.join("lib"));
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(&lib)?;
+    let llvm_config = bin.join("llvm-config");
+    // bpf-linker's build script only needs llvm-config to exist; it takes the library
+    // from <prefix>/lib.
+    std::fs::write(
+        &llvm_config,
+        "#!/bin/sh\n# Placeholder for bpf-linker's build (see netprobe's xtask/src/toolchain.rs).\nexit 0\n",
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&llvm_config, std::fs::Permissions::from_mode(0o755))?;
+    for name in ["libLLVM.so", soname.as_str()] {
+        let link = lib.join(name);
+        if link.symlink_metadata().is_ok() {
+            std::fs::remove_file(&link)?;
+        }
+        std::os::unix::fs::symlink(&library, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), library.display()))?;
+    }
+    println!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)",
+        library.display()
+    );
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+        // Replaces a broken or older install.
+        "--force",
+        "--no-default-features",
+        "--features",
+        &format!("llvm-{}", nightly.llvm_major),
+        "--root",
+    ])
+    .arg(cargo_home)
+    .env("LLVM_PREFIX", &prefix);
+    run_streaming(&mut cmd)?;
+    let installed = cargo_home.join("bin").join("bpf-linker");
+    let out = run(Command::new(&installed).arg("--version"))
+        .with_context(|| format!("the freshly built {} does not run", installed.display()))?;
+    println!("xtask: installed {}", out.trim());
+    Ok(())
+}
+
+/// Whether Debian package `name` is installed (`dpkg -s` says "install ok installed").
+fn package_installed(name: &str) -> bool {
+    Command::new("dpkg")
+        .args(["-s", name])
+        .output()
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.trim() == "Status: install ok installed")
+        })
+        .unwrap_or(false)
+}
+
+/// The packages of [`PACKAGES`] not installed.
+pub fn missing_packages() -> Vec<&'static str> {
+    PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !package_installed(p))
+        .collect()
+}
+
+fn ensure_packages() -> Result<()> {
+    if exec::find_tool("dpkg").is_none() {
+        // Not Debian: say which tools are missing; installing them is up to the user.
+        let missing: Vec<_> = ["ip", "nft", "dnsmasq", "dig", "curl", "iperf3"]
+            .into_iter()
+            .filter(|t| exec::find_tool(t).is_none())
+            .collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "xtask: warning: not a Debian system and these tools are missing (the demo, \
+                 tests and benchmarks need them): {}",
+                missing.join(" ")
+            );
+        }
+        return Ok(());
+    }
+    let missing = missing_packages();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !util::is_root() {
+        eprintln!(
+            "xtask: warning: Debian packages needed by `cargo xtask demo`, `test` and `bench` \
+             are missing: {list}\n  install them with: sudo apt-get install -y {list}\n  \
+             (or run the task as root, which installs them: {})",
+            util::SUDO_HINT,
+            list = missing.join(" ")
+        );
+        return Ok(());
+    }
+    println!("xtask: installing Debian packages: {}", missing.join(" "));
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(std::process::Stdio::null());
+        run_streaming(&mut cmd)
+    };
+    apt(&["update"])?;
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend(&missing);
+    apt(&args)?;
+    let still = missing_packages();
+    ensure!(
+        still.is_empty(),
+        "apt-get did not install: {}",
+        still.join(" ")
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NIGHTLY_VV: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)
+binary: rustc
+commit-hash: e50aa6fba4e63ab34c72bf9acfd2c307c1155d1a
+commit-date: 2026-05-19
+host: x86_64-unknown-linux-gnu
+release: 1.97.0-nightly
+LLVM version: 22.1.4
+";
+
+    #[test]
+    fn llvm_soname_from_rustc_vv() {
+        let info = parse_rustc_vv(NIGHTLY_VV).unwrap();
+        assert_eq!(
+            info,
+            RustcInfo {
+                release: "1.97.0-nightly".into(),
+                llvm_major: 22,
+                llvm_minor: 1
+            }
+        );
+        assert_eq!(info.llvm_soname(), "libLLVM.so.22.1-rust-1.97.0-nightly");
+    }
+
+    #[test]
+    fn rustc_vv_without_llvm_is_an_error() {
+        let err = parse_rustc_vv("release: 1.97.0-nightly\n").unwrap_err();
+        assert!(format!("{err:#}").contains("LLVM version"));
+        assert!(parse_rustc_vv("release: 1\nLLVM version: x.y\n").is_err());
+    }
+}
