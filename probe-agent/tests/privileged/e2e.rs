@@ -3,14 +3,19 @@
 
 use std::{
     io,
-    net::{IpAddr, SocketAddr, TcpListener},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
+use hickory_proto::op::{Message, MessageType, ResponseCode};
 use probe_agent::model::{AttachMode, InterfaceStatus, Protocol, Verdict, VerdictKind};
 use serde::de::DeserializeOwned;
-use xtask::lab::{self, Node, Proto, QueryType};
+use xtask::lab::{self, Node, Pod, Proto, QueryType};
 
 const SYN_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -321,6 +326,165 @@ fn tcp_verdicts_ipv6() {
         (VerdictKind::Timeout, (2, 0, 0, 0))
     );
     assert_eq!(agent.verdicts(&format!("ip={}", server.ipv6)).len(), 3);
+
+    // A Service without endpoints, over IPv6: ICMPv6 port unreachable.
+    let empty_service: IpAddr = "fd00:10:96::30".parse().unwrap();
+    node.reject_service(Proto::Tcp, empty_service, 80).unwrap();
+    expect_err(
+        client.connect_tcp(sock(empty_service, 80), Duration::from_secs(2)),
+        io::ErrorKind::ConnectionRefused,
+    );
+    let unreachable = agent.settled(&format!("dst_ip={empty_service}"));
+    assert_eq!(unreachable.verdict, VerdictKind::Unreachable);
+    // Linux may take the first ICMPv6 error as soft (the socket is busy in connect())
+    // and retransmit: every SYN is answered by one error, never by anything else.
+    let (syn, syn_ack, rst, icmp) = counts(&unreachable);
+    assert!(
+        syn >= 1 && icmp == syn && syn_ack == 0 && rst == 0,
+        "{:?}",
+        counts(&unreachable)
+    );
+    assert_eq!(unreachable.flow.src_ip, IpAddr::from(client.ipv6));
+}
+
+/// Connects, then closes with SO_LINGER 0: the kernel ends the connection with a RST.
+fn connect_and_reset(pod: &Pod, to: SocketAddr) {
+    pod.in_netns(move || {
+        let stream = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).unwrap();
+        let linger = nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &linger).unwrap();
+        drop(stream);
+    });
+}
+
+/// RESET: an established connection torn down by a RST, over IPv4 and IPv6.
+#[test]
+fn reset_after_the_handshake() {
+    let mut node = node("reset");
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let server = node.add_pod("server", "default", 9).unwrap();
+    let _listener = server.listen_tcp(8080).unwrap();
+    let agent = Agent::start(&node, &[]);
+    for (ip, family) in [
+        (IpAddr::from(server.ipv4), "v4"),
+        (IpAddr::from(server.ipv6), "v6"),
+    ] {
+        connect_and_reset(&client, sock(ip, 8080));
+        let reset = agent.settled(&format!("dst_ip={ip}"));
+        assert_eq!(reset.verdict, VerdictKind::Reset, "{family}");
+        assert_eq!(counts(&reset), (1, 1, 1, 0), "{family}");
+        assert_eq!(&*reset.interface, client.host_if);
+    }
+}
+
+/// A DNS server answering by the first label of the name: `servfail.…` SERVFAIL,
+/// `refused.…` REFUSED, `formerr.…` FORMERR, anything else NXDOMAIN. Runs in `pod`
+/// (IPv4 and IPv6, port 53) until dropped.
+struct RcodeServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RcodeServer {
+    fn start(pod: &Pod) -> Self {
+        let socket = pod
+            .in_netns(|| UdpSocket::bind("[::]:53"))
+            .expect("bind :53");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(query) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let first_label = query
+                    .queries()
+                    .first()
+                    .and_then(|q| {
+                        q.name()
+                            .iter()
+                            .next()
+                            .map(|l| String::from_utf8_lossy(l).into_owned())
+                    })
+                    .unwrap_or_default();
+                let rcode = match first_label.as_str() {
+                    "servfail" => ResponseCode::ServFail,
+                    "refused" => ResponseCode::Refused,
+                    "formerr" => ResponseCode::FormErr,
+                    _ => ResponseCode::NXDomain,
+                };
+                let mut response = Message::new();
+                response.set_id(query.id());
+                response.set_message_type(MessageType::Response);
+                response.set_response_code(rcode);
+                response.add_queries(query.queries().to_vec());
+                let _ = socket.send_to(&response.to_vec().unwrap(), from);
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for RcodeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// SERVFAIL, DNS_REFUSED and DNS_ERROR, over IPv4 and IPv6.
+#[test]
+fn dns_server_errors() {
+    let mut node = node("rcode");
+    let dns_pod = node.add_pod("dns", "kube-system", 10).unwrap();
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let _server = RcodeServer::start(&dns_pod);
+    let agent = Agent::start(&node, &[]);
+    let cases = [
+        ("servfail.example.", 2, VerdictKind::Servfail, "SERVFAIL"),
+        ("refused.example.", 5, VerdictKind::DnsRefused, "REFUSED"),
+        ("formerr.example.", 1, VerdictKind::DnsError, "FORMERR"),
+    ];
+    for (server, client_ip) in [
+        (IpAddr::from(dns_pod.ipv4), IpAddr::from(client.ipv4)),
+        (IpAddr::from(dns_pod.ipv6), IpAddr::from(client.ipv6)),
+    ] {
+        for (name, rcode, verdict, rcode_name) in cases {
+            let reply = client
+                .dns_query(
+                    sock(server, 53),
+                    name,
+                    QueryType::Aaaa,
+                    Duration::from_secs(2),
+                )
+                .unwrap();
+            assert_eq!(reply.rcode, rcode);
+            let got = agent.settled(&format!("dst_ip={server}&verdict={}", verdict.as_str()));
+            assert_eq!((got.counts.dns_queries, got.counts.dns_responses), (1, 1));
+            assert_eq!(got.flow.src_ip, client_ip);
+            let dns = got.dns.unwrap();
+            assert_eq!(
+                (dns.id, dns.qname.as_str(), dns.qtype.as_str()),
+                (reply.id, name, "AAAA")
+            );
+            assert_eq!(dns.rcode.as_deref(), Some(rcode_name));
+        }
+    }
 }
 
 /// DNS through a real dnsmasq behind a kube-dns-style Service.
