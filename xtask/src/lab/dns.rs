@@ -11,6 +11,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use hickory_proto::{
+    op::{Message, MessageType, Query},
+    rr::{Name, RecordType},
+};
 
 use super::Pod;
 use crate::exec;
@@ -177,12 +181,11 @@ pub enum QueryType {
     Aaaa,
 }
 
-impl QueryType {
-    /// The on-the-wire type code (RFC 1035, RFC 3596).
-    pub fn code(self) -> u16 {
-        match self {
-            QueryType::A => 1,
-            QueryType::Aaaa => 28,
+impl From<QueryType> for RecordType {
+    fn from(qtype: QueryType) -> Self {
+        match qtype {
+            QueryType::A => RecordType::A,
+            QueryType::Aaaa => RecordType::AAAA,
         }
     }
 }
@@ -198,38 +201,33 @@ pub struct DnsReply {
     pub answers: u16,
 }
 
-/// Encodes a standard query with recursion desired (RFC 1035 §4.1).
+/// A standard query with recursion desired (RFC 1035 §4.1).
 pub(crate) fn encode_query(id: u16, name: &str, qtype: QueryType) -> io::Result<Vec<u8>> {
-    let mut packet = Vec::with_capacity(12 + name.len() + 6);
-    packet.extend_from_slice(&id.to_be_bytes());
-    packet.extend_from_slice(&[0x01, 0x00]); // flags: RD
-    packet.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]); // 1 question, no other records
-    for label in name.trim_end_matches('.').split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("bad DNS name {name:?}"),
-            ));
-        }
-        packet.push(label.len() as u8);
-        packet.extend_from_slice(label.as_bytes());
-    }
-    packet.push(0);
-    packet.extend_from_slice(&qtype.code().to_be_bytes());
-    packet.extend_from_slice(&1u16.to_be_bytes()); // class IN
-    Ok(packet)
+    let bad_name = |err| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad DNS name {name:?}: {err}"),
+        )
+    };
+    let name = Name::from_ascii(name).map_err(bad_name)?;
+    let mut message = Message::new();
+    message
+        .set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(name, qtype.into()));
+    message
+        .to_vec()
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))
 }
 
-/// Decodes the header of a response to query `id`; `None` if it is not one.
+/// The reply to query `id`; `None` if `packet` is not one.
 pub(crate) fn decode_reply(packet: &[u8], id: u16) -> Option<DnsReply> {
-    if packet.len() < 12 || u16::from_be_bytes([packet[0], packet[1]]) != id {
-        return None;
-    }
-    let is_response = packet[2] & 0x80 != 0;
-    is_response.then(|| DnsReply {
+    let message = Message::from_vec(packet).ok()?;
+    (message.id() == id && message.message_type() == MessageType::Response).then(|| DnsReply {
         id,
-        rcode: packet[3] & 0x0f,
-        answers: u16::from_be_bytes([packet[6], packet[7]]),
+        rcode: u16::from(message.response_code()) as u8,
+        answers: message.answer_count(),
     })
 }
 
@@ -308,13 +306,12 @@ mod tests {
         assert_eq!(decode_reply(&r, 7), None, "a query is not a reply");
         r[2] |= 0x80;
         r[3] = 0x83;
-        r[7] = 2;
         assert_eq!(
             decode_reply(&r, 7),
             Some(DnsReply {
                 id: 7,
                 rcode: 3,
-                answers: 2
+                answers: 0
             })
         );
         assert_eq!(decode_reply(&r, 8), None, "other id");
