@@ -167,24 +167,7 @@ impl Attacher {
         &mut self,
         name: &str,
     ) -> Result<(AttachMode, SchedClassifierLinkId, SchedClassifierLinkId), AttachError> {
-        let attach = |ebpf: &mut Ebpf, program: &'static str, hook| {
-            let classifier = loader::classifier(ebpf, program)?;
-            classifier
-                .attach_with_options(name, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .map_err(|source| AttachError::Tcx {
-                    program,
-                    interface: name.to_string(),
-                    source,
-                })
-        };
-        let ingress = attach(&mut self.ebpf, INGRESS_PROGRAM, TcAttachType::Ingress)?;
-        let egress = match attach(&mut self.ebpf, EGRESS_PROGRAM, TcAttachType::Egress) {
-            Ok(link) => link,
-            Err(err) => {
-                self.detach_link(INGRESS_PROGRAM, ingress, name);
-                return Err(err);
-            }
-        };
+        let (ingress, egress) = self.attach_both(name, AttachMode::Tcx)?;
         Ok((AttachMode::Tcx, ingress, egress))
     }
 
@@ -203,25 +186,45 @@ impl Attacher {
                 });
             }
         }
+        let (ingress, egress) = self.attach_both(name, AttachMode::Clsact)?;
+        Ok((AttachMode::Clsact, ingress, egress))
+    }
+
+    /// Attaches the ingress and egress programs; undoes the first if the second fails.
+    fn attach_both(
+        &mut self,
+        name: &str,
+        mode: AttachMode,
+    ) -> Result<(SchedClassifierLinkId, SchedClassifierLinkId), AttachError> {
         let attach = |ebpf: &mut Ebpf, program: &'static str, hook| {
-            let classifier = loader::classifier(ebpf, program)?;
-            classifier
-                .attach_with_options(name, hook, TcAttachOptions::Netlink(NlOptions::default()))
-                .map_err(|source| AttachError::Filter {
-                    program,
-                    interface: name.to_string(),
-                    source,
+            let options = match mode {
+                AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+                AttachMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
+            };
+            let interface = name.to_string();
+            loader::classifier(ebpf, program)?
+                .attach_with_options(name, hook, options)
+                .map_err(|source| match mode {
+                    AttachMode::Tcx => AttachError::Tcx {
+                        program,
+                        interface,
+                        source,
+                    },
+                    AttachMode::Clsact => AttachError::Filter {
+                        program,
+                        interface,
+                        source,
+                    },
                 })
         };
         let ingress = attach(&mut self.ebpf, INGRESS_PROGRAM, TcAttachType::Ingress)?;
-        let egress = match attach(&mut self.ebpf, EGRESS_PROGRAM, TcAttachType::Egress) {
-            Ok(link) => link,
+        match attach(&mut self.ebpf, EGRESS_PROGRAM, TcAttachType::Egress) {
+            Ok(egress) => Ok((ingress, egress)),
             Err(err) => {
                 self.detach_link(INGRESS_PROGRAM, ingress, name);
-                return Err(err);
+                Err(err)
             }
-        };
-        Ok((AttachMode::Clsact, ingress, egress))
+        }
     }
 
     fn detach_link(&mut self, program: &'static str, link: SchedClassifierLinkId, name: &str) {
