@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// How to attach: TCX links, clsact filters, or TCX falling back to clsact.
     #[arg(long, env = "NETPROBE_ATTACH_MODE", value_enum, default_value = "auto")]
     pub attach_mode: AttachModeArg,
+    /// Forward the kernel program's own log (aya-log) to the agent's log. Off by default:
+    /// then the verifier removes the logging code.
+    #[arg(long, env = "NETPROBE_KERNEL_LOG")]
+    pub kernel_log: bool,
     /// Work in this network namespace (e.g. /var/run/netns/NAME, a simulated node),
     /// keeping the HTTP listener in the namespace the agent started in.
     #[arg(long, env = "NETPROBE_NETNS")]

@@ -9,6 +9,9 @@ use probe_ebpf::{
     EGRESS_PROGRAM, EVENTS_MAP, FLOW_COUNTS_MAP, FlowCounters, FlowKey, INGRESS_PROGRAM, LOSSES_MAP,
 };
 
+/// aya-log-ebpf's global log level in the object.
+const KERNEL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+
 /// The kernel program, built by build.rs from probe-ebpf's binary.
 pub static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
@@ -52,6 +55,9 @@ pub struct LoadOptions {
     pub flow_counts_entries: u32,
     /// A power of two, a multiple of the page size.
     pub events_ring_bytes: u32,
+    /// Keep the program's aya-log statements. Off, the log level is fixed to 0 at load
+    /// and the verifier removes every logging instruction.
+    pub kernel_log: bool,
 }
 
 impl Default for LoadOptions {
@@ -59,6 +65,7 @@ impl Default for LoadOptions {
         Self {
             flow_counts_entries: probe_ebpf::FLOW_COUNTS_ENTRIES,
             events_ring_bytes: probe_ebpf::EVENTS_RING_BYTES,
+            kernel_log: false,
         }
     }
 }
@@ -69,10 +76,14 @@ pub fn load(options: LoadOptions) -> Result<Ebpf, LoadError> {
     if PROGRAM_OBJECT.is_empty() {
         return Err(LoadError::NoProgram);
     }
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(FLOW_COUNTS_MAP, options.flow_counts_entries)
-        .map_max_entries(EVENTS_MAP, options.events_ring_bytes)
-        .load(PROGRAM_OBJECT)?;
+        .map_max_entries(EVENTS_MAP, options.events_ring_bytes);
+    if !options.kernel_log {
+        loader.override_global(KERNEL_LOG_LEVEL, &0u8, true);
+    }
+    let mut ebpf = loader.load(PROGRAM_OBJECT)?;
     for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
         load_program(&mut ebpf, name)?;
     }

@@ -168,8 +168,15 @@ async fn run_probe(
 ) -> anyhow::Result<()> {
     let mut ebpf = loader::load(loader::LoadOptions {
         flow_counts_entries: u32::try_from(args.flow_capacity.get()).unwrap_or(u32::MAX),
+        kernel_log: args.kernel_log,
         ..loader::LoadOptions::default()
     })?;
+    let kernel_log = if args.kernel_log {
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).context("starting the kernel log")?;
+        Some(tokio::spawn(forward_kernel_log(logger)))
+    } else {
+        None
+    };
     let maps = loader::take_maps(&mut ebpf)?;
     let globs = attach::interface_globs(&args.interfaces)?;
     let mut attacher = Attacher::new(ebpf, globs, args.attach_mode);
@@ -249,10 +256,28 @@ async fn run_probe(
     *ready.write().expect("not poisoned") = Err("shutting down".into());
     attacher.detach_all();
     watcher.abort();
+    if let Some(kernel_log) = kernel_log {
+        kernel_log.abort();
+    }
     reader.abort();
     tracking.abort();
     info!("detached from every interface");
     Ok(())
+}
+
+/// Passes the kernel program's aya-log records to the agent's log as they come.
+async fn forward_kernel_log(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+) -> anyhow::Result<()> {
+    // SAFETY: the logger owns its ring buffer's fd, open and unchanged while it lives.
+    let mut logger =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+            .map_err(|err| anyhow::anyhow!("polling the kernel log: {err}"))?;
+    loop {
+        let mut guard = logger.readable_mut().await?;
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
 }
 
 /// Drains the ring buffer whenever the kernel signals it, in batches of raw records.

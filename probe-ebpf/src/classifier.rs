@@ -13,6 +13,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
+use aya_log_ebpf::{debug, warn};
 use probe_ebpf::{
     CAPTURE_BYTES, Direction, EVENTS_RING_BYTES, EventKind, FLOW_COUNTS_ENTRIES, FlowCounters,
     FlowKey, IPPROTO_TCP, IPPROTO_UDP, LOCAL_ENDPOINTS_ENTRIES, LOSS_COUNTERS, LossCounter,
@@ -558,6 +559,7 @@ fn capture(ctx: &TcContext, data: &mut [u8; CAPTURE_BYTES]) -> u32 {
 fn emit(ctx: &TcContext, direction: Direction, key: &FlowKey, kind: EventKind, now: u64) {
     let Some(mut entry) = NETPROBE_EVENTS.reserve::<PacketEvent>(0) else {
         add_loss(LossCounter::RingFull);
+        warn!(ctx, "ring buffer full: event of kind {} lost", kind as u32);
         return;
     };
     let event = entry.as_mut_ptr();
@@ -572,6 +574,14 @@ fn emit(ctx: &TcContext, direction: Direction, key: &FlowKey, kind: EventKind, n
         (*event).captured_len = capture(ctx, &mut (*event).data);
     }
     entry.submit(0);
+    debug!(
+        ctx,
+        "event kind {} on ifindex {} ports {}->{}",
+        kind as u32,
+        unsafe { (*ctx.skb.skb).ifindex },
+        key.src_port,
+        key.dst_port
+    );
 }
 
 /// Required by the kernel to use GPL-only helpers; the program is dual-licensed.

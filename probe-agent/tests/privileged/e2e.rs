@@ -42,7 +42,10 @@ impl Agent {
             .arg(node.netns_path())
             .args(["--syn-timeout", "1s", "--dns-timeout", "1s"])
             .args(extra)
-            .env("RUST_LOG", "info,netlink_packet_route=error")
+            .env(
+                "RUST_LOG",
+                "info,netlink_packet_route=error,probe_ebpf=debug",
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("agent log file"))
@@ -713,12 +716,13 @@ fn clsact_mode_attaches_and_detaches_cleanly() {
     }
 }
 
-/// The API of a live agent rejects bad parameters with a JSON error.
+/// The API of a live agent rejects bad parameters with a JSON error; `--kernel-log`
+/// forwards the kernel program's own log.
 #[test]
-fn live_api_rejects_bad_parameters() {
+fn live_api_rejects_bad_parameters_and_kernel_log_flows() {
     let mut node = node("api");
-    node.add_pod("client", "default", 5).unwrap();
-    let agent = Agent::start(&node, &[]);
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let agent = Agent::start(&node, &["--kernel-log"]);
     for query in [
         "verdict=TIMEOUTS",
         "src_ip=10.0.0.300",
@@ -742,4 +746,18 @@ fn live_api_rejects_bad_parameters() {
     }
     let health: serde_json::Value = agent.get("/healthz");
     assert_eq!(health, serde_json::json!({"status": "ok"}));
+
+    expect_err(
+        client.connect_tcp(sock(lab::GATEWAY_V4, 1), Duration::from_secs(2)),
+        io::ErrorKind::ConnectionRefused,
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+        if log.contains("event kind 1 on ifindex") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no kernel log line in:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

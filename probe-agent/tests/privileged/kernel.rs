@@ -456,3 +456,61 @@ fn the_empty_baseline_program_passes_everything_on() {
     k.run(EMPTY_PROGRAM, &frame);
     assert!(k.raw_events().is_empty());
 }
+
+/// Collects aya-log records.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Captured {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", record.level(), record.args()));
+    }
+
+    fn flush(&self) {}
+}
+
+#[test]
+fn kernel_log_is_stripped_unless_asked_for() {
+    let verified = |kernel_log| {
+        let mut k = Kernel::load_with(LoadOptions {
+            kernel_log,
+            ..LoadOptions::default()
+        });
+        let program: &mut SchedClassifier =
+            loader::classifier(&mut k.ebpf, INGRESS_PROGRAM).unwrap();
+        program
+            .info()
+            .unwrap()
+            .verified_instruction_count()
+            .expect("kernel reports it")
+    };
+    let (off, on) = (verified(false), verified(true));
+    assert!(
+        off < on,
+        "logging left in the verified program: {off} vs {on} instructions"
+    );
+
+    let mut k = Kernel::load_with(LoadOptions {
+        kernel_log: true,
+        ..LoadOptions::default()
+    });
+    let captured = Captured::default();
+    let mut logger = aya_log::EbpfLogger::init_with_logger(&mut k.ebpf, captured.clone()).unwrap();
+    let (client, server) = (addr("10.244.0.5:41234"), addr("10.96.45.123:8080"));
+    k.leaving_pod(&Frame::plain().tcp(client, server, TcpFlags::SYN));
+    logger.flush();
+    let lines = captured.0.lock().unwrap().clone();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("DEBUG event kind 1 on ifindex "),
+        "{lines:?}"
+    );
+    assert!(lines[0].ends_with("ports 41234->8080"), "{lines:?}");
+}
