@@ -310,6 +310,20 @@ impl Tracker {
             let recovered = recover_lost(state, &counters, last_seen, &self.journal.metrics);
             if recovered {
                 state.last_seen = state.last_seen.max(last_seen);
+                // A recovered flow still waiting gets its timeout like any other.
+                if state.verdict == VerdictKind::Pending {
+                    let (start, timeout) = match state.flow.protocol {
+                        Protocol::Tcp => (state.attempt_start, self.config.syn_timeout),
+                        Protocol::Udp => (
+                            state.dns.pending.first().map(|q| q.sent),
+                            self.config.dns_timeout,
+                        ),
+                    };
+                    if let Some(start) = start {
+                        self.deadlines
+                            .push_back((start + timeout, key, state.generation));
+                    }
+                }
                 self.journal
                     .record(state, before, FlowEventKind::Recovered, now);
             }
@@ -762,6 +776,16 @@ fn recover_lost(
     } else if icmp {
         on_icmp_unreachable(state);
     } else if responses || queries {
+        if queries && state.dns.pending.is_empty() && kernel.dns_queries > kernel.dns_responses {
+            // A query whose event was lost: it waits, unnamed, for its answer or timeout.
+            state.dns.pending.push(PendingQuery {
+                id: 0,
+                qname: None,
+                qtype: None,
+                sent: Duration::from_nanos(kernel.first_seen_ns),
+            });
+            state.verdict = VerdictKind::Pending;
+        }
         // The rcodes the kernel counted tell the worst outcome even without the names.
         let failure = if kernel.dns_nxdomain > 0 {
             Some(VerdictKind::Nxdomain)

@@ -392,3 +392,44 @@ fn final_verdicts_are_counted_once_per_transition() {
     assert_eq!(timeouts.len(), 1, "{text}");
     assert!(timeouts[0].ends_with(" 1"), "{}", timeouts[0]);
 }
+
+#[test]
+fn flows_known_only_from_kernel_counts_still_time_out() {
+    let mut t = tracker();
+    let tcp = craft::flow_key(
+        IPPROTO_TCP,
+        CLIENT.parse().unwrap(),
+        SERVER.parse().unwrap(),
+    );
+    let syns = FlowCounters {
+        syn: 2,
+        first_seen_ns: 1_000_000_000,
+        last_seen_ns: 2_000_000_000,
+        ..FlowCounters::default()
+    };
+    let dns = craft::flow_key(
+        IPPROTO_UDP,
+        "10.244.0.5:5353".parse().unwrap(),
+        DNS.parse().unwrap(),
+    );
+    let query = FlowCounters {
+        dns_queries: 1,
+        first_seen_ns: 1_000_000_000,
+        last_seen_ns: 1_000_000_000,
+        ..FlowCounters::default()
+    };
+    t.reconcile([(tcp, syns), (dns, query)], ms(2600));
+    assert!(
+        t.verdicts(&|_| true, 10)
+            .iter()
+            .all(|v| v.verdict == VerdictKind::Pending)
+    );
+    t.sweep(ms(4000));
+    let tcp_verdict = t.verdicts(&|v| v.flow.protocol == crate::model::Protocol::Tcp, 10);
+    assert_eq!(tcp_verdict[0].verdict, VerdictKind::Timeout);
+    assert_eq!(tcp_verdict[0].counts.syn, 2);
+    t.sweep(ms(6000));
+    let dns_verdict = t.verdicts(&|v| v.flow.protocol == crate::model::Protocol::Udp, 10);
+    assert_eq!(dns_verdict[0].verdict, VerdictKind::DnsTimeout);
+    assert_eq!(dns_verdict[0].counts.dns_queries, 1);
+}
