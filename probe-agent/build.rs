@@ -20,6 +20,10 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    // aya-build relays every line the nested cargo prints as a build warning: keep that
+    // cargo quiet so only real problems show.
+    // SAFETY: build scripts are single-threaded; nothing reads the environment concurrently.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     let root_dir = ebpf_dir.canonicalize()?;
     let root_dir = root_dir.to_str().expect("UTF-8 path");
     aya_build::build_ebpf(

@@ -492,6 +492,7 @@ fn kernel_log_is_stripped_unless_asked_for() {
             .expect("kernel reports it")
     };
     let (off, on) = (verified(false), verified(true));
+    eprintln!("verified instructions: {off} with logging stripped, {on} with it");
     assert!(
         off < on,
         "logging left in the verified program: {off} vs {on} instructions"
