@@ -1,12 +1,14 @@
 //! Per-flow state machine: decoded packets and the passing of time → verdicts.
 //!
 //! Flows live in a bounded LRU table; recent events in a bounded ring. Timeouts are
-//! found by a sweep over a queue of deadlines (time only moves forward, so the queue is
-//! ordered by construction). Counts come from the events, and are topped up from the
-//! kernel's counter map when events were lost, so lost events never mean wrong counts.
+//! found by a sweep over a min-heap of deadlines (SYN and DNS timeouts differ, so
+//! insertion order is not deadline order). Counts come from the events, and are topped
+//! up from the kernel's counter map when events were lost, so lost events never mean
+//! wrong counts.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
     num::NonZeroUsize,
     sync::Arc,
     time::Duration,
@@ -84,6 +86,35 @@ const LOSS_GRACE: Duration = Duration::from_millis(500);
 /// Kernel flows unknown to the tracker are only recovered if seen this recently.
 const RECOVERY_WINDOW: Duration = Duration::from_secs(2);
 
+/// When to look at a flow again. Ordered by time, then by flow instance (generations
+/// are unique), so the key itself needs no order.
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    at: Duration,
+    generation: u64,
+    key: FlowKey,
+}
+
+impl PartialEq for Deadline {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.generation) == (other.at, other.generation)
+    }
+}
+
+impl Eq for Deadline {}
+
+impl PartialOrd for Deadline {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Deadline {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.generation).cmp(&(other.at, other.generation))
+    }
+}
+
 /// A DNS query still waiting for its response.
 #[derive(Clone, Debug)]
 struct PendingQuery {
@@ -125,7 +156,7 @@ struct FlowState {
 pub struct Tracker {
     config: TrackerConfig,
     flows: LruCache<FlowKey, FlowState>,
-    deadlines: VecDeque<(Duration, FlowKey, u64)>,
+    deadlines: BinaryHeap<Reverse<Deadline>>,
     next_generation: u64,
     journal: Journal,
 }
@@ -155,7 +186,7 @@ impl Tracker {
                 metrics,
             },
             config,
-            deadlines: VecDeque::new(),
+            deadlines: BinaryHeap::new(),
             next_generation: 0,
         }
     }
@@ -233,7 +264,11 @@ impl Tracker {
             }
         }
         if let Some(at) = deadline {
-            self.deadlines.push_back((at, packet.key, state.generation));
+            self.deadlines.push(Reverse(Deadline {
+                at,
+                generation: state.generation,
+                key: packet.key,
+            }));
         }
         let event_kind = match packet.kind {
             EventKind::Syn => FlowEventKind::Syn,
@@ -248,11 +283,16 @@ impl Tracker {
 
     /// Declares the timeouts that have expired by `now` (monotonic).
     pub fn sweep(&mut self, now: Duration) {
-        while let Some(&(at, key, generation)) = self.deadlines.front() {
+        while let Some(Reverse(Deadline {
+            at,
+            generation,
+            key,
+        })) = self.deadlines.peek().copied()
+        {
             if at > now {
                 break;
             }
-            self.deadlines.pop_front();
+            self.deadlines.pop();
             // `peek_mut`: a timeout is not a use, it must not refresh the flow's LRU rank.
             let Some(state) = self.flows.peek_mut(&key) else {
                 continue;
@@ -320,8 +360,11 @@ impl Tracker {
                         ),
                     };
                     if let Some(start) = start {
-                        self.deadlines
-                            .push_back((start + timeout, key, state.generation));
+                        self.deadlines.push(Reverse(Deadline {
+                            at: start + timeout,
+                            generation: state.generation,
+                            key,
+                        }));
                     }
                 }
                 self.journal
@@ -370,8 +413,10 @@ impl Tracker {
             .saturating_add(1024);
         if self.deadlines.len() > bound {
             let flows = &self.flows;
-            self.deadlines.retain(|(_, key, generation)| {
-                flows.peek(key).is_some_and(|s| s.generation == *generation)
+            self.deadlines.retain(|Reverse(deadline)| {
+                flows
+                    .peek(&deadline.key)
+                    .is_some_and(|s| s.generation == deadline.generation)
             });
         }
     }

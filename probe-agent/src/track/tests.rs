@@ -433,3 +433,20 @@ fn flows_known_only_from_kernel_counts_still_time_out() {
     assert_eq!(dns_verdict[0].verdict, VerdictKind::DnsTimeout);
     assert_eq!(dns_verdict[0].counts.dns_queries, 1);
 }
+
+#[test]
+fn syn_timeouts_are_not_held_back_by_longer_dns_timeouts() {
+    let mut t = tracker();
+    let name = "payment-service.production.svc.cluster.local.";
+    // A DNS query (5 s timeout) just before a SYN (3 s timeout).
+    t.on_packet(&dns(EventKind::DnsQuery, 1, name, ResponseCode::NoError, 0));
+    t.on_packet(&tcp(EventKind::Syn, 100));
+    t.sweep(ms(3100));
+    let tcp_verdict = t.verdicts(&|v| v.flow.protocol == crate::model::Protocol::Tcp, 10);
+    assert_eq!(tcp_verdict[0].verdict, VerdictKind::Timeout);
+    let dns_verdict = t.verdicts(&|v| v.flow.protocol == crate::model::Protocol::Udp, 10);
+    assert_eq!(dns_verdict[0].verdict, VerdictKind::Pending);
+    t.sweep(ms(5000));
+    let dns_verdict = t.verdicts(&|v| v.flow.protocol == crate::model::Protocol::Udp, 10);
+    assert_eq!(dns_verdict[0].verdict, VerdictKind::DnsTimeout);
+}
