@@ -19,6 +19,9 @@ use probe_ebpf::{
     IPPROTO_UDP, LossCounter,
 };
 
+/// BPF_PROG_TEST_RUN runs programs on packets from the loopback device.
+const LOOPBACK_IFINDEX: u32 = 1;
+
 /// TC_ACT_UNSPEC (-1), also TCX_NEXT: "carry on with the next program".
 const PASS_ON: u32 = u32::MAX;
 
@@ -418,6 +421,16 @@ fn pod_to_pod_on_one_node_is_one_flow_with_one_set_of_counts() {
         &k.counts(&tcp_key(client, server)).unwrap()
     ));
     assert_eq!(k.flows(), 1);
+
+    // Once the client's veth is gone its address is forgotten (it may be reused by a
+    // pod elsewhere), and a later SYN from it counts where it is seen.
+    let forgotten = loader::forget_local_endpoints(&mut k.ebpf, LOOPBACK_IFINDEX).unwrap();
+    assert_eq!(forgotten, 2, "client and server addresses");
+    let reused = addr("10.244.0.5:43001");
+    k.entering_pod(&Frame::plain().tcp(reused, server, TcpFlags::SYN));
+    assert!(counts(1, 0, 0, 0)(
+        &k.counts(&tcp_key(reused, server)).unwrap()
+    ));
 
     // A client off the node is seen only at the server's veth, and counted there.
     let remote = addr("192.0.2.77:50000");
