@@ -209,27 +209,31 @@ pub fn udp_datagram(src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
 
 /// A DNS query message for `name` (fully qualified, trailing dot optional).
 pub fn dns_query(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
-    let mut message = Message::new();
-    message.set_id(id);
-    message.set_message_type(MessageType::Query);
-    message.set_recursion_desired(true);
-    message.add_query(Query::query(
-        Name::from_ascii(name).expect("valid name"),
-        qtype,
-    ));
-    message.to_vec().expect("encodable")
+    dns_message(id, name, qtype, MessageType::Query, ResponseCode::NoError)
 }
 
 /// A DNS response to [`dns_query`] with `rcode` and no answers.
 pub fn dns_response(id: u16, name: &str, qtype: RecordType, rcode: ResponseCode) -> Vec<u8> {
+    dns_message(id, name, qtype, MessageType::Response, rcode)
+}
+
+fn dns_message(
+    id: u16,
+    name: &str,
+    qtype: RecordType,
+    kind: MessageType,
+    rcode: ResponseCode,
+) -> Vec<u8> {
     let mut message = Message::new();
-    message.set_id(id);
-    message.set_message_type(MessageType::Response);
-    message.set_response_code(rcode);
-    message.add_query(Query::query(
-        Name::from_ascii(name).expect("valid name"),
-        qtype,
-    ));
+    message
+        .set_id(id)
+        .set_message_type(kind)
+        .set_recursion_desired(kind == MessageType::Query)
+        .set_response_code(rcode)
+        .add_query(Query::query(
+            Name::from_ascii(name).expect("valid name"),
+            qtype,
+        ));
     message.to_vec().expect("encodable")
 }
 

@@ -289,16 +289,7 @@ impl Cluster {
         // Healthy. The short name, as an application in namespace "production" would use:
         // the first search domain answers, so the lookup is one query per address family.
         alive()?;
-        let (ok, out) = output(checkout.command("curl").args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "HTTP %{http_code}",
-            "--max-time",
-            "5",
-            "http://payment-service/",
-        ]));
+        let (ok, out) = output(&mut curl(checkout, "http://payment-service/"));
         report(
             "healthy: checkout$ curl http://payment-service/",
             "DNS OK (payment-service.production.svc.cluster.local) + TCP OK to 10.96.0.20:80",
@@ -308,17 +299,7 @@ impl Cluster {
 
         alive()?;
         let url = format!("http://[{}]:8080/", self.payment.ipv6);
-        let (ok, out) = output(checkout.command("curl").args([
-            "-sS",
-            "-g",
-            "-o",
-            "/dev/null",
-            "-w",
-            "HTTP %{http_code}",
-            "--max-time",
-            "5",
-            &url,
-        ]));
+        let (ok, out) = output(&mut curl(checkout, &url));
         report(
             &format!("healthy over IPv6: checkout$ curl {url}"),
             "TCP OK (IPv6)",
@@ -544,6 +525,23 @@ fn describe(r: &std::io::Result<()>) -> String {
 }
 
 /// Runs a client program; (success, trimmed stdout, or stderr when it failed).
+/// `curl` in `pod`, printing only "HTTP <status>"; `-g` lets IPv6 literals through.
+fn curl(pod: &Pod, url: &str) -> Command {
+    let mut cmd = pod.command("curl");
+    cmd.args([
+        "-sS",
+        "-g",
+        "-o",
+        "/dev/null",
+        "-w",
+        "HTTP %{http_code}",
+        "--max-time",
+        "5",
+        url,
+    ]);
+    cmd
+}
+
 fn output(cmd: &mut Command) -> (bool, String) {
     match cmd.stdin(Stdio::null()).output() {
         Ok(o) if o.status.success() => (true, String::from_utf8_lossy(&o.stdout).trim().to_owned()),
