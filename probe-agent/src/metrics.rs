@@ -35,6 +35,20 @@ pub enum PacketKind {
     DnsResponse,
 }
 
+impl From<probe_ebpf::EventKind> for PacketKind {
+    fn from(kind: probe_ebpf::EventKind) -> Self {
+        use probe_ebpf::EventKind;
+        match kind {
+            EventKind::Syn => Self::Syn,
+            EventKind::SynAck => Self::SynAck,
+            EventKind::Rst => Self::Rst,
+            EventKind::IcmpUnreachable => Self::IcmpUnreachable,
+            EventKind::DnsQuery => Self::DnsQuery,
+            EventKind::DnsResponse => Self::DnsResponse,
+        }
+    }
+}
+
 impl PacketKind {
     pub const ALL: [PacketKind; 6] = [
         Self::Syn,

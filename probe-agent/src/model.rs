@@ -201,6 +201,20 @@ pub enum FlowEventKind {
     Recovered,
 }
 
+impl From<probe_ebpf::EventKind> for FlowEventKind {
+    fn from(kind: probe_ebpf::EventKind) -> Self {
+        use probe_ebpf::EventKind;
+        match kind {
+            EventKind::Syn => Self::Syn,
+            EventKind::SynAck => Self::SynAck,
+            EventKind::Rst => Self::Rst,
+            EventKind::IcmpUnreachable => Self::IcmpUnreachable,
+            EventKind::DnsQuery => Self::DnsQuery,
+            EventKind::DnsResponse => Self::DnsResponse,
+        }
+    }
+}
+
 impl FlowEventKind {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -30,7 +30,7 @@ use crate::{
     decode::{self, DecodeError},
     loader,
     metrics::{DecodeErrorKind, LossSource, Metrics},
-    model::{FlowEvent, InterfaceStatus, Verdict},
+    model::{AttachMode, FlowEvent, InterfaceStatus, Verdict},
     serve::{self, AppState, FlowSource},
     track::{Clock, Tracker, TrackerConfig, monotonic_now},
 };
@@ -185,14 +185,11 @@ async fn run_probe(
     // Subscribe before listing, so an interface created in between is not missed.
     let watcher = tokio::spawn(attach::watch_links(changes_tx));
     let links = attach::list_links().await?;
-    for (index, name, _) in attacher.resync(&links) {
-        lock(tracker).set_interface_name(index, &name);
-    }
-    *interfaces.write().expect("not poisoned") = attacher.statuses();
-    metrics.set_attached_interfaces(attacher.statuses().len() as u64);
+    name_attached(tracker, attacher.resync(&links));
+    let attached = publish(&attacher, interfaces, metrics);
     *ready.write().expect("not poisoned") = Ok(());
     info!(
-        interfaces = attacher.statuses().len(),
+        interfaces = attached,
         globs = args.interfaces.join(","),
         "probe loaded and attached"
     );
@@ -221,37 +218,18 @@ async fn run_probe(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut shutdown = shutdown;
     loop {
-        let changed = tokio::select! {
+        tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
             _ = shutdown.changed() => break,
-            Some(change) = changes.recv() => {
-                if let Some((index, name, _)) = attacher.apply(&change) {
-                    lock(tracker).set_interface_name(index, &name);
-                }
-                true
-            }
-            Some((index, n)) = per_interface.recv() => {
-                attacher.count_event(index, n);
-                true
-            }
-            _ = resync.tick() => {
-                match attach::list_links().await {
-                    Ok(links) => {
-                        for (index, name, _) in attacher.resync(&links) {
-                            lock(tracker).set_interface_name(index, &name);
-                        }
-                    }
-                    Err(err) => warn!("listing interfaces: {err}"),
-                }
-                true
-            }
-        };
-        if changed {
-            let statuses = attacher.statuses();
-            metrics.set_attached_interfaces(statuses.len() as u64);
-            *interfaces.write().expect("not poisoned") = statuses;
+            Some(change) = changes.recv() => name_attached(tracker, attacher.apply(&change)),
+            Some((index, n)) = per_interface.recv() => attacher.count_event(index, n),
+            _ = resync.tick() => match attach::list_links().await {
+                Ok(links) => name_attached(tracker, attacher.resync(&links)),
+                Err(err) => warn!("listing interfaces: {err}"),
+            },
         }
+        publish(&attacher, interfaces, metrics);
     }
     *ready.write().expect("not poisoned") = Err("shutting down".into());
     attacher.detach_all();
@@ -263,6 +241,29 @@ async fn run_probe(
     tracking.abort();
     info!("detached from every interface");
     Ok(())
+}
+
+/// Tells the tracker the names of newly attached interfaces.
+fn name_attached(
+    tracker: &Mutex<Tracker>,
+    attached: impl IntoIterator<Item = (u32, String, AttachMode)>,
+) {
+    for (index, name, _) in attached {
+        lock(tracker).set_interface_name(index, &name);
+    }
+}
+
+/// Makes the attached set visible to the API and metrics. Returns its size.
+fn publish(
+    attacher: &Attacher,
+    interfaces: &RwLock<Vec<InterfaceStatus>>,
+    metrics: &Metrics,
+) -> usize {
+    let statuses = attacher.statuses();
+    let attached = statuses.len();
+    metrics.set_attached_interfaces(attached as u64);
+    *interfaces.write().expect("not poisoned") = statuses;
+    attached
 }
 
 /// Passes the kernel program's aya-log records to the agent's log as they come.

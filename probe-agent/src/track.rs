@@ -225,38 +225,33 @@ impl Tracker {
         );
         state.last_seen = state.last_seen.max(now);
         let before = state.verdict;
+        metrics.packets(packet.kind.into(), 1);
         let mut deadline = None;
         match packet.kind {
             EventKind::Syn => {
                 state.counts.syn += 1;
-                metrics.packets(PacketKind::Syn, 1);
                 deadline = on_syn(state, now, syn_timeout);
             }
             EventKind::SynAck => {
                 state.counts.syn_ack += 1;
-                metrics.packets(PacketKind::SynAck, 1);
                 on_syn_ack(state, now);
             }
             EventKind::Rst => {
                 state.counts.rst += 1;
-                metrics.packets(PacketKind::Rst, 1);
                 on_rst(state, now);
             }
             EventKind::IcmpUnreachable => {
                 state.counts.icmp_unreachable += 1;
-                metrics.packets(PacketKind::IcmpUnreachable, 1);
                 on_icmp_unreachable(state);
             }
             EventKind::DnsQuery => {
                 state.counts.dns_queries += 1;
-                metrics.packets(PacketKind::DnsQuery, 1);
                 if let Some(dns) = &packet.dns {
                     deadline = on_dns_query(state, dns, now, dns_timeout);
                 }
             }
             EventKind::DnsResponse => {
                 state.counts.dns_responses += 1;
-                metrics.packets(PacketKind::DnsResponse, 1);
                 if let Some(dns) = &packet.dns {
                     metrics.dns_response(&rcode_name(dns.rcode));
                     on_dns_response(state, dns);
@@ -270,15 +265,7 @@ impl Tracker {
                 key: packet.key,
             }));
         }
-        let event_kind = match packet.kind {
-            EventKind::Syn => FlowEventKind::Syn,
-            EventKind::SynAck => FlowEventKind::SynAck,
-            EventKind::Rst => FlowEventKind::Rst,
-            EventKind::IcmpUnreachable => FlowEventKind::IcmpUnreachable,
-            EventKind::DnsQuery => FlowEventKind::DnsQuery,
-            EventKind::DnsResponse => FlowEventKind::DnsResponse,
-        };
-        journal.record(state, before, event_kind, now);
+        journal.record(state, before, packet.kind.into(), now);
     }
 
     /// Declares the timeouts that have expired by `now` (monotonic).
