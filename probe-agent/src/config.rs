@@ -50,9 +50,14 @@ pub struct RunArgs {
     /// Recent flow events kept for /v1/flows.
     #[arg(long, env = "NETPROBE_EVENT_CAPACITY", default_value = "4096")]
     pub event_capacity: NonZeroUsize,
-    /// Kubernetes enrichment: `auto` is on when running in a cluster.
+    /// Kubernetes enrichment: `auto` is on when running in a cluster (service account)
+    /// or when `--kubeconfig` is given.
     #[arg(long, env = "NETPROBE_KUBE", value_enum, default_value = "auto")]
     pub kube: KubeMode,
+    /// Reach the Kubernetes API with this kubeconfig instead of the in-cluster service
+    /// account.
+    #[arg(long, env = "NETPROBE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// How to attach: TCX links, clsact filters, or TCX falling back to clsact.
     #[arg(long, env = "NETPROBE_ATTACH_MODE", value_enum, default_value = "auto")]
     pub attach_mode: AttachModeArg,

@@ -3,12 +3,14 @@
 //!
 //! Data flows one way through one module per concern:
 //! `loader`/`attach` (kernel side) → `decode` (wire bytes → typed packets) →
-//! `track` (per-flow state machine → verdicts) → `serve` (HTTP API) and `metrics`.
+//! `track` (per-flow state machine → verdicts, named by `enrich` from the Kubernetes
+//! API) → `serve` (HTTP API) and `metrics`.
 
 pub mod attach;
 pub mod config;
 pub mod craft;
 pub mod decode;
+pub mod enrich;
 pub mod loader;
 pub mod metrics;
 pub mod model;

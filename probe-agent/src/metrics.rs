@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     fmt::{self, Write as _},
-    sync::{Mutex, PoisonError, RwLock},
+    sync::{Arc, Mutex, PoisonError, RwLock},
 };
 
 use prometheus_client::{
@@ -118,6 +118,26 @@ impl DecodeErrorKind {
     }
 }
 
+/// The Kubernetes objects the agent watches for names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KubeKind {
+    Pods,
+    Services,
+    EndpointSlices,
+}
+
+impl KubeKind {
+    pub const ALL: [KubeKind; 3] = [Self::Pods, Self::Services, Self::EndpointSlices];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pods => "pods",
+            Self::Services => "services",
+            Self::EndpointSlices => "endpointslices",
+        }
+    }
+}
+
 macro_rules! label_value {
     ($($ty:ty),*) => {$(
         impl EncodeLabelValue for $ty {
@@ -127,7 +147,7 @@ macro_rules! label_value {
         }
     )*};
 }
-label_value!(PacketKind, LossSource, DecodeErrorKind);
+label_value!(PacketKind, LossSource, DecodeErrorKind, KubeKind);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct VerdictLabels {
@@ -142,8 +162,8 @@ struct VerdictLabels {
 
 impl VerdictLabels {
     fn of(v: &Verdict) -> Self {
-        let field = |end: &Option<Endpoint>, get: fn(&Endpoint) -> &Option<String>| {
-            end.as_ref()
+        let field = |end: &Option<Arc<Endpoint>>, get: fn(&Endpoint) -> &Option<Arc<str>>| {
+            end.as_deref()
                 .and_then(|end| get(end).as_deref())
                 .map(escape)
                 .unwrap_or_default()
@@ -186,6 +206,90 @@ fn escape(value: &str) -> String {
         }
     }
     out
+}
+
+/// `netprobe_dns_failures_total`: which workload failed to resolve which name, how.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DnsFailureLabels {
+    src_namespace: String,
+    src_workload: String,
+    qname: String,
+    rcode: &'static str,
+}
+
+impl DnsFailureLabels {
+    /// `None` unless `v` is a failed DNS lookup.
+    fn of(v: &Verdict) -> Option<Self> {
+        let dns = v.dns.as_ref()?;
+        let rcode = match v.verdict {
+            VerdictKind::DnsTimeout => "TIMEOUT",
+            kind if kind.is_failure() => dns.rcode.as_deref().map_or(OTHER, rcode_label),
+            _ => return None,
+        };
+        let src = |get: fn(&Endpoint) -> &Option<Arc<str>>| {
+            v.src
+                .as_deref()
+                .and_then(|end| get(end).as_deref())
+                .map(escape)
+                .unwrap_or_default()
+        };
+        Some(Self {
+            src_namespace: src(|e| &e.namespace),
+            src_workload: src(|e| &e.workload),
+            qname: escape(&dns.qname.to_ascii_lowercase()),
+            rcode,
+        })
+    }
+
+    fn overflow(rcode: &'static str) -> Self {
+        Self {
+            src_namespace: OTHER.to_string(),
+            src_workload: OTHER.to_string(),
+            qname: OTHER.to_string(),
+            rcode,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KubeLabels {
+    kind: KubeKind,
+}
+
+/// A counter family with at most `max` label sets; later ones are counted under an
+/// overflow set (`other`). The lock makes check-and-create atomic, so the cap is exact.
+struct CappedFamily<L> {
+    family: Family<L, Counter>,
+    series: Mutex<usize>,
+    max: usize,
+}
+
+impl<L: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync + 'static>
+    CappedFamily<L>
+{
+    fn new(max: usize) -> Self {
+        Self {
+            family: Family::default(),
+            series: Mutex::new(0),
+            max,
+        }
+    }
+
+    fn counter(&self, labels: L, overflow: impl FnOnce(&L) -> L) -> Counter {
+        if let Some(counter) = self.family.get(&labels) {
+            return counter.clone();
+        }
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let labels = if self.family.get(&labels).is_some() {
+            labels
+        } else if *series < self.max {
+            *series += 1;
+            labels
+        } else {
+            overflow(&labels)
+        };
+        self.family.get_or_create(&labels).clone()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -236,14 +340,11 @@ fn rcode_label(rcode: &str) -> &'static str {
 /// The agent's metrics, exposed with the `netprobe_` prefix.
 pub struct Metrics {
     registry: Registry,
-    verdicts: Family<VerdictLabels, Counter>,
-    /// Distinct verdict label sets created so far (overflow sets not included); the lock
-    /// makes check-and-create atomic so the cap is exact under concurrent calls.
-    verdict_series: Mutex<usize>,
+    verdicts: CappedFamily<VerdictLabels>,
+    dns_failures: CappedFamily<DnsFailureLabels>,
     /// Counters of verdicts whose ends are unknown (no Kubernetes names), by verdict and
     /// port: the common case skips building and hashing seven label strings.
     anonymous_verdicts: RwLock<HashMap<(VerdictKind, u16), Counter>>,
-    max_series: usize,
     packets: Family<PacketLabels, Counter>,
     /// Handles on `packets`' fixed series: the hot path skips the family's lock and hash.
     packet_counters: Vec<Counter>,
@@ -252,6 +353,9 @@ pub struct Metrics {
     decode_errors: Family<DecodeErrorLabels, Counter>,
     flows_tracked: Gauge,
     attached_interfaces: Gauge,
+    ready: Gauge,
+    kube_objects: Family<KubeLabels, Gauge>,
+    kube_watch_errors: Family<KubeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -266,10 +370,9 @@ impl Metrics {
     pub fn new(max_series: usize) -> Self {
         let mut metrics = Self {
             registry: Registry::with_prefix("netprobe"),
-            verdicts: Family::default(),
-            verdict_series: Mutex::new(0),
+            verdicts: CappedFamily::new(max_series),
+            dns_failures: CappedFamily::new(max_series / 4),
             anonymous_verdicts: RwLock::new(HashMap::new()),
-            max_series,
             packets: Family::default(),
             packet_counters: Vec::new(),
             dns_responses: Family::default(),
@@ -277,6 +380,9 @@ impl Metrics {
             decode_errors: Family::default(),
             flows_tracked: Gauge::default(),
             attached_interfaces: Gauge::default(),
+            ready: Gauge::default(),
+            kube_objects: Family::default(),
+            kube_watch_errors: Family::default(),
         };
         // Series of fixed label sets exist from the start at 0, so `rate()` and alerts on
         // them work before the first increment.
@@ -291,6 +397,13 @@ impl Metrics {
             .collect();
         for source in LossSource::ALL {
             drop(metrics.events_lost.get_or_create(&LossLabels { source }));
+        }
+        for kind in KubeKind::ALL {
+            drop(
+                metrics
+                    .kube_watch_errors
+                    .get_or_create(&KubeLabels { kind }),
+            );
         }
         for reason in DecodeErrorKind::ALL {
             drop(
@@ -307,7 +420,12 @@ impl Metrics {
         r.register(
             "verdicts",
             "Flows that reached a final verdict",
-            self.verdicts.clone(),
+            self.verdicts.family.clone(),
+        );
+        r.register(
+            "dns_failures",
+            "Failed DNS lookups (final verdicts) by client workload, name and rcode (TIMEOUT: no answer)",
+            self.dns_failures.family.clone(),
         );
         r.register(
             "packets",
@@ -339,11 +457,31 @@ impl Metrics {
             "Interfaces the probe is attached to",
             self.attached_interfaces.clone(),
         );
+        r.register(
+            "ready",
+            "1 once the eBPF programs are loaded and attached",
+            self.ready.clone(),
+        );
+        r.register(
+            "kube_objects",
+            "Kubernetes objects known for naming flows",
+            self.kube_objects.clone(),
+        );
+        r.register(
+            "kube_watch_errors",
+            "Failed Kubernetes watches (retried with backoff)",
+            self.kube_watch_errors.clone(),
+        );
         self
     }
 
     /// Counts a flow reaching a final verdict.
     pub fn verdict_reached(&self, v: &Verdict) {
+        if let Some(labels) = DnsFailureLabels::of(v) {
+            self.dns_failures
+                .counter(labels, |l| DnsFailureLabels::overflow(l.rcode))
+                .inc();
+        }
         if v.src.is_none() && v.dst.is_none() {
             let key = (v.verdict, v.flow.dst_port);
             let cached = self
@@ -368,23 +506,8 @@ impl Metrics {
 
     /// The counter of `v`'s label set, created within the series cap.
     fn verdict_counter(&self, v: &Verdict) -> Counter {
-        let labels = VerdictLabels::of(v);
-        if let Some(counter) = self.verdicts.get(&labels) {
-            return counter.clone();
-        }
-        let mut series = self
-            .verdict_series
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let labels = if self.verdicts.get(&labels).is_some() {
-            labels
-        } else if *series < self.max_series {
-            *series += 1;
-            labels
-        } else {
-            VerdictLabels::overflow(labels.verdict)
-        };
-        self.verdicts.get_or_create(&labels).clone()
+        self.verdicts
+            .counter(VerdictLabels::of(v), |l| VerdictLabels::overflow(l.verdict))
     }
 
     pub fn packets(&self, kind: PacketKind, n: u64) {
@@ -418,6 +541,22 @@ impl Metrics {
 
     pub fn set_attached_interfaces(&self, n: u64) {
         self.attached_interfaces.set(saturating_i64(n));
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    pub fn set_kube_objects(&self, kind: KubeKind, n: usize) {
+        self.kube_objects
+            .get_or_create(&KubeLabels { kind })
+            .set(saturating_i64(n as u64));
+    }
+
+    pub fn kube_watch_error(&self, kind: KubeKind) {
+        self.kube_watch_errors
+            .get_or_create(&KubeLabels { kind })
+            .inc();
     }
 
     /// The OpenMetrics text exposition (served as
@@ -467,8 +606,8 @@ mod tests {
     fn verdict(
         kind: VerdictKind,
         dst_port: u16,
-        src: Option<Endpoint>,
-        dst: Option<Endpoint>,
+        src: Option<Arc<Endpoint>>,
+        dst: Option<Arc<Endpoint>>,
     ) -> Verdict {
         let t = "2026-11-23T10:00:00.123Z".parse().unwrap();
         Verdict {
@@ -495,13 +634,14 @@ mod tests {
         namespace: &str,
         workload: Option<&str>,
         service: Option<&str>,
-    ) -> Option<Endpoint> {
-        Some(Endpoint {
+    ) -> Option<Arc<Endpoint>> {
+        Some(Arc::new(Endpoint {
             namespace: Some(namespace.into()),
             pod: Some("ignored-pod-name-abc12".into()),
             workload: workload.map(Into::into),
             service: service.map(Into::into),
-        })
+            node: None,
+        }))
     }
 
     /// The sample lines of one metric, in exposition order.
@@ -520,6 +660,8 @@ mod tests {
             "\
 # HELP netprobe_verdicts Flows that reached a final verdict.
 # TYPE netprobe_verdicts counter
+# HELP netprobe_dns_failures Failed DNS lookups (final verdicts) by client workload, name and rcode (TIMEOUT: no answer).
+# TYPE netprobe_dns_failures counter
 # HELP netprobe_packets Verdict-relevant packets seen by the kernel program.
 # TYPE netprobe_packets counter
 netprobe_packets_total{kind=\"dns_query\"} 0
@@ -546,6 +688,16 @@ netprobe_flows_tracked 0
 # HELP netprobe_attached_interfaces Interfaces the probe is attached to.
 # TYPE netprobe_attached_interfaces gauge
 netprobe_attached_interfaces 0
+# HELP netprobe_ready 1 once the eBPF programs are loaded and attached.
+# TYPE netprobe_ready gauge
+netprobe_ready 0
+# HELP netprobe_kube_objects Kubernetes objects known for naming flows.
+# TYPE netprobe_kube_objects gauge
+# HELP netprobe_kube_watch_errors Failed Kubernetes watches (retried with backoff).
+# TYPE netprobe_kube_watch_errors counter
+netprobe_kube_watch_errors_total{kind=\"endpointslices\"} 0
+netprobe_kube_watch_errors_total{kind=\"pods\"} 0
+netprobe_kube_watch_errors_total{kind=\"services\"} 0
 # EOF
 "
         );

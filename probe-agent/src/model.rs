@@ -145,16 +145,22 @@ pub struct Counts {
 }
 
 /// Kubernetes identity of one end of a flow; `null` in JSON where nothing is known.
+/// Shared (`Arc`) between the name directory, verdicts and events: naming a flow costs
+/// a reference count, not a copy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub namespace: Option<String>,
+    pub namespace: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub pod: Option<String>,
+    pub pod: Option<Arc<str>>,
+    /// The owning Deployment, StatefulSet, DaemonSet or Job (the pod's own name if none).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub workload: Option<String>,
+    pub workload: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub service: Option<String>,
+    pub service: Option<Arc<str>>,
+    /// The node, for a node address or a host-network pod.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub node: Option<Arc<str>>,
 }
 
 /// The DNS transaction that decided a DNS flow's verdict.
@@ -180,8 +186,8 @@ pub struct Verdict {
     pub last_seen: DateTime<Utc>,
     /// Host-side interface the flow was counted on.
     pub interface: Arc<str>,
-    pub src: Option<Endpoint>,
-    pub dst: Option<Endpoint>,
+    pub src: Option<Arc<Endpoint>>,
+    pub dst: Option<Arc<Endpoint>>,
     pub dns: Option<DnsSummary>,
 }
 
@@ -240,8 +246,8 @@ pub struct FlowEvent {
     pub verdict: VerdictKind,
     pub reason: Arc<str>,
     pub interface: Arc<str>,
-    pub src: Option<Endpoint>,
-    pub dst: Option<Endpoint>,
+    pub src: Option<Arc<Endpoint>>,
+    pub dst: Option<Arc<Endpoint>>,
     pub dns: Option<DnsSummary>,
 }
 

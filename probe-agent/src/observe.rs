@@ -220,8 +220,14 @@ fn row(v: &Verdict) -> [String; 7] {
         timestamp(v.first_seen),
         v.verdict.to_string(),
         flow.protocol.as_str().to_string(),
-        source(v.src.as_ref(), SocketAddr::new(flow.src_ip, flow.src_port)),
-        destination(v.dst.as_ref(), SocketAddr::new(flow.dst_ip, flow.dst_port)),
+        source(
+            v.src.as_deref(),
+            SocketAddr::new(flow.src_ip, flow.src_port),
+        ),
+        destination(
+            v.dst.as_deref(),
+            SocketAddr::new(flow.dst_ip, flow.dst_port),
+        ),
         counts(v),
         reason(&v.reason, v.dns.as_ref()),
     ]
@@ -235,8 +241,14 @@ pub fn format_event(e: &FlowEvent) -> String {
         timestamp(e.time),
         e.event.as_str(),
         e.verdict.as_str(),
-        source(e.src.as_ref(), SocketAddr::new(flow.src_ip, flow.src_port)),
-        destination(e.dst.as_ref(), SocketAddr::new(flow.dst_ip, flow.dst_port)),
+        source(
+            e.src.as_deref(),
+            SocketAddr::new(flow.src_ip, flow.src_port)
+        ),
+        destination(
+            e.dst.as_deref(),
+            SocketAddr::new(flow.dst_ip, flow.dst_port)
+        ),
         flow.protocol.as_str(),
         reason(&e.reason, e.dns.as_ref()),
     );

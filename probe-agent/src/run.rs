@@ -26,10 +26,11 @@ use tracing::{error, info, warn};
 
 use crate::{
     attach::{self, Attacher},
-    config::{KubeMode, RunArgs},
+    config::RunArgs,
     decode::{self, DecodeError},
+    enrich::{self, KubeOptions, Names},
     loader,
-    metrics::{DecodeErrorKind, LossSource, Metrics},
+    metrics::{DEFAULT_MAX_SERIES, DecodeErrorKind, LossSource, Metrics},
     model::{AttachMode, FlowEvent, InterfaceStatus, Verdict},
     serve::{self, AppState, FlowSource},
     track::{Clock, Tracker, TrackerConfig, monotonic_now},
@@ -100,12 +101,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Runs the agent. `listener` was bound before entering any `--netns`.
 pub async fn run(args: RunArgs, listener: std::net::TcpListener) -> anyhow::Result<()> {
-    if args.kube == KubeMode::Auto && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
-        warn!(
-            "running in a cluster, but Kubernetes enrichment is not available in this build: flows carry IPs only"
-        );
-    }
-    let metrics = Arc::new(Metrics::new(2000));
+    let metrics = Arc::new(Metrics::new(DEFAULT_MAX_SERIES));
+    let names = Names::none();
     let tracker = Tracker::new(
         TrackerConfig {
             syn_timeout: args.syn_timeout,
@@ -115,7 +112,8 @@ pub async fn run(args: RunArgs, listener: std::net::TcpListener) -> anyhow::Resu
         },
         Clock::new(),
         Arc::clone(&metrics),
-    );
+    )
+    .with_names(names.clone());
     let events_tx = tracker.events_sender();
     let tracker = Arc::new(Mutex::new(tracker));
     let interfaces = Arc::new(RwLock::new(Vec::new()));
@@ -137,11 +135,34 @@ pub async fn run(args: RunArgs, listener: std::net::TcpListener) -> anyhow::Resu
         wait_for(shutdown_rx.clone()),
     ));
 
+    let kube = KubeOptions {
+        mode: args.kube,
+        kubeconfig: args.kubeconfig.clone(),
+    };
+    // Without names the agent still does its job: a cluster it cannot reach is a
+    // warning, not a reason to stop probing.
+    let kube_watch = match enrich::client(&kube).await {
+        Ok(Some(client)) => Some(tokio::spawn(enrich::watch(
+            client,
+            names,
+            Arc::clone(&metrics),
+            shutdown_rx.clone(),
+        ))),
+        Ok(None) => None,
+        Err(error) => {
+            warn!("Kubernetes API not usable, flows carry IPs only: {error:#}");
+            None
+        }
+    };
+
     let result = run_probe(&args, &tracker, &interfaces, &ready, &metrics, shutdown_rx).await;
     if let Err(err) = &result {
         error!("{err:#}");
     }
     shutdown_tx.send_replace(true);
+    if let Some(kube_watch) = kube_watch {
+        kube_watch.abort();
+    }
     match tokio::time::timeout(SHUTDOWN_GRACE, &mut http).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(err))) => warn!("HTTP server: {err}"),
@@ -188,6 +209,7 @@ async fn run_probe(
     name_attached(tracker, attacher.resync(&links));
     let attached = publish(&attacher, interfaces, metrics);
     *ready.write().expect("not poisoned") = Ok(());
+    metrics.set_ready(true);
     info!(
         interfaces = attached,
         globs = args.interfaces.join(","),
@@ -232,6 +254,7 @@ async fn run_probe(
         publish(&attacher, interfaces, metrics);
     }
     *ready.write().expect("not poisoned") = Err("shutting down".into());
+    metrics.set_ready(false);
     attacher.detach_all();
     watcher.abort();
     if let Some(kernel_log) = kernel_log {

@@ -392,13 +392,14 @@ pub(crate) mod fixtures {
         pod: Option<&str>,
         workload: Option<&str>,
         service: Option<&str>,
-    ) -> Option<Endpoint> {
-        Some(Endpoint {
+    ) -> Option<Arc<Endpoint>> {
+        Some(Arc::new(Endpoint {
             namespace: Some(namespace.into()),
             pod: pod.map(Into::into),
             workload: workload.map(Into::into),
             service: service.map(Into::into),
-        })
+            node: None,
+        }))
     }
 
     pub(crate) fn verdict(flow: Flow, kind: VerdictKind, reason: &str, last_seen: &str) -> Verdict {

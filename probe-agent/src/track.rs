@@ -22,6 +22,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     decode::{DnsPacket, Packet, flow_from_key, rcode_name},
+    enrich::Names,
     metrics::{Metrics, PacketKind},
     model::{Counts, DnsSummary, Flow, FlowEvent, FlowEventKind, Protocol, Verdict, VerdictKind},
 };
@@ -170,6 +171,8 @@ struct Journal {
     events_tx: broadcast::Sender<FlowEvent>,
     interfaces: HashMap<u32, Arc<str>>,
     metrics: Arc<Metrics>,
+    /// Kubernetes names of flow ends, read when a verdict or event is reported.
+    names: Names,
 }
 
 impl Tracker {
@@ -184,11 +187,18 @@ impl Tracker {
                 events_tx,
                 interfaces: HashMap::new(),
                 metrics,
+                names: Names::none(),
             },
             config,
             deadlines: BinaryHeap::new(),
             next_generation: 0,
         }
+    }
+
+    /// Names flow ends from the Kubernetes API (see [`crate::enrich`]).
+    pub fn with_names(mut self, names: Names) -> Self {
+        self.journal.names = names;
+        self
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<FlowEvent> {
@@ -463,8 +473,10 @@ impl Journal {
             verdict: state.verdict,
             reason: Arc::clone(&state.reason),
             interface: self.interface_name(state.ifindex),
-            src: None,
-            dst: None,
+            src: self.names.source(state.flow.src_ip),
+            dst: self
+                .names
+                .destination(state.flow.dst_ip, state.flow.dst_port),
             dns: dns_summary(state),
         };
         if verdict_changed && state.verdict.is_final() {
@@ -497,8 +509,10 @@ impl Journal {
             first_seen: self.clock.to_utc(state.first_seen),
             last_seen: self.clock.to_utc(state.last_seen),
             interface: self.interface_name(state.ifindex),
-            src: None,
-            dst: None,
+            src: self.names.source(state.flow.src_ip),
+            dst: self
+                .names
+                .destination(state.flow.dst_ip, state.flow.dst_port),
             dns: dns_summary(state),
         }
     }

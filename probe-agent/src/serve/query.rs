@@ -3,7 +3,7 @@
 //! Parsing is strict: an unknown, repeated or malformed parameter is an error, because a
 //! typo that silently widened the filter would answer a different question than asked.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use globset::{Glob, GlobMatcher};
@@ -244,7 +244,7 @@ impl Filter {
         &self,
         verdict: VerdictKind,
         flow: &Flow,
-        ends: [&Option<Endpoint>; 2],
+        ends: [&Option<Arc<Endpoint>>; 2],
         time: DateTime<Utc>,
     ) -> bool {
         let ends = || ends.into_iter().flatten();
@@ -301,12 +301,12 @@ mod tests {
         parse(query).unwrap_err().to_string()
     }
 
-    fn pod(namespace: &str, pod: &str) -> Option<Endpoint> {
-        Some(Endpoint {
+    fn pod(namespace: &str, pod: &str) -> Option<Arc<Endpoint>> {
+        Some(Arc::new(Endpoint {
             namespace: Some(namespace.into()),
             pod: Some(pod.into()),
             ..Endpoint::default()
-        })
+        }))
     }
 
     /// TCP TIMEOUT 10.244.1.5:41234 → 10.96.45.123:8080, production/checkout-api-… →

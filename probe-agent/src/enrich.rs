@@ -1,0 +1,52 @@
+//! enrich: IP → pod / namespace / workload / Service, from the Kubernetes API.
+//!
+//! [`watch`] keeps a [`Directory`] of the cluster's pods, Services and EndpointSlices
+//! from kube-rs watchers and publishes an immutable [`Snapshot`] of it into [`Names`].
+//! The tracker reads that snapshot for every verdict and event: a lock-free pointer load,
+//! so a slow or lost API server never stalls the packet path; names are then possibly
+//! stale until the watch is back, never taken from a pod that gave its IP away.
+
+mod directory;
+mod objects;
+mod watch;
+
+use std::{net::IpAddr, sync::Arc};
+
+use arc_swap::ArcSwap;
+
+pub use directory::{Directory, Snapshot};
+pub use objects::{PodView, object_key};
+pub use watch::{KubeOptions, client, watch};
+
+use crate::model::Endpoint;
+
+/// The names currently known; cheap to clone, shared by the watcher (writer) and the
+/// tracker (reader).
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+impl Names {
+    /// Names nothing: outside a cluster, or before the first list arrives.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// The client end of a flow.
+    pub fn source(&self, ip: IpAddr) -> Option<Arc<Endpoint>> {
+        self.snapshot.load().source(ip)
+    }
+
+    /// The server end of a flow.
+    pub fn destination(&self, ip: IpAddr, port: u16) -> Option<Arc<Endpoint>> {
+        self.snapshot.load().destination(ip, port)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,263 @@
+//! The cluster as the agent knows it (pods, Services, EndpointSlices), and the
+//! IP → name [`Snapshot`] built from it.
+//!
+//! Watch events change the directory; a snapshot is rebuilt from it now and then and
+//! published whole, so lookups read an immutable map and never wait for the API.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use super::objects::{ObjectKey, PodRecord, ServiceRecord, SliceRecord};
+use crate::model::Endpoint;
+
+/// Objects of one kind, with the relist in progress after a (re)connect.
+#[derive(Debug)]
+pub struct Kind<R> {
+    current: HashMap<ObjectKey, R>,
+    /// Filled by a relist; replaces `current` when the list is complete, so objects
+    /// deleted while the watch was down disappear and the old names serve meanwhile.
+    relisting: Option<HashMap<ObjectKey, R>>,
+}
+
+impl<R> Default for Kind<R> {
+    fn default() -> Self {
+        Self {
+            current: HashMap::new(),
+            relisting: None,
+        }
+    }
+}
+
+impl<R> Kind<R> {
+    pub fn apply(&mut self, key: ObjectKey, record: R) {
+        self.current.insert(key, record);
+    }
+
+    pub fn delete(&mut self, key: &ObjectKey) {
+        self.current.remove(key);
+    }
+
+    pub fn relist_start(&mut self) {
+        self.relisting = Some(HashMap::new());
+    }
+
+    pub fn relist_apply(&mut self, key: ObjectKey, record: R) {
+        self.relisting
+            .get_or_insert_with(HashMap::new)
+            .insert(key, record);
+    }
+
+    pub fn relist_done(&mut self) {
+        if let Some(listed) = self.relisting.take() {
+            self.current = listed;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.current.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.current.is_empty()
+    }
+
+    fn records(&self) -> impl Iterator<Item = &R> {
+        self.current.values()
+    }
+}
+
+/// Everything watched.
+#[derive(Debug, Default)]
+pub struct Directory {
+    pub pods: Kind<PodRecord>,
+    pub services: Kind<ServiceRecord>,
+    pub slices: Kind<SliceRecord>,
+}
+
+/// IP → name, immutable once built.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Pod IPs (not host-network) and Service ClusterIPs.
+    by_ip: HashMap<IpAddr, Arc<Endpoint>>,
+    /// Backends without an address of their own (host-network pods share their node's):
+    /// told apart by the port their Service's EndpointSlice sends to.
+    host_ports: HashMap<(IpAddr, u16), Arc<Endpoint>>,
+    /// Node addresses.
+    nodes: HashMap<IpAddr, Arc<Endpoint>>,
+}
+
+impl Snapshot {
+    /// Names the client end of a flow.
+    pub fn source(&self, ip: IpAddr) -> Option<Arc<Endpoint>> {
+        self.by_ip.get(&ip).or_else(|| self.nodes.get(&ip)).cloned()
+    }
+
+    /// Names the server end of a flow.
+    pub fn destination(&self, ip: IpAddr, port: u16) -> Option<Arc<Endpoint>> {
+        self.by_ip
+            .get(&ip)
+            .or_else(|| self.host_ports.get(&(ip, port)))
+            .or_else(|| self.nodes.get(&ip))
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_ip.len() + self.host_ports.len() + self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Directory {
+    pub fn snapshot(&self) -> Snapshot {
+        let owners = self.ip_owners();
+        let services_of = self.services_by_backend();
+        let mut snapshot = Snapshot::default();
+
+        for (ip, pod) in &owners {
+            let service = services_of
+                .get(&(
+                    Arc::clone(&pod.namespace),
+                    BackendRef::Pod(Arc::clone(&pod.name)),
+                ))
+                .or_else(|| services_of.get(&(Arc::clone(&pod.namespace), BackendRef::Ip(*ip))))
+                .cloned();
+            snapshot
+                .by_ip
+                .insert(*ip, Arc::new(pod_endpoint(pod, service)));
+        }
+        for service in self.services.records() {
+            let endpoint = Arc::new(Endpoint {
+                namespace: Some(Arc::clone(&service.namespace)),
+                service: Some(Arc::clone(&service.name)),
+                ..Endpoint::default()
+            });
+            for ip in &service.cluster_ips {
+                snapshot.by_ip.insert(*ip, Arc::clone(&endpoint));
+            }
+        }
+        self.name_other_backends(&mut snapshot, &owners);
+        for pod in self.pods.records() {
+            if let (Some(ip), Some(node)) = (pod.host_ip, &pod.node)
+                && !snapshot.by_ip.contains_key(&ip)
+            {
+                snapshot.nodes.entry(ip).or_insert_with(|| {
+                    Arc::new(Endpoint {
+                        node: Some(Arc::clone(node)),
+                        ..Endpoint::default()
+                    })
+                });
+            }
+        }
+        snapshot
+    }
+
+    /// The pod that owns each pod IP. Pods can briefly share one (a finished or
+    /// terminating pod and its replacement): a running pod beats a finished one, then the
+    /// newest wins, so a reused IP is never named after the pod that left it.
+    fn ip_owners(&self) -> BTreeMap<IpAddr, &PodRecord> {
+        let mut owners: BTreeMap<IpAddr, &PodRecord> = BTreeMap::new();
+        for pod in self.pods.records().filter(|pod| !pod.host_network) {
+            for ip in &pod.ips {
+                let replace = owners.get(ip).is_none_or(|held| {
+                    (!pod.finished, &pod.created, &pod.name)
+                        > (!held.finished, &held.created, &held.name)
+                });
+                if replace {
+                    owners.insert(*ip, pod);
+                }
+            }
+        }
+        owners
+    }
+
+    /// Service names by backing pod (or bare address), per namespace. A pod backing
+    /// several Services is named after the first by name, so the choice is stable.
+    fn services_by_backend(&self) -> HashMap<(Arc<str>, BackendRef), Arc<str>> {
+        let mut names: HashMap<(Arc<str>, BackendRef), Arc<str>> = HashMap::new();
+        for slice in self.slices.records() {
+            let Some(service) = &slice.service else {
+                continue;
+            };
+            for endpoint in &slice.endpoints {
+                let backend = match &endpoint.pod {
+                    Some(pod) => BackendRef::Pod(Arc::clone(pod)),
+                    None => BackendRef::Ip(endpoint.ip),
+                };
+                names
+                    .entry((Arc::clone(&slice.namespace), backend))
+                    .and_modify(|held| {
+                        if service < held {
+                            *held = Arc::clone(service);
+                        }
+                    })
+                    .or_insert_with(|| Arc::clone(service));
+            }
+        }
+        names
+    }
+
+    /// Backends that are not pod IPs: host-network pods and bare addresses (the
+    /// `kubernetes` Service's API servers, manual EndpointSlices). They share an address
+    /// with their node or nothing at all, so they are named by address and port.
+    fn name_other_backends(&self, snapshot: &mut Snapshot, owners: &BTreeMap<IpAddr, &PodRecord>) {
+        let host_pods: HashMap<(&str, &str), &PodRecord> = self
+            .pods
+            .records()
+            .filter(|pod| pod.host_network)
+            .map(|pod| ((&*pod.namespace, &*pod.name), pod))
+            .collect();
+        let node_of: HashMap<IpAddr, &Arc<str>> = self
+            .pods
+            .records()
+            .filter_map(|pod| Some((pod.host_ip?, pod.node.as_ref()?)))
+            .collect();
+        for slice in self.slices.records() {
+            for endpoint in slice
+                .endpoints
+                .iter()
+                .filter(|e| !owners.contains_key(&e.ip))
+            {
+                let host_pod = endpoint
+                    .pod
+                    .as_deref()
+                    .and_then(|name| host_pods.get(&(&*slice.namespace, name)));
+                let named = Arc::new(match host_pod {
+                    Some(pod) => pod_endpoint(pod, slice.service.clone()),
+                    None => Endpoint {
+                        namespace: Some(Arc::clone(&slice.namespace)),
+                        service: slice.service.clone(),
+                        node: node_of.get(&endpoint.ip).map(|node| Arc::clone(node)),
+                        ..Endpoint::default()
+                    },
+                });
+                for port in &slice.ports {
+                    snapshot
+                        .host_ports
+                        .insert((endpoint.ip, *port), Arc::clone(&named));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum BackendRef {
+    Pod(Arc<str>),
+    Ip(IpAddr),
+}
+
+fn pod_endpoint(pod: &PodRecord, service: Option<Arc<str>>) -> Endpoint {
+    Endpoint {
+        namespace: Some(Arc::clone(&pod.namespace)),
+        pod: Some(Arc::clone(&pod.name)),
+        workload: Some(Arc::clone(&pod.workload)),
+        service,
+        node: pod.node.clone(),
+    }
+}

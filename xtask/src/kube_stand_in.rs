@@ -1,0 +1,410 @@
+//! A stand-in for the Kubernetes API server: serves list and watch requests for pods,
+//! Services, EndpointSlices and Namespaces from objects a test or the demo gives it,
+//! the way a real API server answers kube-rs watchers (`GET <collection>` lists with a
+//! `resourceVersion`; `?watch=true&resourceVersion=N` streams newline-delimited
+//! `{"type":"ADDED|MODIFIED|DELETED","object":…}` events after N).
+//!
+//! Tests change the cluster while the agent watches ([`KubeStandIn::apply`],
+//! [`KubeStandIn::delete`]), cut the watches ([`KubeStandIn::drop_watches`]) or take the
+//! server down ([`KubeStandIn::set_down`]), and read back which requests were made.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use axum::{
+    Router,
+    body::Body,
+    extract::{Query, State},
+    http::{Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+use tokio::sync::{oneshot, watch};
+
+/// The collections served: URL path, kind, list kind, apiVersion, namespaced.
+const COLLECTIONS: [(&str, &str, &str, &str, bool); 4] = [
+    ("/api/v1/pods", "Pod", "PodList", "v1", true),
+    ("/api/v1/services", "Service", "ServiceList", "v1", true),
+    (
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "EndpointSlice",
+        "EndpointSliceList",
+        "discovery.k8s.io/v1",
+        true,
+    ),
+    (
+        "/api/v1/namespaces",
+        "Namespace",
+        "NamespaceList",
+        "v1",
+        false,
+    ),
+];
+
+/// One served request: method and path with query.
+pub type RequestLine = (String, String);
+
+#[derive(Default)]
+struct Cluster {
+    resource_version: u64,
+    /// Objects by kind, then (namespace, name).
+    objects: HashMap<&'static str, BTreeMap<(String, String), Value>>,
+    /// Every change by kind: (resourceVersion, event type, object).
+    history: HashMap<&'static str, Vec<(u64, &'static str, Value)>>,
+    requests: Vec<RequestLine>,
+}
+
+struct Shared {
+    cluster: Mutex<Cluster>,
+    /// The latest resourceVersion: watch streams wake on it.
+    changed: watch::Sender<u64>,
+    /// Bumped to end every open watch stream (a dropped connection).
+    cut: watch::Sender<u64>,
+    /// Whether the server listens.
+    up: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn cluster(&self) -> std::sync::MutexGuard<'_, Cluster> {
+        self.cluster.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The running stand-in; stops when dropped.
+pub struct KubeStandIn {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl KubeStandIn {
+    /// Serves on an ephemeral loopback port.
+    pub fn start() -> Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            cluster: Mutex::new(Cluster::default()),
+            changed: watch::channel(0).0,
+            cut: watch::channel(0).0,
+            up: watch::channel(true).0,
+        });
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let app = Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&shared));
+        let mut up = shared.up.subscribe();
+        let thread = thread::Builder::new()
+            .name("kube-stand-in".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime");
+                runtime.block_on(async move {
+                    let mut listener = Some(listener);
+                    loop {
+                        // Down: nothing listens, so clients get "connection refused".
+                        tokio::select! {
+                            _ = up.wait_for(|up| *up) => {}
+                            _ = &mut stopped => return,
+                        }
+                        let bound = match listener.take() {
+                            Some(listener) => tokio::net::TcpListener::from_std(listener),
+                            None => tokio::net::TcpListener::bind(addr).await,
+                        };
+                        let Ok(bound) = bound else { return };
+                        let mut down = up.clone();
+                        let stopping =
+                            axum::serve(bound, app.clone()).with_graceful_shutdown(async move {
+                                let _ = down.wait_for(|up| !*up).await;
+                            });
+                        tokio::select! {
+                            _ = stopping => {}
+                            _ = &mut stopped => return,
+                        }
+                    }
+                });
+            })?;
+        Ok(Self {
+            addr,
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Writes a kubeconfig that points at this server (plain HTTP, no credentials).
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<()> {
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: {url}\n\
+             users:\n- name: netprobe\n  user: {{}}\ncontexts:\n- name: stand-in\n  context:\n    \
+             cluster: stand-in\n    user: netprobe\ncurrent-context: stand-in\n",
+            url = self.url()
+        );
+        std::fs::write(path, config).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Adds or replaces an object (ADDED or MODIFIED for watchers). A `List` (as
+    /// `kubectl get -o json` prints it) applies each item.
+    pub fn apply(&self, object: Value) -> Result<()> {
+        if object["kind"] == "List" || object["items"].is_array() {
+            for item in object["items"].as_array().into_iter().flatten() {
+                self.apply(item.clone())?;
+            }
+            return Ok(());
+        }
+        let kind = kind_of(&object)?;
+        let key = key_of(&object);
+        let mut cluster = self.shared.cluster();
+        cluster.resource_version += 1;
+        let rv = cluster.resource_version;
+        let mut object = object;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let previous = cluster
+            .objects
+            .entry(kind)
+            .or_default()
+            .insert(key, object.clone());
+        let event = if previous.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        cluster
+            .history
+            .entry(kind)
+            .or_default()
+            .push((rv, event, object));
+        drop(cluster);
+        self.shared.changed.send_replace(rv);
+        Ok(())
+    }
+
+    /// Applies every `*.json` file of `dir`, in name order.
+    pub fn apply_dir(&self, dir: &Path) -> Result<()> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+            .collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file)?;
+            let value: Value = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", file.display()))?;
+            self.apply(value)
+                .with_context(|| format!("applying {}", file.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes an object (DELETED for watchers). Deleting what is not there is an error.
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<()> {
+        let (_, kind, _, _, namespaced) = collection_of_kind(kind)?;
+        let namespace = if namespaced { namespace } else { "" };
+        let mut cluster = self.shared.cluster();
+        let Some(mut object) = cluster
+            .objects
+            .entry(kind)
+            .or_default()
+            .remove(&(namespace.to_string(), name.to_string()))
+        else {
+            bail!("no {kind} {namespace}/{name} to delete");
+        };
+        cluster.resource_version += 1;
+        let rv = cluster.resource_version;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        cluster
+            .history
+            .entry(kind)
+            .or_default()
+            .push((rv, "DELETED", object));
+        drop(cluster);
+        self.shared.changed.send_replace(rv);
+        Ok(())
+    }
+
+    /// Ends every open watch stream, as a dropped connection would.
+    pub fn drop_watches(&self) {
+        self.shared.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Takes the server off the network (open watches end, new connections are refused,
+    /// as when the API server or the route to it is lost) or brings it back on the same
+    /// address.
+    pub fn set_down(&self, down: bool) {
+        if down {
+            self.drop_watches();
+        }
+        self.shared.up.send_replace(!down);
+    }
+
+    /// The requests served so far.
+    pub fn requests(&self) -> Vec<RequestLine> {
+        self.shared.cluster().requests.clone()
+    }
+}
+
+impl Drop for KubeStandIn {
+    fn drop(&mut self) {
+        self.drop_watches();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn kind_of(object: &Value) -> Result<&'static str> {
+    let kind = object["kind"]
+        .as_str()
+        .context("object without a \"kind\"")?;
+    Ok(collection_of_kind(kind)?.1)
+}
+
+fn collection_of_kind(
+    kind: &str,
+) -> Result<(&'static str, &'static str, &'static str, &'static str, bool)> {
+    COLLECTIONS
+        .into_iter()
+        .find(|c| c.1 == kind)
+        .with_context(|| format!("the stand-in does not serve {kind}"))
+}
+
+fn key_of(object: &Value) -> (String, String) {
+    let meta = &object["metadata"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (text(&meta["namespace"]), text(&meta["name"]))
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    {
+        let line = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        let request = (method.to_string(), line.to_string());
+        shared.cluster().requests.push(request);
+    }
+    if method != Method::GET {
+        return status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "read-only stand-in",
+        );
+    }
+    let Some(&(_, kind, list_kind, api_version, _)) =
+        COLLECTIONS.iter().find(|c| c.0 == uri.path())
+    else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the stand-in does not serve this path",
+        );
+    };
+    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    if !watching {
+        let cluster = shared.cluster();
+        let items: Vec<&Value> = cluster
+            .objects
+            .get(kind)
+            .map(|objects| objects.values().collect())
+            .unwrap_or_default();
+        let body = json!({
+            "kind": list_kind, "apiVersion": api_version,
+            "metadata": {"resourceVersion": cluster.resource_version.to_string()},
+            "items": items,
+        });
+        return (
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response();
+    }
+    let since: u64 = query
+        .get("resourceVersion")
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0);
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(300), Duration::from_secs);
+    let stream = watch_stream(shared, kind, since, timeout);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// The events of `kind` after `since`, then new ones as they happen, until the timeout,
+/// a cut or the server stopping.
+fn watch_stream(
+    shared: Arc<Shared>,
+    kind: &'static str,
+    since: u64,
+    timeout: Duration,
+) -> impl futures_core::Stream<Item = Result<String, std::convert::Infallible>> {
+    let mut changed = shared.changed.subscribe();
+    let mut cut = shared.cut.subscribe();
+    cut.mark_unchanged();
+    let deadline = tokio::time::Instant::now() + timeout;
+    async_stream::stream! {
+        let mut sent = since;
+        loop {
+            let from = sent;
+            let lines: Vec<String> = {
+                let cluster = shared.cluster();
+                cluster
+                    .history
+                    .get(kind)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(rv, _, _)| *rv > from)
+                    .map(|(rv, event, object)| {
+                        sent = sent.max(*rv);
+                        format!("{}\n", json!({"type": event, "object": object}))
+                    })
+                    .collect()
+            };
+            for line in lines {
+                yield Ok(line);
+            }
+            tokio::select! {
+                changed = changed.changed() => if changed.is_err() { break },
+                _ = cut.changed() => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    }
+}
