@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// account.
     #[arg(long, env = "NETPROBE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// The Kubernetes node this agent runs on (the DaemonSet sets it from
+    /// `spec.nodeName`); logged, and the default is the host name.
+    #[arg(long, env = "NETPROBE_NODE_NAME")]
+    pub node_name: Option<String>,
     /// How to attach: TCX links, clsact filters, or TCX falling back to clsact.
     #[arg(long, env = "NETPROBE_ATTACH_MODE", value_enum, default_value = "auto")]
     pub attach_mode: AttachModeArg,

@@ -15,7 +15,7 @@ use std::{net::IpAddr, sync::Arc};
 use arc_swap::ArcSwap;
 
 pub use directory::{Directory, Snapshot};
-pub use objects::{PodView, object_key};
+pub use objects::{PodRecord, PodView, ServiceRecord, SliceRecord, object_key};
 pub use watch::{KubeOptions, client, watch};
 
 use crate::model::Endpoint;

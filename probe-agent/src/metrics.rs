@@ -337,14 +337,44 @@ fn rcode_label(rcode: &str) -> &'static str {
     by_value.or_else(by_name).copied().unwrap_or(OTHER)
 }
 
+/// Cached verdict counters kept at most (see [`Metrics::verdict_reached`]).
+const VERDICT_CACHE_ENTRIES: usize = 8192;
+
+/// A named flow end, compared by identity: the name directory shares one `Arc` per
+/// address and snapshot, and holding it here keeps the address from being reused.
+#[derive(Clone, Debug)]
+struct SameEndpoint(Arc<Endpoint>);
+
+impl PartialEq for SameEndpoint {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SameEndpoint {}
+
+impl std::hash::Hash for SameEndpoint {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.0).hash(state);
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct VerdictKey {
+    verdict: VerdictKind,
+    port: u16,
+    src: Option<SameEndpoint>,
+    dst: Option<SameEndpoint>,
+}
+
 /// The agent's metrics, exposed with the `netprobe_` prefix.
 pub struct Metrics {
     registry: Registry,
     verdicts: CappedFamily<VerdictLabels>,
     dns_failures: CappedFamily<DnsFailureLabels>,
-    /// Counters of verdicts whose ends are unknown (no Kubernetes names), by verdict and
-    /// port: the common case skips building and hashing seven label strings.
-    anonymous_verdicts: RwLock<HashMap<(VerdictKind, u16), Counter>>,
+    /// Counters by verdict, port and the identity of the two named ends: the hot path
+    /// skips building and hashing seven label strings for every final verdict.
+    verdict_counters: RwLock<HashMap<VerdictKey, Counter>>,
     packets: Family<PacketLabels, Counter>,
     /// Handles on `packets`' fixed series: the hot path skips the family's lock and hash.
     packet_counters: Vec<Counter>,
@@ -372,7 +402,7 @@ impl Metrics {
             registry: Registry::with_prefix("netprobe"),
             verdicts: CappedFamily::new(max_series),
             dns_failures: CappedFamily::new(max_series / 4),
-            anonymous_verdicts: RwLock::new(HashMap::new()),
+            verdict_counters: RwLock::new(HashMap::new()),
             packets: Family::default(),
             packet_counters: Vec::new(),
             dns_responses: Family::default(),
@@ -482,26 +512,33 @@ impl Metrics {
                 .counter(labels, |l| DnsFailureLabels::overflow(l.rcode))
                 .inc();
         }
-        if v.src.is_none() && v.dst.is_none() {
-            let key = (v.verdict, v.flow.dst_port);
-            let cached = self
-                .anonymous_verdicts
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&key)
-                .cloned();
-            let counter = cached.unwrap_or_else(|| {
-                let counter = self.verdict_counter(v);
-                self.anonymous_verdicts
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(key, counter.clone());
-                counter
-            });
-            counter.inc();
-            return;
-        }
-        self.verdict_counter(v).inc();
+        let key = VerdictKey {
+            verdict: v.verdict,
+            port: v.flow.dst_port,
+            src: v.src.clone().map(SameEndpoint),
+            dst: v.dst.clone().map(SameEndpoint),
+        };
+        let cached = self
+            .verdict_counters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        let counter = cached.unwrap_or_else(|| {
+            let counter = self.verdict_counter(v);
+            let mut cache = self
+                .verdict_counters
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Each new name snapshot brings new endpoint identities: start over rather
+            // than grow.
+            if cache.len() >= VERDICT_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(key, counter.clone());
+            counter
+        });
+        counter.inc();
     }
 
     /// The counter of `v`'s label set, created within the series cap.

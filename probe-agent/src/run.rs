@@ -135,6 +135,12 @@ pub async fn run(args: RunArgs, listener: std::net::TcpListener) -> anyhow::Resu
         wait_for(shutdown_rx.clone()),
     ));
 
+    let node = args.node_name.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    info!(node, "netprobe agent starting");
     let kube = KubeOptions {
         mode: args.kube,
         kubeconfig: args.kubeconfig.clone(),
