@@ -267,10 +267,11 @@ fn source(end: Option<&Endpoint>, addr: SocketAddr) -> String {
     }
 }
 
-/// `namespace/service:port`, else `namespace/pod:port`, else `ip:port`.
+/// `namespace/pod:port` for a pod address (what was really dialled), else
+/// `namespace/service:port` for a ClusterIP, else `ip:port`.
 fn destination(end: Option<&Endpoint>, addr: SocketAddr) -> String {
     let port = addr.port();
-    match end.map(|end| (&end.namespace, end.service.as_ref().or(end.pod.as_ref()))) {
+    match end.map(|end| (&end.namespace, end.pod.as_ref().or(end.service.as_ref()))) {
         Some((Some(namespace), Some(name))) => format!("{namespace}/{name}:{port}"),
         _ => addr.to_string(),
     }
@@ -357,13 +358,13 @@ mod tests {
         assert_eq!(
             format_table(&verdicts()),
             "\
-FIRST SEEN                VERDICT      PROTO  SOURCE                                  DESTINATION                      COUNTS                       REASON
-2026-11-23T10:00:00.123Z  TIMEOUT      TCP    production/checkout-api-5d4e3c2f-abc12  production/payment-service:8080  syn=3 synack=0 rst=0         3 SYNs in 3.0s and no answer
-2026-11-23T10:00:00.123Z  REFUSED      TCP    staging/web-0                           10.244.2.7:80                    syn=1 synack=0 rst=1         SYN answered by RST
-2026-11-23T10:00:00.123Z  NXDOMAIN     UDP    production/checkout-api-5d4e3c2f-abc12  kube-system/kube-dns:53          q=1 r=1                      flagsmith-postgresql.flagsmith.svc.cluster.local. A NXDOMAIN: name does not exist
-2026-11-23T10:00:00.123Z  OK           TCP    [fd00::5]:40000                         [fd00::9]:443                    syn=1 synack=1 rst=0         handshake completed
-2026-11-23T10:00:00.123Z  UNREACHABLE  TCP    staging/web-0                           10.244.2.7:80                    syn=1 synack=0 rst=0 icmp=1  ICMP port unreachable
-2026-11-23T10:00:00.123Z  DNS_TIMEOUT  UDP    production/checkout-api-5d4e3c2f-abc12  10.96.0.10:53                    q=1 r=0                      flagsmith-postgresql.flagsmith.svc.cluster.local. A: no answer
+FIRST SEEN                VERDICT      PROTO  SOURCE                                  DESTINATION                              COUNTS                       REASON
+2026-11-23T10:00:00.123Z  TIMEOUT      TCP    production/checkout-api-5d4e3c2f-abc12  production/payment-service:8080          syn=3 synack=0 rst=0         3 SYNs in 3.0s and no answer
+2026-11-23T10:00:00.123Z  REFUSED      TCP    staging/web-0                           10.244.2.7:80                            syn=1 synack=0 rst=1         SYN answered by RST
+2026-11-23T10:00:00.123Z  NXDOMAIN     UDP    production/checkout-api-5d4e3c2f-abc12  kube-system/coredns-5d78c9869d-abcde:53  q=1 r=1                      flagsmith-postgresql.flagsmith.svc.cluster.local. A NXDOMAIN: name does not exist
+2026-11-23T10:00:00.123Z  OK           TCP    [fd00::5]:40000                         [fd00::9]:443                            syn=1 synack=1 rst=0         handshake completed
+2026-11-23T10:00:00.123Z  UNREACHABLE  TCP    staging/web-0                           10.244.2.7:80                            syn=1 synack=0 rst=0 icmp=1  ICMP port unreachable
+2026-11-23T10:00:00.123Z  DNS_TIMEOUT  UDP    production/checkout-api-5d4e3c2f-abc12  10.96.0.10:53                            q=1 r=0                      flagsmith-postgresql.flagsmith.svc.cluster.local. A: no answer
 "
         );
     }
@@ -383,7 +384,7 @@ FIRST SEEN                VERDICT      PROTO  SOURCE                            
         assert_eq!(
             lines,
             [
-                "2026-11-23T10:00:07.000Z  DNS_RESPONSE      NXDOMAIN     production/checkout-api-5d4e3c2f-abc12 -> kube-system/kube-dns:53 UDP  flagsmith-postgresql.flagsmith.svc.cluster.local. A NXDOMAIN: name does not exist",
+                "2026-11-23T10:00:07.000Z  DNS_RESPONSE      NXDOMAIN     production/checkout-api-5d4e3c2f-abc12 -> kube-system/coredns-5d78c9869d-abcde:53 UDP  flagsmith-postgresql.flagsmith.svc.cluster.local. A NXDOMAIN: name does not exist",
                 "2026-11-23T10:00:03.130Z  TIMEOUT           TIMEOUT      production/checkout-api-5d4e3c2f-abc12 -> production/payment-service:8080 TCP  3 SYNs in 3.0s and no answer",
                 "2026-11-23T10:00:09.000Z  SYN_ACK           OK           [fd00::5]:40000 -> [fd00::9]:443 TCP  handshake completed",
                 "2026-11-23T10:00:05.000Z  RST               REFUSED      staging/web-0 -> 10.244.2.7:80 TCP  SYN answered by RST",

@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead, BufReader, IsTerminal},
     path::PathBuf,
-    process::Stdio,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context, Result, bail};
@@ -24,20 +24,46 @@ pub fn run() -> Result<()> {
 /// Builds `probe-agent` in release mode and returns the binary's path. Fails if the binary
 /// would not embed the eBPF program.
 pub fn build_agent() -> Result<PathBuf> {
-    let first = cargo_build()?;
+    build(None)
+}
+
+/// Like [`build_agent`], but statically linked against glibc (`-C target-feature=+crt-static`)
+/// for `triple` (a `*-linux-gnu` target), so that it runs in a `FROM scratch` image. The
+/// explicit `--target` keeps the flag off build scripts and proc-macros (which must stay
+/// dynamic) and puts this build in `target/<triple>/release`, apart from [`build_agent`]'s:
+/// neither invalidates the other. The eBPF program is built by the same build script.
+pub fn build_static_agent(triple: &str) -> Result<PathBuf> {
+    build(Some(triple))
+}
+
+/// `cargo <args> -p probe-agent`, for the host (`target` `None`) or statically linked for
+/// `target`.
+fn agent_cargo<const N: usize>(args: [&str; N], target: Option<&str>) -> Command {
+    let mut cmd = util::cargo(args);
+    cmd.args(["-p", "probe-agent"]);
+    if let Some(triple) = target {
+        // Our flags, not the caller's: CARGO_ENCODED_RUSTFLAGS would take precedence.
+        cmd.args(["--target", triple])
+            .env("RUSTFLAGS", STATIC_RUSTFLAGS)
+            .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    }
+    cmd
+}
+
+/// How [`build_static_agent`] links: glibc statically, without DWARF (a quarter of the
+/// binary; symbol names stay, so backtraces keep their function names).
+pub const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static -C strip=debuginfo";
+
+fn build(target: Option<&str>) -> Result<PathBuf> {
+    let first = cargo_build(target)?;
     if first.embeds_program() {
         return first.executable();
     }
     // A build made before bpf-linker was installed is cached with an empty program (its
     // build script does not rerun just because bpf-linker appeared): rebuild the agent.
     eprintln!("xtask: probe-agent was built without its eBPF program; rebuilding it");
-    exec::run_streaming(&mut util::cargo([
-        "clean",
-        "--release",
-        "-p",
-        "probe-agent",
-    ]))?;
-    let second = cargo_build()?;
+    exec::run_streaming(&mut agent_cargo(["clean", "--release"], target))?;
+    let second = cargo_build(target)?;
     if second.linker_missing {
         bail!(
             "probe-agent's build did not find bpf-linker ({NO_LINKER_WARNING}) although \
@@ -76,22 +102,24 @@ impl BuildOutput {
     }
 }
 
-/// `cargo build --release -p probe-agent`, showing cargo's output as it comes and reading its
-/// JSON messages for the build script's OUT_DIR and the binary's path.
-fn cargo_build() -> Result<BuildOutput> {
+/// `cargo build --release -p probe-agent` (see [`agent_cargo`] for `target`), showing cargo's
+/// output as it comes and reading its JSON messages for the build script's OUT_DIR and the
+/// binary's path.
+fn cargo_build(target: Option<&str>) -> Result<BuildOutput> {
     let color = if std::io::stderr().is_terminal() {
         "--color=always"
     } else {
         "--color=never"
     };
-    let mut cmd = util::cargo([
-        "build",
-        "--release",
-        "-p",
-        "probe-agent",
-        "--message-format=json-render-diagnostics",
-        color,
-    ]);
+    let mut cmd = agent_cargo(
+        [
+            "build",
+            "--release",
+            "--message-format=json-render-diagnostics",
+            color,
+        ],
+        target,
+    );
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd
         .spawn()

@@ -19,10 +19,13 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use xtask::{
     exec,
+    kube_stand_in::KubeStandIn,
     lab::{self, DnsServer, Listener, Node, Pod, Proto},
 };
 
 use crate::{build, toolchain, util};
+
+mod objects;
 
 /// Namespaces are `demo-node`, `demo-checkout`, ...: short enough to type by hand.
 const PREFIX: &str = "demo";
@@ -45,7 +48,29 @@ pub struct DemoArgs {
     listen: SocketAddr,
 }
 
+impl DemoArgs {
+    /// `--no-wait` with the agent's API on `listen`: for [`run_then`].
+    pub fn no_wait(listen: SocketAddr) -> DemoArgs {
+        DemoArgs {
+            no_wait: true,
+            no_agent: false,
+            listen,
+        }
+    }
+}
+
+/// What [`run_then`] calls once every incident has its verdict, while the agent still serves
+/// them; its argument fails once the agent has died or Ctrl-C was pressed.
+pub type AfterIncidents<'a> = &'a mut dyn FnMut(&mut dyn FnMut() -> Result<()>) -> Result<()>;
+
 pub fn run(args: DemoArgs) -> Result<()> {
+    run_then(args, None)
+}
+
+/// The demo; with `--no-wait` and `then`, `then` runs after the incidents' verdicts are
+/// checked and before the demo cleans up (e.g. a Prometheus scraping the agent, in
+/// `cargo xtask check-monitoring`), and its result is the demo's.
+pub fn run_then(args: DemoArgs, then: Option<AfterIncidents<'_>>) -> Result<()> {
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let interrupted = interrupted.clone();
@@ -83,11 +108,23 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // Declared before the agent, so dropped after it: the agent stops before its node goes.
     let mut node = Node::new(PREFIX)?;
     let cluster = Cluster::create(&mut node)?;
+    // The Kubernetes API the agent names flows from: a stand-in serving the demo's pods,
+    // Services and EndpointSlices.
+    let kube_api = KubeStandIn::start_in_netns(Some(node.netns()))?;
+    for object in objects::objects(&node, PAYMENT_VIP, ORDERS_VIP) {
+        kube_api.apply(object)?;
+    }
+    let kubeconfig = util::workspace_root()
+        .join("target")
+        .join("netprobe-demo")
+        .join("kubeconfig");
+    std::fs::create_dir_all(kubeconfig.parent().expect("a parent"))?;
+    kube_api.write_kubeconfig(&kubeconfig)?;
     check()?;
 
     let mut agent = match &agent_bin {
         Some(bin) => {
-            let mut agent = Agent::start(bin, &node, args.listen)?;
+            let mut agent = Agent::start(bin, &node, args.listen, &kubeconfig)?;
             agent.wait_ready(&interrupted)?;
             Some(agent)
         }
@@ -143,6 +180,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
             "the agent gave no verdict for: {}",
             missing.join("; ")
         );
+        if let Some(then) = then {
+            return then(&mut || {
+                check()?;
+                agent.ensure_alive()
+            });
+        }
         return Ok(());
     }
     if let Err(e) = observe {
@@ -464,14 +507,24 @@ impl Cluster {
         let flows: Vec<Flow> = verdicts.iter().map(Flow::from_json).collect();
         let mut missing = Vec::new();
         for (verdict, what, matches) in &expectations {
-            let found = flows.iter().any(|f| f.verdict == *verdict && matches(f));
+            let found = flows.iter().find(|f| f.verdict == *verdict && matches(f));
             let seen: Vec<&str> = flows
                 .iter()
                 .filter(|f| matches(f))
                 .map(|f| f.verdict.as_str())
                 .collect();
-            if found {
-                println!("  [ok ] {verdict:<12} {what}");
+            // The agent names both ends from the (stand-in) Kubernetes API.
+            let client = objects::pod_name(what.split(' ').next().unwrap_or_default());
+            if let Some(found) = found {
+                let names = format!("{} -> {}", found.src_name, found.dst_name);
+                if found.src_name.ends_with(&format!("/{client}")) && !found.dst_name.is_empty() {
+                    println!("  [ok ] {verdict:<12} {what}: {names}");
+                } else {
+                    println!(
+                        "  [BAD] {verdict:<12} {what}: named {names:?}, expected {client} -> a pod or Service"
+                    );
+                    missing.push(format!("{verdict} {what} (names)"));
+                }
             } else {
                 println!("  [BAD] {verdict:<12} {what}: not found (verdicts for it: {seen:?})");
                 missing.push(format!("{verdict} {what}"));
@@ -487,6 +540,10 @@ type Matcher = Box<dyn Fn(&Flow) -> bool>;
 /// The parts of a Verdict (DESIGN.md, HTTP API) the demo checks.
 struct Flow {
     verdict: String,
+    /// `namespace/pod`, or empty.
+    src_name: String,
+    /// `namespace/service`, else `namespace/pod`, or empty.
+    dst_name: String,
     src: Option<IpAddr>,
     dst: Option<IpAddr>,
     dst_port: Option<u64>,
@@ -496,8 +553,17 @@ struct Flow {
 impl Flow {
     fn from_json(v: &Value) -> Flow {
         let ip = |key: &str| v["flow"][key].as_str().and_then(|s| s.parse().ok());
+        let name = |end: &Value, keys: &[&str]| {
+            let namespace = end["namespace"].as_str().unwrap_or_default();
+            keys.iter()
+                .find_map(|key| end[key].as_str())
+                .map(|name| format!("{namespace}/{name}"))
+                .unwrap_or_default()
+        };
         Flow {
             verdict: v["verdict"].as_str().unwrap_or_default().to_owned(),
+            src_name: name(&v["src"], &["pod"]),
+            dst_name: name(&v["dst"], &["service", "pod"]),
             src: ip("src_ip"),
             dst: ip("dst_ip"),
             dst_port: v["flow"]["dst_port"].as_u64(),
@@ -563,7 +629,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(bin: &Path, node: &Node, listen: SocketAddr) -> Result<Agent> {
+    fn start(bin: &Path, node: &Node, listen: SocketAddr, kubeconfig: &Path) -> Result<Agent> {
         let dir = util::workspace_root().join("target").join("netprobe-demo");
         std::fs::create_dir_all(&dir)?;
         let log = dir.join("agent.log");
@@ -575,6 +641,8 @@ impl Agent {
             .args(["--listen", &listen.to_string()])
             .args(["--syn-timeout", &format!("{}s", SYN_TIMEOUT.as_secs())])
             .args(["--dns-timeout", &format!("{}s", DNS_TIMEOUT.as_secs())])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -673,7 +741,7 @@ impl Drop for Agent {
 }
 
 /// A plain HTTP/1.0 GET (the demo only talks to the agent on loopback): (status, body).
-fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;

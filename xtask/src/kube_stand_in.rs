@@ -88,9 +88,15 @@ pub struct KubeStandIn {
 impl KubeStandIn {
     /// Serves on an ephemeral loopback port.
     pub fn start() -> Result<Self> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        Self::start_in_netns(None)
+    }
+
+    /// Serves on an ephemeral loopback port of the network namespace `netns` (by name,
+    /// under /var/run/netns), e.g. a simulated node whose agent reaches "its" API server
+    /// there, as a host-network pod reaches the real one over the node's network.
+    pub fn start_in_netns(netns: Option<&str>) -> Result<Self> {
+        let netns = netns.map(crate::lab::netns_path);
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
             cluster: Mutex::new(Cluster::default()),
             changed: watch::channel(0).0,
@@ -105,6 +111,28 @@ impl KubeStandIn {
         let thread = thread::Builder::new()
             .name("kube-stand-in".into())
             .spawn(move || {
+                let bound = (|| -> Result<std::net::TcpListener> {
+                    if let Some(path) = &netns {
+                        let file = std::fs::File::open(path)
+                            .with_context(|| format!("opening {}", path.display()))?;
+                        // Only this thread moves: its sockets (and rebinds) live there.
+                        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                            .with_context(|| format!("entering {}", path.display()))?;
+                    }
+                    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+                    listener.set_nonblocking(true)?;
+                    Ok(listener)
+                })();
+                let (listener, addr) = match bound.and_then(|l| Ok((l.local_addr()?, l))) {
+                    Ok((addr, listener)) => {
+                        let _ = bound_tx.send(Ok(addr));
+                        (listener, addr)
+                    }
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(e));
+                        return;
+                    }
+                };
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -134,6 +162,9 @@ impl KubeStandIn {
                     }
                 });
             })?;
+        let addr = bound_rx
+            .recv()
+            .context("the stand-in's thread ended before binding")??;
         Ok(Self {
             addr,
             shared,

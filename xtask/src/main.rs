@@ -2,7 +2,11 @@
 
 mod bench;
 mod build;
+mod capabilities;
 mod demo;
+mod image;
+mod manifests;
+mod monitoring;
 mod test;
 mod toolchain;
 mod util;
@@ -32,6 +36,18 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Only install what is missing (toolchain, bpf-linker, Debian packages).
     Bootstrap,
+    /// The agent's container image, without a Docker engine: a static agent, FROM scratch,
+    /// written as a docker-archive (target/netprobe-image.tar) for `kind load image-archive`.
+    Image,
+    /// Render deploy/ with `kubectl kustomize` and check it: schemas (strict), security and
+    /// RBAC policy, the Grafana dashboard, the alerts (promtool check and test rules).
+    CheckManifests,
+    /// The dashboard's queries and the alerts' expressions against a real Prometheus that
+    /// scrapes the demo's agent while the incidents happen (root).
+    CheckMonitoring,
+    /// The agent with exactly deploy/daemonset.yaml's capabilities attaches and gets ready,
+    /// and without any one of them fails (root).
+    CheckCapabilities,
 }
 
 fn main() -> ExitCode {
@@ -52,5 +68,9 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Test => test::run(),
         Task::Bench(args) => bench::run(args),
         Task::Bootstrap => toolchain::bootstrap(),
+        Task::Image => image::run(),
+        Task::CheckManifests => manifests::run(),
+        Task::CheckMonitoring => monitoring::run(),
+        Task::CheckCapabilities => capabilities::run(),
     }
 }

@@ -41,6 +41,17 @@ fn suites() -> Vec<Suite> {
             ]),
         ),
         suite("unit tests", false, util::cargo(["test", "--workspace"])),
+        // Builds the static agent and its image, then reads the archive back and checks it
+        // (config, labels, the one layer, the binary static). No root once umoci and skopeo
+        // are installed (umoci runs rootless).
+        suite("image", false, util::cargo(["xtask", "image"])),
+        // deploy/ rendered and validated (schemas, policy, dashboard, alert unit tests):
+        // no root, but kubectl, promtool and python3 (installed by the bootstrap as root).
+        suite(
+            "manifests",
+            false,
+            util::cargo(["xtask", "check-manifests"]),
+        ),
         // One at a time: each test builds its own node, but they share the CPU (2 cores)
         // and timeouts are part of what they measure.
         suite(
@@ -73,6 +84,18 @@ fn suites() -> Vec<Suite> {
             "demo smoke test",
             true,
             util::cargo(["xtask", "demo", "--no-wait"]),
+        ),
+        // The DaemonSet's capabilities are enough for the agent, and each is needed.
+        suite(
+            "DaemonSet capabilities",
+            true,
+            util::cargo(["xtask", "check-capabilities"]),
+        ),
+        // The dashboard's queries and the alerts against a Prometheus scraping the demo.
+        suite(
+            "monitoring end to end",
+            true,
+            util::cargo(["xtask", "check-monitoring"]),
         ),
     ]
 }

@@ -1,6 +1,7 @@
 //! Sets up a fresh machine: nightly Rust with rust-src (the eBPF program is built with
 //! `-Z build-std`), bpf-linker built against nightly's own LLVM, and the Debian packages
-//! the demo, tests and benchmarks drive (ip, nft, dnsmasq, iperf3, dig, curl).
+//! the demo, tests and benchmarks drive (ip, nft, dnsmasq, iperf3, dig, curl; prometheus,
+//! python3-venv and, without a kubectl, kubernetes-client for the deploy/ checks).
 //! Each step checks first and does nothing when already done.
 
 use std::{
@@ -25,6 +26,22 @@ pub const PACKAGES: &[&str] = &[
     "dnsutils",     // dig, in the lab tests
     "curl",         // HTTP clients in the demo, API examples
     "iperf3",       // throughput benchmark
+    // `cargo xtask check-manifests` / `check-monitoring`: promtool checks and unit-tests the
+    // alerts, prometheus scrapes the demo's agent. (On a machine with systemd the package
+    // also starts a prometheus service on :9090; the checks use their own, on a free port.)
+    "prometheus",
+    "python3-venv", // the venv for kubernetes-validate and jsonschema (check-manifests)
+];
+
+/// Installed only when no `kubectl` is on PATH (any kubectl does: the checks use its
+/// `kustomize`, which deploy/ keeps compatible with Debian's old kustomize v2).
+const KUBECTL_PACKAGE: &str = "kubernetes-client";
+
+/// Debian packages only `cargo xtask image` uses (only that task installs them). Each
+/// package's name is also its tool's.
+pub const IMAGE_PACKAGES: &[&str] = &[
+    "umoci",  // builds the image as an OCI layout, no daemon, rootless when not root
+    "skopeo", // OCI layout → docker-archive, what `kind load image-archive` takes
 ];
 
 /// Runs every step; see the module docs.
@@ -227,9 +244,18 @@ fn package_installed(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The packages of [`PACKAGES`] not installed.
+/// The packages of [`PACKAGES`] not installed, and [`KUBECTL_PACKAGE`] when there is no
+/// kubectl.
 pub fn missing_packages() -> Vec<&'static str> {
-    PACKAGES
+    let mut missing = missing_of(PACKAGES);
+    if exec::find_tool("kubectl").is_none() {
+        missing.extend(missing_of(&[KUBECTL_PACKAGE]));
+    }
+    missing
+}
+
+fn missing_of(packages: &[&'static str]) -> Vec<&'static str> {
+    packages
         .iter()
         .copied()
         .filter(|p| !package_installed(p))
@@ -239,10 +265,21 @@ pub fn missing_packages() -> Vec<&'static str> {
 fn ensure_packages() -> Result<()> {
     if exec::find_tool("dpkg").is_none() {
         // Not Debian: say which tools are missing; installing them is up to the user.
-        let missing: Vec<_> = ["ip", "nft", "dnsmasq", "dig", "curl", "iperf3"]
-            .into_iter()
-            .filter(|t| exec::find_tool(t).is_none())
-            .collect();
+        let missing: Vec<_> = [
+            "ip",
+            "nft",
+            "dnsmasq",
+            "dig",
+            "curl",
+            "iperf3",
+            "promtool",
+            "prometheus",
+            "python3",
+            "kubectl",
+        ]
+        .into_iter()
+        .filter(|t| exec::find_tool(t).is_none())
+        .collect();
         if !missing.is_empty() {
             eprintln!(
                 "xtask: warning: not a Debian system and these tools are missing (the demo, \
@@ -266,6 +303,56 @@ fn ensure_packages() -> Result<()> {
         );
         return Ok(());
     }
+    apt_install(&missing)?;
+    let still = missing_packages();
+    ensure!(
+        still.is_empty(),
+        "apt-get did not install: {}",
+        still.join(" ")
+    );
+    Ok(())
+}
+
+/// Installs [`IMAGE_PACKAGES`] when missing (as root), or fails saying how: `cargo xtask
+/// image` cannot work without them.
+pub fn ensure_image_packages() -> Result<()> {
+    if exec::find_tool("dpkg").is_none() {
+        let missing: Vec<_> = IMAGE_PACKAGES
+            .iter()
+            .copied()
+            .filter(|t| exec::find_tool(t).is_none())
+            .collect();
+        ensure!(
+            missing.is_empty(),
+            "`cargo xtask image` needs {}: install them with your package manager",
+            missing.join(" and ")
+        );
+        return Ok(());
+    }
+    let missing = missing_of(IMAGE_PACKAGES);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    ensure!(
+        util::is_root(),
+        "`cargo xtask image` needs the Debian packages {list}: install them with\n  \
+         sudo apt-get install -y --no-install-recommends {list}\n  \
+         (or run the task as root, which installs them: `{} image`)",
+        util::SUDO_HINT,
+        list = missing.join(" ")
+    );
+    apt_install(&missing)?;
+    let still = missing_of(IMAGE_PACKAGES);
+    ensure!(
+        still.is_empty(),
+        "apt-get did not install: {}",
+        still.join(" ")
+    );
+    Ok(())
+}
+
+/// `apt-get update`, then `apt-get install` of `missing` (root).
+fn apt_install(missing: &[&str]) -> Result<()> {
     println!("xtask: installing Debian packages: {}", missing.join(" "));
     let apt = |args: &[&str]| {
         let mut cmd = Command::new("apt-get");
@@ -276,15 +363,8 @@ fn ensure_packages() -> Result<()> {
     };
     apt(&["update"])?;
     let mut args = vec!["install", "-y", "--no-install-recommends"];
-    args.extend(&missing);
-    apt(&args)?;
-    let still = missing_packages();
-    ensure!(
-        still.is_empty(),
-        "apt-get did not install: {}",
-        still.join(" ")
-    );
-    Ok(())
+    args.extend(missing);
+    apt(&args)
 }
 
 #[cfg(test)]
