@@ -4,18 +4,25 @@
 
 mod query;
 
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
+    BoxError, Json, Router,
     body::{Body, Bytes},
-    extract::{FromRequestParts, Query, State},
-    http::{Method, StatusCode, Uri, header::CONTENT_TYPE, request::Parts},
+    error_handling::HandleErrorLayer,
+    extract::{FromRequestParts, Query, Request, State},
+    http::{
+        Method, StatusCode, Uri,
+        header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING},
+        request::Parts,
+    },
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
+use tower::ServiceBuilder;
 
 pub use self::query::{DEFAULT_LIMIT, Filter, MAX_LIMIT, QueryError};
 use crate::{
@@ -25,6 +32,29 @@ use crate::{
 
 /// Concurrent `follow=true` streams; each holds a connection and a broadcast receiver.
 pub const MAX_FOLLOWERS: usize = 256;
+
+/// What one client may ask of the API, so that no request (or flood of requests) can
+/// take the memory or the CPU the probe needs during the incident it should explain.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Path and query, in bytes: filters fit in far less; longer is a 414.
+    pub max_uri_bytes: usize,
+    /// Requests being answered at once; beyond, a 503 at once (no queue). A follow
+    /// stream counts only until its response starts.
+    pub max_concurrent: usize,
+    /// Time to start answering; beyond, a 503.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_uri_bytes: 8 * 1024,
+            max_concurrent: 64,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -51,6 +81,7 @@ pub struct AppState {
     /// Turns true when the server shuts down, so follow streams end instead of holding up
     /// graceful shutdown forever.
     closing: watch::Sender<bool>,
+    limits: Limits,
 }
 
 impl AppState {
@@ -60,12 +91,20 @@ impl AppState {
             metrics,
             followers: Arc::new(Semaphore::new(MAX_FOLLOWERS)),
             closing: watch::Sender::new(false),
+            limits: Limits::default(),
         }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 }
 
+/// The API is read-only: every route is a GET, and nothing reads a body.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let limits = state.limits;
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/verdicts", get(verdicts))
@@ -74,7 +113,68 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state);
+    routes
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(overloaded))
+                .load_shed()
+                // Global: one budget for all routes and connections.
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    limits.max_concurrent,
+                ))
+                .timeout(limits.timeout),
+        )
+        .layer(middleware::from_fn_with_state(limits, reject_oversized))
+}
+
+/// Answers what no route should see: an oversized URI (414) or a request body (413).
+async fn reject_oversized(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+    let uri_bytes = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if uri_bytes > limits.max_uri_bytes {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "request URI of {uri_bytes} bytes; at most {} are accepted",
+                limits.max_uri_bytes
+            ),
+        )
+        .into_response();
+    }
+    let headers = request.headers();
+    let has_body = headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    if has_body {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the API is read-only: requests carry no body",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// The concurrency and time limits' errors, as JSON answers.
+async fn overloaded(error: BoxError) -> ApiError {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request took too long to answer; narrow it with filters or a smaller limit",
+        )
+    } else if error.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests at once; try again",
+        )
+    } else {
+        tracing::error!(%error, "API request failed");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "request failed")
+    }
 }
 
 /// Serves until `shutdown` resolves, then ends follow streams and waits for in-flight
@@ -989,5 +1089,116 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(state.followers.available_permits(), MAX_FOLLOWERS);
+    }
+
+    /// A source whose verdict scans take `delay`, like a table of a million flows.
+    struct SlowSource {
+        inner: Arc<TestSource>,
+        delay: Duration,
+    }
+
+    impl FlowSource for SlowSource {
+        fn verdicts(&self, keep: &dyn Fn(&Verdict) -> bool, limit: usize) -> Vec<Verdict> {
+            std::thread::sleep(self.delay);
+            self.inner.verdicts(keep, limit)
+        }
+        fn events(&self, keep: &dyn Fn(&FlowEvent) -> bool, limit: usize) -> Vec<FlowEvent> {
+            self.inner.events(keep, limit)
+        }
+        fn subscribe(&self) -> broadcast::Receiver<FlowEvent> {
+            self.inner.subscribe()
+        }
+        fn interfaces(&self) -> Vec<InterfaceStatus> {
+            self.inner.interfaces()
+        }
+        fn readiness(&self) -> Result<(), String> {
+            self.inner.readiness()
+        }
+    }
+
+    fn limited_app(limits: Limits, delay: Duration) -> Router {
+        let source = Arc::new(SlowSource {
+            inner: source(),
+            delay,
+        });
+        app(AppState::new(source, Arc::new(Metrics::default())).with_limits(limits))
+    }
+
+    #[tokio::test]
+    async fn oversized_uris_and_request_bodies_are_refused_with_json() {
+        let app = app(state(&source()));
+        let long = format!("/v1/verdicts?pod={}", "a".repeat(20_000));
+        let answer = get(&app, &long).await;
+        assert_eq!(answer.status, StatusCode::URI_TOO_LONG);
+        assert!(
+            answer.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("at most 8192"),
+            "{}",
+            answer.body
+        );
+        // Just under the limit is answered (and a pod glob that long matches nothing).
+        let fits = format!("/v1/verdicts?pod={}", "a".repeat(8000));
+        assert_eq!(get(&app, &fits).await.status, StatusCode::OK);
+
+        let with_body = Request::builder()
+            .uri("/v1/verdicts")
+            .header(CONTENT_LENGTH, "5")
+            .body(Body::from("hello"))
+            .unwrap();
+        let response = app.clone().oneshot(with_body).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        assert!(json["error"].as_str().unwrap().contains("read-only"));
+        // Writes are not routes.
+        let answer = request(&app, Method::POST, "/v1/verdicts").await;
+        assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_answer_times_out_with_a_503() {
+        let limits = Limits {
+            timeout: Duration::from_millis(100),
+            ..Limits::default()
+        };
+        let app = limited_app(limits, Duration::from_millis(600));
+        let started = Instant::now();
+        let (status, json) = get_json(&app, "/v1/verdicts").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(json["error"].as_str().unwrap().contains("too long"));
+        assert!(started.elapsed() < Duration::from_millis(500));
+        // Routes that do not scan are unaffected.
+        assert_eq!(get(&app, "/healthz").await.status, StatusCode::OK);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_beyond_the_concurrency_limit_are_shed_with_a_503() {
+        let limits = Limits {
+            max_concurrent: 2,
+            ..Limits::default()
+        };
+        let app = limited_app(limits, Duration::from_millis(400));
+        let slow: Vec<_> = (0..2)
+            .map(|_| {
+                let app = app.clone();
+                tokio::spawn(async move { get(&app, "/v1/verdicts").await.status })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, json) = get_json(&app, "/healthz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            json["error"]
+                .as_str()
+                .unwrap()
+                .contains("too many requests")
+        );
+        for answer in slow {
+            assert_eq!(answer.await.unwrap(), StatusCode::OK);
+        }
+        // The budget is back once they are answered.
+        assert_eq!(get(&app, "/healthz").await.status, StatusCode::OK);
     }
 }
