@@ -78,13 +78,23 @@ pub struct Attacher {
     patterns: GlobSet,
     mode: AttachModeArg,
     attached: HashMap<u32, Attachment>,
+    /// Interfaces forgotten since the last [`Attacher::take_forgotten`].
+    forgotten: Vec<u32>,
 }
 
-/// A change netlink reported, or a full listing.
+/// A change netlink reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkChange {
-    Added { index: u32, name: String },
-    Removed { index: u32 },
+    Added {
+        index: u32,
+        name: String,
+    },
+    Removed {
+        index: u32,
+    },
+    /// The watch socket overflowed (ENOBUFS): the kernel dropped link messages, so
+    /// only a full listing can tell what changed. The socket itself stays usable.
+    Resync,
 }
 
 /// Compiles the interface globs (`veth*,lxc*`).
@@ -109,6 +119,7 @@ impl Attacher {
             patterns,
             mode,
             attached: HashMap::new(),
+            forgotten: Vec::new(),
         }
     }
 
@@ -135,6 +146,8 @@ impl Attacher {
             // The index was reused by a new interface: the old links died with the old one.
             self.forget(index);
         }
+        // Not attached by us, so any filter of ours on it is a killed agent's leftover.
+        remove_stale_filters(name);
         let (mode, ingress, egress) = match self.mode {
             AttachModeArg::Tcx => self.attach_tcx(name)?,
             AttachModeArg::Clsact => self.attach_clsact(name)?,
@@ -240,6 +253,7 @@ impl Attacher {
     /// Forgets an interface that went away; its hooks went with it.
     pub fn forget(&mut self, index: u32) -> Option<String> {
         let attachment = self.attached.remove(&index)?;
+        self.forgotten.push(index);
         let name = attachment.status.name;
         self.detach_link(INGRESS_PROGRAM, attachment.ingress, &name);
         self.detach_link(EGRESS_PROGRAM, attachment.egress, &name);
@@ -249,6 +263,12 @@ impl Attacher {
             Err(err) => warn!(interface = name, "forgetting its pod addresses: {err}"),
         }
         Some(name)
+    }
+
+    /// The interfaces forgotten since the last call, so per-interface state kept
+    /// elsewhere (the tracker's names) does not grow with every pod ever seen.
+    pub fn take_forgotten(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// Detaches from every interface (clsact filters outlive the process otherwise).
@@ -299,7 +319,7 @@ impl Attacher {
                 }
                 None
             }
-            LinkChange::Added { .. } => None,
+            LinkChange::Added { .. } | LinkChange::Resync => None,
         }
     }
 
@@ -324,6 +344,34 @@ impl Attacher {
                 })
             })
             .collect()
+    }
+}
+
+/// Removes the clsact filters running our programs from `name`. Only a killed agent
+/// leaves them (TCX links die with their process; clsact filters do not, and a restarted
+/// agent would otherwise run next to its dead predecessor's programs, whose maps nobody
+/// reads). They are ours by their BPF name, `netprobe_ingress` / `netprobe_egress`: aya
+/// names every filter after its program, and the kernel reports that name in filter
+/// dumps (`tc filter show` prints it too). Priority and handle are left to the kernel,
+/// so they identify nothing. Runs before every attach, in both modes: a TCX agent must
+/// also clear what a clsact one left.
+fn remove_stale_filters(name: &str) {
+    for (hook, program) in [
+        (TcAttachType::Ingress, INGRESS_PROGRAM),
+        (TcAttachType::Egress, EGRESS_PROGRAM),
+    ] {
+        match tc::qdisc_detach_program(name, hook, program) {
+            Ok(()) => info!(
+                interface = name,
+                program, "removed a clsact filter left behind by an earlier agent"
+            ),
+            Err(TcError::IoError(err)) if err.kind() == io::ErrorKind::NotFound => {}
+            // Usually no clsact qdisc on the interface: then nothing can be left on it.
+            Err(err) => debug!(
+                interface = name,
+                program, "looking for stale filters: {err}"
+            ),
+        }
     }
 }
 
@@ -355,13 +403,26 @@ pub async fn list_links() -> Result<Vec<(u32, String)>, AttachError> {
 /// rtnetlink multicast group of link changes (RTNLGRP_LINK, as a bind mask).
 const RTMGRP_LINK: u32 = 1;
 
-/// Streams link additions and removals into `changes` until the receiver goes away.
-pub async fn watch_links(changes: mpsc::Sender<LinkChange>) -> Result<(), AttachError> {
+/// Streams link additions and removals into `changes` until the receiver goes away or
+/// the socket fails. A burst of link changes faster than the agent reads them overflows
+/// the socket's receive buffer: the kernel drops messages and the next read fails with
+/// ENOBUFS, which netlink-proto hands over as an `Overrun` message (and then reads on,
+/// the socket stays valid). That becomes [`LinkChange::Resync`], so the caller relists
+/// at once instead of missing interfaces until its periodic resync.
+///
+/// `rcvbuf`: the socket's receive buffer in bytes (the kernel doubles it), above
+/// `net.core.rmem_max` too (SO_RCVBUFFORCE, with CAP_NET_ADMIN); `None` keeps the
+/// kernel's default.
+pub async fn watch_links(
+    changes: mpsc::Sender<LinkChange>,
+    rcvbuf: Option<usize>,
+) -> Result<(), AttachError> {
     let (mut connection, _handle, mut messages) = rtnetlink::new_connection()?;
-    connection
-        .socket_mut()
-        .socket_mut()
-        .bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+    let socket = connection.socket_mut().socket_mut();
+    if let Some(bytes) = rcvbuf {
+        set_receive_buffer(socket, bytes)?;
+    }
+    socket.bind(&SocketAddr::new(0, RTMGRP_LINK))?;
     let task = tokio::spawn(connection);
     while let Some((message, _)) = messages.next().await {
         let change = match message.payload {
@@ -375,16 +436,30 @@ pub async fn watch_links(changes: mpsc::Sender<LinkChange>) -> Result<(), Attach
                     index: link.header.index,
                 })
             }
+            NetlinkPayload::Overrun(_) => Some(LinkChange::Resync),
             _ => None,
         };
         if let Some(change) = change
             && changes.send(change).await.is_err()
         {
-            break;
+            // The agent is stopping.
+            task.abort();
+            return Ok(());
         }
     }
     task.abort();
-    Ok(())
+    // netlink-proto ends the stream on a read error other than ENOBUFS.
+    Err(AttachError::Netlink(io::Error::other(
+        "the link watch socket stopped delivering messages",
+    )))
+}
+
+fn set_receive_buffer(socket: &netlink_sys::Socket, bytes: usize) -> Result<(), AttachError> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    // Forcing needs CAP_NET_ADMIN, which the agent has; without it, up to rmem_max.
+    setsockopt(socket, sockopt::RcvBufForce, &bytes)
+        .or_else(|_| setsockopt(socket, sockopt::RcvBuf, &bytes))
+        .map_err(|errno| AttachError::Netlink(errno.into()))
 }
 
 #[cfg(test)]

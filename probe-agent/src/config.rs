@@ -69,6 +69,12 @@ pub struct RunArgs {
     /// then the verifier removes the logging code.
     #[arg(long, env = "NETPROBE_KERNEL_LOG")]
     pub kernel_log: bool,
+    /// Receive buffer (bytes; the kernel doubles it) of the netlink socket that watches
+    /// interfaces come and go. Default: the kernel's (net.core.rmem_default). A burst of
+    /// pod churn that overflows it costs an immediate full relisting, never a missed veth;
+    /// a larger buffer makes that rarer (tests use a tiny one to force it).
+    #[arg(long, env = "NETPROBE_NETLINK_RCVBUF")]
+    pub netlink_rcvbuf: Option<usize>,
     /// Work in this network namespace (e.g. /var/run/netns/NAME, a simulated node),
     /// keeping the HTTP listener in the namespace the agent started in.
     #[arg(long, env = "NETPROBE_NETNS")]

@@ -31,6 +31,11 @@ pub struct Frame {
     pub fragment: Option<(u16, bool)>,
     /// IPv6 hop-by-hop options header before the transport header.
     pub ipv6_hop_by_hop: bool,
+    /// More IPv6 extension headers (after the hop-by-hop one), in order: each its type
+    /// (hop-by-hop, routing, destination options, fragment or AH) and its length field
+    /// (8-octet units beyond the first 8; AH: 4-octet units minus 2; fragment: ignored,
+    /// always 8 bytes with offset 0). Their bytes are zeros (Pad1 options).
+    pub ipv6_extensions: Vec<(IpNextHeaderProtocol, u8)>,
 }
 
 impl Frame {
@@ -125,7 +130,17 @@ impl Frame {
         protocol: IpNextHeaderProtocol,
         payload: &[u8],
     ) -> Vec<u8> {
-        let ext = if self.ipv6_hop_by_hop { 8 } else { 0 };
+        let mut extensions = Vec::new();
+        if self.ipv6_hop_by_hop {
+            extensions.push((IpNextHeaderProtocols::Hopopt, 0));
+        }
+        extensions.extend_from_slice(&self.ipv6_extensions);
+        let ext_len = |(kind, len): (IpNextHeaderProtocol, u8)| match kind {
+            IpNextHeaderProtocols::Ipv6Frag => 8,
+            IpNextHeaderProtocols::Ah => (usize::from(len) + 2) * 4,
+            _ => (usize::from(len) + 1) * 8,
+        };
+        let ext: usize = extensions.iter().copied().map(ext_len).sum();
         let mut buf = vec![0u8; 40 + ext + payload.len()];
         let mut ip = MutableIpv6Packet::new(&mut buf).expect("sized");
         ip.set_version(6);
@@ -133,17 +148,22 @@ impl Frame {
         ip.set_hop_limit(64);
         ip.set_source(src);
         ip.set_destination(dst);
-        if self.ipv6_hop_by_hop {
-            ip.set_next_header(IpNextHeaderProtocols::Hopopt);
-            // Next header, length 0 (8 bytes), then a PadN option filling the rest.
-            buf[40] = protocol.0;
-            buf[41] = 0;
-            buf[42] = 1;
-            buf[43] = 4;
-        } else {
-            ip.set_next_header(protocol);
+        ip.set_next_header(extensions.first().map_or(protocol, |&(kind, _)| kind));
+        let mut at = 40;
+        for (i, &(kind, len)) in extensions.iter().enumerate() {
+            // Next header, then the length field (reserved in a fragment header).
+            buf[at] = extensions.get(i + 1).map_or(protocol, |&(next, _)| next).0;
+            if kind != IpNextHeaderProtocols::Ipv6Frag {
+                buf[at + 1] = len;
+            }
+            if kind == IpNextHeaderProtocols::Hopopt && len == 0 {
+                // A PadN option filling the rest.
+                buf[at + 2] = 1;
+                buf[at + 3] = 4;
+            }
+            at += ext_len((kind, len));
         }
-        buf[40 + ext..].copy_from_slice(payload);
+        buf[at..].copy_from_slice(payload);
         buf
     }
 

@@ -15,6 +15,7 @@ pub mod loader;
 pub mod metrics;
 pub mod model;
 pub mod observe;
+pub mod privileges;
 pub mod run;
 pub mod serve;
 pub mod track;

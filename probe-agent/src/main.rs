@@ -3,7 +3,7 @@
 use clap::Parser as _;
 use probe_agent::{
     config::{Cli, Command},
-    observe, run,
+    observe, privileges, run,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -26,12 +26,29 @@ fn main() -> anyhow::Result<()> {
             if let Some(netns) = &args.netns {
                 run::enter_netns(netns)?;
             }
+            tracing::info!(
+                capabilities = privileges::effective()?.join(","),
+                "probe-agent starting"
+            );
+            // Loaded before the runtime's threads exist, so that what only loading needs
+            // can be dropped for the whole process (capabilities are per thread).
+            let ebpf = run::load(&args)?;
+            tracing::info!(
+                capabilities = privileges::drop_unneeded()?.join(","),
+                "programs loaded; capabilities kept for attaching new veths"
+            );
+            // glibc gives each thread that allocates its own heap arena (up to 8 per core),
+            // and freed memory in one arena cannot serve another: under a flood with the
+            // API busy, RSS grew past the budget from fragmentation alone. Two arenas
+            // are plenty for an agent with a handful of busy threads.
+            // SAFETY: called before any other thread exists.
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
             // Built after entering the namespace: runtime threads inherit it.
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            runtime.block_on(run::run(args, listener))
+            runtime.block_on(run::run(args, listener, ebpf))
         }
     }
 }

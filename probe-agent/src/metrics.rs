@@ -383,6 +383,9 @@ pub struct Metrics {
     decode_errors: Family<DecodeErrorLabels, Counter>,
     flows_tracked: Gauge,
     attached_interfaces: Gauge,
+    netlink_overruns: Counter,
+    events_emitted: Counter,
+    events_processed: Counter,
     ready: Gauge,
     kube_objects: Family<KubeLabels, Gauge>,
     kube_watch_errors: Family<KubeLabels, Counter>,
@@ -410,6 +413,9 @@ impl Metrics {
             decode_errors: Family::default(),
             flows_tracked: Gauge::default(),
             attached_interfaces: Gauge::default(),
+            netlink_overruns: Counter::default(),
+            events_emitted: Counter::default(),
+            events_processed: Counter::default(),
             ready: Gauge::default(),
             kube_objects: Family::default(),
             kube_watch_errors: Family::default(),
@@ -488,6 +494,22 @@ impl Metrics {
             self.attached_interfaces.clone(),
         );
         r.register(
+            "netlink_overruns",
+            "Overflows of the interface watch (netlink ENOBUFS), each answered by a full relisting",
+            self.netlink_overruns.clone(),
+        );
+        r.register(
+            "kernel_events",
+            "Events the kernel program emitted (handed over or lost to a full ring buffer); \
+             equals processed + lost + decode errors once the agent has caught up",
+            self.events_emitted.clone(),
+        );
+        r.register(
+            "events_processed",
+            "Kernel events decoded and tracked by the agent",
+            self.events_processed.clone(),
+        );
+        r.register(
             "ready",
             "1 once the eBPF programs are loaded and attached",
             self.ready.clone(),
@@ -503,6 +525,11 @@ impl Metrics {
             self.kube_watch_errors.clone(),
         );
         self
+    }
+
+    /// Counts an overflow of the interface watch.
+    pub fn netlink_overrun(&self) {
+        self.netlink_overruns.inc();
     }
 
     /// Counts a flow reaching a final verdict.
@@ -578,6 +605,14 @@ impl Metrics {
 
     pub fn set_attached_interfaces(&self, n: u64) {
         self.attached_interfaces.set(saturating_i64(n));
+    }
+
+    pub fn events_emitted(&self, n: u64) {
+        self.events_emitted.inc_by(n);
+    }
+
+    pub fn events_processed(&self, n: u64) {
+        self.events_processed.inc_by(n);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -725,6 +760,15 @@ netprobe_flows_tracked 0
 # HELP netprobe_attached_interfaces Interfaces the probe is attached to.
 # TYPE netprobe_attached_interfaces gauge
 netprobe_attached_interfaces 0
+# HELP netprobe_netlink_overruns Overflows of the interface watch (netlink ENOBUFS), each answered by a full relisting.
+# TYPE netprobe_netlink_overruns counter
+netprobe_netlink_overruns_total 0
+# HELP netprobe_kernel_events Events the kernel program emitted (handed over or lost to a full ring buffer); equals processed + lost + decode errors once the agent has caught up.
+# TYPE netprobe_kernel_events counter
+netprobe_kernel_events_total 0
+# HELP netprobe_events_processed Kernel events decoded and tracked by the agent.
+# TYPE netprobe_events_processed counter
+netprobe_events_processed_total 0
 # HELP netprobe_ready 1 once the eBPF programs are loaded and attached.
 # TYPE netprobe_ready gauge
 netprobe_ready 0

@@ -20,12 +20,13 @@ use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
     sync::{broadcast, mpsc, watch},
+    task::JoinHandle,
     time::{MissedTickBehavior, interval},
 };
 use tracing::{error, info, warn};
 
 use crate::{
-    attach::{self, Attacher},
+    attach::{self, Attacher, LinkChange},
     config::RunArgs,
     decode::{self, DecodeError},
     enrich::{self, KubeOptions, Names},
@@ -37,14 +38,25 @@ use crate::{
 };
 
 /// Batches of raw records waiting for the tracker. Bounded: when the tracker falls
-/// behind, the reader drops and counts instead of stalling the ring buffer.
-const QUEUE_BATCHES: usize = 1024;
+/// behind, the reader drops and counts instead of stalling the ring buffer. 64 × 256
+/// records of ~0.5 KiB: at most 8.5 MiB, ~13 ms of tracking.
+const QUEUE_BATCHES: usize = 64;
 /// Records per batch, at most.
 const BATCH_RECORDS: usize = 256;
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 const RESYNC_EVERY: Duration = Duration::from_secs(5);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+/// Loads the programs and creates the maps `args` ask for (the step that needs
+/// CAP_PERFMON; [`run`] attaches them).
+pub fn load(args: &RunArgs) -> anyhow::Result<aya::Ebpf> {
+    Ok(loader::load(loader::LoadOptions {
+        flow_counts_entries: u32::try_from(args.flow_capacity.get()).unwrap_or(u32::MAX),
+        kernel_log: args.kernel_log,
+        ..loader::LoadOptions::default()
+    })?)
+}
 
 /// Enters the network namespace at `path` for the calling thread (and the threads it
 /// creates afterwards).
@@ -100,7 +112,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Runs the agent. `listener` was bound before entering any `--netns`.
-pub async fn run(args: RunArgs, listener: std::net::TcpListener) -> anyhow::Result<()> {
+/// The loaded (not yet attached) programs and maps, as [`load`] returns them.
+pub async fn run(
+    args: RunArgs,
+    listener: std::net::TcpListener,
+    ebpf: aya::Ebpf,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(DEFAULT_MAX_SERIES));
     let names = Names::none();
     let tracker = Tracker::new(
@@ -161,7 +178,16 @@ pub async fn run(args: RunArgs, listener: std::net::TcpListener) -> anyhow::Resu
         }
     };
 
-    let result = run_probe(&args, &tracker, &interfaces, &ready, &metrics, shutdown_rx).await;
+    let result = run_probe(
+        &args,
+        ebpf,
+        &tracker,
+        &interfaces,
+        &ready,
+        &metrics,
+        shutdown_rx,
+    )
+    .await;
     if let Err(err) = &result {
         error!("{err:#}");
     }
@@ -187,17 +213,13 @@ async fn wait_for(mut shutdown: watch::Receiver<bool>) {
 
 async fn run_probe(
     args: &RunArgs,
+    mut ebpf: aya::Ebpf,
     tracker: &Arc<Mutex<Tracker>>,
     interfaces: &Arc<RwLock<Vec<InterfaceStatus>>>,
     ready: &Arc<RwLock<Result<(), String>>>,
     metrics: &Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut ebpf = loader::load(loader::LoadOptions {
-        flow_counts_entries: u32::try_from(args.flow_capacity.get()).unwrap_or(u32::MAX),
-        kernel_log: args.kernel_log,
-        ..loader::LoadOptions::default()
-    })?;
     let kernel_log = if args.kernel_log {
         let logger = aya_log::EbpfLogger::init(&mut ebpf).context("starting the kernel log")?;
         Some(tokio::spawn(forward_kernel_log(logger)))
@@ -208,11 +230,11 @@ async fn run_probe(
     let globs = attach::interface_globs(&args.interfaces)?;
     let mut attacher = Attacher::new(ebpf, globs, args.attach_mode);
 
-    let (changes_tx, mut changes) = mpsc::channel(1024);
     // Subscribe before listing, so an interface created in between is not missed.
-    let watcher = tokio::spawn(attach::watch_links(changes_tx));
+    let (mut changes, mut watcher) = watch_links(args.netlink_rcvbuf);
     let links = attach::list_links().await?;
-    name_attached(tracker, attacher.resync(&links));
+    let attached = attacher.resync(&links);
+    note_changes(tracker, &mut attacher, attached);
     let attached = publish(&attacher, interfaces, metrics);
     *ready.write().expect("not poisoned") = Ok(());
     metrics.set_ready(true);
@@ -230,11 +252,17 @@ async fn run_probe(
         shutdown.clone(),
     ));
     let (per_interface_tx, mut per_interface) = mpsc::unbounded_channel();
-    let tracking = tokio::spawn(track_loop(
-        batches,
-        Arc::clone(tracker),
+    let (snapshots_tx, snapshots) = mpsc::channel(1);
+    let kernel_reader = tokio::spawn(read_kernel_counts(
         maps.flow_counts,
         maps.losses,
+        snapshots_tx,
+        shutdown.clone(),
+    ));
+    let tracking = tokio::spawn(track_loop(
+        batches,
+        snapshots,
+        Arc::clone(tracker),
         Arc::clone(metrics),
         per_interface_tx,
         shutdown.clone(),
@@ -250,12 +278,28 @@ async fn run_probe(
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
             _ = shutdown.changed() => break,
-            Some(change) = changes.recv() => name_attached(tracker, attacher.apply(&change)),
-            Some((index, n)) = per_interface.recv() => attacher.count_event(index, n),
-            _ = resync.tick() => match attach::list_links().await {
-                Ok(links) => name_attached(tracker, attacher.resync(&links)),
-                Err(err) => warn!("listing interfaces: {err}"),
+            Some(change) = changes.recv() => match change {
+                LinkChange::Resync => {
+                    // Link messages were lost: what they said is only in a new listing.
+                    warn!("the interface watch overflowed (netlink ENOBUFS): relisting now");
+                    metrics.netlink_overrun();
+                    relist(&mut attacher, tracker).await;
+                }
+                change => {
+                    let attached = attacher.apply(&change);
+                    note_changes(tracker, &mut attacher, attached);
+                }
             },
+            Some((index, n)) = per_interface.recv() => attacher.count_event(index, n),
+            _ = resync.tick() => {
+                if watcher.is_finished() {
+                    // The watch failed (logged by its task): open a new one, then relist
+                    // to cover what happened without one.
+                    warn!("reopening the interface watch");
+                    (changes, watcher) = watch_links(args.netlink_rcvbuf);
+                }
+                relist(&mut attacher, tracker).await;
+            }
         }
         publish(&attacher, interfaces, metrics);
     }
@@ -268,17 +312,50 @@ async fn run_probe(
     }
     reader.abort();
     tracking.abort();
+    kernel_reader.abort();
     info!("detached from every interface");
     Ok(())
 }
 
-/// Tells the tracker the names of newly attached interfaces.
-fn name_attached(
+/// Starts watching interfaces come and go. The receiver closes when the watch fails.
+fn watch_links(rcvbuf: Option<usize>) -> (mpsc::Receiver<LinkChange>, JoinHandle<()>) {
+    let (changes_tx, changes) = mpsc::channel(1024);
+    let watcher = tokio::spawn(async move {
+        if let Err(err) = attach::watch_links(changes_tx, rcvbuf).await {
+            warn!("watching interfaces: {err}");
+        }
+    });
+    (changes, watcher)
+}
+
+/// Lists every interface and brings the attached set in line with the listing.
+async fn relist(attacher: &mut Attacher, tracker: &Mutex<Tracker>) {
+    match attach::list_links().await {
+        Ok(links) => {
+            let attached = attacher.resync(&links);
+            note_changes(tracker, attacher, attached);
+        }
+        Err(err) => warn!("listing interfaces: {err}"),
+    }
+}
+
+/// Tells the tracker the names of newly attached interfaces, and which went away.
+fn note_changes(
     tracker: &Mutex<Tracker>,
+    attacher: &mut Attacher,
     attached: impl IntoIterator<Item = (u32, String, AttachMode)>,
 ) {
+    let forgotten = attacher.take_forgotten();
+    let mut attached = attached.into_iter().peekable();
+    if attached.peek().is_none() && forgotten.is_empty() {
+        return;
+    }
+    let mut tracker = lock(tracker);
+    for index in forgotten {
+        tracker.forget_interface_name(index);
+    }
     for (index, name, _) in attached {
-        lock(tracker).set_interface_name(index, &name);
+        tracker.set_interface_name(index, &name);
     }
 }
 
@@ -358,12 +435,52 @@ fn send_batch(batches: &mpsc::Sender<Vec<u8>>, batch: Vec<u8>, records: usize, m
     }
 }
 
+/// What the kernel counted, read once per [`RECONCILE_EVERY`].
+struct KernelCounts {
+    flows: Vec<(FlowKey, FlowCounters)>,
+    ring_full: u64,
+    submitted: u64,
+}
+
+/// Reads the kernel's per-flow and event counters off the tracking task: a full table is
+/// 65,536 lookups, one syscall each, which must not stall decoding under a flood.
+async fn read_kernel_counts(
+    flow_counts: aya::maps::HashMap<MapData, FlowKey, FlowCounters>,
+    losses: PerCpuArray<MapData, u64>,
+    snapshots: mpsc::Sender<KernelCounts>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = interval(RECONCILE_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut maps = (flow_counts, losses);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let read = tokio::task::spawn_blocking(move || {
+            let (flow_counts, losses) = &maps;
+            let counts = KernelCounts {
+                flows: flow_counts.iter().filter_map(Result::ok).collect(),
+                ring_full: kernel_count(losses, LossCounter::RingFull),
+                submitted: kernel_count(losses, LossCounter::Submitted),
+            };
+            (maps, counts)
+        })
+        .await;
+        let Ok((back, counts)) = read else { return };
+        maps = back;
+        if snapshots.send(counts).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Decodes and tracks batches; sweeps timeouts; reconciles with the kernel's counters.
 async fn track_loop(
     mut batches: mpsc::Receiver<Vec<u8>>,
+    mut kernel: mpsc::Receiver<KernelCounts>,
     tracker: Arc<Mutex<Tracker>>,
-    flow_counts: aya::maps::HashMap<MapData, FlowKey, FlowCounters>,
-    losses: PerCpuArray<MapData, u64>,
     metrics: Arc<Metrics>,
     per_interface: mpsc::UnboundedSender<(u32, u64)>,
     mut shutdown: watch::Receiver<bool>,
@@ -371,17 +488,18 @@ async fn track_loop(
     let record = size_of::<PacketEvent>();
     let mut sweep = interval(SWEEP_EVERY);
     sweep.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut reconcile = interval(RECONCILE_EVERY);
-    reconcile.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut kernel_lost = 0u64;
+    let mut kernel_emitted = 0u64;
     loop {
         tokio::select! {
             Some(batch) = batches.recv() => {
                 let mut seen_on: Vec<(u32, u64)> = Vec::new();
+                let mut processed = 0;
                 let mut tracker = lock(&tracker);
                 for raw in batch.chunks(record) {
                     match decode::decode(raw) {
                         Ok(packet) => {
+                            processed += 1;
                             match seen_on.iter_mut().find(|(i, _)| *i == packet.ifindex) {
                                 Some((_, n)) => *n += 1,
                                 None => seen_on.push((packet.ifindex, 1)),
@@ -392,23 +510,25 @@ async fn track_loop(
                     }
                 }
                 drop(tracker);
+                metrics.events_processed(processed);
                 for counted in seen_on {
                     let _ = per_interface.send(counted);
                 }
             }
             _ = sweep.tick() => lock(&tracker).sweep(monotonic_now()),
-            _ = reconcile.tick() => {
-                // Read the kernel map outside the lock: it is one syscall per entry.
-                let kernel: Vec<(FlowKey, FlowCounters)> =
-                    flow_counts.iter().filter_map(Result::ok).collect();
+            Some(counts) = kernel.recv() => {
                 let mut tracker = lock(&tracker);
-                tracker.reconcile(kernel, monotonic_now());
+                tracker.reconcile(counts.flows, monotonic_now());
                 metrics.set_flows_tracked(tracker.flows_tracked() as u64);
                 drop(tracker);
-                let lost = ring_full_count(&losses);
-                if lost > kernel_lost {
-                    metrics.events_lost(LossSource::Kernel, lost - kernel_lost);
-                    kernel_lost = lost;
+                if counts.ring_full > kernel_lost {
+                    metrics.events_lost(LossSource::Kernel, counts.ring_full - kernel_lost);
+                    kernel_lost = counts.ring_full;
+                }
+                let emitted = counts.ring_full + counts.submitted;
+                if emitted > kernel_emitted {
+                    metrics.events_emitted(emitted - kernel_emitted);
+                    kernel_emitted = emitted;
                 }
             }
             _ = shutdown.changed() => return,
@@ -416,10 +536,10 @@ async fn track_loop(
     }
 }
 
-/// Events the kernel could not put in the ring buffer, summed over CPUs.
-fn ring_full_count(losses: &PerCpuArray<MapData, u64>) -> u64 {
+/// One of the kernel's event counters, summed over CPUs.
+fn kernel_count(losses: &PerCpuArray<MapData, u64>, counter: LossCounter) -> u64 {
     losses
-        .get(&(LossCounter::RingFull as u32), 0)
+        .get(&(counter as u32), 0)
         .map(|per_cpu| per_cpu.iter().sum())
         .unwrap_or(0)
 }

@@ -78,6 +78,8 @@ pub struct AppState {
     pub source: Arc<dyn FlowSource>,
     pub metrics: Arc<Metrics>,
     followers: Arc<Semaphore>,
+    /// Table scans run one at a time (see [`scan`]).
+    scans: Arc<Semaphore>,
     /// Turns true when the server shuts down, so follow streams end instead of holding up
     /// graceful shutdown forever.
     closing: watch::Sender<bool>,
@@ -90,6 +92,7 @@ impl AppState {
             source,
             metrics,
             followers: Arc::new(Semaphore::new(MAX_FOLLOWERS)),
+            scans: Arc::new(Semaphore::new(1)),
             closing: watch::Sender::new(false),
             limits: Limits::default(),
         }
@@ -263,11 +266,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     }
 }
 
-/// Runs a tracker query off the async workers: it scans a table that can hold a million
-/// flows.
+/// Runs a tracker query off the async workers: it scans a table of up to 65,536 flows
+/// under the tracker's lock. One scan at a time, so however hard the API is hammered, the
+/// tracker gets the lock at least every other turn and keeps up with the kernel.
 async fn scan<T: Send + 'static>(
+    scans: &Arc<Semaphore>,
     query: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
+    let _turn = scans
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
     tokio::task::spawn_blocking(query).await.map_err(|err| {
         tracing::error!(%err, "flow source query failed");
         ApiError::new(
@@ -302,7 +311,10 @@ async fn verdicts(
     }
     let source = state.source;
     let limit = filter.limit();
-    let verdicts = scan(move || source.verdicts(&|v| filter.matches_verdict(v), limit)).await?;
+    let verdicts = scan(&state.scans, move || {
+        source.verdicts(&|v| filter.matches_verdict(v), limit)
+    })
+    .await?;
     Ok(Json(VerdictsBody { verdicts }))
 }
 
@@ -315,7 +327,10 @@ async fn flows(
     }
     let source = state.source;
     let limit = filter.limit();
-    let flows = scan(move || source.events(&|e| filter.matches_event(e), limit)).await?;
+    let flows = scan(&state.scans, move || {
+        source.events(&|e| filter.matches_event(e), limit)
+    })
+    .await?;
     Ok(Json(FlowsBody { flows }).into_response())
 }
 

@@ -86,6 +86,10 @@ const LOSS_GRACE: Duration = Duration::from_millis(500);
 
 /// Kernel flows unknown to the tracker are only recovered if seen this recently.
 const RECOVERY_WINDOW: Duration = Duration::from_secs(2);
+/// Names of removed interfaces kept for the flows still reported under them (a crashed
+/// pod's are the interesting ones); older ones are dropped, so pod churn cannot grow
+/// the name table without bound.
+const DEPARTED_INTERFACES: usize = 1024;
 
 /// When to look at a flow again. Ordered by time, then by flow instance (generations
 /// are unique), so the key itself needs no order.
@@ -153,6 +157,29 @@ struct FlowState {
     dns: DnsState,
 }
 
+/// A verdict with its place in recency order: (last_seen, first_seen, generation).
+struct Ranked((Duration, Duration, u64), Verdict);
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Ranked {}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
 /// Everything the tracker knows. Shared behind a mutex by the event loop and the API.
 pub struct Tracker {
     config: TrackerConfig,
@@ -170,6 +197,8 @@ struct Journal {
     capacity: usize,
     events_tx: broadcast::Sender<FlowEvent>,
     interfaces: HashMap<u32, Arc<str>>,
+    /// Removed interfaces whose names are still kept, oldest first.
+    departed: VecDeque<(u32, Arc<str>)>,
     metrics: Arc<Metrics>,
     /// Kubernetes names of flow ends, read when a verdict or event is reported.
     names: Names,
@@ -186,6 +215,7 @@ impl Tracker {
                 capacity: config.event_capacity.get(),
                 events_tx,
                 interfaces: HashMap::new(),
+                departed: VecDeque::new(),
                 metrics,
                 names: Names::none(),
             },
@@ -213,6 +243,32 @@ impl Tracker {
     /// Names the interface behind an ifindex, for the `interface` field.
     pub fn set_interface_name(&mut self, ifindex: u32, name: &str) {
         self.journal.interfaces.insert(ifindex, name.into());
+    }
+
+    /// The interface behind `ifindex` went away. Its name is kept until
+    /// [`DEPARTED_INTERFACES`] newer ones have gone too.
+    pub fn forget_interface_name(&mut self, ifindex: u32) {
+        let journal = &mut self.journal;
+        let Some(name) = journal.interfaces.get(&ifindex) else {
+            return;
+        };
+        journal.departed.push_back((ifindex, Arc::clone(name)));
+        if journal.departed.len() > DEPARTED_INTERFACES
+            && let Some((index, name)) = journal.departed.pop_front()
+            // Unless the index was named again since (a new interface got it).
+            && journal
+                .interfaces
+                .get(&index)
+                .is_some_and(|current| Arc::ptr_eq(current, &name))
+        {
+            journal.interfaces.remove(&index);
+        }
+    }
+
+    /// Interfaces with a name, attached or recently departed.
+    #[cfg(test)]
+    fn interface_names(&self) -> usize {
+        self.journal.interfaces.len()
     }
 
     pub fn flows_tracked(&self) -> usize {
@@ -372,16 +428,32 @@ impl Tracker {
 
     /// Verdicts accepted by `keep`: the `limit` most recently seen, oldest first.
     pub fn verdicts(&self, keep: &dyn Fn(&Verdict) -> bool, limit: usize) -> Vec<Verdict> {
-        let mut out: Vec<Verdict> = self
-            .flows
-            .iter()
-            .map(|(_, state)| self.journal.verdict_of(state))
-            .filter(|verdict| keep(verdict))
-            .collect();
-        out.sort_by_key(|verdict| (verdict.last_seen, verdict.first_seen));
-        let skip = out.len().saturating_sub(limit);
-        out.drain(..skip);
-        out
+        // The newest `limit` by (last_seen, first_seen), kept in a min-heap: memory stays
+        // O(limit) on a full table, and a flow older than the heap's oldest is skipped
+        // before its verdict is even built.
+        // (Sized by the table too: "all" may be asked as usize::MAX.)
+        let mut newest: BinaryHeap<Reverse<Ranked>> =
+            BinaryHeap::with_capacity(limit.min(self.flows.len()) + 1);
+        if limit == 0 {
+            return Vec::new();
+        }
+        for (_, state) in self.flows.iter() {
+            let rank = (state.last_seen, state.first_seen, state.generation);
+            if newest.len() == limit && newest.peek().is_some_and(|Reverse(min)| rank <= min.0) {
+                continue;
+            }
+            let verdict = self.journal.verdict_of(state);
+            if !keep(&verdict) {
+                continue;
+            }
+            newest.push(Reverse(Ranked(rank, verdict)));
+            if newest.len() > limit {
+                newest.pop();
+            }
+        }
+        let mut out: Vec<Ranked> = newest.into_iter().map(|Reverse(r)| r).collect();
+        out.sort_by_key(|ranked| ranked.0);
+        out.into_iter().map(|ranked| ranked.1).collect()
     }
 
     /// Recent events accepted by `keep`: the newest `limit`, oldest first.

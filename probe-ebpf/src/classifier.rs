@@ -376,7 +376,8 @@ fn parse_icmp_unreachable(ctx: &TcContext, l3: &L3, v6: bool) -> Result<Interest
         }
         let ip = load::<20>(ctx, inner)?;
         let header_len = usize::from(ip[0] & 0x0f) * 4;
-        if header_len < 20 {
+        // A quoted later fragment has no transport header: its "ports" would be payload.
+        if header_len < 20 || be16([ip[6], ip[7]]) & 0x1fff != 0 {
             return Err(ParseError::Uninteresting);
         }
         L3 {
@@ -494,7 +495,7 @@ fn count(key: &FlowKey, kind: EventKind, rcode: u8, now: u64) {
             match NETPROBE_FLOW_COUNTS.get_ptr_mut(key) {
                 Some(counters) => counters,
                 None => {
-                    add_loss(LossCounter::CountsUpdate);
+                    add_to(LossCounter::CountsUpdate);
                     return;
                 }
             }
@@ -531,7 +532,7 @@ fn atomic_add(counter: &mut u64) {
 }
 
 #[inline(always)]
-fn add_loss(counter: LossCounter) {
+fn add_to(counter: LossCounter) {
     if let Some(slot) = NETPROBE_LOSSES.get_ptr_mut(counter as u32) {
         // Per-CPU slot: no other CPU writes it.
         unsafe { *slot += 1 };
@@ -558,7 +559,7 @@ fn capture(ctx: &TcContext, data: &mut [u8; CAPTURE_BYTES]) -> u32 {
 #[inline(always)]
 fn emit(ctx: &TcContext, direction: Direction, key: &FlowKey, kind: EventKind, now: u64) {
     let Some(mut entry) = NETPROBE_EVENTS.reserve::<PacketEvent>(0) else {
-        add_loss(LossCounter::RingFull);
+        add_to(LossCounter::RingFull);
         warn!(ctx, "ring buffer full: event of kind {} lost", kind as u32);
         return;
     };
@@ -574,6 +575,7 @@ fn emit(ctx: &TcContext, direction: Direction, key: &FlowKey, kind: EventKind, n
         (*event).captured_len = capture(ctx, &mut (*event).data);
     }
     entry.submit(0);
+    add_to(LossCounter::Submitted);
     debug!(
         ctx,
         "event kind {} on ifindex {} ports {}->{}",

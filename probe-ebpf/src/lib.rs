@@ -14,7 +14,8 @@ pub const EVENTS_MAP: &str = "NETPROBE_EVENTS";
 pub const FLOW_COUNTS_MAP: &str = "NETPROBE_FLOW_COUNTS";
 /// LRU hash map of IPs seen leaving a pod veth (16-byte address → ifindex).
 pub const LOCAL_ENDPOINTS_MAP: &str = "NETPROBE_LOCAL_ENDPOINTS";
-/// Per-CPU array of [`LossCounter`] slots: events the kernel could not hand over.
+/// Per-CPU array of [`LossCounter`] slots: events the kernel could not hand over, and
+/// those it did.
 pub const LOSSES_MAP: &str = "NETPROBE_LOSSES";
 
 /// Program attached at the ingress hook of a host-side veth (packets leaving the pod).
@@ -177,8 +178,11 @@ pub enum LossCounter {
     RingFull = 0,
     /// The flow counter map could not take a new entry.
     CountsUpdate = 1,
+    /// Events handed over (submitted to the ring buffer): with `RingFull`, every event
+    /// the program emitted, so userspace can prove that emitted = processed + lost.
+    Submitted = 2,
 }
-pub const LOSS_COUNTERS: u32 = 2;
+pub const LOSS_COUNTERS: u32 = 3;
 
 /// One interesting packet, as handed to userspace.
 #[repr(C)]

@@ -4,9 +4,12 @@ mod bench;
 mod build;
 mod capabilities;
 mod demo;
+mod deny;
+mod fuzz;
 mod image;
 mod manifests;
 mod monitoring;
+mod soak;
 mod test;
 mod toolchain;
 mod util;
@@ -32,6 +35,9 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Format, lint, unit tests, then (root) the privileged suites and the demo.
     Test,
+    /// Run probe-agent's fuzz targets (decoder, DNS, tracker, API query parser) for a
+    /// bounded time each; fails on any crash (nightly, cargo-fuzz: installed if missing).
+    Fuzz(fuzz::FuzzArgs),
     /// Run probe-agent's benchmarks (the performance budgets of DESIGN.md).
     Bench(bench::BenchArgs),
     /// Only install what is missing (toolchain, bpf-linker, Debian packages).
@@ -48,6 +54,12 @@ enum Task {
     /// The agent with exactly deploy/daemonset.yaml's capabilities attaches and gets ready,
     /// and without any one of them fails (root).
     CheckCapabilities,
+    /// Load and fault scenarios on a simulated node (root): a SYN flood with the API
+    /// under HTTP load; one line per figure with its budget.
+    Soak(soak::SoakArgs),
+    /// `cargo deny check`: licenses, bans and sources of every dependency (deny.toml);
+    /// `--advisories` adds RustSec's (needs github.com).
+    Deny(deny::DenyArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,11 +78,14 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Build => build::run(),
         Task::Demo(args) => demo::run(args),
         Task::Test => test::run(),
+        Task::Fuzz(args) => fuzz::run(args),
         Task::Bench(args) => bench::run(args),
         Task::Bootstrap => toolchain::bootstrap(),
         Task::Image => image::run(),
         Task::CheckManifests => manifests::run(),
         Task::CheckMonitoring => monitoring::run(),
         Task::CheckCapabilities => capabilities::run(),
+        Task::Soak(args) => soak::run(args),
+        Task::Deny(args) => deny::run(args),
     }
 }

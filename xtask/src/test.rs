@@ -41,6 +41,15 @@ fn suites() -> Vec<Suite> {
             ]),
         ),
         suite("unit tests", false, util::cargo(["test", "--workspace"])),
+        // Licenses, bans and sources of every dependency (deny.toml).
+        suite("cargo deny", false, util::cargo(["xtask", "deny"])),
+        // Each fuzz target of probe-agent/fuzz for a short run (nightly, cargo-fuzz); a
+        // crash fails it and leaves the input under target/fuzz/artifacts/.
+        suite(
+            "fuzz (20 s per target)",
+            false,
+            util::cargo(["xtask", "fuzz", "--seconds", "20"]),
+        ),
         // Builds the static agent and its image, then reads the archive back and checks it
         // (config, labels, the one layer, the binary static). No root once umoci and skopeo
         // are installed (umoci runs rootless).
@@ -90,6 +99,12 @@ fn suites() -> Vec<Suite> {
             "DaemonSet capabilities",
             true,
             util::cargo(["xtask", "check-capabilities"]),
+        ),
+        // The load scenario, bounded: a 10 s SYN flood with the API under wrk.
+        suite(
+            "soak (quick)",
+            true,
+            util::cargo(["xtask", "soak", "--quick"]),
         ),
         // The dashboard's queries and the alerts against a Prometheus scraping the demo.
         suite(

@@ -26,6 +26,7 @@ pub const PACKAGES: &[&str] = &[
     "dnsutils",     // dig, in the lab tests
     "curl",         // HTTP clients in the demo, API examples
     "iperf3",       // throughput benchmark
+    "hping3",       // SYN flood in the agent's privileged tests (SIGTERM under load)
     // `cargo xtask check-manifests` / `check-monitoring`: promtool checks and unit-tests the
     // alerts, prometheus scrapes the demo's agent. (On a machine with systemd the package
     // also starts a prometheus service on :9090; the checks use their own, on a free port.)
@@ -49,8 +50,29 @@ pub fn bootstrap() -> Result<()> {
     let nightly = nightly()?;
     ensure_rust_src()?;
     ensure_bpf_linker(&nightly)?;
+    ensure_cargo_fuzz()?;
     ensure_packages()?;
     Ok(())
+}
+
+/// What `cargo xtask fuzz` needs: nightly (checked) and cargo-fuzz.
+pub fn ensure_fuzz_toolchain() -> Result<()> {
+    nightly()?;
+    ensure_cargo_fuzz()
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (a suite of `cargo xtask test`): installed from
+/// crates.io into `$CARGO_HOME/bin` when `cargo fuzz` does not run (about 40 s).
+fn ensure_cargo_fuzz() -> Result<()> {
+    let runs = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if runs {
+        return Ok(());
+    }
+    println!("xtask: installing cargo-fuzz (`cargo xtask fuzz` runs the agent's fuzz targets)");
+    run_streaming(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
 }
 
 /// What `rustc +nightly -vV` says about itself.
@@ -316,33 +338,45 @@ fn ensure_packages() -> Result<()> {
 /// Installs [`IMAGE_PACKAGES`] when missing (as root), or fails saying how: `cargo xtask
 /// image` cannot work without them.
 pub fn ensure_image_packages() -> Result<()> {
+    ensure_task_packages("image", IMAGE_PACKAGES)
+}
+
+/// The load generators `cargo xtask soak` drives.
+pub const SOAK_PACKAGES: &[&str] = &[
+    "hping3", // the SYN flood
+    "wrk",    // HTTP load on the API
+];
+
+/// Installs the Debian `packages` one task needs when missing (as root), or fails saying
+/// how: `cargo xtask <task>` cannot work without them.
+pub fn ensure_task_packages(task: &str, packages: &[&'static str]) -> Result<()> {
     if exec::find_tool("dpkg").is_none() {
-        let missing: Vec<_> = IMAGE_PACKAGES
+        let missing: Vec<_> = packages
             .iter()
             .copied()
             .filter(|t| exec::find_tool(t).is_none())
             .collect();
         ensure!(
             missing.is_empty(),
-            "`cargo xtask image` needs {}: install them with your package manager",
+            "`cargo xtask {task}` needs {}: install them with your package manager",
             missing.join(" and ")
         );
         return Ok(());
     }
-    let missing = missing_of(IMAGE_PACKAGES);
+    let missing = missing_of(packages);
     if missing.is_empty() {
         return Ok(());
     }
     ensure!(
         util::is_root(),
-        "`cargo xtask image` needs the Debian packages {list}: install them with\n  \
+        "`cargo xtask {task}` needs the Debian packages {list}: install them with\n  \
          sudo apt-get install -y --no-install-recommends {list}\n  \
-         (or run the task as root, which installs them: `{} image`)",
+         (or run the task as root, which installs them: `{} {task}`)",
         util::SUDO_HINT,
         list = missing.join(" ")
     );
     apt_install(&missing)?;
-    let still = missing_of(IMAGE_PACKAGES);
+    let still = missing_of(packages);
     ensure!(
         still.is_empty(),
         "apt-get did not install: {}",

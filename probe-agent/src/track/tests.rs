@@ -450,3 +450,47 @@ fn syn_timeouts_are_not_held_back_by_longer_dns_timeouts() {
     let dns_verdict = t.verdicts(&|v| v.flow.protocol == crate::model::Protocol::Udp, 10);
     assert_eq!(dns_verdict[0].verdict, VerdictKind::DnsTimeout);
 }
+
+#[test]
+fn names_of_removed_interfaces_are_kept_for_a_while_then_dropped() {
+    let mut t = tracker();
+    t.set_interface_name(7, "veth-crashed");
+    t.on_packet(&tcp(EventKind::Syn, 1000));
+    t.forget_interface_name(7);
+    // The flow of a pod that just went away still names its veth.
+    assert_eq!(&*only(&t).interface, "veth-crashed");
+    // Pod churn: every later interface comes and goes.
+    for index in 100..100 + super::DEPARTED_INTERFACES as u32 {
+        t.set_interface_name(index, &format!("veth{index}"));
+        t.forget_interface_name(index);
+    }
+    assert_eq!(t.interface_names(), super::DEPARTED_INTERFACES);
+    assert_eq!(&*only(&t).interface, "if7");
+    // An index named again after it went away keeps its new name.
+    t.set_interface_name(100 + super::DEPARTED_INTERFACES as u32, "veth-reused");
+    t.forget_interface_name(100 + super::DEPARTED_INTERFACES as u32);
+    t.set_interface_name(100 + super::DEPARTED_INTERFACES as u32, "veth-reused");
+    for index in 5000..5000 + super::DEPARTED_INTERFACES as u32 {
+        t.set_interface_name(index, "x");
+        t.forget_interface_name(index);
+    }
+    assert_eq!(t.interface_names(), super::DEPARTED_INTERFACES + 1);
+}
+
+/// Found by the `track` fuzz target: asking for every verdict with `usize::MAX` overflowed
+/// (and sized the result heap by the limit, not by the table).
+#[test]
+fn any_limit_can_be_asked_for() {
+    let mut t = tracker();
+    t.on_packet(&tcp(EventKind::Syn, 1000));
+    t.on_packet(&dns(
+        EventKind::DnsQuery,
+        1,
+        "x.",
+        ResponseCode::NoError,
+        1001,
+    ));
+    assert_eq!(t.verdicts(&|_| true, usize::MAX).len(), 2);
+    assert_eq!(t.events(&|_| true, usize::MAX).len(), 2);
+    assert!(t.verdicts(&|_| true, 0).is_empty());
+}

@@ -20,15 +20,15 @@ use xtask::lab::{self, Node, Pod, Proto, QueryType};
 const SYN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A running `probe-agent run` for a node; SIGTERM and wait on drop.
-struct Agent {
-    child: Child,
-    base: String,
+pub(crate) struct Agent {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     /// The agent's log, printed when a test fails.
-    log: std::path::PathBuf,
+    pub(crate) log: std::path::PathBuf,
 }
 
 impl Agent {
-    fn start(node: &Node, extra: &[&str]) -> Agent {
+    pub(crate) fn start(node: &Node, extra: &[&str]) -> Agent {
         // A free port on loopback, in the test's own namespace.
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -73,7 +73,7 @@ impl Agent {
         }
     }
 
-    fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> T {
+    pub(crate) fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> T {
         let mut response = ureq::get(&format!("{}{path_and_query}", self.base))
             .call()
             .unwrap_or_else(|err| panic!("GET {path_and_query}: {err}"));
@@ -81,7 +81,7 @@ impl Agent {
         serde_json::from_str(&body).unwrap_or_else(|err| panic!("{path_and_query}: {err}: {body}"))
     }
 
-    fn verdicts(&self, query: &str) -> Vec<Verdict> {
+    pub(crate) fn verdicts(&self, query: &str) -> Vec<Verdict> {
         #[derive(serde::Deserialize)]
         struct Body {
             verdicts: Vec<Verdict>,
@@ -90,7 +90,7 @@ impl Agent {
             .verdicts
     }
 
-    fn interfaces(&self) -> Vec<InterfaceStatus> {
+    pub(crate) fn interfaces(&self) -> Vec<InterfaceStatus> {
         #[derive(serde::Deserialize)]
         struct Body {
             interfaces: Vec<InterfaceStatus>,
@@ -99,7 +99,7 @@ impl Agent {
     }
 
     /// Polls until exactly one verdict of `flow_query` is final, and returns it.
-    fn settled(&self, flow_query: &str) -> Verdict {
+    pub(crate) fn settled(&self, flow_query: &str) -> Verdict {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let verdicts = self.verdicts(flow_query);
@@ -117,7 +117,7 @@ impl Agent {
     }
 
     /// SIGTERM, and how long the agent took to exit.
-    fn stop(&mut self) -> Duration {
+    pub(crate) fn stop(&mut self) -> Duration {
         let started = Instant::now();
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -142,15 +142,15 @@ impl Drop for Agent {
     }
 }
 
-fn node(tag: &str) -> Node {
+pub(crate) fn node(tag: &str) -> Node {
     Node::new(&lab::unique_prefix(tag)).expect("build the simulated node")
 }
 
-fn sock(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+pub(crate) fn sock(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
 }
 
-fn counts(v: &Verdict) -> (u64, u64, u64, u64) {
+pub(crate) fn counts(v: &Verdict) -> (u64, u64, u64, u64) {
     (
         v.counts.syn,
         v.counts.syn_ack,

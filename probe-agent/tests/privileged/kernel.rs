@@ -237,6 +237,28 @@ fn only_first_fragments_are_read() {
     assert_eq!(k.counts(&tcp_key(client, server)).unwrap().syn, 1);
 }
 
+/// An ICMP error quoting a later fragment was counted on "ports" read from the
+/// fragment's payload, which the agent refuses to decode (seen while writing the
+/// differential test, which now holds the two to the same rule).
+#[test]
+fn icmp_unreachable_quoting_a_later_fragment_is_not_counted() {
+    let mut k = Kernel::load();
+    let later = Frame {
+        fragment: Some((100, false)),
+        ..Frame::default()
+    };
+    let quoted = later.ipv4(
+        "10.244.0.5".parse().unwrap(),
+        "10.96.0.30".parse().unwrap(),
+        IpNextHeaderProtocols::Tcp,
+        &craft::tcp_segment(40000, 80, TcpFlags::SYN),
+    );
+    let (router, pod) = ("10.244.0.1".parse().unwrap(), "10.244.0.5".parse().unwrap());
+    k.entering_pod(&Frame::plain().icmp_unreachable(router, pod, 3, &quoted));
+    assert!(k.raw_events().is_empty());
+    assert_eq!(k.flows(), 0);
+}
+
 #[test]
 fn icmp_unreachable_counts_on_the_quoted_flow() {
     let mut k = Kernel::load();

@@ -1,0 +1,124 @@
+//! What the fuzz targets share: flow keys oriented the kernel's way, and the checks on a
+//! parsed API query.
+
+use std::net::SocketAddr;
+
+use chrono::{DateTime, Utc};
+use probe_agent::{
+    craft,
+    model::{Flow, FlowEvent, FlowEventKind, Protocol, Verdict, VerdictKind},
+    serve::{Filter, MAX_LIMIT},
+};
+use probe_ebpf::{EventKind, FlowKey, IPPROTO_TCP, IPPROTO_UDP};
+
+/// The flow key the kernel counts a packet of `kind` with 5-tuple `tuple` on: the
+/// client → server orientation (a SYN-ACK or DNS response goes server → client; a RST
+/// goes either way, `rst_reversed` picks).
+pub fn kernel_key(kind: EventKind, tuple: &Flow, rst_reversed: bool) -> FlowKey {
+    let protocol = match tuple.protocol {
+        Protocol::Tcp => IPPROTO_TCP,
+        Protocol::Udp => IPPROTO_UDP,
+    };
+    let src = SocketAddr::new(tuple.src_ip, tuple.src_port);
+    let dst = SocketAddr::new(tuple.dst_ip, tuple.dst_port);
+    let reversed = match kind {
+        EventKind::SynAck | EventKind::DnsResponse => true,
+        EventKind::Rst => rst_reversed,
+        EventKind::Syn | EventKind::DnsQuery | EventKind::IcmpUnreachable => false,
+    };
+    if reversed {
+        craft::flow_key(protocol, dst, src)
+    } else {
+        craft::flow_key(protocol, src, dst)
+    }
+}
+
+/// "Now" for relative `since` values, fixed so that runs reproduce.
+pub fn query_now() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_795_000_000, 0).expect("a valid time")
+}
+
+/// Errors echo the bad value cut to 64 characters: an answer stays small whatever the
+/// query (64 four-byte characters, the parameter name and the longest expectation).
+const MAX_ERROR_BYTES: usize = 1024;
+
+const KNOWN: [&str; 11] = [
+    "verdict",
+    "protocol",
+    "src_ip",
+    "dst_ip",
+    "ip",
+    "port",
+    "namespace",
+    "pod",
+    "since",
+    "limit",
+    "follow",
+];
+
+/// Parses decoded query pairs as the API does and checks the outcome: a filter only from
+/// known, distinct parameters, with its limit in bounds, that can be applied to a verdict
+/// and an event; or an error of bounded size.
+pub fn check_query(pairs: &[(String, String)]) {
+    match Filter::parse_at(pairs.iter().map(|(k, v)| (k, v)), query_now()) {
+        Ok(filter) => {
+            for (i, (key, _)) in pairs.iter().enumerate() {
+                assert!(KNOWN.contains(&key.as_str()), "accepted unknown {key:?}");
+                assert!(
+                    pairs[..i].iter().all(|(k, _)| k != key),
+                    "accepted repeated {key:?}"
+                );
+            }
+            assert!((1..=MAX_LIMIT).contains(&filter.limit()));
+            let verdict = sample_verdict();
+            let _ = filter.matches_verdict(&verdict);
+            let _ = filter.matches_event(&FlowEvent {
+                time: verdict.last_seen,
+                flow: verdict.flow,
+                event: FlowEventKind::Syn,
+                verdict: verdict.verdict,
+                reason: verdict.reason.clone(),
+                interface: verdict.interface.clone(),
+                src: verdict.src.clone(),
+                dst: verdict.dst.clone(),
+                dns: None,
+            });
+        }
+        Err(error) => {
+            let message = error.to_string();
+            assert!(
+                message.len() <= MAX_ERROR_BYTES,
+                "{} bytes of error: {message}",
+                message.len()
+            );
+        }
+    }
+}
+
+fn sample_verdict() -> Verdict {
+    let endpoint = |namespace: &str, pod: &str| {
+        Some(std::sync::Arc::new(probe_agent::model::Endpoint {
+            namespace: Some(namespace.into()),
+            pod: Some(pod.into()),
+            ..Default::default()
+        }))
+    };
+    Verdict {
+        flow: Flow {
+            protocol: Protocol::Tcp,
+            src_ip: "10.244.1.5".parse().expect("an address"),
+            src_port: 41234,
+            dst_ip: "fd00::9".parse().expect("an address"),
+            dst_port: 8080,
+        },
+        verdict: VerdictKind::Timeout,
+        reason: "3 SYNs".into(),
+        counts: Default::default(),
+        first_seen: query_now(),
+        last_seen: query_now(),
+        interface: "veth3f2a".into(),
+        src: endpoint("production", "checkout-api-5d4e3c2f-abc12"),
+        dst: endpoint("kube-system", "coredns-0"),
+        dns: None,
+    }
+}

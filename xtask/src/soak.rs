@@ -1,0 +1,497 @@
+//! `cargo xtask soak`: netprobe under the worst a node throws at it, bounded and
+//! repeatable, on a simulated node (traffic stays in the namespaces it creates). Prints one
+//! line per figure with its budget; fails if one is missed.
+//!
+//! Load: a SYN flood (hping3, as fast as it goes here) from one pod into a port the node
+//! drops, while wrk hammers `/v1/verdicts` and an unrelated pod pair keeps connecting.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    net::{IpAddr, SocketAddr, TcpListener},
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value;
+use xtask::lab::{self, Node, Proto};
+
+use crate::{build, demo::http_get, toolchain, util};
+
+/// DESIGN.md's memory budget for the agent.
+const RSS_BUDGET_MIB: f64 = 128.0;
+/// The agent's flow table (its default): the flood must fill it and evict.
+const FLOW_CAPACITY: u64 = 65_536;
+const SYN_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(clap::Args, Debug)]
+pub struct SoakArgs {
+    /// The bounded version `cargo xtask test` runs: a 10 s flood instead of 60 s.
+    #[arg(long)]
+    quick: bool,
+    /// Length of the SYN flood, in seconds (default 60; 10 with --quick).
+    #[arg(long)]
+    flood_seconds: Option<u64>,
+}
+
+/// One measured figure against its budget.
+struct Figure {
+    what: &'static str,
+    figure: String,
+    budget: String,
+    met: bool,
+}
+
+impl Figure {
+    fn print(&self) {
+        let verdict = if self.met { "met" } else { "MISSED" };
+        println!(
+            "{:<44} {:>34}   budget {:<26} {verdict}",
+            self.what, self.figure, self.budget
+        );
+    }
+}
+
+pub fn run(args: SoakArgs) -> Result<()> {
+    util::require_root(
+        "soak",
+        "it creates network namespaces and loads eBPF programs",
+    )?;
+    toolchain::bootstrap()?;
+    toolchain::ensure_task_packages("soak", toolchain::SOAK_PACKAGES)?;
+    let seconds = args
+        .flood_seconds
+        .unwrap_or(if args.quick { 10 } else { 60 });
+    let bin = build::build_agent()?;
+    let figures = load(&bin, Duration::from_secs(seconds))?;
+    println!("\n== Figures\n");
+    for figure in &figures {
+        figure.print();
+    }
+    let missed: Vec<&str> = figures.iter().filter(|f| !f.met).map(|f| f.what).collect();
+    ensure!(missed.is_empty(), "missed: {}", missed.join("; "));
+    Ok(())
+}
+
+/// The agent as a child process on the node, its API on the host's loopback.
+struct Agent {
+    child: Child,
+    listen: SocketAddr,
+}
+
+impl Agent {
+    fn start(bin: &Path, node: &Node, log: &Path) -> Result<Agent> {
+        let listen = free_port()?;
+        let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(bin)
+            .arg("run")
+            .arg("--netns")
+            .arg(node.netns_path())
+            .args(["--listen", &listen.to_string(), "--kube", "off"])
+            .args(["--syn-timeout", &format!("{}s", SYN_TIMEOUT.as_secs())])
+            .args(["--flow-capacity", &FLOW_CAPACITY.to_string()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut agent = Agent { child, listen };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = agent.child.try_wait()? {
+                bail!("the agent exited ({status}); its log: {}", log.display());
+            }
+            if matches!(http_get(listen, "/readyz"), Ok((200, _))) {
+                return Ok(agent);
+            }
+            ensure!(Instant::now() < deadline, "the agent was not ready in 20 s");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn rss_mib(&self) -> Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS")?;
+        Ok(kib / 1024.0)
+    }
+
+    fn metrics(&self) -> Result<HashMap<String, f64>> {
+        let (status, body) = http_get(self.listen, "/metrics")?;
+        ensure!(status == 200, "GET /metrics: HTTP {status}");
+        Ok(parse_samples(&body))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// `name{labels} value` lines of a Prometheus exposition, by `name{labels}`.
+fn parse_samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn sum_of(samples: &HashMap<String, f64>, name: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|(series, _)| *series == name || series.starts_with(&format!("{name}{{")))
+        .map(|(_, value)| value)
+        .sum()
+}
+
+/// wrk's figures: requests, p50 and p99 in ms, non-2xx answers, socket errors.
+#[derive(Debug, Default, PartialEq)]
+struct WrkReport {
+    requests: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+    socket_errors: u64,
+}
+
+fn parse_wrk(text: &str) -> Result<WrkReport> {
+    let millis = |value: &str| -> Option<f64> {
+        let value = value.trim();
+        let (number, scale) = if let Some(v) = value.strip_suffix("us") {
+            (v, 0.001)
+        } else if let Some(v) = value.strip_suffix("ms") {
+            (v, 1.0)
+        } else if let Some(v) = value.strip_suffix('s') {
+            (v, 1000.0)
+        } else {
+            (value, 1.0)
+        };
+        number.parse::<f64>().ok().map(|n| n * scale)
+    };
+    let mut report = WrkReport::default();
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("50%") {
+            report.p50_ms = millis(rest).context("wrk p50")?;
+        } else if let Some(rest) = line.strip_prefix("99%") {
+            report.p99_ms = millis(rest).context("wrk p99")?;
+        } else if line.contains(" requests in ") {
+            report.requests = line
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .context("wrk request count")?;
+        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            report.non_2xx = rest.trim().parse().context("wrk non-2xx")?;
+        } else if let Some(rest) = line.strip_prefix("Socket errors:") {
+            report.socket_errors = rest
+                .split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum();
+        }
+    }
+    ensure!(report.requests > 0, "wrk reported no requests:\n{text}");
+    Ok(report)
+}
+
+/// hping3's "N packets tramitted" (sic) line.
+fn parse_hping_sent(text: &str) -> Option<u64> {
+    text.lines()
+        .find(|line| line.contains("packets tramitted") || line.contains("packets transmitted"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn load(bin: &Path, flood: Duration) -> Result<Vec<Figure>> {
+    let mut node = Node::new(&lab::unique_prefix("soak"))?;
+    let flooder = node.add_pod("flooder", "load", 2)?;
+    let victim = node.add_pod("victim", "load", 3)?;
+    let client = node.add_pod("client", "app", 4)?;
+    let server = node.add_pod("server", "app", 5)?;
+    let _listener = server.listen_tcp(8080)?;
+    // The flood goes into a port a "NetworkPolicy" drops: every SYN times out.
+    node.drop_traffic(
+        Proto::Tcp,
+        Some(IpAddr::V4(flooder.ipv4)),
+        Some(IpAddr::V4(victim.ipv4)),
+        Some(5432),
+    )?;
+    let dir = util::workspace_root().join("target").join("netprobe-soak");
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join("agent.log");
+    let agent = Agent::start(bin, &node, &log)?;
+    println!(
+        "== Load: {} s SYN flood (hping3) {} -> {}:5432 (dropped), wrk on /v1/verdicts, \
+         a healthy client -> server:8080 loop; agent log {}",
+        flood.as_secs(),
+        flooder.ipv4,
+        victim.ipv4,
+        log.display()
+    );
+    let rss_before = agent.rss_mib()?;
+
+    // The unrelated healthy flow: one connection every 100 ms, all must succeed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (healthy_ok, healthy_failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let healthy = {
+        let (stop, ok, failed) = (stop.clone(), healthy_ok.clone(), healthy_failed.clone());
+        let to = SocketAddr::new(IpAddr::V4(server.ipv4), 8080);
+        let client = client.clone();
+        thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match client.connect_tcp(to, Duration::from_secs(2)) {
+                    Ok(()) => ok.fetch_add(1, Ordering::SeqCst),
+                    Err(_) => failed.fetch_add(1, Ordering::SeqCst),
+                };
+                thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+
+    let hping_out = dir.join("hping3.out");
+    let mut hping = flooder
+        .command("hping3")
+        .args(["--flood", "-S", "-p", "5432", &victim.ipv4.to_string()])
+        .stdin(Stdio::null())
+        .stdout(File::create(&hping_out)?)
+        .stderr(File::create(dir.join("hping3.err"))?)
+        .spawn()
+        .context("starting hping3")?;
+    let wrk = Command::new("wrk")
+        .args(["-t2", "-c16", "--latency", "--timeout", "5s"])
+        .arg(format!("-d{}s", flood.as_secs()))
+        .arg(format!("http://{}/v1/verdicts?limit=100", agent.listen))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting wrk")?;
+
+    let started = Instant::now();
+    let mut rss_max = rss_before;
+    while started.elapsed() < flood {
+        thread::sleep(Duration::from_millis(500));
+        rss_max = rss_max.max(agent.rss_mib()?);
+    }
+    // SIGINT: hping3 prints its statistics and exits.
+    let _ = kill(Pid::from_raw(hping.id() as i32), Signal::SIGINT);
+    hping.wait()?;
+    let wrk = wrk.wait_with_output()?;
+    let wrk_text = String::from_utf8_lossy(&wrk.stdout).into_owned();
+    let wrk_report = parse_wrk(&wrk_text)?;
+    stop.store(true, Ordering::SeqCst);
+    healthy.join().ok();
+    let sent_text = std::fs::read_to_string(&hping_out).unwrap_or_default()
+        + &std::fs::read_to_string(dir.join("hping3.err")).unwrap_or_default();
+    let sent = parse_hping_sent(&sent_text);
+
+    // Let the agent catch up: the last SYN timeouts, the next reconcile with the kernel.
+    let mut samples = agent.metrics()?;
+    let settle = Instant::now();
+    loop {
+        thread::sleep(SYN_TIMEOUT + Duration::from_millis(1200));
+        let next = agent.metrics()?;
+        let done = sum_of(&next, "netprobe_events_processed_total")
+            == sum_of(&samples, "netprobe_events_processed_total")
+            && sum_of(&next, "netprobe_kernel_events_total")
+                == sum_of(&samples, "netprobe_kernel_events_total");
+        samples = next;
+        if done || settle.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+    }
+    rss_max = rss_max.max(agent.rss_mib()?);
+
+    let emitted = sum_of(&samples, "netprobe_kernel_events_total");
+    let processed = sum_of(&samples, "netprobe_events_processed_total");
+    let lost_kernel = samples
+        .get("netprobe_events_lost_total{source=\"kernel\"}")
+        .copied()
+        .unwrap_or_default();
+    let lost_agent = samples
+        .get("netprobe_events_lost_total{source=\"agent\"}")
+        .copied()
+        .unwrap_or_default();
+    let decode_errors = sum_of(&samples, "netprobe_decode_errors_total");
+    let syns = samples
+        .get("netprobe_packets_total{kind=\"syn\"}")
+        .copied()
+        .unwrap_or_default();
+    let tracked = sum_of(&samples, "netprobe_flows_tracked");
+
+    // The healthy flow's verdicts, as the API gives them.
+    let path = format!(
+        "/v1/verdicts?src_ip={}&dst_ip={}&limit=10000",
+        client.ipv4, server.ipv4
+    );
+    let (status, body) = http_get(agent.listen, &path)?;
+    ensure!(status == 200, "GET {path}: HTTP {status}: {body}");
+    let verdicts: Value = serde_json::from_str(&body)?;
+    let healthy_verdicts: Vec<&str> = verdicts["verdicts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["verdict"].as_str())
+        .collect();
+    let healthy_wrong = healthy_verdicts.iter().filter(|v| **v != "OK").count();
+    let (ok, failed) = (
+        healthy_ok.load(Ordering::SeqCst),
+        healthy_failed.load(Ordering::SeqCst),
+    );
+    let secs = flood.as_secs_f64();
+
+    Ok(vec![
+        Figure {
+            what: "SYN flood sent (hping3 --flood)",
+            figure: match sent {
+                Some(n) => format!("{n} SYNs, {:.0}/s", n as f64 / secs),
+                None => "unknown".into(),
+            },
+            budget: "as fast as it goes".into(),
+            met: true,
+        },
+        Figure {
+            what: "SYNs counted by the probe",
+            figure: format!("{syns:.0}, {:.0}/s", syns / secs),
+            budget: "—".into(),
+            met: syns > 0.0,
+        },
+        Figure {
+            what: "events: emitted = processed + lost",
+            figure: format!(
+                "{emitted:.0} = {processed:.0} + {lost_kernel:.0} + {lost_agent:.0} + {decode_errors:.0}"
+            ),
+            budget: "exact (kernel+agent losses)".into(),
+            met: emitted > 0.0
+                && (emitted - (processed + lost_kernel + lost_agent + decode_errors)).abs() < 0.5,
+        },
+        Figure {
+            what: "agent RSS: before, worst during the flood",
+            figure: format!("{rss_before:.1} → {rss_max:.1} MiB"),
+            budget: format!("≤ {RSS_BUDGET_MIB} MiB"),
+            met: rss_max <= RSS_BUDGET_MIB,
+        },
+        Figure {
+            what: "flow table at capacity (LRU evicts)",
+            figure: format!("{tracked:.0} tracked"),
+            budget: format!("≤ {FLOW_CAPACITY}"),
+            met: tracked <= FLOW_CAPACITY as f64,
+        },
+        Figure {
+            what: "API under load (wrk /v1/verdicts): p50 / p99",
+            figure: format!(
+                "{:.1} / {:.1} ms, {} requests",
+                wrk_report.p50_ms, wrk_report.p99_ms, wrk_report.requests
+            ),
+            budget: "answers throughout".into(),
+            met: wrk_report.requests > 0,
+        },
+        Figure {
+            what: "API errors under load (non-2xx, socket)",
+            figure: format!("{} + {}", wrk_report.non_2xx, wrk_report.socket_errors),
+            budget: "0".into(),
+            met: wrk_report.non_2xx == 0 && wrk_report.socket_errors == 0,
+        },
+        Figure {
+            what: "healthy flow during the flood",
+            figure: format!(
+                "{ok} connects, {failed} failed; {} verdicts, {healthy_wrong} not OK",
+                healthy_verdicts.len()
+            ),
+            budget: "all OK".into(),
+            met: ok > 0 && failed == 0 && !healthy_verdicts.is_empty() && healthy_wrong == 0,
+        },
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_reports_are_read() {
+        let text = "\
+Running 10s test @ http://127.0.0.1:9810/v1/verdicts?limit=100
+  2 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.51ms    1.20ms  30.10ms   90.00%
+  Latency Distribution
+     50%  812.00us
+     75%    2.10ms
+     90%    3.50ms
+     99%    1.20s
+  41234 requests in 10.00s, 50.12MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:   4123.40
+";
+        assert_eq!(
+            parse_wrk(text).unwrap(),
+            WrkReport {
+                requests: 41234,
+                p50_ms: 0.812,
+                p99_ms: 1200.0,
+                non_2xx: 4,
+                socket_errors: 3,
+            }
+        );
+        assert!(parse_wrk("garbage").is_err());
+    }
+
+    #[test]
+    fn hping_statistics_are_read() {
+        let text = "HPING 10.244.0.3 (eth0 10.244.0.3): S set, 40 headers + 0 data bytes\n\
+                    hping in flood mode, no replies will be shown\n\n\
+                    --- 10.244.0.3 hping statistic ---\n\
+                    1234567 packets tramitted, 0 packets received, 100% packet loss\n";
+        assert_eq!(parse_hping_sent(text), Some(1_234_567));
+    }
+
+    #[test]
+    fn samples_are_summed_over_labels() {
+        let samples = parse_samples(
+            "# TYPE x counter\nx_total{a=\"1\"} 2\nx_total{a=\"2\"} 3\nx_totally 7\ny 1\n",
+        );
+        assert_eq!(sum_of(&samples, "x_total"), 5.0);
+        assert_eq!(sum_of(&samples, "y"), 1.0);
+    }
+}
