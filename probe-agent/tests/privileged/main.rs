@@ -6,3 +6,4 @@ mod differential;
 mod e2e;
 mod kernel;
 mod resilience;
+mod security;
