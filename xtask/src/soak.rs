@@ -76,13 +76,80 @@ pub fn run(args: SoakArgs) -> Result<()> {
         .unwrap_or(if args.quick { 10 } else { 60 });
     let bin = build::build_agent()?;
     let figures = load(&bin, Duration::from_secs(seconds))?;
-    println!("\n== Figures\n");
+    // The fault scenarios are the agent's resilience tests (they run, with 100 churn
+    // cycles, in `cargo xtask test`); here with the full 1,000 cycles.
+    let faults = if args.quick { None } else { Some(faults(1000)) };
+    println!("\n== Load\n");
     for figure in &figures {
         figure.print();
     }
-    let missed: Vec<&str> = figures.iter().filter(|f| !f.met).map(|f| f.what).collect();
+    let mut missed: Vec<&str> = figures.iter().filter(|f| !f.met).map(|f| f.what).collect();
+    if let Some(faults) = &faults {
+        println!("\n== Faults (probe-agent's resilience tests)\n");
+        match faults {
+            Ok(lines) => lines.iter().for_each(|line| println!("{line}")),
+            Err(e) => {
+                println!("FAILED: {e:#}");
+                missed.push("fault scenarios");
+            }
+        }
+    }
     ensure!(missed.is_empty(), "missed: {}", missed.join("; "));
     Ok(())
+}
+
+/// Runs the agent's resilience tests (restart after kill -9, netlink overrun, `churn`
+/// pod create/delete cycles, SIGTERM under a flood) and returns the figures they print.
+fn faults(churn_cycles: u32) -> Result<Vec<String>> {
+    println!("\n== Faults: probe-agent's resilience tests, {churn_cycles} churn cycles\n");
+    let output = util::cargo([
+        "test",
+        "-p",
+        "probe-agent",
+        "--features",
+        "privileged-tests",
+        "--test",
+        "privileged",
+        "resilience::",
+        "--",
+        "--test-threads=1",
+        "--nocapture",
+    ])
+    .env("NETPROBE_CHURN_CYCLES", churn_cycles.to_string())
+    .stdin(Stdio::null())
+    .output()
+    .context("running the resilience tests")?;
+    let text = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    let figures: Vec<String> = text
+        .lines()
+        .filter(|line| {
+            [
+                "churn: ",
+                "netlink overrun: ",
+                "flood",
+                "restart",
+                "test resilience::",
+            ]
+            .iter()
+            .any(|prefix| line.starts_with(prefix))
+        })
+        .filter(|line| !line.starts_with("churn: (cycle"))
+        .map(str::to_owned)
+        .collect();
+    ensure!(
+        output.status.success(),
+        "the resilience tests failed:\n{}",
+        text.lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    Ok(figures)
 }
 
 /// The agent as a child process on the node, its API on the host's loopback.

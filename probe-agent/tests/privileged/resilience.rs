@@ -14,7 +14,7 @@
 use std::{
     collections::BTreeSet,
     io::{Read, Write},
-    net::TcpStream,
+    net::{SocketAddrV4, TcpStream},
     process::{Child, Stdio},
     sync::{
         Arc,
@@ -373,13 +373,19 @@ fn churn_cycles() -> usize {
 }
 
 /// A pod connecting to `to` every `every` until stopped; counts successes and failures.
-/// Each connection is closed the quiet way: the server closes first (see
-/// [`accept_and_close`]), the client reads that FIN and closes only after the kernel's
-/// delayed ACK of it has gone out (≤ 40 ms). Closing at once lets this kernel send, now
-/// and then, a stray ACK after the FIN (also without the probe, also with the lab's
-/// listener); the peer's TIME_WAIT answers it and the closed socket resets: a real RST
-/// on the wire, which the probe rightly reports as RESET, but no part of a healthy
-/// connection.
+///
+/// Healthy on the wire too, so the probe must report OK with one SYN and one SYN-ACK for
+/// every connection. Two things would otherwise add real RSTs and SYN retransmissions:
+/// - Who closes first. The server does (see [`accept_and_close`]); the client reads that
+///   FIN and closes only after its delayed ACK has gone out. A client closing at once
+///   lets this kernel send, now and then, a stray ACK after the FIN (with or without the
+///   probe, with the lab's listener too), which the peer's TIME_WAIT answers and the
+///   closed socket resets.
+/// - Source ports. The server's side of each connection is left in TIME_WAIT for a
+///   minute; the kernel's ephemeral ports come back within seconds, and a SYN that meets
+///   TIME_WAIT may be answered with an ACK, reset by the client and sent again. So each
+///   loop walks its own range of 10,000 source ports (`first_port`...), more than a
+///   minute's worth.
 struct ConnectLoop {
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
@@ -387,21 +393,28 @@ struct ConnectLoop {
 }
 
 impl ConnectLoop {
-    fn start(pod: &Pod, to: std::net::SocketAddr, every: Duration, stop: &Arc<AtomicBool>) -> Self {
+    fn start(
+        pod: &Pod,
+        first_port: u16,
+        to: SocketAddrV4,
+        every: Duration,
+        stop: &Arc<AtomicBool>,
+    ) -> Self {
         let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (netns, stop) = (pod.netns.clone(), Arc::clone(stop));
         let (ok2, failed2) = (Arc::clone(&ok), Arc::clone(&failed));
         let thread = std::thread::spawn(move || {
             lab::in_netns(&netns, move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let connection = TcpStream::connect_timeout(&to, Duration::from_secs(2))
-                        .and_then(|mut stream| {
-                            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-                            match stream.read(&mut [0u8; 16])? {
-                                0 => Ok(stream),
-                                _ => Err(std::io::ErrorKind::InvalidData.into()),
-                            }
-                        });
+                for n in 0u16.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let connection = connect_from(first_port + n % 10_000, to).and_then(
+                        |mut stream| match stream.read(&mut [0u8; 16])? {
+                            0 => Ok(stream),
+                            _ => Err(std::io::ErrorKind::InvalidData.into()),
+                        },
+                    );
                     match &connection {
                         Ok(_) => ok2.fetch_add(1, Ordering::Relaxed),
                         Err(_) => failed2.fetch_add(1, Ordering::Relaxed),
@@ -413,6 +426,27 @@ impl ConnectLoop {
         });
         Self { ok, failed, thread }
     }
+}
+
+/// A TCP connection from source port `port` to `to`; connect and reads time out after 2 s.
+fn connect_from(port: u16, to: SocketAddrV4) -> std::io::Result<TcpStream> {
+    use nix::sys::{
+        socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn, sockopt},
+        time::{TimeVal, TimeValLike},
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // Applies to connect() too on Linux.
+    socket::setsockopt(&fd, sockopt::SendTimeout, &TimeVal::seconds(2))?;
+    socket::setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::seconds(2))?;
+    socket::bind(fd.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, port))?;
+    socket::connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
+    Ok(TcpStream::from(fd))
 }
 
 /// A server in `pod` on `port` that accepts and closes each connection at once, until
@@ -470,7 +504,11 @@ fn churn_of_pods_under_traffic() {
     // Some 70 connections a second in all.
     let loops: Vec<ConnectLoop> = clients
         .iter()
-        .map(|c| ConnectLoop::start(c, sock(server.ipv4, 8080), Duration::from_millis(50), &stop))
+        .zip([10_000, 20_000, 30_000, 40_000])
+        .map(|(c, first_port)| {
+            let to = SocketAddrV4::new(server.ipv4, 8080);
+            ConnectLoop::start(c, first_port, to, Duration::from_millis(50), &stop)
+        })
         .collect();
     // Evicted flows are then seconds old, past the tracker's window for recovering
     // flows from kernel counts, so eviction cannot make a flow count twice.
@@ -589,11 +627,13 @@ fn churn_of_pods_under_traffic() {
         fds_after <= fds_before + 1,
         "file descriptors: {fds_before} before, {fds_after} after"
     );
-    // 1 MiB: a leak of 1 KiB per pod shows over the 1,000-cycle soak; allocator noise
-    // (the API's answers, thread arenas) stays well below.
+    // 256 KiB plus 0.5 KiB a pod: a leak of 1 KiB a pod fails it over the 1,000-cycle
+    // soak; the names kept of departed veths (≤ 1,024, ~0.1 KiB each) and allocator
+    // noise (the API's answers, thread arenas) stay below.
+    let allowance = 256 + (cycles - warm_up) as u64 / 2;
     assert!(
-        rss_after <= rss_before + 1024,
-        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+        rss_after <= rss_before + allowance,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB (allowed: {allowance} KiB)"
     );
 }
 
@@ -671,13 +711,20 @@ fn sigterm_under_syn_flood_and_dropped_followers() {
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let health: serde_json::Value = agent.get("/healthz");
-            assert_eq!(health["status"], "ok");
+        } else {
+            // Flooded for a while: the flow table full, the ring buffer overflowing.
+            std::thread::sleep(Duration::from_secs(3));
         }
+        let health: serde_json::Value = agent.get("/healthz");
+        assert_eq!(health["status"], "ok");
 
         let syn = metric(&agent, "netprobe_packets_total{kind=\"syn\"}");
+        let lost = metric(&agent, "netprobe_events_lost_total{source=\"kernel\"}")
+            + metric(&agent, "netprobe_events_lost_total{source=\"agent\"}");
         let took = agent.stop();
-        eprintln!("flood ({mode}): {syn} SYNs seen; SIGTERM to exit {took:?}");
+        eprintln!(
+            "flood ({mode}): {syn} SYNs counted, {lost} events lost (counted); SIGTERM to exit {took:?}"
+        );
         assert!(
             took < Duration::from_secs(5),
             "{mode}: SIGTERM took {took:?}"
