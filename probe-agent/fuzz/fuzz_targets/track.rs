@@ -92,7 +92,7 @@ const QTYPES: [RecordType; 4] = [
 /// Four clients, IPv4 and IPv6, each with a DNS server and a TCP server.
 fn client(flow: u8) -> (SocketAddr, SocketAddr, SocketAddr) {
     let i = flow % 4;
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let ip = IpAddr::from([10, 244, 0, 5 + i]);
         (
             SocketAddr::new(ip, 40000 + u16::from(i)),
