@@ -159,23 +159,10 @@ fn try_agent(
     Ok(outcome)
 }
 
-/// SIGTERM (the agent detaches and exits), then SIGKILL after 10 s.
+/// SIGTERM (the agent detaches and exits), then SIGKILL after 10 s. `ip netns exec`
+/// execs setpriv, which execs the agent: the child's pid is the agent's.
 fn stop(child: &mut std::process::Child) {
-    use nix::{sys::signal, unistd::Pid};
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    // `ip netns exec` execs setpriv, which execs the agent: the child's pid is the agent's.
-    let _ = signal::kill(Pid::from_raw(child.id() as i32), signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    exec::terminate(child, Duration::from_secs(10));
 }
 
 #[cfg(test)]

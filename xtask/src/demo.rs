@@ -718,25 +718,9 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        use nix::{sys::signal, unistd::Pid};
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
+        if !exec::terminate(&mut self.child, Duration::from_secs(10)) {
+            eprintln!("the agent did not stop within 10 s of SIGTERM: killed it");
         }
-        // SIGTERM: the agent detaches its programs and exits.
-        let _ = signal::kill(
-            Pid::from_raw(self.child.id() as i32),
-            signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("the agent did not stop within 10 s of SIGTERM: killing it");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

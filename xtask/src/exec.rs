@@ -4,7 +4,8 @@ use std::{
     ffi::OsStr,
     io::Write,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -107,6 +108,27 @@ where
     let mut cmd = Command::new(tool(name));
     cmd.args(args);
     cmd
+}
+
+/// Stops `child` the way a kubelet stops a container: SIGTERM, up to `grace` to exit
+/// (the agent detaches its programs then), SIGKILL after. Returns whether it exited by
+/// itself; reaps it either way.
+pub fn terminate(child: &mut Child, grace: Duration) -> bool {
+    use nix::{sys::signal, unistd::Pid};
+    if let Ok(Some(_)) = child.try_wait() {
+        return true;
+    }
+    let _ = signal::kill(Pid::from_raw(child.id() as i32), signal::Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
 }
 
 #[cfg(test)]

@@ -528,23 +528,7 @@ struct RuleState {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        use nix::{sys::signal, unistd::Pid};
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let _ = signal::kill(
-            Pid::from_raw(self.child.id() as i32),
-            signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        exec::terminate(&mut self.child, Duration::from_secs(10));
     }
 }
 

@@ -26,7 +26,10 @@ use nix::{
     unistd::Pid,
 };
 use serde_json::Value;
-use xtask::lab::{self, Node, Proto};
+use xtask::{
+    exec,
+    lab::{self, Node, Proto},
+};
 
 use crate::{build, demo::http_get, toolchain, util};
 
@@ -213,16 +216,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        exec::terminate(&mut self.child, Duration::from_secs(5));
     }
 }
 

@@ -156,18 +156,7 @@ impl DnsServer {
 
 impl Drop for DnsServer {
     fn drop(&mut self) {
-        use nix::{sys::signal, unistd::Pid};
-        let pid = Pid::from_raw(self.child.id() as i32);
-        let _ = signal::kill(pid, signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::exec::terminate(&mut self.child, Duration::from_secs(2));
         if let Some(t) = self.log_thread.take() {
             let _ = t.join();
         }
