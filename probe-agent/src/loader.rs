@@ -7,7 +7,7 @@ use aya::{
 };
 use probe_ebpf::{
     EGRESS_PROGRAM, EVENTS_MAP, FLOW_COUNTS_MAP, FlowCounters, FlowKey, INGRESS_PROGRAM,
-    LOCAL_ENDPOINTS_MAP, LOSSES_MAP,
+    LOCAL_ENDPOINTS_MAP, LOSSES_MAP, LossCounter,
 };
 
 /// aya-log-ebpf's global log level in the object.
@@ -48,6 +48,15 @@ pub struct ProbeMaps {
     pub events: RingBuf<MapData>,
     pub flow_counts: HashMap<MapData, FlowKey, FlowCounters>,
     pub losses: PerCpuArray<MapData, u64>,
+}
+
+/// One of the kernel's event counters (ring full, submitted, ...), summed over CPUs; 0
+/// when the map cannot be read.
+pub fn kernel_count(losses: &PerCpuArray<MapData, u64>, counter: LossCounter) -> u64 {
+    losses
+        .get(&(counter as u32), 0)
+        .map(|per_cpu| per_cpu.iter().sum())
+        .unwrap_or(0)
 }
 
 /// Sizes of the kernel maps.

@@ -462,8 +462,8 @@ async fn read_kernel_counts(
             let (flow_counts, losses) = &maps;
             let counts = KernelCounts {
                 flows: flow_counts.iter().filter_map(Result::ok).collect(),
-                ring_full: kernel_count(losses, LossCounter::RingFull),
-                submitted: kernel_count(losses, LossCounter::Submitted),
+                ring_full: loader::kernel_count(losses, LossCounter::RingFull),
+                submitted: loader::kernel_count(losses, LossCounter::Submitted),
             };
             (maps, counts)
         })
@@ -539,14 +539,6 @@ async fn track_loop(
             _ = shutdown.changed() => return,
         }
     }
-}
-
-/// One of the kernel's event counters, summed over CPUs.
-fn kernel_count(losses: &PerCpuArray<MapData, u64>, counter: LossCounter) -> u64 {
-    losses
-        .get(&(counter as u32), 0)
-        .map(|per_cpu| per_cpu.iter().sum())
-        .unwrap_or(0)
 }
 
 fn decode_error_kind(err: &DecodeError) -> DecodeErrorKind {

@@ -93,11 +93,7 @@ impl Kernel {
     }
 
     fn losses(&self, counter: LossCounter) -> u64 {
-        self.maps
-            .losses
-            .get(&(counter as u32), 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+        loader::kernel_count(&self.maps.losses, counter)
     }
 }
 
