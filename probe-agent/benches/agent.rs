@@ -139,13 +139,7 @@ fn events_per_second(names: Option<Names>) {
 }
 
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib / 1024.0
+    xtask::lab::rss_kib(std::process::id()).expect("VmRSS") as f64 / 1024.0
 }
 
 /// Runs in a child process so the figure is not inflated by the other measurements.

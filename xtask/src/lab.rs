@@ -140,6 +140,15 @@ pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + '
     }
 }
 
+/// Resident memory of process `pid` in KiB (`VmRSS`), or `None` if it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Removes the namespaces `<prefix>-*` (and their /etc/netns files) left by a run that was
 /// killed before it could clean up. Fails, removing nothing, if a process still lives in
 /// one of them (another run is using them). Returns the names removed.

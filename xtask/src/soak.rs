@@ -193,18 +193,9 @@ impl Agent {
         }
     }
 
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
     fn rss_mib(&self) -> Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS")?;
-        Ok(kib / 1024.0)
+        let kib = lab::rss_kib(self.child.id()).context("the agent has no VmRSS: gone?")?;
+        Ok(kib as f64 / 1024.0)
     }
 
     fn metrics(&self) -> Result<HashMap<String, f64>> {

@@ -175,12 +175,7 @@ fn fd_count(pid: u32) -> usize {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    lab::rss_kib(pid).expect("VmRSS")
 }
 
 /// One connection, counted once: a fresh agent shows nothing from before, then exactly

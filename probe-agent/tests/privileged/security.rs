@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use xtask::lab;
+
 use crate::e2e::{Agent, node};
 
 const CAP_NET_ADMIN: u32 = 12;
@@ -103,14 +105,7 @@ fn the_live_api_refuses_oversized_requests_and_holds_many_followers() {
     // 2,000 clients ask to follow at once: 256 streams are served, the rest are told
     // to come back (503); the agent keeps answering, and every slot comes back when the
     // clients go.
-    let rss = |pid: u32| -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    };
+    let rss = |pid: u32| lab::rss_kib(pid).expect("VmRSS");
     let before = rss(agent.child.id());
     let mut streams = Vec::new();
     let (mut served, mut refused) = (0, 0);
