@@ -162,19 +162,13 @@ struct VerdictLabels {
 
 impl VerdictLabels {
     fn of(v: &Verdict) -> Self {
-        let field = |end: &Option<Arc<Endpoint>>, get: fn(&Endpoint) -> &Option<Arc<str>>| {
-            end.as_deref()
-                .and_then(|end| get(end).as_deref())
-                .map(escape)
-                .unwrap_or_default()
-        };
         Self {
             verdict: v.verdict.as_str(),
-            src_namespace: field(&v.src, |e| &e.namespace),
-            src_workload: field(&v.src, |e| &e.workload),
-            dst_namespace: field(&v.dst, |e| &e.namespace),
-            dst_workload: field(&v.dst, |e| &e.workload),
-            dst_service: field(&v.dst, |e| &e.service),
+            src_namespace: endpoint_label(&v.src, |e| &e.namespace),
+            src_workload: endpoint_label(&v.src, |e| &e.workload),
+            dst_namespace: endpoint_label(&v.dst, |e| &e.namespace),
+            dst_workload: endpoint_label(&v.dst, |e| &e.workload),
+            dst_service: endpoint_label(&v.dst, |e| &e.service),
             dst_port: v.flow.dst_port.to_string(),
         }
     }
@@ -191,6 +185,14 @@ impl VerdictLabels {
             dst_port: other(),
         }
     }
+}
+
+/// One name of a flow end as a label value: escaped, empty where unknown.
+fn endpoint_label(end: &Option<Arc<Endpoint>>, name: fn(&Endpoint) -> &Option<Arc<str>>) -> String {
+    end.as_deref()
+        .and_then(|end| name(end).as_deref())
+        .map(escape)
+        .unwrap_or_default()
 }
 
 /// prometheus-client 0.23 writes label values verbatim; names from the Kubernetes API are
@@ -226,16 +228,9 @@ impl DnsFailureLabels {
             kind if kind.is_failure() => dns.rcode.as_deref().map_or(OTHER, rcode_label),
             _ => return None,
         };
-        let src = |get: fn(&Endpoint) -> &Option<Arc<str>>| {
-            v.src
-                .as_deref()
-                .and_then(|end| get(end).as_deref())
-                .map(escape)
-                .unwrap_or_default()
-        };
         Some(Self {
-            src_namespace: src(|e| &e.namespace),
-            src_workload: src(|e| &e.workload),
+            src_namespace: endpoint_label(&v.src, |e| &e.namespace),
+            src_workload: endpoint_label(&v.src, |e| &e.workload),
             qname: escape(&dns.qname.to_ascii_lowercase()),
             rcode,
         })

@@ -538,22 +538,22 @@ impl Journal {
         if matches!(kind, FlowEventKind::Timeout) && !verdict_changed {
             return;
         }
+        let verdict = self.verdict_of(state);
+        if verdict_changed && state.verdict.is_final() {
+            self.metrics.verdict_reached(&verdict);
+        }
+        // The event shares the verdict's names, interface and DNS summary: looked up once.
         let event = FlowEvent {
             time: self.clock.to_utc(now),
-            flow: state.flow,
+            flow: verdict.flow,
             event: kind,
-            verdict: state.verdict,
-            reason: Arc::clone(&state.reason),
-            interface: self.interface_name(state.ifindex),
-            src: self.names.source(state.flow.src_ip),
-            dst: self
-                .names
-                .destination(state.flow.dst_ip, state.flow.dst_port),
-            dns: dns_summary(state),
+            verdict: verdict.verdict,
+            reason: verdict.reason,
+            interface: verdict.interface,
+            src: verdict.src,
+            dst: verdict.dst,
+            dns: verdict.dns,
         };
-        if verdict_changed && state.verdict.is_final() {
-            self.metrics.verdict_reached(&self.verdict_of(state));
-        }
         if self.events.len() == self.capacity {
             self.events.pop_front();
         }
