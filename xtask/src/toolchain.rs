@@ -341,10 +341,9 @@ pub fn ensure_image_packages() -> Result<()> {
     ensure_task_packages("image", IMAGE_PACKAGES)
 }
 
-/// The load generators `cargo xtask soak` drives.
+/// What `cargo xtask soak` drives besides [`PACKAGES`] (which has hping3, the SYN flood).
 pub const SOAK_PACKAGES: &[&str] = &[
-    "hping3", // the SYN flood
-    "wrk",    // HTTP load on the API
+    "wrk", // HTTP load on the API
 ];
 
 /// Installs the Debian `packages` one task needs when missing (as root), or fails saying
