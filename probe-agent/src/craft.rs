@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use hickory_proto::{
-    op::{Message, MessageType, Query, ResponseCode},
+    op::{Message, MessageType, OpCode, Query, ResponseCode},
     rr::{Name, RecordType},
 };
 use pnet_packet::{
@@ -244,16 +244,13 @@ fn dns_message(
     kind: MessageType,
     rcode: ResponseCode,
 ) -> Vec<u8> {
-    let mut message = Message::new();
-    message
-        .set_id(id)
-        .set_message_type(kind)
-        .set_recursion_desired(kind == MessageType::Query)
-        .set_response_code(rcode)
-        .add_query(Query::query(
-            Name::from_ascii(name).expect("valid name"),
-            qtype,
-        ));
+    let mut message = Message::new(id, kind, OpCode::Query);
+    message.metadata.recursion_desired = kind == MessageType::Query;
+    message.metadata.response_code = rcode;
+    message.add_query(Query::query(
+        Name::from_ascii(name).expect("valid name"),
+        qtype,
+    ));
     message.to_vec().expect("encodable")
 }
 

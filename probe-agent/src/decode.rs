@@ -361,14 +361,14 @@ fn quoted_packet(bytes: &[u8], v6: bool) -> Result<ParsedPacket, DecodeError> {
 pub fn decode_dns(bytes: &[u8]) -> Option<DnsPacket> {
     let header = Header::read(&mut BinDecoder::new(bytes)).ok()?;
     let mut dns = DnsPacket {
-        id: header.id(),
-        is_response: header.message_type() == MessageType::Response,
-        rcode: header.response_code(),
+        id: header.metadata.id,
+        is_response: header.metadata.message_type == MessageType::Response,
+        rcode: header.metadata.response_code,
         qname: None,
         qtype: None,
     };
     if let Ok(message) = Message::from_vec(bytes)
-        && let Some(query) = message.queries().first()
+        && let Some(query) = message.queries.first()
     {
         dns.qname = Some(query.name().to_string());
         dns.qtype = Some(query.query_type().to_string());

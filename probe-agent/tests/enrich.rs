@@ -92,9 +92,11 @@ fn rand_suffix() -> u64 {
 }
 
 impl Cluster {
-    /// Waits (up to 10 s) until the names satisfy `check`.
+    /// Waits until the names satisfy `check`: up to 30 s, kube-rs' longest backoff, since
+    /// a watch that failed a few times while the API was down (more often on a loaded
+    /// machine) retries after 0.8, 1.6, 3.2... s, each with up to as much again of jitter.
     async fn until(&self, what: &str, check: impl Fn(&Names) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !check(&self.names) {
             assert!(Instant::now() < deadline, "timed out waiting until {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -57,8 +57,8 @@ enum Task {
     /// Load and fault scenarios on a simulated node (root): a SYN flood with the API
     /// under HTTP load; one line per figure with its budget.
     Soak(soak::SoakArgs),
-    /// `cargo deny check`: licenses, bans and sources of every dependency (deny.toml);
-    /// `--advisories` adds RustSec's (needs github.com).
+    /// `cargo deny check`: licenses, bans, sources and RustSec advisories of every
+    /// dependency (deny.toml); offline against this machine's database copy if need be.
     Deny(deny::DenyArgs),
 }
 

@@ -41,7 +41,7 @@ fn suites() -> Vec<Suite> {
             ]),
         ),
         suite("unit tests", false, util::cargo(["test", "--workspace"])),
-        // Licenses, bans and sources of every dependency (deny.toml).
+        // Licenses, bans, sources and RustSec advisories of every dependency (deny.toml).
         suite("cargo deny", false, util::cargo(["xtask", "deny"])),
         // Each fuzz target of probe-agent/fuzz for a short run (nightly, cargo-fuzz); a
         // crash fails it and leaves the input under target/fuzz/artifacts/.
@@ -117,6 +117,7 @@ fn suites() -> Vec<Suite> {
 
 pub fn run() -> Result<()> {
     toolchain::bootstrap()?;
+    warn_if_disk_is_short();
     let root = util::is_root();
     let all = suites();
     let total = all.len();
@@ -158,4 +159,24 @@ pub fn run() -> Result<()> {
         bail!("{failed} suite(s) failed");
     }
     Ok(())
+}
+
+/// What a run from a clean clone writes (target/, the fuzz corpus, the image), with room
+/// to spare: .ci/run's settings measured about GIB_WRITTEN_MEASURED.
+const DISK_NEEDED_GIB: u64 = 12;
+
+/// A full disk fails every suite after it with ENOSPC, which reads like a dozen bugs:
+/// say so up front.
+fn warn_if_disk_is_short() {
+    let Ok(stat) = nix::sys::statvfs::statvfs(".") else {
+        return;
+    };
+    let free_gib = (stat.blocks_available() * stat.fragment_size()) >> 30;
+    println!("xtask: {free_gib} GiB free on the disk of the working tree");
+    if free_gib < DISK_NEEDED_GIB {
+        eprintln!(
+            "xtask: WARNING: a full run writes up to {DISK_NEEDED_GIB} GiB; with {free_gib} GiB free, \
+             suites may fail with \"No space left on device\""
+        );
+    }
 }

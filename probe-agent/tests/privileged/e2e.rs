@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use probe_agent::model::{AttachMode, InterfaceStatus, Protocol, Verdict, VerdictKind};
 use serde::de::DeserializeOwned;
 use xtask::lab::{self, Node, Pod, Proto, QueryType};
@@ -411,7 +411,7 @@ impl RcodeServer {
                     continue;
                 };
                 let first_label = query
-                    .queries()
+                    .queries
                     .first()
                     .and_then(|q| {
                         q.name()
@@ -426,11 +426,10 @@ impl RcodeServer {
                     "formerr" => ResponseCode::FormErr,
                     _ => ResponseCode::NXDomain,
                 };
-                let mut response = Message::new();
-                response.set_id(query.id());
-                response.set_message_type(MessageType::Response);
-                response.set_response_code(rcode);
-                response.add_queries(query.queries().to_vec());
+                let mut response =
+                    Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+                response.metadata.response_code = rcode;
+                response.add_queries(query.queries.clone());
                 let _ = socket.send_to(&response.to_vec().unwrap(), from);
             }
         });

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use hickory_proto::{
-    op::{Message, MessageType, Query},
+    op::{Message, MessageType, OpCode, Query},
     rr::{Name, RecordType},
 };
 
@@ -199,12 +199,9 @@ pub(crate) fn encode_query(id: u16, name: &str, qtype: QueryType) -> io::Result<
         )
     };
     let name = Name::from_ascii(name).map_err(bad_name)?;
-    let mut message = Message::new();
-    message
-        .set_id(id)
-        .set_message_type(MessageType::Query)
-        .set_recursion_desired(true)
-        .add_query(Query::query(name, qtype.into()));
+    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(name, qtype.into()));
     message
         .to_vec()
         .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))
@@ -213,10 +210,11 @@ pub(crate) fn encode_query(id: u16, name: &str, qtype: QueryType) -> io::Result<
 /// The reply to query `id`; `None` if `packet` is not one.
 pub(crate) fn decode_reply(packet: &[u8], id: u16) -> Option<DnsReply> {
     let message = Message::from_vec(packet).ok()?;
-    (message.id() == id && message.message_type() == MessageType::Response).then(|| DnsReply {
+    let metadata = &message.metadata;
+    (metadata.id == id && metadata.message_type == MessageType::Response).then(|| DnsReply {
         id,
-        rcode: u16::from(message.response_code()) as u8,
-        answers: message.answer_count(),
+        rcode: u16::from(metadata.response_code) as u8,
+        answers: u16::try_from(message.answers.len()).unwrap_or(u16::MAX),
     })
 }
 
