@@ -98,10 +98,12 @@ pub fn run_then(args: DemoArgs, then: Option<AfterIncidents<'_>>) -> Result<()> 
     };
     check()?;
 
-    let removed = lab::remove_stale(PREFIX)?;
+    let _one_demo_at_a_time = hold_demo_lock()?;
+    // No other demo is alive, so whatever a killed one left is ours to clear.
+    let removed = lab::remove_orphans(PREFIX)?;
     if !removed.is_empty() {
         println!(
-            "Removed namespaces left by an earlier demo: {}",
+            "Removed what an earlier demo left (its processes, then namespaces {})",
             removed.join(" ")
         );
     }
@@ -621,6 +623,30 @@ fn output(cmd: &mut Command) -> (bool, String) {
 }
 
 /// probe-agent, started as a child; stopped with SIGTERM on drop.
+/// A lock on `target/netprobe-demo/demo.lock`, which the kernel releases when its holder
+/// dies, even by SIGKILL: held, it proves no other demo is running.
+fn hold_demo_lock() -> Result<File> {
+    let dir = util::workspace_root().join("target").join("netprobe-demo");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("demo.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another `cargo xtask demo` is running (it holds {}): stop it first (Ctrl-C)",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
 struct Agent {
     bin: PathBuf,
     child: Child,

@@ -25,6 +25,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
 };
 
 use anyhow::Result;
@@ -149,18 +150,19 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Removes the namespaces `<prefix>-*` (and their /etc/netns files) left by a run that was
-/// killed before it could clean up. Fails, removing nothing, if a process still lives in
-/// one of them (another run is using them). Returns the names removed.
-pub fn remove_stale(prefix: &str) -> Result<Vec<String>> {
+/// Removes what a run using namespaces `<prefix>-*` left when it was killed before it could
+/// clean up: the processes inside those namespaces or naming one on their command line (an
+/// agent started with `--netns`), then the namespaces and their /etc/netns files. Only for
+/// a caller that knows no live run uses the prefix (the demo holds a lock). Returns the
+/// namespaces removed.
+pub fn remove_orphans(prefix: &str) -> Result<Vec<String>> {
     let stale = node::namespaces_with_prefix(prefix)?;
     for ns in &stale {
-        let pids = node::netns_pids(ns)?;
-        if !pids.is_empty() {
-            anyhow::bail!(
-                "namespace {ns} is in use by process(es) {pids:?}: is another run using prefix {prefix:?}?"
-            );
+        let path = netns_path(ns);
+        for pid in pids_naming(&path.to_string_lossy()) {
+            stop_orphan(pid);
         }
+        node::kill_all_in(ns)?;
     }
     // Node first: deleting it destroys the host-side veths and so the pods' eth0.
     let mut ordered = stale.clone();
@@ -169,6 +171,47 @@ pub fn remove_stale(prefix: &str) -> Result<Vec<String>> {
         node::delete_netns(ns)?;
     }
     Ok(ordered)
+}
+
+/// SIGTERM, so that an agent detaches its programs, then SIGKILL after 5 s. Not our child:
+/// whoever adopted it reaps it, so "gone" is its /proc entry going.
+fn stop_orphan(pid: i32) {
+    use nix::{sys::signal, unistd::Pid};
+    // A zombie ("Z" after the command name) is gone too, only not yet reaped.
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+    };
+    let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gone() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !gone() {
+        let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGKILL);
+    }
+}
+
+/// Pids of the other processes with `needle` as one of their command-line arguments.
+fn pids_naming(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                cmdline
+                    .split(|&b| b == 0)
+                    .any(|arg| arg == needle.as_bytes())
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

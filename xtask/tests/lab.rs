@@ -266,7 +266,9 @@ fn remove_pod_and_leftovers() {
     assert!(!netns_exists(&ns));
     assert!(!netns_exists(&format!("{prefix}-b")));
 
-    // remove_stale cleans what a killed run left (simulated with plain `ip netns add`).
+    // remove_orphans clears what a killed run left (simulated with plain `ip netns add`): a
+    // process inside a namespace, one naming it on its command line (as an agent started
+    // with `--netns` does), then the namespaces.
     let stale = lab::unique_prefix("xt");
     for n in ["node", "x"] {
         let status = std::process::Command::new("ip")
@@ -276,8 +278,35 @@ fn remove_pod_and_leftovers() {
         assert!(status.success());
     }
     std::fs::create_dir_all(format!("/etc/netns/{stale}-x")).unwrap();
-    let removed = lab::remove_stale(&stale).unwrap();
+    let mut inside = std::process::Command::new("ip")
+        .args(["netns", "exec", &format!("{stale}-x"), "sleep", "600"])
+        .spawn()
+        .unwrap();
+    let node_path = lab::netns_path(&format!("{stale}-node"));
+    let mut naming = std::process::Command::new("python3")
+        .args(["-c", "import time; time.sleep(600)", "--netns"])
+        .arg(&node_path)
+        .spawn()
+        .unwrap();
+    // Until `ip netns exec` has entered the namespace and exec'd sleep.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(format!("/proc/{}/cmdline", inside.id()))
+        .unwrap_or_default()
+        .starts_with("sleep")
+    {
+        assert!(Instant::now() < deadline, "ip netns exec never ran sleep");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let removed = lab::remove_orphans(&stale).unwrap();
     assert_eq!(removed, [format!("{stale}-node"), format!("{stale}-x")]);
+    assert!(
+        inside.try_wait().unwrap().is_some(),
+        "the process inside is gone"
+    );
+    assert!(
+        naming.try_wait().unwrap().is_some(),
+        "the process naming the node is gone"
+    );
     assert!(!netns_exists(&format!("{stale}-x")));
     assert!(!Path::new(&format!("/etc/netns/{stale}-x")).exists());
 }

@@ -482,7 +482,10 @@ fn churn_of_pods_under_traffic() {
         .map(|i| node.add_pod(&format!("client{i}"), "default", i).unwrap())
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
-    let server_thread = accept_and_close(&server, 8080, &stop);
+    // Stopped only after the clients: a listener closed under a connection still in its
+    // accept queue resets it, which would be a real RESET verdict of the test's own making.
+    let server_stop = Arc::new(AtomicBool::new(false));
+    let server_thread = accept_and_close(&server, 8080, &server_stop);
     let tables = CHURN_TABLES.to_string();
     let agent = Agent::start(
         &node,
@@ -560,6 +563,7 @@ fn churn_of_pods_under_traffic() {
         ok += l.ok.load(Ordering::Relaxed);
         failed += l.failed.load(Ordering::Relaxed);
     }
+    server_stop.store(true, Ordering::Relaxed);
     server_thread.join().unwrap();
 
     // The attached set is the live set, in the API and in the kernel.

@@ -362,7 +362,7 @@ pub(super) fn netns_pids(netns: &str) -> Result<Vec<i32>> {
 }
 
 /// SIGKILLs every process in `netns` except this one, and waits (≤ 2 s) until they are gone.
-fn kill_all_in(netns: &str) -> Result<()> {
+pub(super) fn kill_all_in(netns: &str) -> Result<()> {
     use nix::{sys::signal, unistd::Pid};
     let me = std::process::id() as i32;
     let deadline = Instant::now() + Duration::from_secs(2);
