@@ -453,6 +453,9 @@ async fn read_kernel_counts(
     let mut tick = interval(RECONCILE_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut maps = (flow_counts, losses);
+    // Sized from the last read, so a full table is one allocation, not a chain of
+    // doublings (see the allocator settings in main).
+    let mut last_len = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -460,8 +463,10 @@ async fn read_kernel_counts(
         }
         let read = tokio::task::spawn_blocking(move || {
             let (flow_counts, losses) = &maps;
+            let mut flows = Vec::with_capacity(last_len + last_len / 8);
+            flows.extend(flow_counts.iter().filter_map(Result::ok));
             let counts = KernelCounts {
-                flows: flow_counts.iter().filter_map(Result::ok).collect(),
+                flows,
                 ring_full: loader::kernel_count(losses, LossCounter::RingFull),
                 submitted: loader::kernel_count(losses, LossCounter::Submitted),
             };
@@ -470,6 +475,7 @@ async fn read_kernel_counts(
         .await;
         let Ok((back, counts)) = read else { return };
         maps = back;
+        last_len = counts.flows.len();
         if snapshots.send(counts).await.is_err() {
             return;
         }
