@@ -192,6 +192,10 @@ fn stop_orphan(pid: i32) {
     }
     if !gone() {
         let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !gone() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

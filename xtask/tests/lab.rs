@@ -283,9 +283,11 @@ fn remove_pod_and_leftovers() {
         .spawn()
         .unwrap();
     let node_path = lab::netns_path(&format!("{stale}-node"));
-    let mut naming = std::process::Command::new("python3")
-        .args(["-c", "import time; time.sleep(600)", "--netns"])
+    // dash blocked in its builtin `read` on a pipe: one process, its command line as given.
+    let mut naming = std::process::Command::new("sh")
+        .args(["-c", "read line", "orphan", "--netns"])
         .arg(&node_path)
+        .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // Until `ip netns exec` has entered the namespace and exec'd sleep.
