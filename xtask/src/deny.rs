@@ -7,7 +7,7 @@
 //! advisories are reported as not checked (or fail the run under `--require-advisories`).
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use xtask::exec;
 
-use crate::util;
+use crate::{toolchain, util};
 
 /// The cargo-deny release the checks are written for (deny.toml's format).
 const CARGO_DENY_VERSION: &str = "0.20.2";
@@ -45,7 +45,7 @@ fn check_advisories(required: bool) -> Result<()> {
         .args(["deny", "fetch", "db"])
         .output()
         .is_ok_and(|out| out.status.success());
-    let db = cargo_home()?.join(ADVISORY_DB_DIR);
+    let db = toolchain::cargo_home()?.join(ADVISORY_DB_DIR);
     let mut cmd = util::cargo(["deny", "--all-features"]);
     if fetched {
         println!("xtask: RustSec advisory database fetched");
@@ -76,14 +76,6 @@ fn check_advisories(required: bool) -> Result<()> {
     }
     cmd.args(["check", "advisories"]);
     exec::run_streaming(&mut cmd).context("cargo deny found advisories against dependencies")
-}
-
-fn cargo_home() -> Result<PathBuf> {
-    if let Some(home) = std::env::var_os("CARGO_HOME") {
-        return Ok(home.into());
-    }
-    let home = std::env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
-    Ok(Path::new(&home).join(".cargo"))
 }
 
 /// When the database copy at `db` was last committed to; `None` if it is not one.
