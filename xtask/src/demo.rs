@@ -622,7 +622,6 @@ fn output(cmd: &mut Command) -> (bool, String) {
     }
 }
 
-/// probe-agent, started as a child; stopped with SIGTERM on drop.
 /// A lock on `target/netprobe-demo/demo.lock`, which the kernel releases when its holder
 /// dies, even by SIGKILL: held, it proves no other demo is running.
 fn hold_demo_lock() -> Result<File> {
@@ -647,6 +646,7 @@ fn hold_demo_lock() -> Result<File> {
     }
 }
 
+/// probe-agent, started as a child; stopped with SIGTERM on drop.
 struct Agent {
     bin: PathBuf,
     child: Child,
