@@ -185,16 +185,17 @@ fn stop_orphan(pid: i32) {
                 .is_some_and(|rest| rest.trim_start().starts_with('Z'))
         })
     };
-    let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !gone() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if !gone() {
-        let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGKILL);
-        let deadline = Instant::now() + Duration::from_secs(1);
+    for (signal, grace) in [
+        (signal::Signal::SIGTERM, Duration::from_secs(5)),
+        (signal::Signal::SIGKILL, Duration::from_secs(1)),
+    ] {
+        let _ = signal::kill(Pid::from_raw(pid), signal);
+        let deadline = Instant::now() + grace;
         while !gone() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
+        }
+        if gone() {
+            return;
         }
     }
 }
