@@ -14,8 +14,11 @@ use std::{net::IpAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
 
-pub use directory::{Directory, Snapshot};
-pub use objects::{PodRecord, PodView, ServiceRecord, SliceRecord, object_key};
+pub use directory::{ClusterView, Directory, Snapshot};
+pub use objects::{
+    DeclaredPort, NamespaceRecord, PodRecord, PodView, ServicePortRecord, ServiceRecord,
+    SliceEndpoint, SliceRecord, TargetPort, object_key,
+};
 pub use watch::{KubeOptions, client, watch};
 
 use crate::model::Endpoint;
@@ -35,6 +38,11 @@ impl Names {
 
     pub fn publish(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// The whole snapshot: the cluster's objects, for diagnosing a failure.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
     }
 
     /// The client end of a flow.

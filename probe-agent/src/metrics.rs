@@ -124,16 +124,26 @@ pub enum KubeKind {
     Pods,
     Services,
     EndpointSlices,
+    Namespaces,
+    NetworkPolicies,
 }
 
 impl KubeKind {
-    pub const ALL: [KubeKind; 3] = [Self::Pods, Self::Services, Self::EndpointSlices];
+    pub const ALL: [KubeKind; 5] = [
+        Self::Pods,
+        Self::Services,
+        Self::EndpointSlices,
+        Self::Namespaces,
+        Self::NetworkPolicies,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pods => "pods",
             Self::Services => "services",
             Self::EndpointSlices => "endpointslices",
+            Self::Namespaces => "namespaces",
+            Self::NetworkPolicies => "networkpolicies",
         }
     }
 }
@@ -687,6 +697,8 @@ mod tests {
             },
             verdict: kind,
             reason: "".into(),
+            cause: None,
+            next: None,
             counts: Counts::default(),
             first_seen: t,
             last_seen: t,
@@ -772,6 +784,8 @@ netprobe_ready 0
 # HELP netprobe_kube_watch_errors Failed Kubernetes watches (retried with backoff).
 # TYPE netprobe_kube_watch_errors counter
 netprobe_kube_watch_errors_total{kind=\"endpointslices\"} 0
+netprobe_kube_watch_errors_total{kind=\"namespaces\"} 0
+netprobe_kube_watch_errors_total{kind=\"networkpolicies\"} 0
 netprobe_kube_watch_errors_total{kind=\"pods\"} 0
 netprobe_kube_watch_errors_total{kind=\"services\"} 0
 # EOF

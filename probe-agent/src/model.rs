@@ -133,6 +133,110 @@ impl FromStr for VerdictKind {
     }
 }
 
+/// Why a flow failed: a stable, machine-readable id (`cause` in the API). The `reason`
+/// beside it says the same in words, naming the objects involved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// Not a failure: an NXDOMAIN for one search-path expansion of a name whose lookup
+    /// went on (`<name>.<ns>.svc.cluster.local` before `<name>.`).
+    SearchPathExpansion,
+    /// The whole search path answered NXDOMAIN: the name does not exist.
+    NameNotFound,
+    /// The DNS server answered SERVFAIL, REFUSED or another error.
+    DnsServerError,
+    /// DNS queries got no answer.
+    DnsNoAnswer,
+    /// A SYN to a Service whose endpoints are all missing or not ready.
+    NoReadyEndpoints,
+    /// A RST from a pod on a port its containers do not declare, which a Service's
+    /// targetPort sends to.
+    TargetPortMismatch,
+    /// A SYN answered by RST: nothing listens there.
+    NothingListening,
+    /// An established connection reset.
+    ConnectionReset,
+    /// A SYN answered by ICMP destination unreachable, no Service involved.
+    DestinationUnreachable,
+    /// A NetworkPolicy isolates the destination (or the source's egress) and no rule
+    /// admits the traffic.
+    NetworkPolicy,
+    /// Both ends on this node: the SYN left the client's veth and never reached the
+    /// server's (node firewall, policy, bridge).
+    DroppedBetween,
+    /// The SYN reached the server pod's veth and the server never answered.
+    ServerSilent,
+    /// No answer, and only the client's side is on this node.
+    NoAnswer,
+    /// Most pod pairs on the node time out at once: the node's datapath is down.
+    NodeDatapath,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 14] = [
+        Self::SearchPathExpansion,
+        Self::NameNotFound,
+        Self::DnsServerError,
+        Self::DnsNoAnswer,
+        Self::NoReadyEndpoints,
+        Self::TargetPortMismatch,
+        Self::NothingListening,
+        Self::ConnectionReset,
+        Self::DestinationUnreachable,
+        Self::NetworkPolicy,
+        Self::DroppedBetween,
+        Self::ServerSilent,
+        Self::NoAnswer,
+        Self::NodeDatapath,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SearchPathExpansion => "search_path_expansion",
+            Self::NameNotFound => "name_not_found",
+            Self::DnsServerError => "dns_server_error",
+            Self::DnsNoAnswer => "dns_no_answer",
+            Self::NoReadyEndpoints => "no_ready_endpoints",
+            Self::TargetPortMismatch => "target_port_mismatch",
+            Self::NothingListening => "nothing_listening",
+            Self::ConnectionReset => "connection_reset",
+            Self::DestinationUnreachable => "destination_unreachable",
+            Self::NetworkPolicy => "network_policy",
+            Self::DroppedBetween => "dropped_between",
+            Self::ServerSilent => "server_silent",
+            Self::NoAnswer => "no_answer",
+            Self::NodeDatapath => "node_datapath",
+        }
+    }
+
+    /// Every cause but [`Cause::SearchPathExpansion`] explains a failure.
+    pub fn is_failure(self) -> bool {
+        self != Self::SearchPathExpansion
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown cause {0:?} (expected one of {known})", known = Cause::ALL.map(Cause::as_str).join(", "))]
+pub struct UnknownCause(pub String);
+
+impl FromStr for Cause {
+    type Err = UnknownCause;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|cause| cause.as_str() == wanted)
+            .ok_or_else(|| UnknownCause(s.to_string()))
+    }
+}
+
 /// Packet counts of one flow, as the kernel counted them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
@@ -181,6 +285,12 @@ pub struct Verdict {
     pub verdict: VerdictKind,
     /// Shared with the tracker's state and events: cloning is a reference count.
     pub reason: Arc<str>,
+    /// Why it failed (`null` while OK or pending).
+    #[serde(default)]
+    pub cause: Option<Cause>,
+    /// The one command that confirms the cause.
+    #[serde(default)]
+    pub next: Option<Arc<str>>,
     pub counts: Counts,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
@@ -245,6 +355,10 @@ pub struct FlowEvent {
     /// The flow's verdict after this event.
     pub verdict: VerdictKind,
     pub reason: Arc<str>,
+    #[serde(default)]
+    pub cause: Option<Cause>,
+    #[serde(default)]
+    pub next: Option<Arc<str>>,
     pub interface: Arc<str>,
     pub src: Option<Arc<Endpoint>>,
     pub dst: Option<Arc<Endpoint>>,

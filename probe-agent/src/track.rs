@@ -24,7 +24,9 @@ use crate::{
     decode::{DnsPacket, Packet, flow_from_key, rcode_name},
     enrich::Names,
     metrics::{Metrics, PacketKind},
-    model::{Counts, DnsSummary, Flow, FlowEvent, FlowEventKind, Protocol, Verdict, VerdictKind},
+    model::{
+        Cause, Counts, DnsSummary, Flow, FlowEvent, FlowEventKind, Protocol, Verdict, VerdictKind,
+    },
 };
 
 /// Tracker settings (`probe-agent run` flags).
@@ -147,6 +149,9 @@ struct FlowState {
     generation: u64,
     verdict: VerdictKind,
     reason: Arc<str>,
+    /// Why it failed, and the command that confirms it (see [`crate::diagnose`]).
+    cause: Option<Cause>,
+    next: Option<Arc<str>>,
     counts: Counts,
     first_seen: Duration,
     last_seen: Duration,
@@ -509,6 +514,8 @@ fn flow_entry<'a>(
             generation: *next_generation,
             verdict: VerdictKind::Pending,
             reason: "".into(),
+            cause: None,
+            next: None,
             counts: Counts::default(),
             first_seen: now,
             last_seen: now,
@@ -549,6 +556,8 @@ impl Journal {
             event: kind,
             verdict: verdict.verdict,
             reason: verdict.reason,
+            cause: verdict.cause,
+            next: verdict.next,
             interface: verdict.interface,
             src: verdict.src,
             dst: verdict.dst,
@@ -577,6 +586,8 @@ impl Journal {
             flow: state.flow,
             verdict: state.verdict,
             reason: Arc::clone(&state.reason),
+            cause: state.cause,
+            next: state.next.clone(),
             counts: state.counts,
             first_seen: self.clock.to_utc(state.first_seen),
             last_seen: self.clock.to_utc(state.last_seen),

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 
 /// The collections served: URL path, kind, list kind, apiVersion, namespaced.
-const COLLECTIONS: [(&str, &str, &str, &str, bool); 4] = [
+const COLLECTIONS: [(&str, &str, &str, &str, bool); 5] = [
     ("/api/v1/pods", "Pod", "PodList", "v1", true),
     ("/api/v1/services", "Service", "ServiceList", "v1", true),
     (
@@ -37,6 +37,13 @@ const COLLECTIONS: [(&str, &str, &str, &str, bool); 4] = [
         "EndpointSlice",
         "EndpointSliceList",
         "discovery.k8s.io/v1",
+        true,
+    ),
+    (
+        "/apis/networking.k8s.io/v1/networkpolicies",
+        "NetworkPolicy",
+        "NetworkPolicyList",
+        "networking.k8s.io/v1",
         true,
     ),
     (

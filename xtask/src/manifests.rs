@@ -479,6 +479,7 @@ pub fn policy(objects: &[Value], dashboard: &Value) -> Checks {
             ("", "services"),
             ("", "namespaces"),
             ("discovery.k8s.io", "endpointslices"),
+            ("networking.k8s.io", "networkpolicies"),
         ] {
             for verb in ["get", "list", "watch"] {
                 want.insert(format!("{group}/{resource}:{verb}"));

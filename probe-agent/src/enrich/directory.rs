@@ -10,16 +10,19 @@ use std::{
     sync::Arc,
 };
 
-use super::objects::{ObjectKey, PodRecord, ServiceRecord, SliceRecord};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use super::objects::{NamespaceRecord, ObjectKey, PodRecord, ServiceRecord, SliceRecord};
 use crate::model::Endpoint;
 
 /// Objects of one kind, with the relist in progress after a (re)connect.
 #[derive(Debug)]
 pub struct Kind<R> {
-    current: HashMap<ObjectKey, R>,
+    /// Shared with the snapshots built from it.
+    current: HashMap<ObjectKey, Arc<R>>,
     /// Filled by a relist; replaces `current` when the list is complete, so objects
     /// deleted while the watch was down disappear and the old names serve meanwhile.
-    relisting: Option<HashMap<ObjectKey, R>>,
+    relisting: Option<HashMap<ObjectKey, Arc<R>>>,
 }
 
 impl<R> Default for Kind<R> {
@@ -33,7 +36,7 @@ impl<R> Default for Kind<R> {
 
 impl<R> Kind<R> {
     pub fn apply(&mut self, key: ObjectKey, record: R) {
-        self.current.insert(key, record);
+        self.current.insert(key, Arc::new(record));
     }
 
     pub fn delete(&mut self, key: &ObjectKey) {
@@ -47,7 +50,7 @@ impl<R> Kind<R> {
     pub fn relist_apply(&mut self, key: ObjectKey, record: R) {
         self.relisting
             .get_or_insert_with(HashMap::new)
-            .insert(key, record);
+            .insert(key, Arc::new(record));
     }
 
     pub fn relist_done(&mut self) {
@@ -65,7 +68,11 @@ impl<R> Kind<R> {
     }
 
     fn records(&self) -> impl Iterator<Item = &R> {
-        self.current.values()
+        self.current.values().map(|record| &**record)
+    }
+
+    fn shared(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<R>)> {
+        self.current.iter()
     }
 }
 
@@ -75,6 +82,8 @@ pub struct Directory {
     pub pods: Kind<PodRecord>,
     pub services: Kind<ServiceRecord>,
     pub slices: Kind<SliceRecord>,
+    pub namespaces: Kind<NamespaceRecord>,
+    pub policies: Kind<NetworkPolicy>,
 }
 
 /// IP → name, immutable once built.
@@ -87,6 +96,45 @@ pub struct Snapshot {
     host_ports: HashMap<(IpAddr, u16), Arc<Endpoint>>,
     /// Node addresses.
     nodes: HashMap<IpAddr, Arc<Endpoint>>,
+    /// The objects themselves, for diagnosing failures.
+    pub cluster: ClusterView,
+}
+
+/// The cluster's objects as diagnosis reads them, immutable once built. Records are shared
+/// with the directory, so a snapshot costs its maps, not copies of the objects.
+#[derive(Debug, Default)]
+pub struct ClusterView {
+    /// Pods by their own IPs (host-network pods are not here), as [`Directory::ip_owners`].
+    pub pod_by_ip: HashMap<IpAddr, Arc<PodRecord>>,
+    /// Every pod, by namespace.
+    pub pods: HashMap<Arc<str>, Vec<Arc<PodRecord>>>,
+    pub services: HashMap<ObjectKey, Arc<ServiceRecord>>,
+    pub service_by_ip: HashMap<IpAddr, Arc<ServiceRecord>>,
+    /// EndpointSlices by (namespace, Service).
+    pub slices: HashMap<ObjectKey, Vec<Arc<SliceRecord>>>,
+    pub namespaces: HashMap<Arc<str>, Arc<NamespaceRecord>>,
+    /// NetworkPolicies by namespace.
+    pub policies: HashMap<Arc<str>, Vec<Arc<NetworkPolicy>>>,
+}
+
+impl ClusterView {
+    pub fn pods_in(&self, namespace: &str) -> &[Arc<PodRecord>] {
+        self.pods.get(namespace).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn policies_in(&self, namespace: &str) -> &[Arc<NetworkPolicy>] {
+        self.policies.get(namespace).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn slices_of(&self, service: &ServiceRecord) -> &[Arc<SliceRecord>] {
+        self.slices
+            .get(&(Arc::clone(&service.namespace), Arc::clone(&service.name)))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty() && self.services.is_empty()
+    }
 }
 
 impl Snapshot {
@@ -142,6 +190,7 @@ impl Directory {
             }
         }
         self.name_other_backends(&mut snapshot, &owners);
+        snapshot.cluster = self.cluster_view(&owners);
         for pod in self.pods.records() {
             if let (Some(ip), Some(node)) = (pod.host_ip, &pod.node)
                 && !snapshot.by_ip.contains_key(&ip)
@@ -155,6 +204,56 @@ impl Directory {
             }
         }
         snapshot
+    }
+
+    fn cluster_view(&self, owners: &BTreeMap<IpAddr, &PodRecord>) -> ClusterView {
+        let mut view = ClusterView::default();
+        for (_, pod) in self.pods.shared() {
+            view.pods
+                .entry(Arc::clone(&pod.namespace))
+                .or_default()
+                .push(Arc::clone(pod));
+            for ip in &pod.ips {
+                if owners
+                    .get(ip)
+                    .is_some_and(|owner| std::ptr::eq(*owner, &**pod))
+                {
+                    view.pod_by_ip.insert(*ip, Arc::clone(pod));
+                }
+            }
+        }
+        for (key, service) in self.services.shared() {
+            view.services.insert(key.clone(), Arc::clone(service));
+            for ip in &service.cluster_ips {
+                view.service_by_ip.insert(*ip, Arc::clone(service));
+            }
+        }
+        for (_, slice) in self.slices.shared() {
+            if let Some(service) = &slice.service {
+                view.slices
+                    .entry((Arc::clone(&slice.namespace), Arc::clone(service)))
+                    .or_default()
+                    .push(Arc::clone(slice));
+            }
+        }
+        for (_, namespace) in self.namespaces.shared() {
+            view.namespaces
+                .insert(Arc::clone(&namespace.name), Arc::clone(namespace));
+        }
+        for ((namespace, _), policy) in self.policies.shared() {
+            view.policies
+                .entry(Arc::clone(namespace))
+                .or_default()
+                .push(Arc::clone(policy));
+        }
+        // Stable orders: policies and pods by name.
+        for policies in view.policies.values_mut() {
+            policies.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        }
+        for pods in view.pods.values_mut() {
+            pods.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        view
     }
 
     /// The pod that owns each pod IP. Pods can briefly share one (a finished or

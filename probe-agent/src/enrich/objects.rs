@@ -5,12 +5,15 @@
 //! tens of MiB of transient JSON), and only these fields are ever allocated. Services
 //! and EndpointSlices are small and use the k8s-openapi types.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use k8s_openapi::{
     NamespaceResourceScope,
-    api::{core::v1::Service, discovery::v1::EndpointSlice},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    api::{
+        core::v1::{Namespace, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 use serde::Deserialize;
 
@@ -32,6 +35,31 @@ pub struct PodSpecView {
     pub node_name: Option<String>,
     #[serde(default)]
     pub host_network: Option<bool>,
+    #[serde(default)]
+    pub containers: Vec<ContainerView>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ContainerView {
+    #[serde(default)]
+    pub ports: Vec<ContainerPortView>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPortView {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub container_port: i32,
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct PodConditionView {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -45,6 +73,8 @@ pub struct PodStatusView {
     pub pod_ip: Option<String>,
     #[serde(default, rename = "podIPs")]
     pub pod_ips: Option<Vec<PodIpView>>,
+    #[serde(default)]
+    pub conditions: Vec<PodConditionView>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -97,6 +127,37 @@ pub struct PodRecord {
     pub finished: bool,
     /// RFC 3339 creation time; newer pods win an IP.
     pub created: String,
+    /// What Service selectors and NetworkPolicy podSelectors match.
+    pub labels: BTreeMap<String, String>,
+    /// The ports its containers declare.
+    pub ports: Vec<DeclaredPort>,
+    /// Its `Ready` condition is `True`.
+    pub ready: bool,
+}
+
+/// A container port a pod declares (`spec.containers[].ports[]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredPort {
+    pub name: Option<Arc<str>>,
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP` (Kubernetes' default is TCP).
+    pub protocol: Arc<str>,
+}
+
+impl DeclaredPort {
+    pub fn describe(ports: &[DeclaredPort]) -> String {
+        if ports.is_empty() {
+            return "none".into();
+        }
+        ports
+            .iter()
+            .map(|p| match &p.name {
+                Some(name) => format!("{}/{} ({name})", p.port, p.protocol),
+                None => format!("{}/{}", p.port, p.protocol),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl From<&PodView> for PodRecord {
@@ -115,7 +176,26 @@ impl From<&PodView> for PodRecord {
         {
             ips.push(ip);
         }
+        let ports = spec
+            .containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .filter_map(|p| {
+                Some(DeclaredPort {
+                    name: p.name.as_deref().map(Arc::from),
+                    port: u16::try_from(p.container_port).ok()?,
+                    protocol: p.protocol.as_deref().unwrap_or("TCP").into(),
+                })
+            })
+            .collect();
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.kind == "Ready" && c.status == "True");
         Self {
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ports,
+            ready,
             workload: workload_of(&pod.metadata, &name),
             namespace,
             name,
@@ -167,12 +247,40 @@ fn workload_of(meta: &ObjectMeta, pod_name: &Arc<str>) -> Arc<str> {
     }
 }
 
-/// What the directory keeps of a Service: the virtual IPs that name it.
+/// What the directory keeps of a Service: the virtual IPs that name it, and where it
+/// sends traffic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceRecord {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
     pub cluster_ips: Vec<IpAddr>,
+    /// `None` for a Service without a selector (its EndpointSlices are managed by hand).
+    pub selector: Option<BTreeMap<String, String>>,
+    pub ports: Vec<ServicePortRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePortRecord {
+    pub name: Option<Arc<str>>,
+    pub port: u16,
+    pub protocol: Arc<str>,
+    pub target_port: TargetPort,
+}
+
+/// `targetPort`: a number, or the name of a container port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(Arc<str>),
+}
+
+impl std::fmt::Display for TargetPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Number(port) => write!(f, "{port}"),
+            Self::Name(name) => write!(f, "{name:?}"),
+        }
+    }
 }
 
 impl From<&Service> for ServiceRecord {
@@ -189,10 +297,36 @@ impl From<&Service> for ServiceRecord {
             .collect();
         cluster_ips.sort();
         cluster_ips.dedup();
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let port = u16::try_from(p.port).ok()?;
+                let target_port = match &p.target_port {
+                    // Absent: the same as `port`.
+                    None => TargetPort::Number(port),
+                    Some(IntOrString::Int(n)) => TargetPort::Number(u16::try_from(*n).ok()?),
+                    Some(IntOrString::String(name)) => match name.parse::<u16>() {
+                        Ok(n) => TargetPort::Number(n),
+                        Err(_) => TargetPort::Name(name.as_str().into()),
+                    },
+                };
+                Some(ServicePortRecord {
+                    name: p.name.as_deref().map(Arc::from),
+                    port,
+                    protocol: p.protocol.as_deref().unwrap_or("TCP").into(),
+                    target_port,
+                })
+            })
+            .collect();
         Self {
             namespace,
             name,
             cluster_ips,
+            // An empty selector selects nothing for a Service (endpoints are manual).
+            selector: spec.selector.filter(|s| !s.is_empty()),
+            ports,
         }
     }
 }
@@ -263,5 +397,24 @@ impl From<&EndpointSlice> for SliceRecord {
             ports,
             endpoints,
         }
+    }
+}
+
+/// What the directory keeps of a Namespace: the labels NetworkPolicy namespaceSelectors
+/// match (`kubernetes.io/metadata.name` included, as the API server sets it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceRecord {
+    pub name: Arc<str>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<&Namespace> for NamespaceRecord {
+    fn from(namespace: &Namespace) -> Self {
+        let (_, name) = object_key(&namespace.metadata);
+        let mut labels = namespace.metadata.labels.clone().unwrap_or_default();
+        labels
+            .entry("kubernetes.io/metadata.name".into())
+            .or_insert_with(|| name.to_string());
+        Self { name, labels }
     }
 }

@@ -3,7 +3,11 @@
 use std::{fmt::Debug, path::PathBuf, sync::Arc, time::Duration};
 
 use futures::{StreamExt, stream::BoxStream};
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Service},
+    discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
+};
 use kube::{
     Api, Client, Resource,
     config::{KubeConfigOptions, Kubeconfig},
@@ -16,7 +20,9 @@ use tracing::{info, warn};
 use super::{
     Directory, Names,
     directory::Kind,
-    objects::{ObjectKey, PodRecord, PodView, ServiceRecord, SliceRecord, object_key},
+    objects::{
+        NamespaceRecord, ObjectKey, PodRecord, PodView, ServiceRecord, SliceRecord, object_key,
+    },
 };
 use crate::{
     config::KubeMode,
@@ -79,9 +85,11 @@ enum Change {
     Pods(Update<PodRecord>),
     Services(Update<ServiceRecord>),
     Slices(Update<SliceRecord>),
+    Namespaces(Update<NamespaceRecord>),
+    Policies(Update<NetworkPolicy>),
 }
 
-/// Watches pods, Services and EndpointSlices cluster-wide until `shutdown`, publishing
+/// Watches pods, Services, EndpointSlices, Namespaces and NetworkPolicies cluster-wide until `shutdown`, publishing
 /// names into `names`. A lost connection is retried with backoff (kube-rs' default:
 /// exponential, 800 ms up to 30 s) while the last names keep serving.
 pub async fn watch(
@@ -104,10 +112,30 @@ pub async fn watch(
             Change::Services,
         ),
         changes(
-            Api::<EndpointSlice>::all(client),
+            Api::<EndpointSlice>::all(client.clone()),
             KubeKind::EndpointSlices,
             |slice| SliceRecord::from(slice),
             Change::Slices,
+        ),
+        changes(
+            Api::<Namespace>::all(client.clone()),
+            KubeKind::Namespaces,
+            |namespace| NamespaceRecord::from(namespace),
+            Change::Namespaces,
+        ),
+        changes(
+            Api::<NetworkPolicy>::all(client),
+            KubeKind::NetworkPolicies,
+            |policy| NetworkPolicy {
+                // Only the spec and the name are read; managedFields can be large.
+                metadata: kube::api::ObjectMeta {
+                    name: policy.metadata.name.clone(),
+                    namespace: policy.metadata.namespace.clone(),
+                    ..Default::default()
+                },
+                spec: policy.spec.clone(),
+            },
+            Change::Policies,
         ),
     ]);
     let mut directory = Directory::default();
@@ -122,6 +150,8 @@ pub async fn watch(
                 metrics.set_kube_objects(KubeKind::Pods, directory.pods.len());
                 metrics.set_kube_objects(KubeKind::Services, directory.services.len());
                 metrics.set_kube_objects(KubeKind::EndpointSlices, directory.slices.len());
+                metrics.set_kube_objects(KubeKind::Namespaces, directory.namespaces.len());
+                metrics.set_kube_objects(KubeKind::NetworkPolicies, directory.policies.len());
                 dirty = false;
             }
             change = changes.next() => match change {
@@ -130,6 +160,8 @@ pub async fn watch(
                         Change::Pods(update) => directory.pods.update(update),
                         Change::Services(update) => directory.services.update(update),
                         Change::Slices(update) => directory.slices.update(update),
+                        Change::Namespaces(update) => directory.namespaces.update(update),
+                        Change::Policies(update) => directory.policies.update(update),
                     }
                     dirty = true;
                 }

@@ -1,0 +1,1 @@
+//! NetworkPolicy (networking.k8s.io/v1) evaluation: which policy, if any, stops a flow.
