@@ -18,11 +18,12 @@ use chrono::{DateTime, Utc};
 use hickory_proto::op::ResponseCode;
 use lru::LruCache;
 use probe_ebpf::{EventKind, FlowCounters, FlowKey};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::{
     decode::{DnsPacket, Packet, flow_from_key, rcode_name},
     enrich::Names,
+    events::CauseReport,
     metrics::{Metrics, PacketKind},
     model::{
         Cause, Counts, DnsSummary, Flow, FlowEvent, FlowEventKind, Protocol, Verdict, VerdictKind,
@@ -207,6 +208,8 @@ struct Journal {
     metrics: Arc<Metrics>,
     /// Kubernetes names of flow ends, read when a verdict or event is reported.
     names: Names,
+    /// Where new failing causes of known pods go (`--events`); full means dropped.
+    reports: Option<mpsc::Sender<CauseReport>>,
 }
 
 impl Tracker {
@@ -223,6 +226,7 @@ impl Tracker {
                 departed: VecDeque::new(),
                 metrics,
                 names: Names::none(),
+                reports: None,
             },
             config,
             deadlines: BinaryHeap::new(),
@@ -233,6 +237,13 @@ impl Tracker {
     /// Names flow ends from the Kubernetes API (see [`crate::enrich`]).
     pub fn with_names(mut self, names: Names) -> Self {
         self.journal.names = names;
+        self
+    }
+
+    /// Hands each new failing cause of a flow from a known pod to `reports` (the
+    /// Kubernetes Event writer of `--events`). Never waits: a full channel drops it.
+    pub fn with_cause_reports(mut self, reports: mpsc::Sender<CauseReport>) -> Self {
+        self.journal.reports = Some(reports);
         self
     }
 
