@@ -16,7 +16,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::model::{Endpoint, Verdict, VerdictKind};
+use crate::model::{Cause, Endpoint, Verdict, VerdictKind};
 
 /// Distinct `netprobe_verdicts_total` label sets kept before new ones go to `other`.
 pub const DEFAULT_MAX_SERIES: usize = 2000;
@@ -157,7 +157,7 @@ macro_rules! label_value {
         }
     )*};
 }
-label_value!(PacketKind, LossSource, DecodeErrorKind, KubeKind);
+label_value!(PacketKind, LossSource, DecodeErrorKind, KubeKind, Cause);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct VerdictLabels {
@@ -259,6 +259,11 @@ impl DnsFailureLabels {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KubeLabels {
     kind: KubeKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CauseLabels {
+    cause: Cause,
 }
 
 /// A counter family with at most `max` label sets; later ones are counted under an
@@ -394,6 +399,9 @@ pub struct Metrics {
     ready: Gauge,
     kube_objects: Family<KubeLabels, Gauge>,
     kube_watch_errors: Family<KubeLabels, Counter>,
+    causes: Family<CauseLabels, Counter>,
+    dns_search_expansions: Counter,
+    node_datapath_down: Gauge,
 }
 
 impl Default for Metrics {
@@ -424,6 +432,9 @@ impl Metrics {
             ready: Gauge::default(),
             kube_objects: Family::default(),
             kube_watch_errors: Family::default(),
+            causes: Family::default(),
+            dns_search_expansions: Counter::default(),
+            node_datapath_down: Gauge::default(),
         };
         // Series of fixed label sets exist from the start at 0, so `rate()` and alerts on
         // them work before the first increment.
@@ -445,6 +456,9 @@ impl Metrics {
                     .kube_watch_errors
                     .get_or_create(&KubeLabels { kind }),
             );
+        }
+        for cause in Cause::ALL.into_iter().filter(|c| c.is_failure()) {
+            drop(metrics.causes.get_or_create(&CauseLabels { cause }));
         }
         for reason in DecodeErrorKind::ALL {
             drop(
@@ -528,6 +542,21 @@ impl Metrics {
             "kube_watch_errors",
             "Failed Kubernetes watches (retried with backoff)",
             self.kube_watch_errors.clone(),
+        );
+        r.register(
+            "causes",
+            "Flows that reached a failing verdict, by why (the cause field of the API)",
+            self.causes.clone(),
+        );
+        r.register(
+            "dns_search_expansions",
+            "NXDOMAIN answers to search-path expansions of a lookup that went on (not failures)",
+            self.dns_search_expansions.clone(),
+        );
+        r.register(
+            "node_datapath_down",
+            "1 while most pod pairs on this node time out at once (cause node_datapath)",
+            self.node_datapath_down.clone(),
         );
         self
     }
@@ -628,6 +657,19 @@ impl Metrics {
         self.kube_objects
             .get_or_create(&KubeLabels { kind })
             .set(saturating_i64(n as u64));
+    }
+
+    /// A flow reached a failing verdict for `cause`.
+    pub fn cause_reached(&self, cause: Cause) {
+        self.causes.get_or_create(&CauseLabels { cause }).inc();
+    }
+
+    pub fn dns_search_expansion(&self) {
+        self.dns_search_expansions.inc();
+    }
+
+    pub fn set_node_datapath_down(&self, down: bool) {
+        self.node_datapath_down.set(i64::from(down));
     }
 
     pub fn kube_watch_error(&self, kind: KubeKind) {
@@ -788,6 +830,27 @@ netprobe_kube_watch_errors_total{kind=\"namespaces\"} 0
 netprobe_kube_watch_errors_total{kind=\"networkpolicies\"} 0
 netprobe_kube_watch_errors_total{kind=\"pods\"} 0
 netprobe_kube_watch_errors_total{kind=\"services\"} 0
+# HELP netprobe_causes Flows that reached a failing verdict, by why (the cause field of the API).
+# TYPE netprobe_causes counter
+netprobe_causes_total{cause=\"connection_reset\"} 0
+netprobe_causes_total{cause=\"destination_unreachable\"} 0
+netprobe_causes_total{cause=\"dns_no_answer\"} 0
+netprobe_causes_total{cause=\"dns_server_error\"} 0
+netprobe_causes_total{cause=\"dropped_between\"} 0
+netprobe_causes_total{cause=\"name_not_found\"} 0
+netprobe_causes_total{cause=\"network_policy\"} 0
+netprobe_causes_total{cause=\"no_answer\"} 0
+netprobe_causes_total{cause=\"no_ready_endpoints\"} 0
+netprobe_causes_total{cause=\"node_datapath\"} 0
+netprobe_causes_total{cause=\"nothing_listening\"} 0
+netprobe_causes_total{cause=\"server_silent\"} 0
+netprobe_causes_total{cause=\"target_port_mismatch\"} 0
+# HELP netprobe_dns_search_expansions NXDOMAIN answers to search-path expansions of a lookup that went on (not failures).
+# TYPE netprobe_dns_search_expansions counter
+netprobe_dns_search_expansions_total 0
+# HELP netprobe_node_datapath_down 1 while most pod pairs on this node time out at once (cause node_datapath).
+# TYPE netprobe_node_datapath_down gauge
+netprobe_node_datapath_down 0
 # EOF
 "
         );

@@ -315,6 +315,9 @@ pub enum FlowEventKind {
     Timeout,
     /// No packet: counts the kernel made and whose events were lost were recovered.
     Recovered,
+    /// No packet: the client asked the next name of its search path, so this flow's
+    /// NXDOMAIN was an expansion, not a failure.
+    SearchExpansion,
 }
 
 impl From<probe_ebpf::EventKind> for FlowEventKind {
@@ -342,6 +345,7 @@ impl FlowEventKind {
             Self::DnsResponse => "DNS_RESPONSE",
             Self::Timeout => "TIMEOUT",
             Self::Recovered => "RECOVERED",
+            Self::SearchExpansion => "SEARCH_EXPANSION",
         }
     }
 }

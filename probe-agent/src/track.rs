@@ -9,6 +9,7 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap, VecDeque},
+    net::IpAddr,
     num::NonZeroUsize,
     sync::Arc,
     time::Duration,
@@ -17,12 +18,13 @@ use std::{
 use chrono::{DateTime, Utc};
 use hickory_proto::op::ResponseCode;
 use lru::LruCache;
-use probe_ebpf::{EventKind, FlowCounters, FlowKey};
+use probe_ebpf::{Direction, EventKind, FlowCounters, FlowKey};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::{
     decode::{DnsPacket, Packet, flow_from_key, rcode_name},
-    enrich::Names,
+    diagnose::{self, Failure, PathFacts},
+    enrich::{ClusterView, Names},
     events::CauseReport,
     metrics::{Metrics, PacketKind},
     model::{
@@ -94,6 +96,12 @@ const RECOVERY_WINDOW: Duration = Duration::from_secs(2);
 /// the name table without bound.
 const DEPARTED_INTERFACES: usize = 1024;
 
+/// How long an NXDOMAIN for a search-path expansion waits for the lookup to go on
+/// (resolvers send the next name at once) before it counts as the lookup's failure.
+const SEARCH_WINDOW: Duration = Duration::from_millis(500);
+/// Pod addresses of this node remembered (learned from what leaves their veths).
+const LOCAL_ADDRESSES: usize = 65_536;
+
 /// When to look at a flow again. Ordered by time, then by flow instance (generations
 /// are unique), so the key itself needs no order.
 #[derive(Clone, Copy, Debug)]
@@ -139,6 +147,11 @@ struct DnsState {
     failure: Option<(VerdictKind, DnsSummary)>,
     /// The most recent successful one.
     success: Option<DnsSummary>,
+    /// An NXDOMAIN for a search-path expansion, held (since when) until the lookup goes
+    /// on (then it was no failure) or not (then the lookup failed on it).
+    held: Option<(DnsSummary, Duration)>,
+    /// The last NXDOMAIN that proved a search-path expansion, and the name asked next.
+    expansion: Option<(DnsSummary, String)>,
 }
 
 /// Caps the queries remembered per flow: a flood of ids on one tuple stays bounded.
@@ -149,10 +162,14 @@ struct FlowState {
     flow: Flow,
     generation: u64,
     verdict: VerdictKind,
+    /// What was seen ("3 SYNs in 3.0s and no answer").
     reason: Arc<str>,
     /// Why it failed, and the command that confirms it (see [`crate::diagnose`]).
     cause: Option<Cause>,
+    explanation: Option<Arc<str>>,
     next: Option<Arc<str>>,
+    /// The reason as reported: what was seen, then why.
+    shown: Arc<str>,
     counts: Counts,
     first_seen: Duration,
     last_seen: Duration,
@@ -193,6 +210,11 @@ pub struct Tracker {
     deadlines: BinaryHeap<Reverse<Deadline>>,
     next_generation: u64,
     journal: Journal,
+    search: SearchPaths,
+    /// Addresses of this node's pods, as seen leaving their veths.
+    local: LruCache<IpAddr, ()>,
+    /// This node's Kubernetes name: a pod scheduled here is local too.
+    node_name: Option<Arc<str>>,
 }
 
 /// Where changes are reported: the recent-event ring, followers, metrics. Kept apart
@@ -231,7 +253,16 @@ impl Tracker {
             config,
             deadlines: BinaryHeap::new(),
             next_generation: 0,
+            search: SearchPaths::default(),
+            local: LruCache::new(NonZeroUsize::new(LOCAL_ADDRESSES).expect("non-zero")),
+            node_name: None,
         }
+    }
+
+    /// The Kubernetes node this tracker runs on: its pods are local ends of flows.
+    pub fn with_node_name(mut self, node: Option<&str>) -> Self {
+        self.node_name = node.filter(|n| !n.is_empty()).map(Arc::from);
+        self
     }
 
     /// Names flow ends from the Kubernetes API (see [`crate::enrich`]).
@@ -294,6 +325,20 @@ impl Tracker {
     /// Applies one decoded packet.
     pub fn on_packet(&mut self, packet: &Packet) {
         let now = packet.monotonic;
+        self.learn_local(packet);
+        // A query may show that NXDOMAINs held for this client were search-path expansions.
+        let going_on = match (packet.kind, &packet.dns) {
+            (
+                EventKind::DnsQuery,
+                Some(DnsPacket {
+                    qname: Some(qname), ..
+                }),
+            ) => {
+                let released = self.search.on_query(packet.flow.src_ip, qname, now);
+                (!released.is_empty()).then(|| (released, qname.clone()))
+            }
+            _ => None,
+        };
         let (syn_timeout, dns_timeout) = (self.config.syn_timeout, self.config.dns_timeout);
         let journal = &mut self.journal;
         let metrics = &journal.metrics;
@@ -336,7 +381,22 @@ impl Tracker {
                 state.counts.dns_responses += 1;
                 if let Some(dns) = &packet.dns {
                     metrics.dns_response(&rcode_name(dns.rcode));
-                    on_dns_response(state, dns);
+                    let expansion = match &dns.qname {
+                        Some(qname) if dns.rcode == ResponseCode::NXDomain => {
+                            !self.search.expansion_of(qname).is_empty()
+                        }
+                        _ => false,
+                    };
+                    on_dns_response(state, dns, expansion.then_some(now));
+                    if expansion && let Some(qname) = &dns.qname {
+                        self.search.hold(
+                            packet.flow.src_ip,
+                            qname,
+                            (packet.key, state.generation),
+                            now,
+                        );
+                        deadline = Some(now + SEARCH_WINDOW);
+                    }
                 }
             }
         }
@@ -347,7 +407,62 @@ impl Tracker {
                 key: packet.key,
             }));
         }
+        Explainer {
+            names: &journal.names,
+            search: &self.search,
+            local: &self.local,
+            node: self.node_name.as_ref(),
+        }
+        .refresh(state, before);
         journal.record(state, before, packet.kind.into(), now);
+        if let Some((released, next)) = going_on {
+            for (key, generation) in released {
+                self.release_expansion(key, generation, &next, now);
+            }
+        }
+    }
+
+    /// Remembers which addresses are this node's pods: the sender of what leaves a
+    /// pod's veth is the pod.
+    fn learn_local(&mut self, packet: &Packet) {
+        if packet.direction != Direction::FromPod {
+            return;
+        }
+        let sender = match packet.kind {
+            EventKind::Syn | EventKind::DnsQuery => packet.flow.src_ip,
+            EventKind::SynAck | EventKind::DnsResponse => packet.flow.dst_ip,
+            _ => return,
+        };
+        if !self.local.contains(&sender) {
+            self.local.put(sender, ());
+        }
+    }
+
+    /// The lookup a held NXDOMAIN belonged to went on to `next`: it was a search-path
+    /// expansion, not a failure.
+    fn release_expansion(&mut self, key: FlowKey, generation: u64, next: &str, now: Duration) {
+        let Some(state) = self.flows.peek_mut(&key) else {
+            return;
+        };
+        if state.generation != generation {
+            return;
+        }
+        let Some((summary, _)) = state.dns.held.take() else {
+            return;
+        };
+        self.journal.metrics.dns_search_expansion();
+        let before = state.verdict;
+        state.dns.expansion = Some((summary, next.to_string()));
+        settle_dns(state);
+        Explainer {
+            names: &self.journal.names,
+            search: &self.search,
+            local: &self.local,
+            node: self.node_name.as_ref(),
+        }
+        .refresh(state, before);
+        self.journal
+            .record(state, before, FlowEventKind::SearchExpansion, now);
     }
 
     /// Declares the timeouts that have expired by `now` (monotonic).
@@ -372,9 +487,20 @@ impl Tracker {
             let before = state.verdict;
             let expired = match state.flow.protocol {
                 Protocol::Tcp => expire_syn(state, now, self.config.syn_timeout),
-                Protocol::Udp => expire_dns(state, now, self.config.dns_timeout),
+                Protocol::Udp => {
+                    // Both run: either may have expired.
+                    let held = expire_held(state, now);
+                    expire_dns(state, now, self.config.dns_timeout) | held
+                }
             };
             if expired {
+                Explainer {
+                    names: &self.journal.names,
+                    search: &self.search,
+                    local: &self.local,
+                    node: self.node_name.as_ref(),
+                }
+                .refresh(state, before);
                 self.journal
                     .record(state, before, FlowEventKind::Timeout, now);
             }
@@ -436,6 +562,13 @@ impl Tracker {
                         }));
                     }
                 }
+                Explainer {
+                    names: &self.journal.names,
+                    search: &self.search,
+                    local: &self.local,
+                    node: self.node_name.as_ref(),
+                }
+                .refresh(state, before);
                 self.journal
                     .record(state, before, FlowEventKind::Recovered, now);
             }
@@ -526,7 +659,9 @@ fn flow_entry<'a>(
             verdict: VerdictKind::Pending,
             reason: "".into(),
             cause: None,
+            explanation: None,
             next: None,
+            shown: "".into(),
             counts: Counts::default(),
             first_seen: now,
             last_seen: now,
@@ -559,6 +694,10 @@ impl Journal {
         let verdict = self.verdict_of(state);
         if verdict_changed && state.verdict.is_final() {
             self.metrics.verdict_reached(&verdict);
+            if let Some(cause) = verdict.cause.filter(|c| c.is_failure()) {
+                self.metrics.cause_reached(cause);
+                self.report(&verdict, cause);
+            }
         }
         // The event shares the verdict's names, interface and DNS summary: looked up once.
         let event = FlowEvent {
@@ -584,6 +723,29 @@ impl Journal {
         self.events.push_back(event);
     }
 
+    /// Hands a new failing cause of a flow from a known pod to the Event writer.
+    fn report(&self, verdict: &Verdict, cause: Cause) {
+        let Some(reports) = &self.reports else {
+            return;
+        };
+        let Some((namespace, pod)) = verdict
+            .src
+            .as_ref()
+            .and_then(|src| Some((src.namespace.clone()?, src.pod.clone()?)))
+        else {
+            return;
+        };
+        // Never waits on the packet path: a full channel loses this report.
+        let _ = reports.try_send(CauseReport {
+            namespace,
+            pod,
+            cause,
+            reason: Arc::clone(&verdict.reason),
+            next: verdict.next.clone(),
+            flow: verdict.flow,
+        });
+    }
+
     fn interface_name(&self, ifindex: u32) -> Arc<str> {
         match self.interfaces.get(&ifindex) {
             Some(name) => Arc::clone(name),
@@ -596,7 +758,7 @@ impl Journal {
         Verdict {
             flow: state.flow,
             verdict: state.verdict,
-            reason: Arc::clone(&state.reason),
+            reason: Arc::clone(&state.shown),
             cause: state.cause,
             next: state.next.clone(),
             counts: state.counts,
@@ -650,7 +812,7 @@ fn on_syn(state: &mut FlowState, now: Duration, syn_timeout: Duration) -> Option
 fn timeout_reason(state: &FlowState, now: Duration) -> String {
     let elapsed = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
     format!(
-        "{} SYNs in {} and no answer: packets are dropped on the path (NetworkPolicy, firewall or broken route)",
+        "{} SYNs in {} and no answer",
         state.attempt_syns,
         secs(elapsed)
     )
@@ -674,11 +836,7 @@ fn on_rst(state: &mut FlowState, now: Duration) {
         VerdictKind::Pending | VerdictKind::Timeout if state.attempt_start.is_some() => {
             let took = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
             state.verdict = VerdictKind::Refused;
-            state.reason = format!(
-                "SYN answered by RST in {}: nothing listens on port {} (port/targetPort mismatch or app down)",
-                millis(took),
-                state.flow.dst_port
-            ).into();
+            state.reason = format!("SYN answered by RST in {}", millis(took)).into();
         }
         VerdictKind::Refused | VerdictKind::Reset => {}
         _ => {
@@ -694,15 +852,11 @@ fn on_icmp_unreachable(state: &mut FlowState) {
         return;
     }
     state.verdict = VerdictKind::Unreachable;
-    state.reason = Arc::from(match state.flow.protocol {
-        Protocol::Tcp => format!(
-            "SYN answered by ICMP destination unreachable: a Service without ready endpoints (kube-proxy REJECT) or no route to port {}",
-            state.flow.dst_port
-        ),
-        Protocol::Udp => {
-            "DNS query answered by ICMP destination unreachable: nothing listens on port 53 or it is rejected".into()
-        }
-    });
+    state.reason = match state.flow.protocol {
+        Protocol::Tcp => "SYN answered by ICMP destination unreachable",
+        Protocol::Udp => "DNS query answered by ICMP destination unreachable",
+    }
+    .into();
     state.dns.pending.clear();
 }
 
@@ -734,7 +888,9 @@ fn on_dns_query(
     Some(now + dns_timeout)
 }
 
-fn on_dns_response(state: &mut FlowState, dns: &DnsPacket) {
+/// `held_since`: the response is an NXDOMAIN for a search-path expansion, held until
+/// the lookup goes on or not.
+fn on_dns_response(state: &mut FlowState, dns: &DnsPacket, held_since: Option<Duration>) {
     let query = state
         .dns
         .pending
@@ -757,9 +913,10 @@ fn on_dns_response(state: &mut FlowState, dns: &DnsPacket) {
         qtype,
         rcode: Some(rcode_name(dns.rcode)),
     };
-    match rcode_verdict(dns.rcode) {
-        VerdictKind::Ok => state.dns.success = Some(summary),
-        failure => state.dns.failure = Some((failure, summary)),
+    match (rcode_verdict(dns.rcode), held_since) {
+        (_, Some(since)) => state.dns.held = Some((summary, since)),
+        (VerdictKind::Ok, None) => state.dns.success = Some(summary),
+        (failure, None) => state.dns.failure = Some((failure, summary)),
     }
     settle_dns(state);
 }
@@ -779,13 +936,19 @@ fn settle_dns(state: &mut FlowState) {
     if !state.dns.pending.is_empty() {
         return;
     }
+    if let Some((summary, _)) = &state.dns.held {
+        state.verdict = VerdictKind::Pending;
+        state.reason = format!(
+            "NXDOMAIN for {}, a search-path expansion: waiting to see whether the lookup goes on",
+            summary.qname
+        )
+        .into();
+        return;
+    }
     if let Some((verdict, summary)) = &state.dns.failure {
         state.verdict = *verdict;
         state.reason = Arc::from(match verdict {
-            VerdictKind::Nxdomain => format!(
-                "{} does not exist (NXDOMAIN): wrong Service name or namespace",
-                summary.qname
-            ),
+            VerdictKind::Nxdomain => format!("{} does not exist (NXDOMAIN)", summary.qname),
             VerdictKind::Servfail => format!("DNS server failed on {} (SERVFAIL)", summary.qname),
             VerdictKind::DnsRefused => {
                 format!(
@@ -793,10 +956,7 @@ fn settle_dns(state: &mut FlowState) {
                     summary.qname
                 )
             }
-            VerdictKind::DnsTimeout => format!(
-                "no answer to the DNS query for {}: port 53 blocked (NetworkPolicy) or DNS server down",
-                summary.qname
-            ),
+            VerdictKind::DnsTimeout => format!("no answer to the DNS query for {}", summary.qname),
             _ => format!(
                 "DNS server answered {} with {}",
                 summary.qname,
@@ -806,6 +966,112 @@ fn settle_dns(state: &mut FlowState) {
     } else if let Some(summary) = &state.dns.success {
         state.verdict = VerdictKind::Ok;
         state.reason = format!("{} {} answered (NOERROR)", summary.qname, summary.qtype).into();
+    } else if let Some((summary, next)) = &state.dns.expansion {
+        state.verdict = VerdictKind::Ok;
+        state.reason = format!(
+            "NXDOMAIN for {} was a search-path expansion, not a failure: the lookup went on to {next}",
+            summary.qname
+        )
+        .into();
+    }
+}
+
+/// A held NXDOMAIN whose lookup did not go on in time: the lookup failed on it.
+fn expire_held(state: &mut FlowState, now: Duration) -> bool {
+    match &state.dns.held {
+        Some((_, since)) if now.saturating_sub(*since) >= SEARCH_WINDOW => {}
+        _ => return false,
+    }
+    let (summary, _) = state.dns.held.take().expect("checked above");
+    state.dns.failure = Some((VerdictKind::Nxdomain, summary));
+    settle_dns(state);
+    true
+}
+
+/// What explaining a failure reads besides the flow itself.
+struct Explainer<'a> {
+    names: &'a Names,
+    search: &'a SearchPaths,
+    local: &'a LruCache<IpAddr, ()>,
+    node: Option<&'a Arc<str>>,
+}
+
+impl Explainer<'_> {
+    /// Brings the flow's cause, next command and shown reason up to date after a change
+    /// from `before`. A failure is diagnosed once, when it is reached.
+    fn refresh(&self, state: &mut FlowState, before: VerdictKind) {
+        if !state.verdict.is_failure() {
+            let expansion = state.verdict == VerdictKind::Ok
+                && state.dns.success.is_none()
+                && state.dns.expansion.is_some();
+            state.cause = expansion.then_some(Cause::SearchPathExpansion);
+            state.explanation = None;
+            state.next = None;
+            state.shown = Arc::clone(&state.reason);
+            return;
+        }
+        if state.verdict != before || state.cause.is_none() {
+            self.diagnose(state);
+        }
+        state.shown = match &state.explanation {
+            Some(why) => format!("{}: {why}", state.reason).into(),
+            None => Arc::clone(&state.reason),
+        };
+    }
+
+    fn diagnose(&self, state: &mut FlowState) {
+        let snapshot = self.names.snapshot();
+        let view = &snapshot.cluster;
+        let dns = dns_summary(state);
+        let chain = match (&dns, state.verdict) {
+            (Some(dns), VerdictKind::Nxdomain) => self.search.chain(state.flow.src_ip, &dns.qname),
+            _ => None,
+        };
+        if let Some(chain) = chain.as_ref().filter(|c| c.tried.len() > 1) {
+            state.reason = format!(
+                "{}: NXDOMAIN for each of the {} names of its search path ({})",
+                chain.asked,
+                chain.tried.len(),
+                chain.tried.join(", ")
+            )
+            .into();
+        }
+        let failure = Failure {
+            flow: &state.flow,
+            verdict: state.verdict,
+            dns: dns.as_ref(),
+            lookup: chain
+                .as_ref()
+                .map(|c| (c.asked.as_str(), c.tried.as_slice())),
+            path: PathFacts {
+                delivered: None,
+                destination_local: self.destination_local(view, &state.flow),
+                node: self.node.cloned(),
+            },
+        };
+        let diagnosis = diagnose::explain(view, &failure);
+        state.cause = diagnosis.as_ref().map(|d| d.cause);
+        state.explanation = diagnosis.as_ref().map(|d| Arc::from(d.reason.as_str()));
+        state.next = diagnosis.and_then(|d| d.next).map(Arc::from);
+    }
+
+    /// The flow's destination pod (every ready backend, for a Service) is on this node:
+    /// seen leaving a veth here, or scheduled on this node.
+    fn destination_local(&self, view: &ClusterView, flow: &Flow) -> bool {
+        let local = |ip: &IpAddr| {
+            self.local.contains(ip)
+                || view
+                    .pod_by_ip
+                    .get(ip)
+                    .is_some_and(|pod| pod.node.is_some() && pod.node.as_ref() == self.node)
+        };
+        let destinations = diagnose::path::destinations(view, flow);
+        if destinations.is_empty() {
+            return local(&flow.dst_ip);
+        }
+        destinations
+            .iter()
+            .all(|(pod, _)| pod.ips.iter().any(local))
     }
 }
 
@@ -962,6 +1228,11 @@ fn recover_lost(
 fn counts_settled(counts: &Counts) -> bool {
     counts.dns_responses >= counts.dns_queries
 }
+
+mod search;
+
+pub use search::Chain;
+use search::SearchPaths;
 
 #[cfg(test)]
 mod tests;

@@ -105,7 +105,7 @@ fn unanswered_syns_time_out_at_the_deadline_not_before() {
     assert_eq!(v.counts.syn, 3);
     assert_eq!(
         &*v.reason,
-        "3 SYNs in 3.0s and no answer: packets are dropped on the path (NetworkPolicy, firewall or broken route)"
+        "3 SYNs in 3.0s and no answer: only the client side was seen (10.96.45.123 is not known on this node): packets are dropped on the path (NetworkPolicy, firewall or broken route)"
     );
     // Later retransmissions keep the verdict and are counted.
     t.on_packet(&tcp(EventKind::Syn, 8000));
@@ -183,14 +183,14 @@ fn dns_rcodes_map_to_verdicts() {
         t.on_packet(&dns(
             EventKind::DnsQuery,
             4711,
-            "paymnt.production.svc.cluster.local.",
+            "paymnt.example.com.",
             ResponseCode::NoError,
             0,
         ));
         t.on_packet(&dns(
             EventKind::DnsResponse,
             4711,
-            "paymnt.production.svc.cluster.local.",
+            "paymnt.example.com.",
             rcode,
             3,
         ));
@@ -199,7 +199,7 @@ fn dns_rcodes_map_to_verdicts() {
         assert_eq!((v.counts.dns_queries, v.counts.dns_responses), (1, 1));
         let summary = v.dns.unwrap();
         assert_eq!(summary.id, 4711);
-        assert_eq!(summary.qname, "paymnt.production.svc.cluster.local.");
+        assert_eq!(summary.qname, "paymnt.example.com.");
         assert_eq!(summary.qtype, "A");
         assert_eq!(
             summary.rcode.as_deref(),

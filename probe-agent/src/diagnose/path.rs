@@ -1,0 +1,171 @@
+//! Connections that got no answer: where the SYN was lost. A NetworkPolicy that stops
+//! it, the node between two of its pods, a server that got it and stayed silent, or a
+//! path this node cannot see.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use super::{
+    Diagnosis,
+    policy::{self, Peer, PolicyOutcome},
+    service::{self, qualified},
+};
+use crate::{
+    enrich::{ClusterView, PodRecord, TargetPort},
+    model::{Cause, Flow},
+};
+
+/// What the probe saw of a flow on this node, beyond its own counts.
+#[derive(Clone, Debug, Default)]
+pub struct PathFacts {
+    /// A SYN of this connection entered a pod of this node: where, and through which veth.
+    pub delivered: Option<(SocketAddr, Arc<str>)>,
+    /// The destination pod (every ready backend, for a Service) runs on this node.
+    pub destination_local: bool,
+    /// This node's name, for the commands to run on it.
+    pub node: Option<Arc<str>>,
+}
+
+/// The pods a flow is headed to and the port each listens on: the pod itself, or a
+/// Service's ready backends with the targetPort resolved.
+pub fn destinations(view: &ClusterView, flow: &Flow) -> Vec<(Arc<PodRecord>, u16)> {
+    if let Some(backends) = service::backends(view, flow) {
+        let Some(port) = backends.port else {
+            return Vec::new();
+        };
+        return backends
+            .ready
+            .iter()
+            .filter_map(|pod| {
+                let target = match &port.target_port {
+                    TargetPort::Number(n) => Some(*n),
+                    TargetPort::Name(name) => pod
+                        .ports
+                        .iter()
+                        .find(|p| p.name.as_deref() == Some(&**name))
+                        .map(|p| p.port),
+                }?;
+                Some((Arc::clone(pod), target))
+            })
+            .collect();
+    }
+    view.pod_by_ip
+        .get(&flow.dst_ip)
+        .map(|pod| vec![(Arc::clone(pod), flow.dst_port)])
+        .unwrap_or_default()
+}
+
+/// What NetworkPolicy says of the flow: the first denial among its destinations, else
+/// the allowing outcome (or `Unknown`).
+pub fn policy_outcome(view: &ClusterView, flow: &Flow) -> PolicyOutcome {
+    let src = Peer {
+        ip: flow.src_ip,
+        pod: view.pod_by_ip.get(&flow.src_ip).map(|p| &**p),
+    };
+    let destinations = destinations(view, flow);
+    if destinations.is_empty() {
+        let dst = Peer {
+            ip: flow.dst_ip,
+            pod: None,
+        };
+        return policy::evaluate(view, &src, &dst, flow.protocol, flow.dst_port);
+    }
+    let mut allowed = PolicyOutcome::Unknown;
+    for (pod, port) in &destinations {
+        let ip = pod.ips.first().copied().unwrap_or(flow.dst_ip);
+        let dst = Peer { ip, pod: Some(pod) };
+        let outcome = policy::evaluate(view, &src, &dst, flow.protocol, *port);
+        if outcome.is_denied() {
+            return outcome;
+        }
+        allowed = outcome;
+    }
+    allowed
+}
+
+/// A NetworkPolicy stopping the flow, as a diagnosis.
+pub fn policy_denial(view: &ClusterView, flow: &Flow) -> Option<Diagnosis> {
+    let outcome = policy_outcome(view, flow);
+    if !outcome.is_denied() {
+        return None;
+    }
+    let src = Peer {
+        ip: flow.src_ip,
+        pod: view.pod_by_ip.get(&flow.src_ip).map(|p| &**p),
+    };
+    Some(Diagnosis {
+        cause: Cause::NetworkPolicy,
+        reason: outcome.reason(&src, flow.protocol, flow.dst_port),
+        next: outcome.next(),
+    })
+}
+
+/// A SYN that got no answer.
+pub fn timeout(view: &ClusterView, flow: &Flow, facts: &PathFacts) -> Diagnosis {
+    let outcome = policy_outcome(view, flow);
+    let src = Peer {
+        ip: flow.src_ip,
+        pod: view.pod_by_ip.get(&flow.src_ip).map(|p| &**p),
+    };
+    if outcome.is_denied() {
+        return Diagnosis {
+            cause: Cause::NetworkPolicy,
+            reason: outcome.reason(&src, flow.protocol, flow.dst_port),
+            next: outcome.next(),
+        };
+    }
+    // "…; NetworkPolicies allow it": the cause is elsewhere, and the reason says so.
+    let policy_note = match &outcome {
+        PolicyOutcome::Unknown => String::new(),
+        allowed => format!(" ({})", allowed.reason(&src, flow.protocol, flow.dst_port)),
+    };
+    let server = |at: SocketAddr| {
+        view.pod_by_ip.get(&at.ip()).map_or_else(
+            || at.to_string(),
+            |pod| format!("pod {} ({at})", qualified(&pod.namespace, &pod.name)),
+        )
+    };
+    let on_node = facts.node.as_deref().map_or_else(
+        || "on the node".to_string(),
+        |node| format!("on node {node}"),
+    );
+    if let Some((at, interface)) = &facts.delivered {
+        let next = view.pod_by_ip.get(&at.ip()).map(|pod| {
+            format!(
+                "kubectl exec -n {} {} -- netstat -ltn",
+                pod.namespace, pod.name
+            )
+        });
+        return Diagnosis {
+            cause: Cause::ServerSilent,
+            reason: format!(
+                "the SYN reached {} through {interface} and the server never answered: it does not accept on port {} (hung, backlog full) or a firewall inside the pod drops it{policy_note}",
+                server(*at),
+                at.port()
+            ),
+            next,
+        };
+    }
+    if facts.destination_local {
+        return Diagnosis {
+            cause: Cause::DroppedBetween,
+            reason: format!(
+                "both ends are {on_node} and the SYN left the client's veth but never reached the server's: dropped in the node (firewall rules, NetworkPolicy enforcement or the bridge){policy_note}"
+            ),
+            next: Some(format!(
+                "sudo nft list ruleset | grep -n -e {} -e {}",
+                flow.dst_ip, flow.src_ip
+            )),
+        };
+    }
+    let next = destinations(view, flow)
+        .first()
+        .map(|(pod, _)| format!("kubectl get pod {} -n {} -o wide", pod.name, pod.namespace));
+    Diagnosis {
+        cause: Cause::NoAnswer,
+        reason: format!(
+            "only the client side was seen ({} is not known on this node): packets are dropped on the path (NetworkPolicy, firewall or broken route){policy_note}",
+            flow.dst_ip
+        ),
+        next,
+    }
+}

@@ -1,0 +1,324 @@
+//! Refused and unreachable connections: a Service with no ready endpoints, a targetPort
+//! its pods do not declare, or simply nothing listening.
+
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+
+use super::Diagnosis;
+use crate::{
+    enrich::{ClusterView, DeclaredPort, PodRecord, ServicePortRecord, ServiceRecord, TargetPort},
+    model::{Cause, Flow, Protocol, VerdictKind},
+};
+
+/// Where a Service sends one of its ports: the port entry and the pods behind it.
+pub struct Backends<'a> {
+    pub service: &'a ServiceRecord,
+    pub port: Option<&'a ServicePortRecord>,
+    /// Pods of its EndpointSlices' ready endpoints.
+    pub ready: Vec<Arc<PodRecord>>,
+    /// How many endpoints are ready, and how many are listed at all.
+    pub ready_count: usize,
+    pub listed: usize,
+}
+
+/// The Service a flow's destination address belongs to, with its backends.
+pub fn backends<'a>(view: &'a ClusterView, flow: &Flow) -> Option<Backends<'a>> {
+    let service = view.service_by_ip.get(&flow.dst_ip)?;
+    let port = service
+        .ports
+        .iter()
+        .find(|p| p.port == flow.dst_port && same_protocol(&p.protocol, flow.protocol));
+    let (mut ready, mut ready_count, mut listed) = (Vec::new(), 0, 0);
+    for slice in view.slices_of(service) {
+        for endpoint in &slice.endpoints {
+            listed += 1;
+            if !endpoint.ready {
+                continue;
+            }
+            ready_count += 1;
+            let pod = endpoint
+                .pod
+                .as_ref()
+                .and_then(|name| {
+                    view.pods_in(&service.namespace)
+                        .iter()
+                        .find(|p| &p.name == name)
+                })
+                .or_else(|| view.pod_by_ip.get(&endpoint.ip));
+            if let Some(pod) = pod
+                && !ready.iter().any(|p: &Arc<PodRecord>| Arc::ptr_eq(p, pod))
+            {
+                ready.push(Arc::clone(pod));
+            }
+        }
+    }
+    Some(Backends {
+        service,
+        port,
+        ready,
+        ready_count,
+        listed,
+    })
+}
+
+/// A SYN answered by RST or ICMP unreachable.
+pub fn rejected(view: &ClusterView, flow: &Flow, verdict: VerdictKind) -> Diagnosis {
+    if let Some(backends) = backends(view, flow) {
+        if backends.ready_count == 0 {
+            return no_ready_endpoints(view, &backends);
+        }
+        if verdict == VerdictKind::Refused
+            && let Some(mismatch) = target_port_mismatch(&backends)
+        {
+            return mismatch;
+        }
+        return match verdict {
+            VerdictKind::Refused => nothing_listening_behind(&backends),
+            _ => Diagnosis {
+                cause: Cause::DestinationUnreachable,
+                reason: format!(
+                    "Service {} has {} ready endpoints, yet the node answered unreachable: its Service rules (kube-proxy) are stale or a firewall rejects port {}",
+                    qualified(&backends.service.namespace, &backends.service.name),
+                    backends.ready_count,
+                    flow.dst_port
+                ),
+                next: Some(slices_command(backends.service)),
+            },
+        };
+    }
+    if let Some(pod) = view.pod_by_ip.get(&flow.dst_ip) {
+        if verdict == VerdictKind::Refused {
+            if let Some(mismatch) = selected_by_mismatched_service(view, pod, flow) {
+                return mismatch;
+            }
+            return Diagnosis {
+                cause: Cause::NothingListening,
+                reason: format!(
+                    "nothing listens on port {} of pod {} (it declares {})",
+                    flow.dst_port,
+                    qualified(&pod.namespace, &pod.name),
+                    DeclaredPort::describe(&pod.ports)
+                ),
+                next: Some(format!(
+                    "kubectl describe pod {} -n {}",
+                    pod.name, pod.namespace
+                )),
+            };
+        }
+        return Diagnosis {
+            cause: Cause::DestinationUnreachable,
+            reason: format!(
+                "pod {} is unreachable on port {} (a firewall rejects it or the pod is gone)",
+                qualified(&pod.namespace, &pod.name),
+                flow.dst_port
+            ),
+            next: Some(format!(
+                "kubectl get pod {} -n {} -o wide",
+                pod.name, pod.namespace
+            )),
+        };
+    }
+    match verdict {
+        VerdictKind::Refused => Diagnosis {
+            cause: Cause::NothingListening,
+            reason: format!(
+                "nothing listens on port {} (port/targetPort mismatch or app down)",
+                flow.dst_port
+            ),
+            next: None,
+        },
+        _ => Diagnosis {
+            cause: Cause::DestinationUnreachable,
+            reason: match flow.protocol {
+                Protocol::Tcp => format!(
+                    "a Service without ready endpoints (kube-proxy REJECT) or no route to port {}",
+                    flow.dst_port
+                ),
+                Protocol::Udp => format!(
+                    "nothing listens on port {} or it is rejected",
+                    flow.dst_port
+                ),
+            },
+            next: None,
+        },
+    }
+}
+
+fn no_ready_endpoints(view: &ClusterView, backends: &Backends) -> Diagnosis {
+    let service = backends.service;
+    let name = qualified(&service.namespace, &service.name);
+    let reason = match &service.selector {
+        None => format!(
+            "Service {name} has no ready endpoints: it has no selector and its EndpointSlices list {} ready addresses",
+            backends.ready_count
+        ),
+        Some(selector) => {
+            let matching: Vec<&Arc<PodRecord>> = view
+                .pods_in(&service.namespace)
+                .iter()
+                .filter(|pod| selects(selector, &pod.labels))
+                .collect();
+            let not_ready: Vec<&str> = matching
+                .iter()
+                .filter(|pod| !pod.ready)
+                .map(|pod| &*pod.name)
+                .collect();
+            let pods = match (matching.len(), not_ready.len()) {
+                (0, _) => "matches no pod".to_string(),
+                (n, 0) => format!("matches {n} pods, all ready, yet none is listed as an endpoint"),
+                (n, k) => format!(
+                    "matches {n} pod{}, {k} not ready ({})",
+                    if n == 1 { "" } else { "s" },
+                    not_ready.join(", ")
+                ),
+            };
+            format!(
+                "Service {name} has no ready endpoints: its selector {} {pods}",
+                describe_selector(selector)
+            )
+        }
+    };
+    Diagnosis {
+        cause: Cause::NoReadyEndpoints,
+        reason,
+        next: Some(slices_command(service)),
+    }
+}
+
+/// The Service port's targetPort is not declared by the ready pods behind it.
+fn target_port_mismatch(backends: &Backends) -> Option<Diagnosis> {
+    let port = backends.port?;
+    let pod = backends.ready.iter().find(|pod| {
+        resolve(&port.target_port, pod, &port.protocol)
+            .is_none_or(|p| !declares(pod, p, &port.protocol))
+    })?;
+    Some(mismatch(backends.service, port, pod))
+}
+
+/// A RST from a pod (reached directly, e.g. after DNAT on another node) whose Service
+/// sends there through a targetPort the pod does not declare.
+fn selected_by_mismatched_service(
+    view: &ClusterView,
+    pod: &PodRecord,
+    flow: &Flow,
+) -> Option<Diagnosis> {
+    if declares(pod, flow.dst_port, protocol_name(flow.protocol)) {
+        return None;
+    }
+    view.services
+        .values()
+        .filter(|s| s.namespace == pod.namespace)
+        .filter(|s| {
+            s.selector
+                .as_ref()
+                .is_some_and(|sel| selects(sel, &pod.labels))
+        })
+        .find_map(|service| {
+            let port = service.ports.iter().find(|p| {
+                p.target_port == TargetPort::Number(flow.dst_port)
+                    && same_protocol(&p.protocol, flow.protocol)
+            })?;
+            Some(mismatch(service, port, pod))
+        })
+}
+
+fn mismatch(service: &ServiceRecord, port: &ServicePortRecord, pod: &PodRecord) -> Diagnosis {
+    Diagnosis {
+        cause: Cause::TargetPortMismatch,
+        reason: format!(
+            "Service {} port {} sends to targetPort {}, but pod {} declares {}",
+            qualified(&service.namespace, &service.name),
+            port.port,
+            port.target_port,
+            pod.name,
+            DeclaredPort::describe(&pod.ports)
+        ),
+        next: Some(format!(
+            "kubectl get service {} -n {} -o jsonpath='{{.spec.ports}}'",
+            service.name, service.namespace
+        )),
+    }
+}
+
+fn nothing_listening_behind(backends: &Backends) -> Diagnosis {
+    let service = backends.service;
+    let target = backends.port.map_or_else(
+        || "its targetPort".to_string(),
+        |p| format!("targetPort {}", p.target_port),
+    );
+    let pods: Vec<&str> = backends.ready.iter().map(|p| &*p.name).collect();
+    Diagnosis {
+        cause: Cause::NothingListening,
+        reason: format!(
+            "Service {} sends to {target} of {} ready pod(s) ({}), which declare it, but nothing listens there (the app is down or bound to another port or address)",
+            qualified(&service.namespace, &service.name),
+            backends.ready_count,
+            if pods.is_empty() {
+                "unnamed".to_string()
+            } else {
+                pods.join(", ")
+            }
+        ),
+        next: pods
+            .first()
+            .map(|pod| format!("kubectl logs {pod} -n {}", service.namespace)),
+    }
+}
+
+/// The number a targetPort means for `pod`: itself, or the pod's port of that name.
+fn resolve(target: &TargetPort, pod: &PodRecord, protocol: &str) -> Option<u16> {
+    match target {
+        TargetPort::Number(port) => Some(*port),
+        TargetPort::Name(name) => pod
+            .ports
+            .iter()
+            .find(|p| {
+                p.name.as_deref() == Some(&**name) && p.protocol.eq_ignore_ascii_case(protocol)
+            })
+            .map(|p| p.port),
+    }
+}
+
+fn declares(pod: &PodRecord, port: u16, protocol: &str) -> bool {
+    pod.ports
+        .iter()
+        .any(|p| p.port == port && p.protocol.eq_ignore_ascii_case(protocol))
+}
+
+/// A Service selector (equality only) against a pod's labels.
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector
+        .iter()
+        .all(|(key, value)| labels.get(key) == Some(value))
+}
+
+pub fn describe_selector(selector: &BTreeMap<String, String>) -> String {
+    selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn slices_command(service: &ServiceRecord) -> String {
+    format!(
+        "kubectl get endpointslices -l kubernetes.io/service-name={} -n {}",
+        service.name, service.namespace
+    )
+}
+
+pub fn qualified(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    protocol.as_str()
+}
+
+fn same_protocol(name: &str, protocol: Protocol) -> bool {
+    name.eq_ignore_ascii_case(protocol.as_str())
+}
+
+/// Whether `ip` is a ClusterIP.
+pub fn is_service(view: &ClusterView, ip: IpAddr) -> bool {
+    view.service_by_ip.contains_key(&ip)
+}
