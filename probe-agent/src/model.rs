@@ -301,6 +301,26 @@ pub struct Verdict {
     pub dns: Option<DnsSummary>,
 }
 
+/// A node-level verdict: many flows failing for one reason that is the node's, not
+/// theirs (`node` in `GET /v1/verdicts`). The flows it stands for carry its cause and
+/// are listed with `?expand=true` or `?cause=node_datapath`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeVerdict {
+    pub verdict: VerdictKind,
+    pub cause: Cause,
+    pub reason: String,
+    pub next: Option<String>,
+    pub since: DateTime<Utc>,
+    /// `null` while it goes on.
+    pub until: Option<DateTime<Utc>>,
+    /// At its widest: the pod pairs timing out, of the pairs seen, from how many pods.
+    pub failing_pairs: usize,
+    pub pairs: usize,
+    pub sources: usize,
+    /// Flows that timed out while it lasted.
+    pub flows: u64,
+}
+
 /// What a flow event records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

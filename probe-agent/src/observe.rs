@@ -13,7 +13,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
-use crate::model::{DnsSummary, Endpoint, FlowEvent, Protocol, Verdict, VerdictKind};
+use crate::model::{
+    Cause, DnsSummary, Endpoint, FlowEvent, NodeVerdict, Protocol, Verdict, VerdictKind,
+};
 
 #[derive(Args, Clone, Debug)]
 pub struct ObserveArgs {
@@ -51,6 +53,12 @@ pub struct ObserveArgs {
     /// Only flows seen in this past duration (30s, 5m) or since an RFC 3339 time.
     #[arg(long, env = "NETPROBE_SINCE")]
     pub since: Option<String>,
+    /// Only flows failing for these causes (comma-separated, e.g. no_ready_endpoints).
+    #[arg(long, env = "NETPROBE_CAUSE", value_delimiter = ',')]
+    pub cause: Vec<Cause>,
+    /// Also list the flows a node-level verdict stands for.
+    #[arg(long, env = "NETPROBE_EXPAND", conflicts_with = "follow")]
+    pub expand: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,8 +74,14 @@ impl ObserveArgs {
             let names: Vec<_> = self.verdict.iter().map(|v| v.as_str()).collect();
             names.join(",")
         });
+        let causes = (!self.cause.is_empty()).then(|| {
+            let names: Vec<_> = self.cause.iter().map(|c| c.as_str()).collect();
+            names.join(",")
+        });
         let params = [
             ("verdict", verdicts),
+            ("cause", causes),
+            ("expand", self.expand.then(|| "true".to_string())),
             ("protocol", self.protocol.clone()),
             ("ip", self.ip.map(|ip| ip.to_string())),
             ("port", self.port.map(|port| port.to_string())),
@@ -124,6 +138,8 @@ fn run_to(args: &ObserveArgs, mut out: impl Write) -> anyhow::Result<()> {
     #[derive(Deserialize)]
     struct Listing<T> {
         verdicts: Vec<T>,
+        #[serde(default)]
+        node: Vec<NodeVerdict>,
     }
     let unexpected = || format!("unexpected answer from {url}");
     match args.output {
@@ -139,6 +155,9 @@ fn run_to(args: &ObserveArgs, mut out: impl Write) -> anyhow::Result<()> {
         Output::Table => {
             let listing: Listing<Verdict> =
                 serde_json::from_reader(reader).with_context(unexpected)?;
+            for node in &listing.node {
+                writeln!(out, "{}", format_node(node))?;
+            }
             out.write_all(format_table(&listing.verdicts).as_bytes())?;
         }
     }
@@ -229,8 +248,41 @@ fn row(v: &Verdict) -> [String; 7] {
             SocketAddr::new(flow.dst_ip, flow.dst_port),
         ),
         counts(v),
-        reason(&v.reason, v.dns.as_ref()),
+        explained(
+            &reason(&v.reason, v.dns.as_ref()),
+            v.cause,
+            v.next.as_deref(),
+        ),
     ]
+}
+
+/// A node-level verdict, printed above the table.
+pub fn format_node(n: &NodeVerdict) -> String {
+    let period = match n.until {
+        Some(until) => format!("{} to {}", timestamp(n.since), timestamp(until)),
+        None => format!("since {}", timestamp(n.since)),
+    };
+    let next = n
+        .next
+        .as_deref()
+        .map(|c| format!("; next: {c}"))
+        .unwrap_or_default();
+    format!(
+        "NODE {} [{}] {period}, {} flows: {}{next}",
+        n.verdict, n.cause, n.flows, n.reason
+    )
+}
+
+/// `[cause] reason; next: command`, where known.
+fn explained(reason: &str, cause: Option<Cause>, next: Option<&str>) -> String {
+    let mut text = match cause {
+        Some(cause) => format!("[{cause}] {reason}"),
+        None => reason.to_string(),
+    };
+    if let Some(next) = next {
+        text.push_str(&format!("; next: {next}"));
+    }
+    text
 }
 
 /// One `--follow` line: time, event, verdict, flow, reason.
@@ -250,7 +302,11 @@ pub fn format_event(e: &FlowEvent) -> String {
             SocketAddr::new(flow.dst_ip, flow.dst_port)
         ),
         flow.protocol.as_str(),
-        reason(&e.reason, e.dns.as_ref()),
+        explained(
+            &reason(&e.reason, e.dns.as_ref()),
+            e.cause,
+            e.next.as_deref(),
+        ),
     );
     line.trim_end().to_string()
 }

@@ -32,7 +32,7 @@ use crate::{
     enrich::{self, KubeOptions, Names},
     loader,
     metrics::{DEFAULT_MAX_SERIES, DecodeErrorKind, LossSource, Metrics},
-    model::{AttachMode, FlowEvent, InterfaceStatus, Verdict},
+    model::{AttachMode, FlowEvent, InterfaceStatus, NodeVerdict, Verdict},
     serve::{self, AppState, FlowSource},
     track::{Clock, Tracker, TrackerConfig, monotonic_now},
 };
@@ -85,6 +85,10 @@ impl FlowSource for AgentSource {
         lock(&self.tracker).events(keep, limit)
     }
 
+    fn node_verdicts(&self) -> Vec<NodeVerdict> {
+        lock(&self.tracker).node_verdicts(monotonic_now())
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<FlowEvent> {
         self.events_tx.subscribe()
     }
@@ -130,7 +134,8 @@ pub async fn run(
         Clock::new(),
         Arc::clone(&metrics),
     )
-    .with_names(names.clone());
+    .with_names(names.clone())
+    .with_node_name(args.node_name.as_deref());
     let events_tx = tracker.events_sender();
     let tracker = Arc::new(Mutex::new(tracker));
     let interfaces = Arc::new(RwLock::new(Vec::new()));

@@ -27,7 +27,7 @@ use tower::ServiceBuilder;
 pub use self::query::{DEFAULT_LIMIT, Filter, MAX_LIMIT, QueryError};
 use crate::{
     metrics::Metrics,
-    model::{FlowEvent, InterfaceStatus, Verdict},
+    model::{Cause, FlowEvent, InterfaceStatus, NodeVerdict, Verdict},
 };
 
 /// Concurrent `follow=true` streams; each holds a connection and a broadcast receiver.
@@ -71,6 +71,10 @@ pub trait FlowSource: Send + Sync + 'static {
     fn interfaces(&self) -> Vec<InterfaceStatus>;
     /// Ok once programs are loaded and attached; Err(reason) before.
     fn readiness(&self) -> Result<(), String>;
+    /// Node-level verdicts (a node-wide failure going on, or recently ended).
+    fn node_verdicts(&self) -> Vec<NodeVerdict> {
+        Vec::new()
+    }
 }
 
 #[derive(Clone)]
@@ -240,6 +244,9 @@ struct StatusBody {
 #[derive(Serialize)]
 struct VerdictsBody {
     verdicts: Vec<Verdict>,
+    /// Node-level verdicts; the flows they stand for are left out of `verdicts` unless
+    /// `expand=true` or a `cause` filter names their cause.
+    node: Vec<NodeVerdict>,
 }
 
 #[derive(Serialize)]
@@ -311,11 +318,23 @@ async fn verdicts(
     }
     let source = state.source;
     let limit = filter.limit();
-    let verdicts = scan(&state.scans, move || {
-        source.verdicts(&|v| filter.matches_verdict(v), limit)
+    let (verdicts, node) = scan(&state.scans, move || {
+        let node = source.node_verdicts();
+        let folded: Vec<Cause> = if filter.expand == Some(true) {
+            Vec::new()
+        } else {
+            node.iter()
+                .map(|n| n.cause)
+                .filter(|cause| !filter.names_cause(*cause))
+                .collect()
+        };
+        let keep = |v: &Verdict| {
+            filter.matches_verdict(v) && v.cause.is_none_or(|cause| !folded.contains(&cause))
+        };
+        (source.verdicts(&keep, limit), node)
     })
     .await?;
-    Ok(Json(VerdictsBody { verdicts }))
+    Ok(Json(VerdictsBody { verdicts, node }))
 }
 
 async fn flows(
@@ -866,7 +885,7 @@ mod tests {
             ("limit=10001", "invalid limit \"10001\": expected a number from 1 to 10000".into()),
             ("limit=many", "invalid limit \"many\": expected a number from 1 to 10000".into()),
             ("port=80&port=443", "query parameter \"port\" given more than once".into()),
-            ("colour=red", "unknown query parameter \"colour\" (known: verdict, protocol, src_ip, dst_ip, ip, port, namespace, pod, since, limit, follow)".into()),
+            ("colour=red", "unknown query parameter \"colour\" (known: verdict, cause, protocol, src_ip, dst_ip, ip, port, namespace, pod, since, limit, follow, expand)".into()),
         ];
         for (query, message) in &cases {
             for path in ["/v1/verdicts", "/v1/flows"] {

@@ -28,7 +28,8 @@ use crate::{
     events::CauseReport,
     metrics::{Metrics, PacketKind},
     model::{
-        Cause, Counts, DnsSummary, Flow, FlowEvent, FlowEventKind, Protocol, Verdict, VerdictKind,
+        Cause, Counts, DnsSummary, Flow, FlowEvent, FlowEventKind, NodeVerdict, Protocol, Verdict,
+        VerdictKind,
     },
 };
 
@@ -210,11 +211,18 @@ pub struct Tracker {
     deadlines: BinaryHeap<Reverse<Deadline>>,
     next_generation: u64,
     journal: Journal,
+    context: Context,
+}
+
+/// What the tracker knows beyond single flows: lookups in flight, this node's pods, and
+/// node-wide failures. Read to explain a failure.
+struct Context {
     search: SearchPaths,
     /// Addresses of this node's pods, as seen leaving their veths.
     local: LruCache<IpAddr, ()>,
     /// This node's Kubernetes name: a pod scheduled here is local too.
     node_name: Option<Arc<str>>,
+    node: NodeWatch,
 }
 
 /// Where changes are reported: the recent-event ring, followers, metrics. Kept apart
@@ -253,15 +261,18 @@ impl Tracker {
             config,
             deadlines: BinaryHeap::new(),
             next_generation: 0,
-            search: SearchPaths::default(),
-            local: LruCache::new(NonZeroUsize::new(LOCAL_ADDRESSES).expect("non-zero")),
-            node_name: None,
+            context: Context {
+                search: SearchPaths::default(),
+                local: LruCache::new(NonZeroUsize::new(LOCAL_ADDRESSES).expect("non-zero")),
+                node_name: None,
+                node: NodeWatch::default(),
+            },
         }
     }
 
     /// The Kubernetes node this tracker runs on: its pods are local ends of flows.
     pub fn with_node_name(mut self, node: Option<&str>) -> Self {
-        self.node_name = node.filter(|n| !n.is_empty()).map(Arc::from);
+        self.context.node_name = node.filter(|n| !n.is_empty()).map(Arc::from);
         self
     }
 
@@ -334,7 +345,7 @@ impl Tracker {
                     qname: Some(qname), ..
                 }),
             ) => {
-                let released = self.search.on_query(packet.flow.src_ip, qname, now);
+                let released = self.context.search.on_query(packet.flow.src_ip, qname, now);
                 (!released.is_empty()).then(|| (released, qname.clone()))
             }
             _ => None,
@@ -383,13 +394,13 @@ impl Tracker {
                     metrics.dns_response(&rcode_name(dns.rcode));
                     let expansion = match &dns.qname {
                         Some(qname) if dns.rcode == ResponseCode::NXDomain => {
-                            !self.search.expansion_of(qname).is_empty()
+                            !self.context.search.expansion_of(qname).is_empty()
                         }
                         _ => false,
                     };
                     on_dns_response(state, dns, expansion.then_some(now));
                     if expansion && let Some(qname) = &dns.qname {
-                        self.search.hold(
+                        self.context.search.hold(
                             packet.flow.src_ip,
                             qname,
                             (packet.key, state.generation),
@@ -407,19 +418,71 @@ impl Tracker {
                 key: packet.key,
             }));
         }
-        Explainer {
-            names: &journal.names,
-            search: &self.search,
-            local: &self.local,
-            node: self.node_name.as_ref(),
-        }
-        .refresh(state, before);
+        let change = node_outcome(&mut self.context.node, state, before, now);
+        Explainer::new(&journal.names, &self.context).refresh(state, before);
         journal.record(state, before, packet.kind.into(), now);
+        self.on_node_change(change, now);
         if let Some((released, next)) = going_on {
             for (key, generation) in released {
                 self.release_expansion(key, generation, &next, now);
             }
         }
+    }
+
+    /// A node-wide incident started or ended. When it starts, the timeouts it already
+    /// caused are its too.
+    fn on_node_change(&mut self, change: Change, now: Duration) {
+        match change {
+            Change::None => {}
+            Change::Ended => self.journal.metrics.set_node_datapath_down(false),
+            Change::Started => {
+                self.journal.metrics.set_node_datapath_down(true);
+                let Some(incident) = self.context.node.current() else {
+                    return;
+                };
+                let diagnosis = node_datapath(incident, self.context.node_name.as_ref());
+                let (reason, next): (Arc<str>, Option<Arc<str>>) =
+                    (diagnosis.reason.into(), diagnosis.next.map(Arc::from));
+                for (_, state) in self.flows.iter_mut() {
+                    let recent = now.saturating_sub(state.last_seen) < node::WINDOW;
+                    if recent
+                        && matches!(
+                            state.verdict,
+                            VerdictKind::Timeout | VerdictKind::DnsTimeout
+                        )
+                    {
+                        state.cause = Some(Cause::NodeDatapath);
+                        state.explanation = Some(Arc::clone(&reason));
+                        state.next = next.clone();
+                        state.shown = format!("{}: {reason}", state.reason).into();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Node-level verdicts: the node-wide incident going on, and the last one ended.
+    pub fn node_verdicts(&self, now: Duration) -> Vec<NodeVerdict> {
+        self.context
+            .node
+            .incidents(now)
+            .into_iter()
+            .map(|incident| {
+                let diagnosis = node_datapath(&incident, self.context.node_name.as_ref());
+                NodeVerdict {
+                    verdict: VerdictKind::Timeout,
+                    cause: diagnosis.cause,
+                    reason: diagnosis.reason,
+                    next: diagnosis.next,
+                    since: self.journal.clock.to_utc(incident.since),
+                    until: incident.until.map(|until| self.journal.clock.to_utc(until)),
+                    failing_pairs: incident.failing_pairs,
+                    pairs: incident.pairs,
+                    sources: incident.sources,
+                    flows: incident.flows,
+                }
+            })
+            .collect()
     }
 
     /// Remembers which addresses are this node's pods: the sender of what leaves a
@@ -433,8 +496,8 @@ impl Tracker {
             EventKind::SynAck | EventKind::DnsResponse => packet.flow.dst_ip,
             _ => return,
         };
-        if !self.local.contains(&sender) {
-            self.local.put(sender, ());
+        if !self.context.local.contains(&sender) {
+            self.context.local.put(sender, ());
         }
     }
 
@@ -454,13 +517,7 @@ impl Tracker {
         let before = state.verdict;
         state.dns.expansion = Some((summary, next.to_string()));
         settle_dns(state);
-        Explainer {
-            names: &self.journal.names,
-            search: &self.search,
-            local: &self.local,
-            node: self.node_name.as_ref(),
-        }
-        .refresh(state, before);
+        Explainer::new(&self.journal.names, &self.context).refresh(state, before);
         self.journal
             .record(state, before, FlowEventKind::SearchExpansion, now);
     }
@@ -494,17 +551,15 @@ impl Tracker {
                 }
             };
             if expired {
-                Explainer {
-                    names: &self.journal.names,
-                    search: &self.search,
-                    local: &self.local,
-                    node: self.node_name.as_ref(),
-                }
-                .refresh(state, before);
+                let change = node_outcome(&mut self.context.node, state, before, now);
+                Explainer::new(&self.journal.names, &self.context).refresh(state, before);
                 self.journal
                     .record(state, before, FlowEventKind::Timeout, now);
+                self.on_node_change(change, now);
             }
         }
+        let change = self.context.node.evaluate(now);
+        self.on_node_change(change, now);
         self.compact_deadlines();
     }
 
@@ -562,13 +617,7 @@ impl Tracker {
                         }));
                     }
                 }
-                Explainer {
-                    names: &self.journal.names,
-                    search: &self.search,
-                    local: &self.local,
-                    node: self.node_name.as_ref(),
-                }
-                .refresh(state, before);
+                Explainer::new(&self.journal.names, &self.context).refresh(state, before);
                 self.journal
                     .record(state, before, FlowEventKind::Recovered, now);
             }
@@ -976,6 +1025,40 @@ fn settle_dns(state: &mut FlowState) {
     }
 }
 
+/// Tells the node watch about a flow that reached a new final verdict.
+fn node_outcome(
+    node: &mut NodeWatch,
+    state: &FlowState,
+    before: VerdictKind,
+    now: Duration,
+) -> Change {
+    if state.verdict == before || !state.verdict.is_final() {
+        return Change::None;
+    }
+    let failed = matches!(
+        state.verdict,
+        VerdictKind::Timeout | VerdictKind::DnsTimeout
+    );
+    node.outcome(state.flow.src_ip, state.flow.dst_ip, failed, now)
+}
+
+/// The words of a node-wide failure.
+fn node_datapath(incident: &Incident, node: Option<&Arc<str>>) -> diagnose::Diagnosis {
+    diagnose::Diagnosis {
+        cause: Cause::NodeDatapath,
+        reason: format!(
+            "{} of {} pod pairs of this node time out at once (from {} pods): the node's datapath is down (CNI, bridge, routes or node firewall), not this flow",
+            incident.failing_pairs, incident.pairs, incident.sources
+        ),
+        next: Some(match node {
+            Some(node) => {
+                format!("kubectl get pods -A -o wide --field-selector spec.nodeName={node}")
+            }
+            None => "ip route; sudo nft list ruleset".into(),
+        }),
+    }
+}
+
 /// A held NXDOMAIN whose lookup did not go on in time: the lookup failed on it.
 fn expire_held(state: &mut FlowState, now: Duration) -> bool {
     match &state.dns.held {
@@ -994,9 +1077,21 @@ struct Explainer<'a> {
     search: &'a SearchPaths,
     local: &'a LruCache<IpAddr, ()>,
     node: Option<&'a Arc<str>>,
+    /// A node-wide failure going on: timeouts are its, not their own.
+    incident: Option<&'a Incident>,
 }
 
-impl Explainer<'_> {
+impl<'a> Explainer<'a> {
+    fn new(names: &'a Names, context: &'a Context) -> Self {
+        Self {
+            names,
+            search: &context.search,
+            local: &context.local,
+            node: context.node_name.as_ref(),
+            incident: context.node.current(),
+        }
+    }
+
     /// Brings the flow's cause, next command and shown reason up to date after a change
     /// from `before`. A failure is diagnosed once, when it is reached.
     fn refresh(&self, state: &mut FlowState, before: VerdictKind) {
@@ -1020,6 +1115,18 @@ impl Explainer<'_> {
     }
 
     fn diagnose(&self, state: &mut FlowState) {
+        if let Some(incident) = self.incident
+            && matches!(
+                state.verdict,
+                VerdictKind::Timeout | VerdictKind::DnsTimeout
+            )
+        {
+            let diagnosis = node_datapath(incident, self.node);
+            state.cause = Some(diagnosis.cause);
+            state.explanation = Some(diagnosis.reason.into());
+            state.next = diagnosis.next.map(Arc::from);
+            return;
+        }
         let snapshot = self.names.snapshot();
         let view = &snapshot.cluster;
         let dns = dns_summary(state);
@@ -1229,8 +1336,10 @@ fn counts_settled(counts: &Counts) -> bool {
     counts.dns_responses >= counts.dns_queries
 }
 
+mod node;
 mod search;
 
+use node::{Change, Incident, NodeWatch};
 pub use search::Chain;
 use search::SearchPaths;
 

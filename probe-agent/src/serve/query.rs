@@ -8,7 +8,7 @@ use std::{net::IpAddr, sync::Arc};
 use chrono::{DateTime, TimeDelta, Utc};
 use globset::{Glob, GlobMatcher};
 
-use crate::model::{Endpoint, Flow, FlowEvent, Protocol, Verdict, VerdictKind};
+use crate::model::{Cause, Endpoint, Flow, FlowEvent, Protocol, Verdict, VerdictKind};
 
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 10_000;
@@ -38,6 +38,7 @@ pub enum QueryError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Param {
     Verdict,
+    Cause,
     Protocol,
     SrcIp,
     DstIp,
@@ -48,11 +49,13 @@ enum Param {
     Since,
     Limit,
     Follow,
+    Expand,
 }
 
 impl Param {
-    const ALL: [Param; 11] = [
+    const ALL: [Param; 13] = [
         Self::Verdict,
+        Self::Cause,
         Self::Protocol,
         Self::SrcIp,
         Self::DstIp,
@@ -63,11 +66,13 @@ impl Param {
         Self::Since,
         Self::Limit,
         Self::Follow,
+        Self::Expand,
     ];
 
     fn name(self) -> &'static str {
         match self {
             Self::Verdict => "verdict",
+            Self::Cause => "cause",
             Self::Protocol => "protocol",
             Self::SrcIp => "src_ip",
             Self::DstIp => "dst_ip",
@@ -78,6 +83,7 @@ impl Param {
             Self::Since => "since",
             Self::Limit => "limit",
             Self::Follow => "follow",
+            Self::Expand => "expand",
         }
     }
 
@@ -91,6 +97,9 @@ impl Param {
             Self::Verdict => {
                 "a comma-separated list of OK, PENDING, TIMEOUT, REFUSED, RESET, UNREACHABLE, NXDOMAIN, SERVFAIL, DNS_REFUSED, DNS_ERROR, DNS_TIMEOUT"
             }
+            Self::Cause => {
+                "a comma-separated list of search_path_expansion, name_not_found, dns_server_error, dns_no_answer, no_ready_endpoints, target_port_mismatch, nothing_listening, connection_reset, destination_unreachable, network_policy, dropped_between, server_silent, no_answer, node_datapath"
+            }
             Self::Protocol => "tcp or udp",
             Self::SrcIp | Self::DstIp | Self::Ip => "an IPv4 or IPv6 address",
             Self::Port => "a port number from 0 to 65535",
@@ -98,7 +107,7 @@ impl Param {
             Self::Pod => "a glob pattern such as checkout-*",
             Self::Since => "a duration such as 30s or 5m, or an RFC 3339 time",
             Self::Limit => "a number from 1 to 10000",
-            Self::Follow => "true or false",
+            Self::Follow | Self::Expand => "true or false",
         }
     }
 
@@ -125,6 +134,10 @@ fn shown(value: &str) -> String {
 pub struct Filter {
     /// Any of these verdicts.
     pub verdicts: Option<Vec<VerdictKind>>,
+    /// Any of these causes.
+    pub causes: Option<Vec<Cause>>,
+    /// List the flows a node-level verdict stands for (`/v1/verdicts`).
+    pub expand: Option<bool>,
     pub protocol: Option<Protocol>,
     pub src_ip: Option<IpAddr>,
     pub dst_ip: Option<IpAddr>,
@@ -192,6 +205,14 @@ impl Filter {
                     .collect::<Result<_, _>>()?;
                 self.verdicts = Some(kinds);
             }
+            Param::Cause => {
+                let causes = value
+                    .split(',')
+                    .map(|name| name.parse().map_err(|_| param.invalid(name)))
+                    .collect::<Result<_, _>>()?;
+                self.causes = Some(causes);
+            }
+            Param::Expand => self.expand = Some(parse_bool(value).ok_or_else(invalid)?),
             Param::Protocol => {
                 self.protocol = Some(match value.to_ascii_lowercase().as_str() {
                     "tcp" => Protocol::Tcp,
@@ -216,13 +237,7 @@ impl Filter {
                 }
                 self.limit = Some(limit);
             }
-            Param::Follow => {
-                self.follow = Some(match value.to_ascii_lowercase().as_str() {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(invalid()),
-                });
-            }
+            Param::Follow => self.follow = Some(parse_bool(value).ok_or_else(invalid)?),
         }
         Ok(())
     }
@@ -232,12 +247,26 @@ impl Filter {
         self.limit.unwrap_or(DEFAULT_LIMIT)
     }
 
+    /// The `cause` filter asks for `cause` by name.
+    pub fn names_cause(&self, cause: Cause) -> bool {
+        self.causes
+            .as_ref()
+            .is_some_and(|causes| causes.contains(&cause))
+    }
+
     pub fn matches_verdict(&self, v: &Verdict) -> bool {
-        self.matches(v.verdict, &v.flow, [&v.src, &v.dst], v.last_seen)
+        self.matches_cause(v.cause)
+            && self.matches(v.verdict, &v.flow, [&v.src, &v.dst], v.last_seen)
     }
 
     pub fn matches_event(&self, e: &FlowEvent) -> bool {
-        self.matches(e.verdict, &e.flow, [&e.src, &e.dst], e.time)
+        self.matches_cause(e.cause) && self.matches(e.verdict, &e.flow, [&e.src, &e.dst], e.time)
+    }
+
+    fn matches_cause(&self, cause: Option<Cause>) -> bool {
+        self.causes
+            .as_ref()
+            .is_none_or(|causes| cause.is_some_and(|c| causes.contains(&c)))
     }
 
     fn matches(
@@ -266,6 +295,14 @@ impl Filter {
                 ends().any(|end| end.pod.as_deref().is_some_and(|pod| glob.is_match(pod)))
             })
             && self.since.is_none_or(|since| time >= since)
+    }
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
     }
 }
 
@@ -473,7 +510,7 @@ mod tests {
             (&[("limit", "ten")], "invalid limit \"ten\": expected a number from 1 to 10000".into()),
             (&[("follow", "yes")], "invalid follow \"yes\": expected true or false".into()),
             (&[("verdict", "OK"), ("verdict", "TIMEOUT")], "query parameter \"verdict\" given more than once".into()),
-            (&[("vedict", "OK")], "unknown query parameter \"vedict\" (known: verdict, protocol, src_ip, dst_ip, ip, port, namespace, pod, since, limit, follow)".into()),
+            (&[("vedict", "OK")], "unknown query parameter \"vedict\" (known: verdict, cause, protocol, src_ip, dst_ip, ip, port, namespace, pod, since, limit, follow, expand)".into()),
         ];
         for (query, message) in cases {
             assert_eq!(error(query), message, "query {query:?}");
