@@ -1235,7 +1235,13 @@ fn dns_summary(state: &FlowState) -> Option<DnsSummary> {
         (Some((_, summary)), _) if state.verdict.is_failure() => Some(summary.clone()),
         (_, Some(summary)) => Some(summary.clone()),
         (Some((_, summary)), None) => Some(summary.clone()),
-        (None, None) => None,
+        (None, None) => state
+            .dns
+            .held
+            .as_ref()
+            .map(|(summary, _)| summary)
+            .or(state.dns.expansion.as_ref().map(|(summary, _)| summary))
+            .cloned(),
     }
 }
 

@@ -8,7 +8,7 @@ use crate::{
     craft,
     decode::{DnsPacket, Packet, flow_from_key},
     metrics::Metrics,
-    model::{FlowEventKind, Verdict, VerdictKind},
+    model::{Cause, FlowEventKind, Verdict, VerdictKind},
 };
 
 const CLIENT: &str = "10.244.0.5:41234";
@@ -493,4 +493,286 @@ fn any_limit_can_be_asked_for() {
     assert_eq!(t.verdicts(&|_| true, usize::MAX).len(), 2);
     assert_eq!(t.events(&|_| true, usize::MAX).len(), 2);
     assert!(t.verdicts(&|_| true, 0).is_empty());
+}
+
+/// A DNS packet from `client` (ip:port), so each search-path name can use its own socket
+/// as glibc does.
+fn dns_from(
+    client: &str,
+    kind: EventKind,
+    id: u16,
+    qname: &str,
+    rcode: ResponseCode,
+    at_ms: u64,
+) -> Packet {
+    let mut p = dns(kind, id, qname, rcode, at_ms);
+    let d = p.dns.take();
+    let mut p = packet(kind, IPPROTO_UDP, client, DNS, at_ms, d);
+    p.direction = Direction::FromPod;
+    p
+}
+
+/// One lookup, glibc style: each name on its own socket, query then response.
+fn lookup(t: &mut Tracker, names: &[(&str, ResponseCode)], start_ms: u64) {
+    for (i, (name, rcode)) in names.iter().enumerate() {
+        let client = format!("10.244.0.5:{}", 40000 + i);
+        let at = start_ms + 10 * i as u64;
+        t.on_packet(&dns_from(
+            &client,
+            EventKind::DnsQuery,
+            i as u16,
+            name,
+            ResponseCode::NoError,
+            at,
+        ));
+        t.on_packet(&dns_from(
+            &client,
+            EventKind::DnsResponse,
+            i as u16,
+            name,
+            *rcode,
+            at + 2,
+        ));
+    }
+}
+
+fn by_qname(t: &Tracker, qname: &str) -> Verdict {
+    t.verdicts(&|v| v.dns.as_ref().is_some_and(|d| d.qname == qname), 10)
+        .pop()
+        .unwrap_or_else(|| panic!("no verdict for {qname}"))
+}
+
+#[test]
+fn search_path_expansions_of_a_lookup_that_succeeds_are_not_failures() {
+    let mut t = tracker();
+    lookup(
+        &mut t,
+        &[
+            (
+                "api.example.com.production.svc.cluster.local.",
+                ResponseCode::NXDomain,
+            ),
+            ("api.example.com.svc.cluster.local.", ResponseCode::NXDomain),
+            ("api.example.com.cluster.local.", ResponseCode::NXDomain),
+            ("api.example.com.", ResponseCode::NoError),
+        ],
+        0,
+    );
+    t.sweep(ms(5_000));
+    let verdicts = t.verdicts(&|_| true, 100);
+    assert_eq!(verdicts.len(), 4);
+    assert!(
+        verdicts.iter().all(|v| v.verdict == VerdictKind::Ok),
+        "{verdicts:#?}"
+    );
+    let first = by_qname(&t, "api.example.com.production.svc.cluster.local.");
+    assert_eq!(first.cause, Some(Cause::SearchPathExpansion));
+    assert_eq!(
+        &*first.reason,
+        "NXDOMAIN for api.example.com.production.svc.cluster.local. was a search-path expansion, not a failure: the lookup went on to api.example.com.svc.cluster.local."
+    );
+    assert_eq!(by_qname(&t, "api.example.com.").cause, None);
+    let metrics = t.journal.metrics.encode();
+    assert!(
+        metrics.contains("netprobe_dns_search_expansions_total 3\n"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("verdict=\"NXDOMAIN\""), "{metrics}");
+}
+
+#[test]
+fn a_lookup_failing_on_every_name_is_one_nxdomain_naming_what_was_asked() {
+    let mut t = tracker();
+    lookup(
+        &mut t,
+        &[
+            (
+                "paymnt-service.production.svc.cluster.local.",
+                ResponseCode::NXDomain,
+            ),
+            ("paymnt-service.svc.cluster.local.", ResponseCode::NXDomain),
+            ("paymnt-service.cluster.local.", ResponseCode::NXDomain),
+            ("paymnt-service.", ResponseCode::NXDomain),
+        ],
+        0,
+    );
+    t.sweep(ms(5_000));
+    let failures = t.verdicts(&|v| v.verdict.is_failure(), 100);
+    assert_eq!(failures.len(), 1, "{failures:#?}");
+    let failed = &failures[0];
+    assert_eq!(failed.verdict, VerdictKind::Nxdomain);
+    assert_eq!(failed.cause, Some(Cause::NameNotFound));
+    assert_eq!(
+        &*failed.reason,
+        "paymnt-service: NXDOMAIN for each of the 4 names of its search path (paymnt-service.production.svc.cluster.local., paymnt-service.svc.cluster.local., paymnt-service.cluster.local., paymnt-service.): no Service paymnt-service in production"
+    );
+    assert_eq!(
+        failed.next.as_deref(),
+        Some("kubectl get services -n production")
+    );
+    assert_eq!(
+        t.verdicts(&|v| v.cause == Some(Cause::SearchPathExpansion), 100)
+            .len(),
+        3
+    );
+}
+
+#[test]
+fn a_held_nxdomain_the_lookup_does_not_follow_fails_after_the_window() {
+    let mut t = tracker();
+    let name = "orders.production.svc.cluster.local.";
+    lookup(&mut t, &[(name, ResponseCode::NXDomain)], 0);
+    assert_eq!(only(&t).verdict, VerdictKind::Pending);
+    t.sweep(ms(2) + super::SEARCH_WINDOW - ms(1));
+    assert_eq!(only(&t).verdict, VerdictKind::Pending);
+    t.sweep(ms(2) + super::SEARCH_WINDOW);
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Nxdomain);
+    assert_eq!(v.cause, Some(Cause::NameNotFound));
+    assert_eq!(
+        &*v.reason,
+        "orders.production.svc.cluster.local. does not exist (NXDOMAIN): no Service orders in production"
+    );
+}
+
+#[test]
+fn failures_are_explained_from_the_cluster() {
+    use crate::enrich::{Directory, Names, PodView, SliceRecord, object_key};
+    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+    let mut directory = Directory::default();
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "orders", "namespace": "production"},
+        "spec": {"clusterIP": "10.96.45.123", "selector": {"app": "orders"},
+                 "ports": [{"port": 8080, "targetPort": 8080}]},
+    }))
+    .unwrap();
+    directory
+        .services
+        .apply(object_key(&service.metadata), (&service).into());
+    let pod: PodView = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "orders-1", "namespace": "production", "labels": {"app": "orders"},
+                     "creationTimestamp": "2026-11-23T09:00:00Z"},
+        "spec": {"containers": [{"ports": [{"containerPort": 8080}]}]},
+        "status": {"podIP": "10.244.0.9", "conditions": [{"type": "Ready", "status": "False"}]},
+    }))
+    .unwrap();
+    directory
+        .pods
+        .apply(object_key(&pod.metadata), (&pod).into());
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "orders-x", "namespace": "production",
+                     "labels": {"kubernetes.io/service-name": "orders"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.244.0.9"], "conditions": {"ready": false},
+                       "targetRef": {"kind": "Pod", "name": "orders-1"}}],
+    }))
+    .unwrap();
+    directory
+        .slices
+        .apply(object_key(&slice.metadata), SliceRecord::from(&slice));
+    let names = Names::none();
+    names.publish(directory.snapshot());
+    let mut t = tracker().with_names(names);
+    t.on_packet(&tcp(EventKind::Syn, 0));
+    t.on_packet(&tcp(EventKind::IcmpUnreachable, 1));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Unreachable);
+    assert_eq!(v.cause, Some(Cause::NoReadyEndpoints));
+    assert_eq!(
+        &*v.reason,
+        "SYN answered by ICMP destination unreachable: Service production/orders has no ready endpoints: its selector app=orders matches 1 pod, 1 not ready (orders-1)"
+    );
+    assert_eq!(
+        v.next.as_deref(),
+        Some("kubectl get endpointslices -l kubernetes.io/service-name=orders -n production")
+    );
+    let metrics = t.journal.metrics.encode();
+    assert!(
+        metrics.contains("netprobe_causes_total{cause=\"no_ready_endpoints\"} 1\n"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn most_pod_pairs_timing_out_at_once_is_one_node_verdict() {
+    let mut t = tracker();
+    let pairs = [
+        ("10.244.0.5:40001", "10.244.0.9:80"),
+        ("10.244.0.5:40002", "10.244.0.10:80"),
+        ("10.244.0.6:40003", "10.244.0.9:80"),
+        ("10.244.0.6:40004", "10.244.0.10:80"),
+    ];
+    for (client, server) in pairs {
+        t.on_packet(&packet(
+            EventKind::Syn,
+            IPPROTO_TCP,
+            client,
+            server,
+            0,
+            None,
+        ));
+    }
+    t.sweep(ms(3_000));
+    let timeouts = t.verdicts(&|v| v.verdict == VerdictKind::Timeout, 100);
+    assert_eq!(timeouts.len(), 4);
+    assert!(
+        timeouts
+            .iter()
+            .all(|v| v.cause == Some(Cause::NodeDatapath)),
+        "{timeouts:#?}"
+    );
+    let node = t.node_verdicts(ms(3_000));
+    assert_eq!(node.len(), 1);
+    assert_eq!(node[0].cause, Cause::NodeDatapath);
+    assert_eq!(
+        (node[0].failing_pairs, node[0].pairs, node[0].sources),
+        (4, 4, 2)
+    );
+    assert!(
+        t.journal
+            .metrics
+            .encode()
+            .contains("netprobe_node_datapath_down 1\n")
+    );
+    // The pairs answer again: the incident ends and stays listed as ended.
+    for (i, (client, server)) in pairs.iter().enumerate() {
+        let client = client.replace("4000", "5000");
+        t.on_packet(&packet(
+            EventKind::Syn,
+            IPPROTO_TCP,
+            &client,
+            server,
+            4_000 + i as u64,
+            None,
+        ));
+        t.on_packet(&packet(
+            EventKind::SynAck,
+            IPPROTO_TCP,
+            &client,
+            server,
+            4_001 + i as u64,
+            None,
+        ));
+    }
+    let node = t.node_verdicts(ms(5_000));
+    assert!(node[0].until.is_some(), "{node:#?}");
+    assert!(
+        t.journal
+            .metrics
+            .encode()
+            .contains("netprobe_node_datapath_down 0\n")
+    );
+}
+
+#[test]
+fn healthy_and_slow_handshakes_have_no_cause() {
+    let mut t = tracker();
+    t.on_packet(&tcp(EventKind::Syn, 0));
+    t.on_packet(&tcp(EventKind::Syn, 1_000));
+    t.on_packet(&tcp(EventKind::SynAck, 2_500));
+    t.sweep(ms(10_000));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Ok);
+    assert_eq!((v.cause, v.next), (None, None));
 }
