@@ -70,10 +70,10 @@ pub fn name_not_found(view: &ClusterView, asked: &str, tried: &[String]) -> Diag
             "a Service {service} exists in namespace {other} ({service}.{other})"
         ));
         next = format!("kubectl get service {service} -n {other}");
-    } else if namespace_missing {
-        if let Some(closest) = closest(namespace, view.namespaces.keys().map(|n| &**n)).first() {
-            parts.push(format!("did you mean namespace {closest}?"));
-        }
+    } else if namespace_missing
+        && let Some(closest) = closest(namespace, view.namespaces.keys().map(|n| &**n)).first()
+    {
+        parts.push(format!("did you mean namespace {closest}?"));
     }
     if !namespace_missing {
         let in_namespace = view

@@ -54,69 +54,70 @@ pub fn destinations(view: &ClusterView, flow: &Flow) -> Vec<(Arc<PodRecord>, u16
         .unwrap_or_default()
 }
 
-/// What NetworkPolicy says of the flow: the first denial among its destinations, else
-/// the allowing outcome (or `Unknown`).
-pub fn policy_outcome(view: &ClusterView, flow: &Flow) -> PolicyOutcome {
+/// What NetworkPolicy says of a flow, in words naming the destination it was
+/// evaluated against.
+pub struct PolicyFinding {
+    pub outcome: PolicyOutcome,
+    pub reason: String,
+}
+
+impl PolicyFinding {
+    fn diagnosis(self) -> Diagnosis {
+        Diagnosis {
+            cause: Cause::NetworkPolicy,
+            next: self.outcome.next(),
+            reason: self.reason,
+        }
+    }
+}
+
+/// NetworkPolicy on the flow: the first denial among its destinations (a Service's
+/// ready backends, on their targetPort), else what allows it.
+pub fn policy_finding(view: &ClusterView, flow: &Flow) -> PolicyFinding {
     let src = Peer {
         ip: flow.src_ip,
         pod: view.pod_by_ip.get(&flow.src_ip).map(|p| &**p),
     };
+    let judge = |dst: &Peer, port: u16| {
+        let outcome = policy::evaluate(view, &src, dst, flow.protocol, port);
+        let reason = outcome.reason(&src, dst, flow.protocol, port);
+        PolicyFinding { outcome, reason }
+    };
     let destinations = destinations(view, flow);
-    if destinations.is_empty() {
+    let mut allowed = None;
+    for (pod, port) in &destinations {
+        let ip = pod.ips.first().copied().unwrap_or(flow.dst_ip);
+        let finding = judge(&Peer { ip, pod: Some(pod) }, *port);
+        if finding.outcome.is_denied() {
+            return finding;
+        }
+        allowed = Some(finding);
+    }
+    allowed.unwrap_or_else(|| {
         let dst = Peer {
             ip: flow.dst_ip,
             pod: None,
         };
-        return policy::evaluate(view, &src, &dst, flow.protocol, flow.dst_port);
-    }
-    let mut allowed = PolicyOutcome::Unknown;
-    for (pod, port) in &destinations {
-        let ip = pod.ips.first().copied().unwrap_or(flow.dst_ip);
-        let dst = Peer { ip, pod: Some(pod) };
-        let outcome = policy::evaluate(view, &src, &dst, flow.protocol, *port);
-        if outcome.is_denied() {
-            return outcome;
-        }
-        allowed = outcome;
-    }
-    allowed
+        judge(&dst, flow.dst_port)
+    })
 }
 
 /// A NetworkPolicy stopping the flow, as a diagnosis.
 pub fn policy_denial(view: &ClusterView, flow: &Flow) -> Option<Diagnosis> {
-    let outcome = policy_outcome(view, flow);
-    if !outcome.is_denied() {
-        return None;
-    }
-    let src = Peer {
-        ip: flow.src_ip,
-        pod: view.pod_by_ip.get(&flow.src_ip).map(|p| &**p),
-    };
-    Some(Diagnosis {
-        cause: Cause::NetworkPolicy,
-        reason: outcome.reason(&src, flow.protocol, flow.dst_port),
-        next: outcome.next(),
-    })
+    let finding = policy_finding(view, flow);
+    finding.outcome.is_denied().then(|| finding.diagnosis())
 }
 
 /// A SYN that got no answer.
 pub fn timeout(view: &ClusterView, flow: &Flow, facts: &PathFacts) -> Diagnosis {
-    let outcome = policy_outcome(view, flow);
-    let src = Peer {
-        ip: flow.src_ip,
-        pod: view.pod_by_ip.get(&flow.src_ip).map(|p| &**p),
-    };
-    if outcome.is_denied() {
-        return Diagnosis {
-            cause: Cause::NetworkPolicy,
-            reason: outcome.reason(&src, flow.protocol, flow.dst_port),
-            next: outcome.next(),
-        };
+    let finding = policy_finding(view, flow);
+    if finding.outcome.is_denied() {
+        return finding.diagnosis();
     }
     // "…; NetworkPolicies allow it": the cause is elsewhere, and the reason says so.
-    let policy_note = match &outcome {
+    let policy_note = match &finding.outcome {
         PolicyOutcome::Unknown => String::new(),
-        allowed => format!(" ({})", allowed.reason(&src, flow.protocol, flow.dst_port)),
+        _ => format!("; {}", lowercase_first(&finding.reason)),
     };
     let server = |at: SocketAddr| {
         view.pod_by_ip.get(&at.ip()).map_or_else(
@@ -167,5 +168,13 @@ pub fn timeout(view: &ClusterView, flow: &Flow, facts: &PathFacts) -> Diagnosis 
             flow.dst_ip
         ),
         next,
+    }
+}
+
+fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
     }
 }

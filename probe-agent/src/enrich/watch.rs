@@ -60,22 +60,23 @@ pub async fn client(options: &KubeOptions) -> anyhow::Result<Option<Client>> {
     Ok(Some(Client::try_from(config)?))
 }
 
-/// One watch event, reduced to what the directory keeps.
+/// One watch event, reduced to what the directory keeps (boxed: records differ a lot
+/// in size, a NetworkPolicy's is large).
 enum Update<R> {
-    Apply(ObjectKey, R),
+    Apply(ObjectKey, Box<R>),
     Delete(ObjectKey),
     RelistStart,
-    RelistApply(ObjectKey, R),
+    RelistApply(ObjectKey, Box<R>),
     RelistDone,
 }
 
 impl<R> Kind<R> {
     fn update(&mut self, update: Update<R>) {
         match update {
-            Update::Apply(key, record) => self.apply(key, record),
+            Update::Apply(key, record) => self.apply(key, *record),
             Update::Delete(key) => self.delete(&key),
             Update::RelistStart => self.relist_start(),
-            Update::RelistApply(key, record) => self.relist_apply(key, record),
+            Update::RelistApply(key, record) => self.relist_apply(key, *record),
             Update::RelistDone => self.relist_done(),
         }
     }
@@ -192,11 +193,13 @@ where
         .default_backoff()
         .map(move |event| {
             let update = match event.map_err(|e| (kind, e))? {
-                watcher::Event::Apply(object) => Update::Apply(key(&object), record(&object)),
+                watcher::Event::Apply(object) => {
+                    Update::Apply(key(&object), Box::new(record(&object)))
+                }
                 watcher::Event::Delete(object) => Update::Delete(key(&object)),
                 watcher::Event::Init => Update::RelistStart,
                 watcher::Event::InitApply(object) => {
-                    Update::RelistApply(key(&object), record(&object))
+                    Update::RelistApply(key(&object), Box::new(record(&object)))
                 }
                 watcher::Event::InitDone => Update::RelistDone,
             };
