@@ -151,7 +151,7 @@ struct DnsState {
     /// An NXDOMAIN for a search-path expansion, held (since when) until the lookup goes
     /// on (then it was no failure) or not (then the lookup failed on it).
     held: Option<(DnsSummary, Duration)>,
-    /// The last NXDOMAIN that proved a search-path expansion, and the name asked next.
+    /// The last NXDOMAIN that proved a search-path expansion, and why in words.
     expansion: Option<(DnsSummary, String)>,
 }
 
@@ -392,13 +392,28 @@ impl Tracker {
                 state.counts.dns_responses += 1;
                 if let Some(dns) = &packet.dns {
                     metrics.dns_response(&rcode_name(dns.rcode));
-                    let expansion = match &dns.qname {
+                    let search = &mut self.context.search;
+                    let client = packet.flow.src_ip;
+                    let (mut expansion, mut answered) = (false, None);
+                    match &dns.qname {
                         Some(qname) if dns.rcode == ResponseCode::NXDomain => {
-                            !self.context.search.expansion_of(qname).is_empty()
+                            answered = search.answered_in_lookup(client, qname);
+                            expansion =
+                                answered.is_none() && !search.expansion_of(qname).is_empty();
                         }
-                        _ => false,
+                        Some(qname) if dns.rcode == ResponseCode::NoError => {
+                            search.answered(client, qname);
+                        }
+                        _ => {}
+                    }
+                    let nxdomain = match (expansion, answered) {
+                        (true, _) => NxdomainIs::Held(now),
+                        (false, Some(name)) => NxdomainIs::Expansion(format!(
+                            "{name} was answered (NOERROR) in the same lookup"
+                        )),
+                        (false, None) => NxdomainIs::Failure,
                     };
-                    on_dns_response(state, dns, expansion.then_some(now));
+                    on_dns_response(state, dns, nxdomain);
                     if expansion && let Some(qname) = &dns.qname {
                         self.context.search.hold(
                             packet.flow.src_ip,
@@ -515,7 +530,7 @@ impl Tracker {
         };
         self.journal.metrics.dns_search_expansion();
         let before = state.verdict;
-        state.dns.expansion = Some((summary, next.to_string()));
+        state.dns.expansion = Some((summary, format!("the lookup went on to {next}")));
         settle_dns(state);
         Explainer::new(&self.journal.names, &self.context).refresh(state, before);
         self.journal
@@ -546,7 +561,7 @@ impl Tracker {
                 Protocol::Tcp => expire_syn(state, now, self.config.syn_timeout),
                 Protocol::Udp => {
                     // Both run: either may have expired.
-                    let held = expire_held(state, now);
+                    let held = expire_held(state, &self.context.search, now);
                     expire_dns(state, now, self.config.dns_timeout) | held
                 }
             };
@@ -937,9 +952,17 @@ fn on_dns_query(
     Some(now + dns_timeout)
 }
 
-/// `held_since`: the response is an NXDOMAIN for a search-path expansion, held until
-/// the lookup goes on or not.
-fn on_dns_response(state: &mut FlowState, dns: &DnsPacket, held_since: Option<Duration>) {
+/// What an NXDOMAIN means for its flow, from the lookup it belongs to.
+enum NxdomainIs {
+    /// A search-path expansion: held until the lookup goes on or not (since when).
+    Held(Duration),
+    /// No failure: another name of its lookup exists (why, in words).
+    Expansion(String),
+    /// The lookup's failure.
+    Failure,
+}
+
+fn on_dns_response(state: &mut FlowState, dns: &DnsPacket, nxdomain: NxdomainIs) {
     let query = state
         .dns
         .pending
@@ -962,10 +985,13 @@ fn on_dns_response(state: &mut FlowState, dns: &DnsPacket, held_since: Option<Du
         qtype,
         rcode: Some(rcode_name(dns.rcode)),
     };
-    match (rcode_verdict(dns.rcode), held_since) {
-        (_, Some(since)) => state.dns.held = Some((summary, since)),
-        (VerdictKind::Ok, None) => state.dns.success = Some(summary),
-        (failure, None) => state.dns.failure = Some((failure, summary)),
+    match (rcode_verdict(dns.rcode), nxdomain) {
+        (VerdictKind::Ok, _) => state.dns.success = Some(summary),
+        (VerdictKind::Nxdomain, NxdomainIs::Held(since)) => state.dns.held = Some((summary, since)),
+        (VerdictKind::Nxdomain, NxdomainIs::Expansion(why)) => {
+            state.dns.expansion = Some((summary, why))
+        }
+        (failure, _) => state.dns.failure = Some((failure, summary)),
     }
     settle_dns(state);
 }
@@ -1015,10 +1041,10 @@ fn settle_dns(state: &mut FlowState) {
     } else if let Some(summary) = &state.dns.success {
         state.verdict = VerdictKind::Ok;
         state.reason = format!("{} {} answered (NOERROR)", summary.qname, summary.qtype).into();
-    } else if let Some((summary, next)) = &state.dns.expansion {
+    } else if let Some((summary, why)) = &state.dns.expansion {
         state.verdict = VerdictKind::Ok;
         state.reason = format!(
-            "NXDOMAIN for {} was a search-path expansion, not a failure: the lookup went on to {next}",
+            "NXDOMAIN for {} was a search-path expansion, not a failure: {why}",
             summary.qname
         )
         .into();
@@ -1059,14 +1085,21 @@ fn node_datapath(incident: &Incident, node: Option<&Arc<str>>) -> diagnose::Diag
     }
 }
 
-/// A held NXDOMAIN whose lookup did not go on in time: the lookup failed on it.
-fn expire_held(state: &mut FlowState, now: Duration) -> bool {
+/// A held NXDOMAIN whose lookup did not go on in time: the lookup failed on it, unless
+/// another of its names was answered.
+fn expire_held(state: &mut FlowState, search: &SearchPaths, now: Duration) -> bool {
     match &state.dns.held {
         Some((_, since)) if now.saturating_sub(*since) >= SEARCH_WINDOW => {}
         _ => return false,
     }
     let (summary, _) = state.dns.held.take().expect("checked above");
-    state.dns.failure = Some((VerdictKind::Nxdomain, summary));
+    match search.answered_in_lookup(state.flow.src_ip, &summary.qname) {
+        Some(name) => {
+            let why = format!("{name} was answered (NOERROR) in the same lookup");
+            state.dns.expansion = Some((summary, why));
+        }
+        None => state.dns.failure = Some((VerdictKind::Nxdomain, summary)),
+    }
     settle_dns(state);
     true
 }

@@ -38,6 +38,9 @@ struct Lookup {
     tried: Vec<String>,
     /// Flows holding an NXDOMAIN of this lookup until it is known whether it went on.
     held: Vec<(FlowKey, u64)>,
+    /// A name of this lookup that was answered NOERROR (with or without records of the
+    /// type asked): the name exists, so the lookup's NXDOMAINs are no failure.
+    answered: Option<String>,
     last: Duration,
 }
 
@@ -111,10 +114,19 @@ impl SearchPaths {
         let expansion = self.expansion_of(qname);
         let lookups = self.lookups.get_or_insert_mut(client, Vec::new);
         lookups.retain(|l| now.saturating_sub(l.last) < LOOKUP_IDLE);
-        let going_on = lookups.iter().position(|l| {
+        let going_on = lookups.iter().rposition(|l| {
             !l.tried.iter().any(|t| normal(t) == name)
                 && l.asked.iter().any(|a| continues(a, &name))
         });
+        // Else the name a lookup asked last, asked again: A and AAAA on two sockets, or
+        // a retry.
+        if going_on.is_none()
+            && lookups
+                .iter()
+                .any(|l| l.tried.last().is_some_and(|t| normal(t) == name))
+        {
+            return Vec::new();
+        }
         let mut learned = None;
         let released = match going_on {
             Some(i) => {
@@ -132,26 +144,20 @@ impl SearchPaths {
                 std::mem::take(&mut lookup.held)
             }
             None => {
-                // A new lookup, if the name reads as an expansion (or is asked absolutely
-                // by a client whose lookups are tracked anyway).
-                if lookups
-                    .iter()
-                    .any(|l| l.tried.iter().any(|t| normal(t) == name))
-                {
-                    // A retransmission (a resolver retrying on a new socket).
-                } else {
-                    if lookups.len() == LOOKUPS_PER_CLIENT {
-                        lookups.remove(0);
-                    }
-                    let mut asked = expansion;
-                    asked.push(name.clone());
-                    lookups.push(Lookup {
-                        asked,
-                        tried: vec![qname.to_string()],
-                        held: Vec::new(),
-                        last: now,
-                    });
+                // A new lookup (an earlier name asked again starts one too: the same
+                // name resolved once more, or for the other address family).
+                if lookups.len() == LOOKUPS_PER_CLIENT {
+                    lookups.remove(0);
                 }
+                let mut asked = expansion;
+                asked.push(name.clone());
+                lookups.push(Lookup {
+                    asked,
+                    tried: vec![qname.to_string()],
+                    held: Vec::new(),
+                    answered: None,
+                    last: now,
+                });
                 Vec::new()
             }
         };
@@ -168,7 +174,7 @@ impl SearchPaths {
         let lookups = self.lookups.get_or_insert_mut(client, Vec::new);
         let lookup = match lookups
             .iter()
-            .position(|l| l.tried.iter().any(|t| normal(t) == name))
+            .rposition(|l| l.tried.iter().any(|t| normal(t) == name))
         {
             Some(i) => &mut lookups[i],
             None => {
@@ -180,6 +186,7 @@ impl SearchPaths {
                     asked: Vec::new(),
                     tried: vec![qname.to_string()],
                     held: Vec::new(),
+                    answered: None,
                     last: now,
                 });
                 lookups.last_mut().expect("just pushed")
@@ -190,6 +197,29 @@ impl SearchPaths {
         }
     }
 
+    /// `qname` was answered NOERROR: its lookup found a name that exists.
+    pub fn answered(&mut self, client: IpAddr, qname: &str) {
+        let name = normal(qname);
+        if let Some(lookup) = self.lookups.peek_mut(&client).and_then(|lookups| {
+            lookups
+                .iter_mut()
+                .rfind(|l| l.tried.iter().any(|t| normal(t) == name))
+        }) {
+            lookup.answered.get_or_insert_with(|| qname.to_string());
+        }
+    }
+
+    /// The name answered NOERROR in the lookup `qname` belongs to, if any.
+    pub fn answered_in_lookup(&self, client: IpAddr, qname: &str) -> Option<String> {
+        let name = normal(qname);
+        self.lookups
+            .peek(&client)?
+            .iter()
+            .rfind(|l| l.tried.iter().any(|t| normal(t) == name))?
+            .answered
+            .clone()
+    }
+
     /// The lookup `qname` belongs to, for a client whose lookup ended on it.
     pub fn chain(&self, client: IpAddr, qname: &str) -> Option<Chain> {
         let name = normal(qname);
@@ -197,7 +227,7 @@ impl SearchPaths {
             .lookups
             .peek(&client)?
             .iter()
-            .find(|l| l.tried.iter().any(|t| normal(t) == name))?;
+            .rfind(|l| l.tried.iter().any(|t| normal(t) == name))?;
         let asked = lookup
             .asked
             .first()
@@ -306,12 +336,44 @@ mod tests {
     }
 
     #[test]
+    fn a_name_answered_without_records_is_remembered_for_its_lookup() {
+        let mut paths = SearchPaths::default();
+        let names = ["db.production.svc.cluster.local.", "db.svc.cluster.local."];
+        paths.on_query(CLIENT, names[0], at(0));
+        paths.answered(CLIENT, names[0]);
+        paths.on_query(CLIENT, names[1], at(1));
+        assert_eq!(
+            paths.answered_in_lookup(CLIENT, names[1]).as_deref(),
+            Some(names[0])
+        );
+        assert_eq!(
+            paths.answered_in_lookup(CLIENT, "other.svc.cluster.local."),
+            None
+        );
+    }
+
+    #[test]
     fn a_retransmission_is_not_the_lookup_going_on() {
         let mut paths = SearchPaths::default();
         let name = "payment.production.svc.cluster.local.";
         paths.on_query(CLIENT, name, at(0));
         paths.hold(CLIENT, name, key(1), at(1));
         assert!(paths.on_query(CLIENT, name, at(2)).is_empty());
+    }
+
+    #[test]
+    fn the_same_name_resolved_again_is_a_new_lookup() {
+        let mut paths = SearchPaths::default();
+        let names = ["a.production.svc.cluster.local.", "a.svc.cluster.local."];
+        for round in 0..2u16 {
+            let t = u64::from(round) * 100;
+            assert!(paths.on_query(CLIENT, names[0], at(t)).is_empty());
+            paths.hold(CLIENT, names[0], key(round + 1), at(t + 1));
+            assert_eq!(
+                paths.on_query(CLIENT, names[1], at(t + 2)),
+                [key(round + 1)]
+            );
+        }
     }
 
     #[test]

@@ -588,27 +588,49 @@ fn dns_failures_say_why() {
                 == "api.example.com.production.svc.cluster.local."),
         "{expansions:#?}"
     );
+    // `getent hosts` looks up AAAA, then A: two lookups per name, each expanded thrice
+    // (api.example.com and paymnt-service), and each failed lookup of paymnt-service
+    // is one failure.
+    assert_eq!(failures.len(), 2, "{from_checkout:#?}");
     let exposed = metrics(&agent);
-    assert!(
-        exposed.contains(&format!(
-            "netprobe_dns_search_expansions_total {}\n",
-            expansions.len()
-        )),
-        "{exposed}"
-    );
+    for counted in [
+        "netprobe_causes_total{cause=\"name_not_found\"} 2\n",
+        "netprobe_dns_search_expansions_total 12\n",
+    ] {
+        assert!(exposed.contains(counted), "{counted}{exposed}");
+    }
 
-    // DNS blocked for batch, whose namespace denies all egress.
-    let _ = getent(&batch, "payment-service");
-    let blocked = agent.settled(&format!("src_ip={}&protocol=udp&limit=1", batch.ipv4));
-    assert_eq!(
-        (blocked.verdict, blocked.cause),
-        (VerdictKind::DnsTimeout, Some(Cause::NetworkPolicy)),
-        "{blocked:#?}"
-    );
-    assert!(
-        blocked.reason.contains("jobs/default-deny-egress"),
-        "{blocked:#?}"
-    );
+    // DNS blocked for batch, whose namespace denies all egress. The resolver would retry
+    // for a minute: its first queries are enough.
+    let mut blocked_lookup = batch
+        .command("getent")
+        .args(["hosts", "payment-service"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let blocked = loop {
+        let timeouts = agent.verdicts(&format!("src_ip={}&verdict=DNS_TIMEOUT", batch.ipv4));
+        if !timeouts.is_empty() {
+            break timeouts;
+        }
+        assert!(Instant::now() < deadline, "no DNS_TIMEOUT from batch");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let _ = blocked_lookup.kill();
+    let _ = blocked_lookup.wait();
+    for v in &blocked {
+        assert_eq!(v.cause, Some(Cause::NetworkPolicy), "{v:#?}");
+        assert!(
+            v.reason.contains("NetworkPolicy jobs/default-deny-egress"),
+            "{v:#?}"
+        );
+        assert_eq!(
+            v.next.as_deref(),
+            Some("kubectl describe networkpolicy default-deny-egress -n jobs")
+        );
+    }
 }
 
 /// The whole node's datapath down: one node-level verdict instead of a row per flow, the
