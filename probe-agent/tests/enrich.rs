@@ -297,6 +297,7 @@ async fn verdicts_name_pods_workloads_and_services() {
         "/api/v1/services",
         "/apis/discovery.k8s.io/v1/endpointslices",
         "/api/v1/namespaces",
+        "/apis/networking.k8s.io/v1/networkpolicies",
     ];
     let requests = cluster.api.requests();
     assert!(!requests.is_empty());

@@ -87,7 +87,9 @@ enum Change {
     Services(Update<ServiceRecord>),
     Slices(Update<SliceRecord>),
     Namespaces(Update<NamespaceRecord>),
-    Policies(Update<NetworkPolicy>),
+    /// Boxed: a NetworkPolicy is twice the size of any other record, and every change
+    /// in the stream would pay for it.
+    Policies(Box<Update<NetworkPolicy>>),
 }
 
 /// Watches pods, Services, EndpointSlices, Namespaces and NetworkPolicies cluster-wide until `shutdown`, publishing
@@ -136,7 +138,7 @@ pub async fn watch(
                 },
                 spec: policy.spec.clone(),
             },
-            Change::Policies,
+            |update| Change::Policies(Box::new(update)),
         ),
     ]);
     let mut directory = Directory::default();
@@ -162,7 +164,7 @@ pub async fn watch(
                         Change::Services(update) => directory.services.update(update),
                         Change::Slices(update) => directory.slices.update(update),
                         Change::Namespaces(update) => directory.namespaces.update(update),
-                        Change::Policies(update) => directory.policies.update(update),
+                        Change::Policies(update) => directory.policies.update(*update),
                     }
                     dirty = true;
                 }
