@@ -62,6 +62,14 @@ pub struct RunArgs {
     /// `spec.nodeName`); logged, and the default is the host name.
     #[arg(long, env = "NETPROBE_NODE_NAME")]
     pub node_name: Option<String>,
+    /// Write a Kubernetes Event (type Warning) on the source pod for each new failing
+    /// cause, so `kubectl describe pod` says why its connections fail. Needs the
+    /// Kubernetes API and `create` on `events.k8s.io` events.
+    #[arg(long, env = "NETPROBE_EVENTS")]
+    pub events: bool,
+    /// With `--events`: one Event per pod, cause and destination within this window.
+    #[arg(long, env = "NETPROBE_EVENTS_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub events_window: Duration,
     /// How to attach: TCX links, clsact filters, or TCX falling back to clsact.
     #[arg(long, env = "NETPROBE_ATTACH_MODE", value_enum, default_value = "auto")]
     pub attach_mode: AttachModeArg,
@@ -110,6 +118,8 @@ mod tests {
         assert_eq!(args.dns_timeout, Duration::from_secs(5));
         assert_eq!(args.event_capacity.get(), 4096);
         assert_eq!(args.kube, KubeMode::Auto);
+        assert!(!args.events);
+        assert_eq!(args.events_window, Duration::from_secs(600));
     }
 
     #[test]
@@ -130,5 +140,17 @@ mod tests {
         };
         assert_eq!(args.interfaces, ["eth*", "veth*"]);
         assert_eq!(args.dns_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn events_are_opt_in_with_a_humantime_window() {
+        let cli = Cli::try_parse_from(["probe-agent", "run", "--events", "--events-window", "90s"])
+            .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
+        assert!(args.events);
+        assert_eq!(args.events_window, Duration::from_secs(90));
+        assert!(Cli::try_parse_from(["probe-agent", "run", "--events-window", "often"]).is_err());
     }
 }

@@ -148,6 +148,37 @@ impl KubeKind {
     }
 }
 
+/// What became of a failing cause reported for a Kubernetes Event (`--events`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventResult {
+    /// The API server accepted the Event.
+    Written,
+    /// The same pod, cause and destination already had an Event within the window.
+    Deduplicated,
+    /// The API server refused the Event or could not be reached in time.
+    Failed,
+    /// The writer's queue was full: the tracker does not wait for it.
+    Dropped,
+}
+
+impl EventResult {
+    pub const ALL: [EventResult; 4] = [
+        Self::Written,
+        Self::Deduplicated,
+        Self::Failed,
+        Self::Dropped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Written => "written",
+            Self::Deduplicated => "deduplicated",
+            Self::Failed => "failed",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
 macro_rules! label_value {
     ($($ty:ty),*) => {$(
         impl EncodeLabelValue for $ty {
@@ -157,7 +188,14 @@ macro_rules! label_value {
         }
     )*};
 }
-label_value!(PacketKind, LossSource, DecodeErrorKind, KubeKind, Cause);
+label_value!(
+    PacketKind,
+    LossSource,
+    DecodeErrorKind,
+    KubeKind,
+    Cause,
+    EventResult
+);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct VerdictLabels {
@@ -303,6 +341,11 @@ impl<L: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EventResultLabels {
+    result: EventResult,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PacketLabels {
     kind: PacketKind,
 }
@@ -402,6 +445,7 @@ pub struct Metrics {
     causes: Family<CauseLabels, Counter>,
     dns_search_expansions: Counter,
     node_datapath_down: Gauge,
+    k8s_events: Family<EventResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -435,6 +479,7 @@ impl Metrics {
             causes: Family::default(),
             dns_search_expansions: Counter::default(),
             node_datapath_down: Gauge::default(),
+            k8s_events: Family::default(),
         };
         // Series of fixed label sets exist from the start at 0, so `rate()` and alerts on
         // them work before the first increment.
@@ -459,6 +504,13 @@ impl Metrics {
         }
         for cause in Cause::ALL.into_iter().filter(|c| c.is_failure()) {
             drop(metrics.causes.get_or_create(&CauseLabels { cause }));
+        }
+        for result in EventResult::ALL {
+            drop(
+                metrics
+                    .k8s_events
+                    .get_or_create(&EventResultLabels { result }),
+            );
         }
         for reason in DecodeErrorKind::ALL {
             drop(
@@ -557,6 +609,12 @@ impl Metrics {
             "node_datapath_down",
             "1 while most pod pairs on this node time out at once (cause node_datapath)",
             self.node_datapath_down.clone(),
+        );
+        r.register(
+            "k8s_events",
+            "Kubernetes Events for failing causes (--events): written, deduplicated within \
+             the window, failed to write, dropped (the writer's queue was full)",
+            self.k8s_events.clone(),
         );
         self
     }
@@ -675,6 +733,13 @@ impl Metrics {
     pub fn kube_watch_error(&self, kind: KubeKind) {
         self.kube_watch_errors
             .get_or_create(&KubeLabels { kind })
+            .inc();
+    }
+
+    /// Counts what became of one failing cause reported for a Kubernetes Event.
+    pub fn k8s_event(&self, result: EventResult) {
+        self.k8s_events
+            .get_or_create(&EventResultLabels { result })
             .inc();
     }
 
@@ -851,6 +916,12 @@ netprobe_dns_search_expansions_total 0
 # HELP netprobe_node_datapath_down 1 while most pod pairs on this node time out at once (cause node_datapath).
 # TYPE netprobe_node_datapath_down gauge
 netprobe_node_datapath_down 0
+# HELP netprobe_k8s_events Kubernetes Events for failing causes (--events): written, deduplicated within the window, failed to write, dropped (the writer's queue was full).
+# TYPE netprobe_k8s_events counter
+netprobe_k8s_events_total{result=\"deduplicated\"} 0
+netprobe_k8s_events_total{result=\"dropped\"} 0
+netprobe_k8s_events_total{result=\"failed\"} 0
+netprobe_k8s_events_total{result=\"written\"} 0
 # EOF
 "
         );

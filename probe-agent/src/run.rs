@@ -3,7 +3,8 @@
 //! Tasks: the HTTP server; the attacher (owns the programs, applies netlink changes and
 //! a periodic resync); the ring-buffer reader (never blocks the kernel: it hands batches
 //! to a bounded queue and counts what does not fit); the tracker loop (decode + track,
-//! timeout sweep, reconcile with the kernel's counters).
+//! timeout sweep, reconcile with the kernel's counters); with a cluster, the name
+//! watcher and (`--events`) the Kubernetes Event writer.
 
 use std::{
     fs::File,
@@ -30,6 +31,7 @@ use crate::{
     config::RunArgs,
     decode::{self, DecodeError},
     enrich::{self, KubeOptions, Names},
+    events::{self, CauseReport, EventOptions},
     loader,
     metrics::{DEFAULT_MAX_SERIES, DecodeErrorKind, LossSource, Metrics},
     model::{AttachMode, FlowEvent, InterfaceStatus, NodeVerdict, Verdict},
@@ -124,6 +126,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(DEFAULT_MAX_SERIES));
     let names = Names::none();
+    let node = args.node_name.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    info!(node, "netprobe agent starting");
+    let kube_client = kube_client(&args).await;
+    let cause_reports = cause_reports(&args, kube_client.is_some());
     let tracker = Tracker::new(
         TrackerConfig {
             syn_timeout: args.syn_timeout,
@@ -135,7 +145,11 @@ pub async fn run(
         Arc::clone(&metrics),
     )
     .with_names(names.clone())
-    .with_node_name(args.node_name.as_deref());
+    .with_node_name(Some(&node));
+    let (tracker, reports) = match cause_reports {
+        Some((sender, reports)) => (tracker.with_cause_reports(sender), Some(reports)),
+        None => (tracker, None),
+    };
     let events_tx = tracker.events_sender();
     let tracker = Arc::new(Mutex::new(tracker));
     let interfaces = Arc::new(RwLock::new(Vec::new()));
@@ -157,31 +171,29 @@ pub async fn run(
         wait_for(shutdown_rx.clone()),
     ));
 
-    let node = args.node_name.clone().unwrap_or_else(|| {
-        nix::unistd::gethostname()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    });
-    info!(node, "netprobe agent starting");
-    let kube = KubeOptions {
-        mode: args.kube,
-        kubeconfig: args.kubeconfig.clone(),
-    };
-    // Without names the agent still does its job: a cluster it cannot reach is a
-    // warning, not a reason to stop probing.
-    let kube_watch = match enrich::client(&kube).await {
-        Ok(Some(client)) => Some(tokio::spawn(enrich::watch(
+    let kube_watch = kube_client.clone().map(|client| {
+        tokio::spawn(enrich::watch(
             client,
-            names,
+            names.clone(),
             Arc::clone(&metrics),
             shutdown_rx.clone(),
-        ))),
-        Ok(None) => None,
-        Err(error) => {
-            warn!("Kubernetes API not usable, flows carry IPs only: {error:#}");
-            None
-        }
-    };
+        ))
+    });
+    let event_writer = kube_client.zip(reports).map(|(client, reports)| {
+        let options = EventOptions {
+            window: args.events_window,
+            instance: node,
+        };
+        info!(window = ?options.window, "writing Kubernetes Events for failing causes");
+        tokio::spawn(events::write(
+            client,
+            names,
+            options,
+            Arc::clone(&metrics),
+            reports,
+            shutdown_rx.clone(),
+        ))
+    });
 
     let result = run_probe(
         &args,
@@ -197,8 +209,8 @@ pub async fn run(
         error!("{err:#}");
     }
     shutdown_tx.send_replace(true);
-    if let Some(kube_watch) = kube_watch {
-        kube_watch.abort();
+    for task in kube_watch.into_iter().chain(event_writer) {
+        task.abort();
     }
     match tokio::time::timeout(SHUTDOWN_GRACE, &mut http).await {
         Ok(Ok(Ok(()))) => {}
@@ -210,6 +222,38 @@ pub async fn run(
         }
     }
     result
+}
+
+/// The Kubernetes API client, or `None`: enrichment off, no cluster, or (a warning) a
+/// cluster the agent cannot use. Without names the agent still does its job: that is no
+/// reason to stop probing.
+async fn kube_client(args: &RunArgs) -> Option<kube::Client> {
+    let options = KubeOptions {
+        mode: args.kube,
+        kubeconfig: args.kubeconfig.clone(),
+    };
+    enrich::client(&options).await.unwrap_or_else(|error| {
+        warn!("Kubernetes API not usable, flows carry IPs only: {error:#}");
+        None
+    })
+}
+
+/// The queue from the tracker to the Event writer, when `--events` asks for one and
+/// there is an API to write to.
+fn cause_reports(
+    args: &RunArgs,
+    have_api: bool,
+) -> Option<(mpsc::Sender<CauseReport>, mpsc::Receiver<CauseReport>)> {
+    if !args.events {
+        return None;
+    }
+    if !have_api {
+        warn!(
+            "--events needs the Kubernetes API (in a cluster or with --kubeconfig): no Events will be written"
+        );
+        return None;
+    }
+    Some(mpsc::channel(events::QUEUE_CAPACITY))
 }
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {

@@ -25,7 +25,7 @@ use crate::{
     decode::{DnsPacket, Packet, flow_from_key, rcode_name},
     diagnose::{self, Failure, PathFacts},
     enrich::{ClusterView, Names},
-    events::CauseReport,
+    events::{self, CauseReport},
     metrics::{Metrics, PacketKind},
     model::{
         Cause, Counts, DnsSummary, Flow, FlowEvent, FlowEventKind, NodeVerdict, Protocol, Verdict,
@@ -799,15 +799,16 @@ impl Journal {
         else {
             return;
         };
-        // Never waits on the packet path: a full channel loses this report.
-        let _ = reports.try_send(CauseReport {
+        // Never waits on the packet path: a full channel loses this report (counted).
+        let report = CauseReport {
             namespace,
             pod,
             cause,
             reason: Arc::clone(&verdict.reason),
             next: verdict.next.clone(),
             flow: verdict.flow,
-        });
+        };
+        events::offer(reports, report, &self.metrics);
     }
 
     fn interface_name(&self, ifindex: u32) -> Arc<str> {

@@ -1,8 +1,10 @@
 //! A stand-in for the Kubernetes API server: serves list and watch requests for pods,
-//! Services, EndpointSlices and Namespaces from objects a test or the demo gives it,
-//! the way a real API server answers kube-rs watchers (`GET <collection>` lists with a
-//! `resourceVersion`; `?watch=true&resourceVersion=N` streams newline-delimited
-//! `{"type":"ADDED|MODIFIED|DELETED","object":…}` events after N).
+//! Services, EndpointSlices, NetworkPolicies, Namespaces and Events from objects a test
+//! or the demo gives it, the way a real API server answers kube-rs watchers
+//! (`GET <collection>` lists with a `resourceVersion`; `?watch=true&resourceVersion=N`
+//! streams newline-delimited `{"type":"ADDED|MODIFIED|DELETED","object":…}` events after
+//! N), and creates objects in a namespace (`POST`, as the agent's `--events` writes
+//! Events: [`KubeStandIn::events`] reads them back).
 //!
 //! Tests change the cluster while the agent watches ([`KubeStandIn::apply`],
 //! [`KubeStandIn::delete`]), cut the watches ([`KubeStandIn::drop_watches`]) or take the
@@ -20,7 +22,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use axum::{
     Router,
-    body::Body,
+    body::{Body, Bytes},
     extract::{Query, State},
     http::{Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
@@ -29,7 +31,7 @@ use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 
 /// The collections served: URL path, kind, list kind, apiVersion, namespaced.
-const COLLECTIONS: [(&str, &str, &str, &str, bool); 5] = [
+const COLLECTIONS: [(&str, &str, &str, &str, bool); 6] = [
     ("/api/v1/pods", "Pod", "PodList", "v1", true),
     ("/api/v1/services", "Service", "ServiceList", "v1", true),
     (
@@ -53,6 +55,13 @@ const COLLECTIONS: [(&str, &str, &str, &str, bool); 5] = [
         "v1",
         false,
     ),
+    (
+        "/apis/events.k8s.io/v1/events",
+        "Event",
+        "EventList",
+        "events.k8s.io/v1",
+        true,
+    ),
 ];
 
 /// One served request: method and path with query.
@@ -66,6 +75,31 @@ struct Cluster {
     /// Every change by kind: (resourceVersion, event type, object).
     history: HashMap<&'static str, Vec<(u64, &'static str, Value)>>,
     requests: Vec<RequestLine>,
+}
+
+impl Cluster {
+    /// Stores `object` (added or replaced) under a new resourceVersion and records the
+    /// change for watchers. Returns the resourceVersion and the object as stored.
+    fn store(&mut self, kind: &'static str, mut object: Value) -> (u64, Value) {
+        self.resource_version += 1;
+        let rv = self.resource_version;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let previous = self
+            .objects
+            .entry(kind)
+            .or_default()
+            .insert(key_of(&object), object.clone());
+        let event = if previous.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.history
+            .entry(kind)
+            .or_default()
+            .push((rv, event, object.clone()));
+        (rv, object)
+    }
 }
 
 struct Shared {
@@ -205,28 +239,7 @@ impl KubeStandIn {
             return Ok(());
         }
         let kind = kind_of(&object)?;
-        let key = key_of(&object);
-        let mut cluster = self.shared.cluster();
-        cluster.resource_version += 1;
-        let rv = cluster.resource_version;
-        let mut object = object;
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let previous = cluster
-            .objects
-            .entry(kind)
-            .or_default()
-            .insert(key, object.clone());
-        let event = if previous.is_some() {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        cluster
-            .history
-            .entry(kind)
-            .or_default()
-            .push((rv, event, object));
-        drop(cluster);
+        let (rv, _) = self.shared.cluster().store(kind, object);
         self.shared.changed.send_replace(rv);
         Ok(())
     }
@@ -290,6 +303,23 @@ impl KubeStandIn {
         self.shared.up.send_replace(!down);
     }
 
+    /// The Events created so far (`events.k8s.io/v1`, as the API server stored them),
+    /// oldest first.
+    pub fn events(&self) -> Vec<Value> {
+        let cluster = self.shared.cluster();
+        let mut events: Vec<Value> = cluster
+            .objects
+            .get("Event")
+            .map(|events| events.values().cloned().collect())
+            .unwrap_or_default();
+        events.sort_by_key(|event| {
+            event["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|rv| rv.parse::<u64>().ok())
+        });
+        events
+    }
+
     /// The requests served so far.
     pub fn requests(&self) -> Vec<RequestLine> {
         self.shared.cluster().requests.clone()
@@ -348,11 +378,15 @@ async fn handle(
     method: Method,
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
 ) -> Response {
     {
         let line = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
         let request = (method.to_string(), line.to_string());
         shared.cluster().requests.push(request);
+    }
+    if method == Method::POST {
+        return create(&shared, uri.path(), &body);
     }
     if method != Method::GET {
         return status(
@@ -403,6 +437,100 @@ async fn handle(
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// `POST /api/v1/namespaces/{ns}/{resource}` or `/apis/{group}/{version}/namespaces/{ns}/{resource}`:
+/// stores the object as a real API server does (the name from `generateName` if need be,
+/// uid and resourceVersion set; a taken name is 409) and answers 201 with it.
+fn create(shared: &Shared, path: &str, body: &[u8]) -> Response {
+    let Some((collection, namespace)) = namespaced_collection(path) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the stand-in does not serve this path",
+        );
+    };
+    let Some(&(_, kind, _, api_version, true)) = COLLECTIONS.iter().find(|c| c.0 == collection)
+    else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the stand-in does not serve this path",
+        );
+    };
+    let mut object: Value = match serde_json::from_slice(body) {
+        Ok(object @ Value::Object(_)) => object,
+        _ => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the body is not a JSON object",
+            );
+        }
+    };
+    if object["kind"] != kind || object["apiVersion"] != api_version {
+        let message = format!("this collection holds {api_version} {kind}");
+        return status(StatusCode::BAD_REQUEST, "BadRequest", &message);
+    }
+    match object["metadata"]["namespace"].as_str() {
+        None => object["metadata"]["namespace"] = json!(namespace),
+        Some(given) if given == namespace => {}
+        Some(_) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            );
+        }
+    }
+    let mut cluster = shared.cluster();
+    let name = match (
+        object["metadata"]["name"].as_str(),
+        object["metadata"]["generateName"].as_str(),
+    ) {
+        (Some(name), _) if !name.is_empty() => name.to_string(),
+        (_, Some(prefix)) => format!("{prefix}{:05x}", cluster.resource_version + 1),
+        _ => {
+            return status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                "metadata.name or metadata.generateName is required",
+            );
+        }
+    };
+    let taken = cluster
+        .objects
+        .get(kind)
+        .is_some_and(|objects| objects.contains_key(&(namespace.to_string(), name.clone())));
+    if taken {
+        let message = format!("{kind} {name:?} already exists");
+        return status(StatusCode::CONFLICT, "AlreadyExists", &message);
+    }
+    object["metadata"]["name"] = json!(name);
+    object["metadata"]["uid"] = json!(format!(
+        "00000000-0000-4000-8000-{:012x}",
+        cluster.resource_version + 1
+    ));
+    let (rv, object) = cluster.store(kind, object);
+    drop(cluster);
+    shared.changed.send_replace(rv);
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        object.to_string(),
+    )
+        .into_response()
+}
+
+/// The cluster-wide collection path and the namespace of a namespaced collection path
+/// (`/apis/g/v/namespaces/ns/things` → `/apis/g/v/things`, `ns`).
+fn namespaced_collection(path: &str) -> Option<(String, &str)> {
+    let (prefix, rest) = path.split_once("/namespaces/")?;
+    let (namespace, resource) = rest.split_once('/')?;
+    if namespace.is_empty() || resource.is_empty() || resource.contains('/') {
+        return None;
+    }
+    Some((format!("{prefix}/{resource}"), namespace))
 }
 
 /// The events of `kind` after `since`, then new ones as they happen, until the timeout,

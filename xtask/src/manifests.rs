@@ -457,7 +457,7 @@ pub fn policy(objects: &[Value], dashboard: &Value) -> Checks {
         return c;
     };
 
-    // RBAC: read-only, exactly these resources.
+    // RBAC: read-only on exactly these resources, and creating Events (`--events`).
     if let Ok(role) = find(objects, "ClusterRole", "netprobe") {
         let mut grants = BTreeSet::new();
         for rule in role["rules"].as_array().into_iter().flatten() {
@@ -485,6 +485,8 @@ pub fn policy(objects: &[Value], dashboard: &Value) -> Checks {
                 want.insert(format!("{group}/{resource}:{verb}"));
             }
         }
+        // Each Event is created once, never patched (no series), read or deleted.
+        want.insert("events.k8s.io/events:create".to_string());
         c.eq("ClusterRole grants (group/resource:verb)", &grants, &want);
     }
     if let Ok(binding) = find(objects, "ClusterRoleBinding", "netprobe") {
@@ -634,6 +636,13 @@ pub fn policy(objects: &[Value], dashboard: &Value) -> Checks {
             "env NETPROBE_LISTEN",
             env.get("NETPROBE_LISTEN").and_then(|e| str_at(e, "/value")),
             Some("0.0.0.0:9810"),
+        );
+        // Writing Events is opt-in (deploy/README.md, "Operations"): the switch is in the
+        // manifest, off.
+        c.eq(
+            "env NETPROBE_EVENTS",
+            env.get("NETPROBE_EVENTS").and_then(|e| str_at(e, "/value")),
+            Some("false"),
         );
         c.eq(
             "container ports",

@@ -118,6 +118,8 @@ pub fn object_key(meta: &ObjectMeta) -> ObjectKey {
 pub struct PodRecord {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
+    /// `metadata.uid`: what `kubectl describe pod` matches its Events on.
+    pub uid: Option<Arc<str>>,
     pub workload: Arc<str>,
     pub node: Option<Arc<str>>,
     pub host_ip: Option<IpAddr>,
@@ -199,6 +201,7 @@ impl From<&PodView> for PodRecord {
             workload: workload_of(&pod.metadata, &name),
             namespace,
             name,
+            uid: pod.metadata.uid.as_deref().map(Arc::from),
             node: spec.node_name.as_deref().map(Arc::from),
             host_ip: status.host_ip.as_deref().and_then(|ip| ip.parse().ok()),
             ips,

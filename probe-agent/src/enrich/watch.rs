@@ -87,13 +87,11 @@ enum Change {
     Services(Update<ServiceRecord>),
     Slices(Update<SliceRecord>),
     Namespaces(Update<NamespaceRecord>),
-    /// Boxed: a NetworkPolicy is twice the size of any other record, and every change
-    /// in the stream would pay for it.
-    Policies(Box<Update<NetworkPolicy>>),
+    Policies(Update<NetworkPolicy>),
 }
 
-/// Watches pods, Services, EndpointSlices, Namespaces and NetworkPolicies cluster-wide until `shutdown`, publishing
-/// names into `names`. A lost connection is retried with backoff (kube-rs' default:
+/// Watches pods, Services, EndpointSlices, Namespaces and NetworkPolicies cluster-wide
+/// until `shutdown`, publishing names into `names`. A lost connection is retried with backoff (kube-rs' default:
 /// exponential, 800 ms up to 30 s) while the last names keep serving.
 pub async fn watch(
     client: Client,
@@ -138,7 +136,7 @@ pub async fn watch(
                 },
                 spec: policy.spec.clone(),
             },
-            |update| Change::Policies(Box::new(update)),
+            Change::Policies,
         ),
     ]);
     let mut directory = Directory::default();
@@ -164,7 +162,7 @@ pub async fn watch(
                         Change::Services(update) => directory.services.update(update),
                         Change::Slices(update) => directory.slices.update(update),
                         Change::Namespaces(update) => directory.namespaces.update(update),
-                        Change::Policies(update) => directory.policies.update(*update),
+                        Change::Policies(update) => directory.policies.update(update),
                     }
                     dirty = true;
                 }

@@ -1,0 +1,337 @@
+//! `--events` against the Kubernetes API stand-in: the real kube-rs client writes
+//! events.k8s.io/v1 Events, the stand-in stores them, and the tests read back what a
+//! `kubectl describe pod` would list. No root needed.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use probe_agent::{
+    config::KubeMode,
+    enrich::{self, KubeOptions, Names},
+    events::{self, CauseReport, EventOptions, REPORTING_CONTROLLER},
+    metrics::{EventResult, Metrics},
+    model::{Cause, Flow, Protocol},
+};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use xtask::kube_stand_in::KubeStandIn;
+
+const NAMESPACE: &str = "production";
+const POD: &str = "checkout-api-5d4e3c2f9b-abc12";
+/// The pod's uid in tests/kube/20-pods.json.
+const POD_UID: &str = "9c1f2e7a-1111-4c4d-9a52-0a1b2c3d4e01";
+const NODE: &str = "kind-worker";
+
+/// The stand-in with the recorded cluster, a names watcher on it, and an Event writer
+/// reading `reports`.
+struct Cluster {
+    api: KubeStandIn,
+    metrics: Arc<Metrics>,
+    reports: mpsc::Sender<CauseReport>,
+    _stop: watch::Sender<bool>,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn cluster(window: Duration) -> Cluster {
+    let api = KubeStandIn::start().unwrap();
+    api.apply_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kube"))
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "netprobe-events-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let client = enrich::client(&KubeOptions {
+        mode: KubeMode::Auto,
+        kubeconfig: Some(kubeconfig),
+    })
+    .await
+    .unwrap()
+    .expect("a client for the stand-in");
+    let names = Names::none();
+    let metrics = Arc::new(Metrics::default());
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(enrich::watch(
+        client.clone(),
+        names.clone(),
+        Arc::clone(&metrics),
+        stopped.clone(),
+    ));
+    // The writer finds the pod's uid in the names: wait for the first listing.
+    until("the recorded pods are listed", || {
+        names.snapshot().cluster.pods_in(NAMESPACE).len() == 3
+    })
+    .await;
+    let (reports, queue) = mpsc::channel(events::QUEUE_CAPACITY);
+    let options = EventOptions {
+        window,
+        instance: NODE.into(),
+    };
+    tokio::spawn(events::write(
+        client,
+        names,
+        options,
+        Arc::clone(&metrics),
+        queue,
+        stopped,
+    ));
+    Cluster {
+        api,
+        metrics,
+        reports,
+        _stop: stop,
+        _dir: TempDir(dir),
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
+
+/// Waits until `check` holds, up to 30 s (a loaded machine).
+async fn until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A report of `cause` for a flow from the checkout pod to `dst`, from `src_port`.
+fn report(cause: Cause, dst: &str, src_port: u16) -> CauseReport {
+    let dst: SocketAddr = dst.parse().unwrap();
+    CauseReport {
+        namespace: NAMESPACE.into(),
+        pod: POD.into(),
+        cause,
+        reason: format!(
+            "{cause} on {dst}: Service production/payment-service has no ready endpoints."
+        )
+        .into(),
+        next: Some("kubectl -n production get endpointslices -l kubernetes.io/service-name=payment-service".into()),
+        flow: Flow {
+            protocol: Protocol::Tcp,
+            src_ip: "10.244.1.5".parse().unwrap(),
+            src_port,
+            dst_ip: dst.ip(),
+            dst_port: dst.port(),
+        },
+    }
+}
+
+impl Cluster {
+    async fn send(&self, report: CauseReport) {
+        self.reports.send(report).await.unwrap();
+    }
+
+    fn count(&self, result: EventResult) -> u64 {
+        let sample = format!(
+            "netprobe_k8s_events_total{{result=\"{}\"}} ",
+            result.as_str()
+        );
+        let text = self.metrics.encode();
+        let line = text.lines().find_map(|line| line.strip_prefix(&sample));
+        line.expect("the series exists from the start")
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until the writer has dealt with `n` reports (written, deduplicated or
+    /// failed), then a little more: nothing further may come.
+    async fn settle(&self, n: u64) {
+        let handled = || {
+            [
+                EventResult::Written,
+                EventResult::Deduplicated,
+                EventResult::Failed,
+            ]
+            .map(|result| self.count(result))
+            .iter()
+            .sum::<u64>()
+        };
+        until(&format!("{n} reports are handled"), || handled() >= n).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(handled(), n, "more reports handled than sent");
+    }
+
+    fn assert_counts(&self, written: u64, deduplicated: u64, failed: u64) {
+        let counts = [
+            EventResult::Written,
+            EventResult::Deduplicated,
+            EventResult::Failed,
+            EventResult::Dropped,
+        ]
+        .map(|result| self.count(result));
+        assert_eq!(
+            counts,
+            [written, deduplicated, failed, 0],
+            "written, deduplicated, failed, dropped"
+        );
+    }
+
+    fn reasons(&self) -> Vec<String> {
+        let events = self.api.events();
+        events
+            .iter()
+            .map(|event| event["reason"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_cause_is_a_warning_event_on_the_source_pod() {
+    let cluster = cluster(Duration::from_secs(600)).await;
+    let sent = report(Cause::NoReadyEndpoints, "10.96.45.123:80", 41234);
+    cluster.send(sent.clone()).await;
+    cluster.settle(1).await;
+    cluster.assert_counts(1, 0, 0);
+
+    let events = cluster.api.events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert_eq!(event["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(event["kind"], "Event");
+    assert_eq!(event["metadata"]["namespace"], NAMESPACE);
+    let name = event["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with(&format!("{POD}.")), "{name}");
+    assert!(event["metadata"]["resourceVersion"].is_string());
+    // What `kubectl describe pod` matches: the pod's kind, namespace, name and uid.
+    assert_eq!(
+        event["regarding"],
+        json!({"apiVersion": "v1", "kind": "Pod", "namespace": NAMESPACE, "name": POD, "uid": POD_UID})
+    );
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "NoReadyEndpoints");
+    assert_eq!(event["action"], "Connect");
+    assert_eq!(event["reportingController"], REPORTING_CONTROLLER);
+    assert_eq!(event["reportingInstance"], NODE);
+    assert!(event["eventTime"].is_string(), "{event}");
+    assert_eq!(
+        event["note"],
+        format!("{} Next: {}", sent.reason, sent.next.unwrap())
+    );
+    let requests = cluster.api.requests();
+    let created = |(method, path): &(String, String)| {
+        method == "POST" && path.starts_with("/apis/events.k8s.io/v1/namespaces/production/events")
+    };
+    assert_eq!(
+        requests.iter().filter(|r| created(r)).count(),
+        1,
+        "{requests:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_per_pod_cause_and_destination_within_the_window() {
+    let cluster = cluster(Duration::from_secs(600)).await;
+    // Not a failure: no Event, not counted.
+    cluster
+        .send(report(Cause::SearchPathExpansion, "10.96.0.10:53", 40000))
+        .await;
+    // New connections (new source ports) failing the same way: one Event.
+    cluster
+        .send(report(Cause::NoReadyEndpoints, "10.96.45.123:80", 41234))
+        .await;
+    cluster
+        .send(report(Cause::NoReadyEndpoints, "10.96.45.123:80", 41235))
+        .await;
+    // Another cause to the same destination, the same cause to another port: new Events.
+    cluster
+        .send(report(Cause::NothingListening, "10.96.45.123:80", 41236))
+        .await;
+    cluster
+        .send(report(Cause::NoReadyEndpoints, "10.96.45.123:8080", 41237))
+        .await;
+    cluster
+        .send(report(Cause::NothingListening, "10.96.45.123:80", 41238))
+        .await;
+    cluster.settle(5).await;
+    cluster.assert_counts(3, 2, 0);
+    assert_eq!(
+        cluster.reasons(),
+        ["NoReadyEndpoints", "NothingListening", "NoReadyEndpoints"]
+    );
+    let notes: Vec<Value> = cluster
+        .api
+        .events()
+        .iter()
+        .map(|e| e["note"].clone())
+        .collect();
+    assert!(notes[2].as_str().unwrap().contains("10.96.45.123:8080"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_after_the_window_writes_again() {
+    let window = Duration::from_millis(200);
+    let cluster = cluster(window).await;
+    cluster
+        .send(report(Cause::NoReadyEndpoints, "10.96.45.123:80", 41234))
+        .await;
+    cluster.settle(1).await;
+    tokio::time::sleep(window + Duration::from_millis(100)).await;
+    cluster
+        .send(report(Cause::NoReadyEndpoints, "10.96.45.123:80", 41235))
+        .await;
+    cluster.settle(2).await;
+    cluster.assert_counts(2, 0, 0);
+    let events = cluster.api.events();
+    assert_eq!(cluster.reasons(), ["NoReadyEndpoints", "NoReadyEndpoints"]);
+    assert_ne!(events[0]["metadata"]["name"], events[1]["metadata"]["name"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_is_counted_failed_and_the_next_report_retries() {
+    let cluster = cluster(Duration::from_secs(600)).await;
+    let addr = cluster.api.url().replace("http://", "");
+    let listening = || std::net::TcpStream::connect(&addr).is_ok();
+    cluster.api.set_down(true);
+    // It stops listening on its own thread: wait for that.
+    until("the stand-in refuses connections", || !listening()).await;
+    cluster
+        .send(report(Cause::NoReadyEndpoints, "10.96.45.123:80", 41234))
+        .await;
+    cluster.settle(1).await;
+    cluster.assert_counts(0, 0, 1);
+    assert!(cluster.api.events().is_empty());
+
+    // The failed write did not use up the window: back up, the next report is written.
+    cluster.api.set_down(false);
+    until("the stand-in listens again", listening).await;
+    cluster
+        .send(report(Cause::NoReadyEndpoints, "10.96.45.123:80", 41235))
+        .await;
+    cluster.settle(2).await;
+    cluster.assert_counts(1, 0, 1);
+    assert_eq!(cluster.reasons(), ["NoReadyEndpoints"]);
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_without_waiting() {
+    let metrics = Metrics::default();
+    let (reports, _queue) = mpsc::channel(1);
+    let flow = report(Cause::NothingListening, "10.244.2.7:5432", 41000);
+    events::offer(&reports, flow.clone(), &metrics);
+    events::offer(&reports, flow.clone(), &metrics);
+    events::offer(&reports, flow, &metrics);
+    assert!(
+        metrics
+            .encode()
+            .contains("\nnetprobe_k8s_events_total{result=\"dropped\"} 2\n")
+    );
+}
