@@ -48,12 +48,19 @@ impl Cluster {
         }
     }
 
-    /// Starts the agent and waits until it has listed `pods` pods.
+    /// Starts the agent (writing Kubernetes Events) and waits until it has listed
+    /// `pods` pods.
     fn agent(&self, node: &Node, pods: usize) -> Agent {
         let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
         let agent = Agent::start(
             node,
-            &["--kubeconfig", &kubeconfig, "--node-name", NODE_NAME],
+            &[
+                "--kubeconfig",
+                &kubeconfig,
+                "--node-name",
+                NODE_NAME,
+                "--events",
+            ],
         );
         let deadline = Instant::now() + Duration::from_secs(30);
         let wanted = format!("netprobe_kube_objects{{kind=\"pods\"}} {pods}\n");
@@ -441,6 +448,45 @@ fn tcp_failures_say_why() {
             .contains("only the client side was seen (10.244.9.99 is not known on this node)"),
         "{remote:#?}"
     );
+
+    // `--events`: one Kubernetes Event on the client pod per failing cause and destination.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = cluster.api.events();
+        if events.len() >= 7 {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "Events written: {events:#?}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let mut reasons: Vec<&str> = events
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    reasons.sort_unstable();
+    assert_eq!(
+        reasons,
+        [
+            "DroppedBetween",
+            "NetworkPolicy",
+            "NoAnswer",
+            "NoReadyEndpoints",
+            "NothingListening",
+            "ServerSilent",
+            "TargetPortMismatch"
+        ],
+        "{events:#?}"
+    );
+    for event in &events {
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["regarding"]["kind"], "Pod");
+        assert_eq!(event["regarding"]["name"], "checkout-7d9f-abcde");
+        assert_eq!(event["regarding"]["uid"], "uid-checkout-7d9f-abcde");
+        assert!(
+            event["note"].as_str().unwrap().contains(" Next: "),
+            "{event:#?}"
+        );
+    }
 
     // Every failure has a cause; nothing that worked has one.
     for v in agent.verdicts("") {
