@@ -443,6 +443,8 @@ pub struct Metrics {
     kube_objects: Family<KubeLabels, Gauge>,
     kube_watch_errors: Family<KubeLabels, Counter>,
     causes: Family<CauseLabels, Counter>,
+    /// Handles on `causes`' series, by cause: the hot path skips the family's lock.
+    cause_counters: HashMap<Cause, Counter>,
     dns_search_expansions: Counter,
     node_datapath_down: Gauge,
     k8s_events: Family<EventResultLabels, Counter>,
@@ -477,6 +479,7 @@ impl Metrics {
             kube_objects: Family::default(),
             kube_watch_errors: Family::default(),
             causes: Family::default(),
+            cause_counters: HashMap::new(),
             dns_search_expansions: Counter::default(),
             node_datapath_down: Gauge::default(),
             k8s_events: Family::default(),
@@ -503,7 +506,8 @@ impl Metrics {
             );
         }
         for cause in Cause::ALL.into_iter().filter(|c| c.is_failure()) {
-            drop(metrics.causes.get_or_create(&CauseLabels { cause }));
+            let counter = metrics.causes.get_or_create(&CauseLabels { cause }).clone();
+            metrics.cause_counters.insert(cause, counter);
         }
         for result in EventResult::ALL {
             drop(
@@ -719,7 +723,9 @@ impl Metrics {
 
     /// A flow reached a failing verdict for `cause`.
     pub fn cause_reached(&self, cause: Cause) {
-        self.causes.get_or_create(&CauseLabels { cause }).inc();
+        if let Some(counter) = self.cause_counters.get(&cause) {
+            counter.inc();
+        }
     }
 
     pub fn dns_search_expansion(&self) {

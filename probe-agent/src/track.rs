@@ -150,9 +150,10 @@ struct DnsState {
     success: Option<DnsSummary>,
     /// An NXDOMAIN for a search-path expansion, held (since when) until the lookup goes
     /// on (then it was no failure) or not (then the lookup failed on it).
-    held: Option<(DnsSummary, Duration)>,
+    /// (Boxed, like `expansion`: rare, and every flow of the table carries the field.)
+    held: Option<Box<(DnsSummary, Duration)>>,
     /// The last NXDOMAIN that proved a search-path expansion, and why in words.
-    expansion: Option<(DnsSummary, String)>,
+    expansion: Option<Box<(DnsSummary, String)>>,
 }
 
 /// Caps the queries remembered per flow: a flood of ids on one tuple stays bounded.
@@ -167,10 +168,9 @@ struct FlowState {
     reason: Arc<str>,
     /// Why it failed, and the command that confirms it (see [`crate::diagnose`]).
     cause: Option<Cause>,
+    /// Shared between flows failing the same way (see [`Interner`]).
     explanation: Option<Arc<str>>,
     next: Option<Arc<str>>,
-    /// The reason as reported: what was seen, then why.
-    shown: Arc<str>,
     counts: Counts,
     first_seen: Duration,
     last_seen: Duration,
@@ -223,6 +223,38 @@ struct Context {
     /// This node's Kubernetes name: a pod scheduled here is local too.
     node_name: Option<Arc<str>>,
     node: NodeWatch,
+    interner: Interner,
+}
+
+/// Explanations and commands shared between flows: a thousand flows timing out the same
+/// way hold one copy of the words.
+#[derive(Default)]
+struct Interner(std::cell::RefCell<std::collections::HashSet<Arc<str>>>);
+
+/// Distinct texts kept; beyond, the set starts over (flows keep their copies).
+const INTERNED: usize = 4096;
+
+impl Interner {
+    fn intern(&self, text: &str) -> Arc<str> {
+        let mut texts = self.0.borrow_mut();
+        if let Some(shared) = texts.get(text) {
+            return Arc::clone(shared);
+        }
+        if texts.len() >= INTERNED {
+            texts.clear();
+        }
+        let shared: Arc<str> = text.into();
+        texts.insert(Arc::clone(&shared));
+        shared
+    }
+}
+
+/// The reason as reported: what was seen, then why.
+fn shown_reason(state: &FlowState) -> Arc<str> {
+    match &state.explanation {
+        Some(why) => format!("{}: {why}", state.reason).into(),
+        None => Arc::clone(&state.reason),
+    }
 }
 
 /// Where changes are reported: the recent-event ring, followers, metrics. Kept apart
@@ -266,6 +298,7 @@ impl Tracker {
                 local: LruCache::new(NonZeroUsize::new(LOCAL_ADDRESSES).expect("non-zero")),
                 node_name: None,
                 node: NodeWatch::default(),
+                interner: Interner::default(),
             },
         }
     }
@@ -433,10 +466,9 @@ impl Tracker {
                 key: packet.key,
             }));
         }
-        let change = node_outcome(&mut self.context.node, state, before, now);
+        node_outcome(&mut self.context.node, state, before, now);
         Explainer::new(&journal.names, &self.context).refresh(state, before);
         journal.record(state, before, packet.kind.into(), now);
-        self.on_node_change(change, now);
         if let Some((released, next)) = going_on {
             for (key, generation) in released {
                 self.release_expansion(key, generation, &next, now);
@@ -469,7 +501,6 @@ impl Tracker {
                         state.cause = Some(Cause::NodeDatapath);
                         state.explanation = Some(Arc::clone(&reason));
                         state.next = next.clone();
-                        state.shown = format!("{}: {reason}", state.reason).into();
                     }
                 }
             }
@@ -525,12 +556,12 @@ impl Tracker {
         if state.generation != generation {
             return;
         }
-        let Some((summary, _)) = state.dns.held.take() else {
+        let Some((summary, _)) = state.dns.held.take().map(|held| *held) else {
             return;
         };
         self.journal.metrics.dns_search_expansion();
         let before = state.verdict;
-        state.dns.expansion = Some((summary, format!("the lookup went on to {next}")));
+        state.dns.expansion = Some(Box::new((summary, format!("the lookup went on to {next}"))));
         settle_dns(state);
         Explainer::new(&self.journal.names, &self.context).refresh(state, before);
         self.journal
@@ -566,11 +597,10 @@ impl Tracker {
                 }
             };
             if expired {
-                let change = node_outcome(&mut self.context.node, state, before, now);
+                node_outcome(&mut self.context.node, state, before, now);
                 Explainer::new(&self.journal.names, &self.context).refresh(state, before);
                 self.journal
                     .record(state, before, FlowEventKind::Timeout, now);
-                self.on_node_change(change, now);
             }
         }
         let change = self.context.node.evaluate(now);
@@ -725,7 +755,6 @@ fn flow_entry<'a>(
             cause: None,
             explanation: None,
             next: None,
-            shown: "".into(),
             counts: Counts::default(),
             first_seen: now,
             last_seen: now,
@@ -823,7 +852,7 @@ impl Journal {
         Verdict {
             flow: state.flow,
             verdict: state.verdict,
-            reason: Arc::clone(&state.shown),
+            reason: shown_reason(state),
             cause: state.cause,
             next: state.next.clone(),
             counts: state.counts,
@@ -988,9 +1017,11 @@ fn on_dns_response(state: &mut FlowState, dns: &DnsPacket, nxdomain: NxdomainIs)
     };
     match (rcode_verdict(dns.rcode), nxdomain) {
         (VerdictKind::Ok, _) => state.dns.success = Some(summary),
-        (VerdictKind::Nxdomain, NxdomainIs::Held(since)) => state.dns.held = Some((summary, since)),
+        (VerdictKind::Nxdomain, NxdomainIs::Held(since)) => {
+            state.dns.held = Some(Box::new((summary, since)))
+        }
         (VerdictKind::Nxdomain, NxdomainIs::Expansion(why)) => {
-            state.dns.expansion = Some((summary, why))
+            state.dns.expansion = Some(Box::new((summary, why)))
         }
         (failure, _) => state.dns.failure = Some((failure, summary)),
     }
@@ -1012,7 +1043,7 @@ fn settle_dns(state: &mut FlowState) {
     if !state.dns.pending.is_empty() {
         return;
     }
-    if let Some((summary, _)) = &state.dns.held {
+    if let Some((summary, _)) = state.dns.held.as_deref() {
         state.verdict = VerdictKind::Pending;
         state.reason = format!(
             "NXDOMAIN for {}, a search-path expansion: waiting to see whether the lookup goes on",
@@ -1042,7 +1073,7 @@ fn settle_dns(state: &mut FlowState) {
     } else if let Some(summary) = &state.dns.success {
         state.verdict = VerdictKind::Ok;
         state.reason = format!("{} {} answered (NOERROR)", summary.qname, summary.qtype).into();
-    } else if let Some((summary, why)) = &state.dns.expansion {
+    } else if let Some((summary, why)) = state.dns.expansion.as_deref() {
         state.verdict = VerdictKind::Ok;
         state.reason = format!(
             "NXDOMAIN for {} was a search-path expansion, not a failure: {why}",
@@ -1053,20 +1084,15 @@ fn settle_dns(state: &mut FlowState) {
 }
 
 /// Tells the node watch about a flow that reached a new final verdict.
-fn node_outcome(
-    node: &mut NodeWatch,
-    state: &FlowState,
-    before: VerdictKind,
-    now: Duration,
-) -> Change {
+fn node_outcome(node: &mut NodeWatch, state: &FlowState, before: VerdictKind, now: Duration) {
     if state.verdict == before || !state.verdict.is_final() {
-        return Change::None;
+        return;
     }
     let failed = matches!(
         state.verdict,
         VerdictKind::Timeout | VerdictKind::DnsTimeout
     );
-    node.outcome(state.flow.src_ip, state.flow.dst_ip, failed, now)
+    node.outcome(state.flow.src_ip, state.flow.dst_ip, failed, now);
 }
 
 /// The words of a node-wide failure.
@@ -1089,15 +1115,15 @@ fn node_datapath(incident: &Incident, node: Option<&Arc<str>>) -> diagnose::Diag
 /// A held NXDOMAIN whose lookup did not go on in time: the lookup failed on it, unless
 /// another of its names was answered.
 fn expire_held(state: &mut FlowState, search: &SearchPaths, now: Duration) -> bool {
-    match &state.dns.held {
+    match state.dns.held.as_deref() {
         Some((_, since)) if now.saturating_sub(*since) >= SEARCH_WINDOW => {}
         _ => return false,
     }
-    let (summary, _) = state.dns.held.take().expect("checked above");
+    let (summary, _) = *state.dns.held.take().expect("checked above");
     match search.answered_in_lookup(state.flow.src_ip, &summary.qname) {
         Some(name) => {
             let why = format!("{name} was answered (NOERROR) in the same lookup");
-            state.dns.expansion = Some((summary, why));
+            state.dns.expansion = Some(Box::new((summary, why)));
         }
         None => state.dns.failure = Some((VerdictKind::Nxdomain, summary)),
     }
@@ -1113,6 +1139,7 @@ struct Explainer<'a> {
     node: Option<&'a Arc<str>>,
     /// A node-wide failure going on: timeouts are its, not their own.
     incident: Option<&'a Incident>,
+    interner: &'a Interner,
 }
 
 impl<'a> Explainer<'a> {
@@ -1123,11 +1150,12 @@ impl<'a> Explainer<'a> {
             local: &context.local,
             node: context.node_name.as_ref(),
             incident: context.node.current(),
+            interner: &context.interner,
         }
     }
 
-    /// Brings the flow's cause, next command and shown reason up to date after a change
-    /// from `before`. A failure is diagnosed once, when it is reached.
+    /// Brings the flow's cause and next command up to date after a change from
+    /// `before`. A failure is diagnosed once, when it is reached.
     fn refresh(&self, state: &mut FlowState, before: VerdictKind) {
         if !state.verdict.is_failure() {
             let expansion = state.verdict == VerdictKind::Ok
@@ -1136,16 +1164,19 @@ impl<'a> Explainer<'a> {
             state.cause = expansion.then_some(Cause::SearchPathExpansion);
             state.explanation = None;
             state.next = None;
-            state.shown = Arc::clone(&state.reason);
             return;
         }
         if state.verdict != before || state.cause.is_none() {
             self.diagnose(state);
         }
-        state.shown = match &state.explanation {
-            Some(why) => format!("{}: {why}", state.reason).into(),
-            None => Arc::clone(&state.reason),
-        };
+    }
+
+    fn set(&self, state: &mut FlowState, diagnosis: Option<diagnose::Diagnosis>) {
+        state.cause = diagnosis.as_ref().map(|d| d.cause);
+        state.explanation = diagnosis.as_ref().map(|d| self.interner.intern(&d.reason));
+        state.next = diagnosis
+            .and_then(|d| d.next)
+            .map(|next| self.interner.intern(&next));
     }
 
     fn diagnose(&self, state: &mut FlowState) {
@@ -1155,10 +1186,7 @@ impl<'a> Explainer<'a> {
                 VerdictKind::Timeout | VerdictKind::DnsTimeout
             )
         {
-            let diagnosis = node_datapath(incident, self.node);
-            state.cause = Some(diagnosis.cause);
-            state.explanation = Some(diagnosis.reason.into());
-            state.next = diagnosis.next.map(Arc::from);
+            self.set(state, Some(node_datapath(incident, self.node)));
             return;
         }
         let snapshot = self.names.snapshot();
@@ -1184,16 +1212,19 @@ impl<'a> Explainer<'a> {
             lookup: chain
                 .as_ref()
                 .map(|c| (c.asked.as_str(), c.tried.as_slice())),
-            path: PathFacts {
-                delivered: None,
-                destination_local: self.destination_local(view, &state.flow),
-                node: self.node.cloned(),
+            // Only a timeout asks where the packets went.
+            path: if state.verdict == VerdictKind::Timeout {
+                PathFacts {
+                    delivered: None,
+                    destination_local: self.destination_local(view, &state.flow),
+                    node: self.node.cloned(),
+                }
+            } else {
+                PathFacts::default()
             },
         };
         let diagnosis = diagnose::explain(view, &failure);
-        state.cause = diagnosis.as_ref().map(|d| d.cause);
-        state.explanation = diagnosis.as_ref().map(|d| Arc::from(d.reason.as_str()));
-        state.next = diagnosis.and_then(|d| d.next).map(Arc::from);
+        self.set(state, diagnosis);
     }
 
     /// The flow's destination pod (every ready backend, for a Service) is on this node:
@@ -1272,9 +1303,9 @@ fn dns_summary(state: &FlowState) -> Option<DnsSummary> {
         (None, None) => state
             .dns
             .held
-            .as_ref()
+            .as_deref()
             .map(|(summary, _)| summary)
-            .or(state.dns.expansion.as_ref().map(|(summary, _)| summary))
+            .or(state.dns.expansion.as_deref().map(|(summary, _)| summary))
             .cloned(),
     }
 }

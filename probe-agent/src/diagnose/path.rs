@@ -80,7 +80,11 @@ pub fn policy_finding(view: &ClusterView, flow: &Flow) -> PolicyFinding {
     };
     let judge = |dst: &Peer, port: u16| {
         let outcome = policy::evaluate(view, &src, dst, flow.protocol, port);
-        let reason = outcome.reason(&src, dst, flow.protocol, port);
+        // Unknown (no cluster, or neither end a pod) is never put in words.
+        let reason = match outcome {
+            PolicyOutcome::Unknown => String::new(),
+            _ => outcome.reason(&src, dst, flow.protocol, port),
+        };
         PolicyFinding { outcome, reason }
     };
     let destinations = destinations(view, flow);

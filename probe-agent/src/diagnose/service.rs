@@ -39,9 +39,8 @@ pub fn backends<'a>(view: &'a ClusterView, flow: &Flow) -> Option<Backends<'a>> 
                 .pod
                 .as_ref()
                 .and_then(|name| {
-                    view.pods_in(&service.namespace)
-                        .iter()
-                        .find(|p| &p.name == name)
+                    view.pod_by_name
+                        .get(&(Arc::clone(&service.namespace), Arc::clone(name)))
                 })
                 .or_else(|| view.pod_by_ip.get(&endpoint.ip));
             if let Some(pod) = pod

@@ -108,6 +108,8 @@ pub struct ClusterView {
     pub pod_by_ip: HashMap<IpAddr, Arc<PodRecord>>,
     /// Every pod, by namespace.
     pub pods: HashMap<Arc<str>, Vec<Arc<PodRecord>>>,
+    /// Every pod, by namespace and name.
+    pub pod_by_name: HashMap<ObjectKey, Arc<PodRecord>>,
     pub services: HashMap<ObjectKey, Arc<ServiceRecord>>,
     pub service_by_ip: HashMap<IpAddr, Arc<ServiceRecord>>,
     /// EndpointSlices by (namespace, Service).
@@ -208,7 +210,8 @@ impl Directory {
 
     fn cluster_view(&self, owners: &BTreeMap<IpAddr, &PodRecord>) -> ClusterView {
         let mut view = ClusterView::default();
-        for (_, pod) in self.pods.shared() {
+        for (key, pod) in self.pods.shared() {
+            view.pod_by_name.insert(key.clone(), Arc::clone(pod));
             view.pods
                 .entry(Arc::clone(&pod.namespace))
                 .or_default()

@@ -19,6 +19,8 @@ const MIN_FAILING_PAIRS: usize = 4;
 const MIN_SOURCES: usize = 2;
 /// ...that are at least this share of the pairs seen in the window (80 %).
 const FAILING_SHARE: (usize, usize) = (4, 5);
+/// How often the pairs are evaluated.
+pub const EVALUATE_EVERY: Duration = Duration::from_millis(100);
 /// An ended incident stays listed this long.
 const ENDED_KEPT: Duration = Duration::from_secs(600);
 
@@ -45,6 +47,7 @@ pub struct NodeWatch {
     pairs: LruCache<(IpAddr, IpAddr), Outcome>,
     current: Option<Incident>,
     ended: Option<Incident>,
+    evaluated: Option<Duration>,
 }
 
 impl Default for NodeWatch {
@@ -53,6 +56,7 @@ impl Default for NodeWatch {
             pairs: LruCache::new(NonZeroUsize::new(PAIRS).expect("non-zero")),
             current: None,
             ended: None,
+            evaluated: None,
         }
     }
 }
@@ -68,16 +72,25 @@ pub enum Change {
 impl NodeWatch {
     /// A flow between `src` and `dst` reached a final verdict: timed out (`failed`) or
     /// answered (OK, refused, an rcode: the datapath carried it).
-    pub fn outcome(&mut self, src: IpAddr, dst: IpAddr, failed: bool, now: Duration) -> Change {
+    /// Cheap: the verdict is re-evaluated by [`NodeWatch::evaluate`], at most every
+    /// [`EVALUATE_EVERY`].
+    pub fn outcome(&mut self, src: IpAddr, dst: IpAddr, failed: bool, now: Duration) {
         self.pairs.put((src, dst), Outcome { failed, at: now });
         if failed && let Some(incident) = &mut self.current {
             incident.flows += 1;
         }
-        self.evaluate(now)
     }
 
-    /// Re-evaluates as time passes (an incident ends when its failures age out).
+    /// Re-evaluates the pairs seen (an incident also ends when its failures age out).
+    /// A pass reads every pair remembered, so it runs at most every [`EVALUATE_EVERY`].
     pub fn evaluate(&mut self, now: Duration) -> Change {
+        if self
+            .evaluated
+            .is_some_and(|at| now.saturating_sub(at) < EVALUATE_EVERY)
+        {
+            return Change::None;
+        }
+        self.evaluated = Some(now);
         let recent = self
             .pairs
             .iter()
@@ -157,10 +170,12 @@ mod tests {
     #[test]
     fn most_pairs_failing_from_several_sources_is_a_node_incident() {
         let mut node = NodeWatch::default();
-        assert_eq!(node.outcome(ip(1), ip(10), true, s(1)), Change::None);
-        assert_eq!(node.outcome(ip(1), ip(11), true, s(1)), Change::None);
-        assert_eq!(node.outcome(ip(2), ip(10), true, s(1)), Change::None);
-        assert_eq!(node.outcome(ip(2), ip(11), true, s(2)), Change::Started);
+        node.outcome(ip(1), ip(10), true, s(1));
+        node.outcome(ip(1), ip(11), true, s(1));
+        node.outcome(ip(2), ip(10), true, s(1));
+        assert_eq!(node.evaluate(s(1)), Change::None);
+        node.outcome(ip(2), ip(11), true, s(2));
+        assert_eq!(node.evaluate(s(2)), Change::Started);
         let incident = *node.current().unwrap();
         assert_eq!(
             (incident.failing_pairs, incident.pairs, incident.sources),
@@ -173,8 +188,9 @@ mod tests {
     fn one_client_failing_everywhere_is_not_the_node() {
         let mut node = NodeWatch::default();
         for dst in 10..20 {
-            assert_eq!(node.outcome(ip(1), ip(dst), true, s(1)), Change::None);
+            node.outcome(ip(1), ip(dst), true, s(1));
         }
+        assert_eq!(node.evaluate(s(1)), Change::None);
     }
 
     #[test]
@@ -184,6 +200,7 @@ mod tests {
             node.outcome(ip(src), ip(10), true, s(1));
             node.outcome(ip(src), ip(11), false, s(1));
         }
+        node.evaluate(s(1));
         assert!(node.current().is_none(), "4 of 8 failing is not most");
     }
 
@@ -193,10 +210,12 @@ mod tests {
         for (src, dst) in [(1, 10), (1, 11), (2, 10), (2, 11)] {
             node.outcome(ip(src), ip(dst), true, s(1));
         }
+        node.evaluate(s(1));
         assert!(node.current().is_some());
         for (src, dst) in [(1, 10), (1, 11), (2, 10)] {
             node.outcome(ip(src), ip(dst), false, s(3));
         }
+        node.evaluate(s(3));
         assert!(node.current().is_none());
         let listed = node.incidents(s(4));
         assert_eq!(listed.len(), 1);
@@ -205,11 +224,23 @@ mod tests {
     }
 
     #[test]
+    fn evaluation_is_throttled() {
+        let mut node = NodeWatch::default();
+        assert_eq!(node.evaluate(s(1)), Change::None);
+        for (src, dst) in [(1, 10), (1, 11), (2, 10), (2, 11)] {
+            node.outcome(ip(src), ip(dst), true, s(1));
+        }
+        assert_eq!(node.evaluate(s(1) + EVALUATE_EVERY / 2), Change::None);
+        assert_eq!(node.evaluate(s(1) + EVALUATE_EVERY), Change::Started);
+    }
+
+    #[test]
     fn the_incident_ends_when_its_failures_age_out() {
         let mut node = NodeWatch::default();
         for (src, dst) in [(1, 10), (1, 11), (2, 10), (2, 11)] {
             node.outcome(ip(src), ip(dst), true, s(1));
         }
+        assert_eq!(node.evaluate(s(1)), Change::Started);
         assert_eq!(node.evaluate(s(5)), Change::None);
         assert_eq!(node.evaluate(s(1) + WINDOW), Change::Ended);
     }

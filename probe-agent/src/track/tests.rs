@@ -755,6 +755,7 @@ fn most_pod_pairs_timing_out_at_once_is_one_node_verdict() {
             None,
         ));
     }
+    t.sweep(ms(5_000));
     let node = t.node_verdicts(ms(5_000));
     assert!(node[0].until.is_some(), "{node:#?}");
     assert!(
