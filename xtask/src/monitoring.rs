@@ -59,7 +59,7 @@ const ALERTS: &[(&str, Expect)] = &[
     ),
     (
         "NetprobeDNSNameNotFound",
-        Expect::Fires(&[("qname", "paymnt-service.production.svc.cluster.local*")]),
+        Expect::Fires(&[("qname", "paymnt-service.*")]),
     ),
     (
         "NetprobeDNSTimeouts",
