@@ -1,7 +1,7 @@
 //! Refused and unreachable connections: a Service with no ready endpoints, a targetPort
 //! its pods do not declare, or simply nothing listening.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::Diagnosis;
 use crate::{
@@ -200,7 +200,7 @@ fn selected_by_mismatched_service(
     pod: &PodRecord,
     flow: &Flow,
 ) -> Option<Diagnosis> {
-    if declares(pod, flow.dst_port, protocol_name(flow.protocol)) {
+    if declares(pod, flow.dst_port, flow.protocol.as_str()) {
         return None;
     }
     view.services
@@ -284,13 +284,13 @@ fn declares(pod: &PodRecord, port: u16, protocol: &str) -> bool {
 }
 
 /// A Service selector (equality only) against a pod's labels.
-pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector
         .iter()
         .all(|(key, value)| labels.get(key) == Some(value))
 }
 
-pub fn describe_selector(selector: &BTreeMap<String, String>) -> String {
+fn describe_selector(selector: &BTreeMap<String, String>) -> String {
     selector
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -309,15 +309,92 @@ pub fn qualified(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
-fn protocol_name(protocol: Protocol) -> &'static str {
-    protocol.as_str()
-}
-
 fn same_protocol(name: &str, protocol: Protocol) -> bool {
     name.eq_ignore_ascii_case(protocol.as_str())
 }
 
-/// Whether `ip` is a ClusterIP.
-pub fn is_service(view: &ClusterView, ip: IpAddr) -> bool {
-    view.service_by_ip.contains_key(&ip)
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::enrich::{Directory, PodView, SliceRecord, object_key};
+
+    /// A cluster with Service `shop/web` (10.96.0.7:80 → `target`) backed by one ready pod
+    /// declaring `http` 8080.
+    fn view(target: serde_json::Value) -> ClusterView {
+        let mut directory = Directory::default();
+        let service: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.7", "selector": {"app": "web"},
+                     "ports": [{"port": 80, "targetPort": target}]},
+        }))
+        .unwrap();
+        directory
+            .services
+            .apply(object_key(&service.metadata), (&service).into());
+        let pod: PodView = serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"}},
+            "spec": {"containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"podIP": "10.244.0.8", "conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .unwrap();
+        directory
+            .pods
+            .apply(object_key(&pod.metadata), (&pod).into());
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(json!({
+                "metadata": {"name": "web-x", "namespace": "shop",
+                             "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.244.0.8"], "targetRef": {"kind": "Pod", "name": "web-1"}}],
+            }))
+            .unwrap();
+        directory
+            .slices
+            .apply(object_key(&slice.metadata), SliceRecord::from(&slice));
+        directory.snapshot().cluster
+    }
+
+    fn to_service() -> Flow {
+        Flow {
+            protocol: Protocol::Tcp,
+            src_ip: IpAddr::from([10, 244, 0, 5]),
+            src_port: 40000,
+            dst_ip: IpAddr::from([10, 96, 0, 7]),
+            dst_port: 80,
+        }
+    }
+
+    #[test]
+    fn a_target_port_the_pod_declares_is_no_mismatch() {
+        for target in [json!(8080), json!("http"), json!("8080")] {
+            let d = rejected(&view(target.clone()), &to_service(), VerdictKind::Refused);
+            assert_eq!(d.cause, Cause::NothingListening, "{target}: {d:?}");
+            assert_eq!(d.next.as_deref(), Some("kubectl logs web-1 -n shop"));
+        }
+    }
+
+    #[test]
+    fn a_target_port_the_pod_does_not_declare_is_a_mismatch() {
+        for (target, shown) in [(json!(9090), "9090"), (json!("metrics"), "\"metrics\"")] {
+            let d = rejected(&view(target), &to_service(), VerdictKind::Refused);
+            assert_eq!(d.cause, Cause::TargetPortMismatch, "{d:?}");
+            assert_eq!(
+                d.reason,
+                format!(
+                    "Service shop/web port 80 sends to targetPort {shown}, but pod web-1 declares 8080/TCP (http)"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn unreachable_with_ready_endpoints_blames_the_rules_not_the_endpoints() {
+        let d = rejected(&view(json!(8080)), &to_service(), VerdictKind::Unreachable);
+        assert_eq!(d.cause, Cause::DestinationUnreachable);
+        assert!(d.reason.contains("has 1 ready endpoints"), "{d:?}");
+    }
 }
