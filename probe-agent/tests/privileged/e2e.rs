@@ -13,7 +13,7 @@ use std::{
 };
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use probe_agent::model::{AttachMode, InterfaceStatus, Protocol, Verdict, VerdictKind};
+use probe_agent::model::{AttachMode, Cause, InterfaceStatus, Protocol, Verdict, VerdictKind};
 use serde::de::DeserializeOwned;
 use xtask::lab::{self, Node, Pod, Proto, QueryType};
 
@@ -479,12 +479,19 @@ fn dns_server_errors() {
             let got = agent.settled(&format!("dst_ip={server}&verdict={}", verdict.as_str()));
             assert_eq!((got.counts.dns_queries, got.counts.dns_responses), (1, 1));
             assert_eq!(got.flow.src_ip, client_ip);
-            let dns = got.dns.unwrap();
+            let dns = got.dns.clone().unwrap();
             assert_eq!(
                 (dns.id, dns.qname.as_str(), dns.qtype.as_str()),
                 (reply.id, name, "AAAA")
             );
             assert_eq!(dns.rcode.as_deref(), Some(rcode_name));
+            assert_eq!(got.cause, Some(Cause::DnsServerError), "{got:#?}");
+            assert!(
+                got.reason.ends_with(&format!(
+                    "the DNS server {server} failed to answer {name} ({rcode_name}): it cannot reach its upstream or refuses this client"
+                )),
+                "{got:#?}"
+            );
         }
     }
 }
