@@ -96,7 +96,7 @@ pub fn decode(record: &[u8]) -> Result<Packet, DecodeError> {
         .ok_or(DecodeError::CapturedLength(event.captured_len))?;
     let flow = flow_from_key(&event.flow)?;
     let parsed = parse_packet(&event.data[..captured])?;
-    check_agrees(kind, &flow, &parsed)?;
+    check_agrees(kind, direction, &flow, &parsed)?;
     Ok(Packet {
         kind,
         direction,
@@ -379,6 +379,9 @@ pub fn decode_dns(bytes: &[u8]) -> Option<DnsPacket> {
 /// What the kernel program sends for a packet pnet parsed this way, by the kernel's own
 /// rules (DESIGN.md): SYN, SYN-ACK, RST, ICMP(v6) destination-unreachable, and DNS to or
 /// from port 53 with at least a header. `None`: the packet cannot change a verdict.
+/// (A SYN entering the server pod of a same-node flow is sent as
+/// [`EventKind::SynDelivered`] instead: that depends on the pods the kernel has seen,
+/// not on the bytes, so it is read here as the SYN it is.)
 pub fn event_kind(parsed: &ParsedPacket) -> Option<EventKind> {
     if parsed.icmp_unreachable {
         return Some(EventKind::IcmpUnreachable);
@@ -409,7 +412,12 @@ pub fn event_kind(parsed: &ParsedPacket) -> Option<EventKind> {
 }
 
 /// The kernel's flow key and event kind must agree with what pnet reads in the bytes.
-fn check_agrees(kind: EventKind, flow: &Flow, parsed: &ParsedPacket) -> Result<(), DecodeError> {
+fn check_agrees(
+    kind: EventKind,
+    direction: Direction,
+    flow: &Flow,
+    parsed: &ParsedPacket,
+) -> Result<(), DecodeError> {
     let mut tuple = parsed
         .tuple
         .ok_or(DecodeError::Malformed("no transport tuple"))?;
@@ -424,13 +432,26 @@ fn check_agrees(kind: EventKind, flow: &Flow, parsed: &ParsedPacket) -> Result<(
         dst_ip: tuple.src_ip,
         dst_port: tuple.src_port,
     };
-    if event_kind(parsed) != Some(kind) {
+    let packet_kind = match kind {
+        // A SYN the kernel saw entering the server pod of a same-node flow.
+        EventKind::SynDelivered => EventKind::Syn,
+        kind => kind,
+    };
+    if event_kind(parsed) != Some(packet_kind) {
         return Err(DecodeError::Malformed(
             "event kind does not match the packet",
         ));
     }
+    if kind == EventKind::SynDelivered && direction != Direction::ToPod {
+        return Err(DecodeError::Malformed(
+            "a SYN delivery not seen entering a pod",
+        ));
+    }
     let expected_orientation = match kind {
-        EventKind::Syn | EventKind::DnsQuery | EventKind::IcmpUnreachable => *flow == tuple,
+        EventKind::Syn
+        | EventKind::SynDelivered
+        | EventKind::DnsQuery
+        | EventKind::IcmpUnreachable => *flow == tuple,
         EventKind::SynAck | EventKind::DnsResponse => *flow == reversed,
         EventKind::Rst => *flow == tuple || *flow == reversed,
     };
@@ -627,6 +648,52 @@ mod tests {
             decode(&event(EventKind::Syn, key, &fragment)),
             Err(DecodeError::Malformed(
                 "IPv4 fragment without transport header"
+            ))
+        );
+    }
+
+    /// A SYN seen entering the server pod of a same-node flow: the SYN's own tuple, after
+    /// the Service DNAT, and only in the direction into the pod.
+    #[test]
+    fn syn_delivered_is_a_syn_entering_a_pod_on_its_own_tuple() {
+        let (client, server) = (addr("10.244.0.5:41234"), addr("10.244.0.9:8080"));
+        let syn = Frame::plain().tcp(client, server, TcpFlags::SYN);
+        let key = craft::flow_key(IPPROTO_TCP, client, server);
+        let record = |kind, key, direction, frame: &[u8]| {
+            decode(&craft::wire_event(kind, key, direction, 7_000_000, frame))
+        };
+        let packet = record(EventKind::SynDelivered, key, Direction::ToPod, &syn).unwrap();
+        assert_eq!(
+            (packet.kind, packet.direction),
+            (EventKind::SynDelivered, Direction::ToPod)
+        );
+        assert_eq!(
+            packet.flow.to_string(),
+            "10.244.0.5:41234 -> 10.244.0.9:8080 TCP"
+        );
+        assert_eq!(
+            record(EventKind::SynDelivered, key, Direction::FromPod, &syn),
+            Err(DecodeError::Malformed(
+                "a SYN delivery not seen entering a pod"
+            ))
+        );
+        let reversed = craft::flow_key(IPPROTO_TCP, server, client);
+        assert_eq!(
+            record(EventKind::SynDelivered, reversed, Direction::ToPod, &syn),
+            Err(DecodeError::Malformed(
+                "kernel flow does not match the packet's tuple"
+            ))
+        );
+        let syn_ack = Frame::plain().tcp(server, client, TcpFlags::SYN | TcpFlags::ACK);
+        assert_eq!(
+            record(
+                EventKind::SynDelivered,
+                reversed,
+                Direction::ToPod,
+                &syn_ack
+            ),
+            Err(DecodeError::Malformed(
+                "event kind does not match the packet"
             ))
         );
     }

@@ -33,6 +33,9 @@ pub enum PacketKind {
     IcmpUnreachable,
     DnsQuery,
     DnsResponse,
+    /// A SYN that reached the server pod's veth of a same-node flow: not a flow's SYN
+    /// (that one is `Syn`, counted at the client's veth), so counted apart.
+    SynDelivered,
 }
 
 impl From<probe_ebpf::EventKind> for PacketKind {
@@ -45,18 +48,21 @@ impl From<probe_ebpf::EventKind> for PacketKind {
             EventKind::IcmpUnreachable => Self::IcmpUnreachable,
             EventKind::DnsQuery => Self::DnsQuery,
             EventKind::DnsResponse => Self::DnsResponse,
+            EventKind::SynDelivered => Self::SynDelivered,
         }
     }
 }
 
 impl PacketKind {
-    pub const ALL: [PacketKind; 6] = [
+    /// In declaration order: `Metrics::packets` indexes its counters by `kind as usize`.
+    pub const ALL: [PacketKind; 7] = [
         Self::Syn,
         Self::SynAck,
         Self::Rst,
         Self::IcmpUnreachable,
         Self::DnsQuery,
         Self::DnsResponse,
+        Self::SynDelivered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +73,7 @@ impl PacketKind {
             Self::IcmpUnreachable => "icmp_unreachable",
             Self::DnsQuery => "dns_query",
             Self::DnsResponse => "dns_response",
+            Self::SynDelivered => "syn_delivered",
         }
     }
 }
@@ -862,6 +869,7 @@ netprobe_packets_total{kind=\"icmp_unreachable\"} 0
 netprobe_packets_total{kind=\"rst\"} 0
 netprobe_packets_total{kind=\"syn\"} 0
 netprobe_packets_total{kind=\"syn_ack\"} 0
+netprobe_packets_total{kind=\"syn_delivered\"} 0
 # HELP netprobe_dns_responses DNS responses by response code.
 # TYPE netprobe_dns_responses counter
 # HELP netprobe_events_lost Events lost before tracking (kernel: ring buffer full, agent: queue full).
@@ -939,6 +947,7 @@ netprobe_k8s_events_total{result=\"written\"} 0
         m.packets(PacketKind::Syn, 3);
         m.packets(PacketKind::Syn, 2);
         m.packets(PacketKind::IcmpUnreachable, 1);
+        m.packets(PacketKind::SynDelivered, 1);
         m.events_lost(LossSource::Kernel, 7);
         m.decode_error(DecodeErrorKind::Truncated);
         m.decode_error(DecodeErrorKind::Truncated);
@@ -955,6 +964,7 @@ netprobe_k8s_events_total{result=\"written\"} 0
                 "netprobe_packets_total{kind=\"rst\"} 0",
                 "netprobe_packets_total{kind=\"syn\"} 5",
                 "netprobe_packets_total{kind=\"syn_ack\"} 0",
+                "netprobe_packets_total{kind=\"syn_delivered\"} 1",
             ]
         );
         assert_eq!(

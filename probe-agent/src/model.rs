@@ -331,6 +331,9 @@ pub enum FlowEventKind {
     IcmpUnreachable,
     DnsQuery,
     DnsResponse,
+    /// A SYN reached the server pod's veth (a flow between two pods of this node). Not
+    /// a flow event today: the tracker keeps it aside (`Tracker::syn_delivery`).
+    SynDelivered,
     /// No packet: a timeout expired and changed the verdict.
     Timeout,
     /// No packet: counts the kernel made and whose events were lost were recovered.
@@ -350,6 +353,7 @@ impl From<probe_ebpf::EventKind> for FlowEventKind {
             EventKind::IcmpUnreachable => Self::IcmpUnreachable,
             EventKind::DnsQuery => Self::DnsQuery,
             EventKind::DnsResponse => Self::DnsResponse,
+            EventKind::SynDelivered => Self::SynDelivered,
         }
     }
 }
@@ -363,6 +367,7 @@ impl FlowEventKind {
             Self::IcmpUnreachable => "ICMP_UNREACHABLE",
             Self::DnsQuery => "DNS_QUERY",
             Self::DnsResponse => "DNS_RESPONSE",
+            Self::SynDelivered => "SYN_DELIVERED",
             Self::Timeout => "TIMEOUT",
             Self::Recovered => "RECOVERED",
             Self::SearchExpansion => "SEARCH_EXPANSION",

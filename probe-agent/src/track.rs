@@ -33,6 +33,9 @@ use crate::{
     },
 };
 
+mod delivered;
+pub use delivered::Delivery;
+
 /// Tracker settings (`probe-agent run` flags).
 #[derive(Clone, Debug)]
 pub struct TrackerConfig {
@@ -224,6 +227,8 @@ struct Context {
     node_name: Option<Arc<str>>,
     node: NodeWatch,
     interner: Interner,
+    /// SYNs seen reaching the server pod of a same-node flow (see [`delivered`]).
+    delivered: delivered::Deliveries,
 }
 
 /// Explanations and commands shared between flows: a thousand flows timing out the same
@@ -276,6 +281,7 @@ struct Journal {
 
 impl Tracker {
     pub fn new(config: TrackerConfig, clock: Clock, metrics: Arc<Metrics>) -> Self {
+        let flow_capacity = config.flow_capacity;
         let (events_tx, _) = broadcast::channel(1024);
         Self {
             flows: LruCache::new(config.flow_capacity),
@@ -299,6 +305,7 @@ impl Tracker {
                 node_name: None,
                 node: NodeWatch::default(),
                 interner: Interner::default(),
+                delivered: delivered::Deliveries::new(flow_capacity),
             },
         }
     }
@@ -366,8 +373,25 @@ impl Tracker {
         self.flows.len()
     }
 
+    /// The SYNs of `flow`'s client end that reached a server pod on this node, if any
+    /// were seen (flows between two pods of this node only). Found by the client's
+    /// ip:port alone, as the server's side sees it after any Service DNAT: compare
+    /// [`Delivery::at`] with the flow's times before taking it for this connection's.
+    pub fn syn_delivery(&self, flow: &Flow) -> Option<Delivery> {
+        self.context
+            .delivered
+            .lookup(flow.protocol, flow.src_ip, flow.src_port)
+            .copied()
+    }
+
     /// Applies one decoded packet.
     pub fn on_packet(&mut self, packet: &Packet) {
+        // Not a flow's packet: kept aside, no flow, verdict or event (see `delivered`).
+        if packet.kind == EventKind::SynDelivered {
+            self.journal.metrics.packets(packet.kind.into(), 1);
+            self.context.delivered.record(packet);
+            return;
+        }
         let now = packet.monotonic;
         self.learn_local(packet);
         // A query may show that NXDOMAINs held for this client were search-path expansions.
@@ -458,6 +482,7 @@ impl Tracker {
                     }
                 }
             }
+            EventKind::SynDelivered => {}
         }
         if let Some(at) = deadline {
             self.deadlines.push(Reverse(Deadline {
@@ -467,7 +492,7 @@ impl Tracker {
             }));
         }
         node_outcome(&mut self.context.node, state, before, now);
-        Explainer::new(&journal.names, &self.context).refresh(state, before);
+        Explainer::new(journal, &self.context).refresh(state, before);
         journal.record(state, before, packet.kind.into(), now);
         if let Some((released, next)) = going_on {
             for (key, generation) in released {
@@ -563,7 +588,7 @@ impl Tracker {
         let before = state.verdict;
         state.dns.expansion = Some(Box::new((summary, format!("the lookup went on to {next}"))));
         settle_dns(state);
-        Explainer::new(&self.journal.names, &self.context).refresh(state, before);
+        Explainer::new(&self.journal, &self.context).refresh(state, before);
         self.journal
             .record(state, before, FlowEventKind::SearchExpansion, now);
     }
@@ -598,7 +623,7 @@ impl Tracker {
             };
             if expired {
                 node_outcome(&mut self.context.node, state, before, now);
-                Explainer::new(&self.journal.names, &self.context).refresh(state, before);
+                Explainer::new(&self.journal, &self.context).refresh(state, before);
                 self.journal
                     .record(state, before, FlowEventKind::Timeout, now);
             }
@@ -662,7 +687,7 @@ impl Tracker {
                         }));
                     }
                 }
-                Explainer::new(&self.journal.names, &self.context).refresh(state, before);
+                Explainer::new(&self.journal, &self.context).refresh(state, before);
                 self.journal
                     .record(state, before, FlowEventKind::Recovered, now);
             }
@@ -1133,8 +1158,10 @@ fn expire_held(state: &mut FlowState, search: &SearchPaths, now: Duration) -> bo
 
 /// What explaining a failure reads besides the flow itself.
 struct Explainer<'a> {
-    names: &'a Names,
+    /// Names and interface names.
+    journal: &'a Journal,
     search: &'a SearchPaths,
+    delivered: &'a delivered::Deliveries,
     local: &'a LruCache<IpAddr, ()>,
     node: Option<&'a Arc<str>>,
     /// A node-wide failure going on: timeouts are its, not their own.
@@ -1143,10 +1170,11 @@ struct Explainer<'a> {
 }
 
 impl<'a> Explainer<'a> {
-    fn new(names: &'a Names, context: &'a Context) -> Self {
+    fn new(journal: &'a Journal, context: &'a Context) -> Self {
         Self {
-            names,
+            journal,
             search: &context.search,
+            delivered: &context.delivered,
             local: &context.local,
             node: context.node_name.as_ref(),
             incident: context.node.current(),
@@ -1189,7 +1217,7 @@ impl<'a> Explainer<'a> {
             self.set(state, Some(node_datapath(incident, self.node)));
             return;
         }
-        let snapshot = self.names.snapshot();
+        let snapshot = self.journal.names.snapshot();
         let view = &snapshot.cluster;
         let dns = dns_summary(state);
         let chain = match (&dns, state.verdict) {
@@ -1215,7 +1243,7 @@ impl<'a> Explainer<'a> {
             // Only a timeout asks where the packets went.
             path: if state.verdict == VerdictKind::Timeout {
                 PathFacts {
-                    delivered: None,
+                    delivered: self.delivered(state),
                     destination_local: self.destination_local(view, &state.flow),
                     node: self.node.cloned(),
                 }
@@ -1225,6 +1253,19 @@ impl<'a> Explainer<'a> {
         };
         let diagnosis = diagnose::explain(view, &failure);
         self.set(state, diagnosis);
+    }
+
+    /// Where a SYN of this connection attempt entered a pod of this node, and through
+    /// which veth. A delivery older than the attempt was another connection's (the
+    /// client's port reused).
+    fn delivered(&self, state: &FlowState) -> Option<(std::net::SocketAddr, Arc<str>)> {
+        let flow = &state.flow;
+        let delivery = self
+            .delivered
+            .lookup(flow.protocol, flow.src_ip, flow.src_port)?;
+        let attempt = state.attempt_start.unwrap_or(state.first_seen);
+        (delivery.at >= attempt)
+            .then(|| (delivery.dst, self.journal.interface_name(delivery.ifindex)))
     }
 
     /// The flow's destination pod (every ready backend, for a Service) is on this node:

@@ -455,14 +455,27 @@ fn record(
     }
     // A flow between two pods of this node crosses two veths: it is counted at the
     // client's, so it is one flow with one set of counts.
-    if pod_addr != key.src_addr && unsafe { NETPROBE_LOCAL_ENDPOINTS.get(&key.src_addr) }.is_some()
+    let kind = if pod_addr != key.src_addr
+        && unsafe { NETPROBE_LOCAL_ENDPOINTS.get(&key.src_addr) }.is_some()
     {
-        return Ok(());
-    }
+        // Except that a SYN entering the server pod is reported, uncounted: that it got
+        // this far tells a SYN dropped between the two pods from one the server received
+        // and left unanswered. Past the fast path: plain data never gets here (it left
+        // in `parse_tcp`).
+        if direction != Direction::ToPod || packet.kind != EventKind::Syn {
+            return Ok(());
+        }
+        EventKind::SynDelivered
+    } else {
+        packet.kind
+    };
 
     let now = unsafe { bpf_ktime_get_ns() };
-    count(&key, packet.kind, packet.dns_rcode, now);
-    emit(ctx, direction, &key, packet.kind, now);
+    if kind != EventKind::SynDelivered {
+        count(&key, kind, packet.dns_rcode, now);
+    }
+    // One call site: `emit` is inlined, a second copy would double its instructions.
+    emit(ctx, direction, &key, kind, now);
     Ok(())
 }
 
@@ -509,6 +522,8 @@ fn count(key: &FlowKey, kind: EventKind, rcode: u8, now: u64) {
         EventKind::IcmpUnreachable => &mut counters.icmp_unreachable,
         EventKind::DnsQuery => &mut counters.dns_queries,
         EventKind::DnsResponse => &mut counters.dns_responses,
+        // Never counted: see `record`.
+        EventKind::SynDelivered => return,
     };
     atomic_add(field);
     if kind == EventKind::DnsResponse {

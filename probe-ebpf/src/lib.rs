@@ -6,6 +6,8 @@
 #![no_std]
 
 /// Format version carried in every [`PacketEvent`]; the agent rejects other versions.
+/// A new [`EventKind`] is not a layout change: an agent that does not know its id counts
+/// it as an unknown kind and goes on.
 pub const WIRE_VERSION: u32 = 1;
 
 /// BPF ring buffer of [`PacketEvent`]s.
@@ -45,6 +47,13 @@ pub enum EventKind {
     IcmpUnreachable = 4,
     DnsQuery = 5,
     DnsResponse = 6,
+    /// A SYN entering the server pod of a flow between two pods of this node, seen at the
+    /// server's veth after any Service DNAT: the SYN got there. Reported but never
+    /// counted (the flow is counted once, at the client's veth), so a SYN that timed out
+    /// can be told "dropped between the pods" from "reached the server, which stayed
+    /// silent". Its flow key is the packet's own tuple (client → server pod:targetPort),
+    /// its ifindex the server's veth.
+    SynDelivered = 7,
 }
 
 /// An unknown event kind id came over the wire.
@@ -62,6 +71,7 @@ impl TryFrom<u32> for EventKind {
             4 => Self::IcmpUnreachable,
             5 => Self::DnsQuery,
             6 => Self::DnsResponse,
+            7 => Self::SynDelivered,
             other => return Err(UnknownEventKind(other)),
         })
     }
@@ -247,11 +257,12 @@ mod tests {
             EventKind::IcmpUnreachable,
             EventKind::DnsQuery,
             EventKind::DnsResponse,
+            EventKind::SynDelivered,
         ] {
             assert_eq!(EventKind::try_from(kind as u32), Ok(kind));
         }
         assert_eq!(EventKind::try_from(0), Err(UnknownEventKind(0)));
-        assert_eq!(EventKind::try_from(7), Err(UnknownEventKind(7)));
+        assert_eq!(EventKind::try_from(8), Err(UnknownEventKind(8)));
         assert_eq!(Direction::try_from(2), Err(UnknownDirection(2)));
     }
 

@@ -117,6 +117,7 @@ fn count_of(counts: &mut Counts, kind: EventKind) -> &mut u64 {
         EventKind::IcmpUnreachable => &mut counts.icmp_unreachable,
         EventKind::DnsQuery => &mut counts.dns_queries,
         EventKind::DnsResponse => &mut counts.dns_responses,
+        EventKind::SynDelivered => unreachable!("no flow counts SYN deliveries"),
     }
 }
 
@@ -136,6 +137,7 @@ impl Kernel {
             EventKind::IcmpUnreachable => &mut c.icmp_unreachable,
             EventKind::DnsQuery => &mut c.dns_queries,
             EventKind::DnsResponse => &mut c.dns_responses,
+            EventKind::SynDelivered => return,
         };
         *field += n;
         match rcode.map(u16::from) {
@@ -190,6 +192,11 @@ fn packets_total(metrics: &Metrics) -> Counts {
             "icmp_unreachable" => EventKind::IcmpUnreachable,
             "dns_query" => EventKind::DnsQuery,
             "dns_response" => EventKind::DnsResponse,
+            // Not a flow's packet, and none is fed here.
+            "syn_delivered" => {
+                assert_eq!(value, 0, "SYN deliveries counted");
+                continue;
+            }
             other => panic!("unknown packet kind {other}"),
         };
         *count_of(&mut totals, kind) = value;

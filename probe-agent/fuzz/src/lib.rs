@@ -24,7 +24,10 @@ pub fn kernel_key(kind: EventKind, tuple: &Flow, rst_reversed: bool) -> FlowKey 
     let reversed = match kind {
         EventKind::SynAck | EventKind::DnsResponse => true,
         EventKind::Rst => rst_reversed,
-        EventKind::Syn | EventKind::DnsQuery | EventKind::IcmpUnreachable => false,
+        EventKind::Syn
+        | EventKind::SynDelivered
+        | EventKind::DnsQuery
+        | EventKind::IcmpUnreachable => false,
     };
     if reversed {
         craft::flow_key(protocol, dst, src)
@@ -78,6 +81,8 @@ pub fn check_query(pairs: &[(String, String)]) {
                 event: FlowEventKind::Syn,
                 verdict: verdict.verdict,
                 reason: verdict.reason.clone(),
+                cause: verdict.cause,
+                next: verdict.next.clone(),
                 interface: verdict.interface.clone(),
                 src: verdict.src.clone(),
                 dst: verdict.dst.clone(),
@@ -113,6 +118,8 @@ fn sample_verdict() -> Verdict {
         },
         verdict: VerdictKind::Timeout,
         reason: "3 SYNs".into(),
+        cause: Some(probe_agent::model::Cause::NoAnswer),
+        next: None,
         counts: Default::default(),
         first_seen: query_now(),
         last_seen: query_now(),

@@ -481,6 +481,9 @@ impl Model {
             EventKind::Rst => c.rst += 1,
             EventKind::IcmpUnreachable => c.icmp_unreachable += 1,
             EventKind::DnsQuery => c.dns_queries += 1,
+            // Never counted by the kernel (and never sent here: local endpoints are
+            // forgotten after each packet).
+            EventKind::SynDelivered => {}
             EventKind::DnsResponse => {
                 c.dns_responses += 1;
                 // RFC 1035 §4.1.1 / RFC 6895 §2.3 rcodes, as the kernel sorts them.
@@ -508,7 +511,10 @@ impl Model {
         let forward = craft::flow_key(protocol, src, dst);
         let reverse = craft::flow_key(protocol, dst, src);
         match kind {
-            EventKind::Syn | EventKind::DnsQuery | EventKind::IcmpUnreachable => forward,
+            EventKind::Syn
+            | EventKind::SynDelivered
+            | EventKind::DnsQuery
+            | EventKind::IcmpUnreachable => forward,
             EventKind::SynAck | EventKind::DnsResponse => reverse,
             EventKind::Rst => {
                 if self.flows.contains_key(&reverse) {
@@ -543,6 +549,7 @@ fn kind_name(kind: EventKind) -> &'static str {
         EventKind::IcmpUnreachable => "ICMP unreachable",
         EventKind::DnsQuery => "DNS query",
         EventKind::DnsResponse => "DNS response",
+        EventKind::SynDelivered => "SYN delivered",
     }
 }
 

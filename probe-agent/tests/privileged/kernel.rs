@@ -15,8 +15,8 @@ use probe_agent::{
     loader::{self, LoadOptions, ProbeMaps},
 };
 use probe_ebpf::{
-    EGRESS_PROGRAM, EMPTY_PROGRAM, EventKind, FlowCounters, FlowKey, INGRESS_PROGRAM, IPPROTO_TCP,
-    IPPROTO_UDP, LossCounter,
+    Direction, EGRESS_PROGRAM, EMPTY_PROGRAM, EventKind, FlowCounters, FlowKey, INGRESS_PROGRAM,
+    IPPROTO_TCP, IPPROTO_UDP, LOCAL_ENDPOINTS_MAP, LossCounter,
 };
 
 /// BPF_PROG_TEST_RUN runs programs on packets from the loopback device.
@@ -434,7 +434,11 @@ fn pod_to_pod_on_one_node_is_one_flow_with_one_set_of_counts() {
     k.leaving_pod(&syn_ack); // leaves the server's veth
     k.entering_pod(&syn_ack); // enters the client's veth
     let kinds: Vec<EventKind> = k.events().iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, [EventKind::Syn, EventKind::SynAck]);
+    // The SYN entering the server pod is reported as delivered, and not counted.
+    assert_eq!(
+        kinds,
+        [EventKind::Syn, EventKind::SynDelivered, EventKind::SynAck]
+    );
     assert!(counts(1, 1, 0, 0)(
         &k.counts(&tcp_key(client, server)).unwrap()
     ));
@@ -457,6 +461,101 @@ fn pod_to_pod_on_one_node_is_one_flow_with_one_set_of_counts() {
     assert!(counts(1, 1, 0, 0)(
         &k.counts(&tcp_key(remote, server)).unwrap()
     ));
+}
+
+/// A SYN between two pods of this node that reaches the server's veth is reported there
+/// (`SynDelivered`: the packet's own tuple, after the Service DNAT, and the server veth's
+/// ifindex) without being counted: the flow keeps exactly the counts of its client's veth.
+#[test]
+fn a_syn_reaching_the_server_pod_is_reported_not_counted() {
+    let mut k = Kernel::load();
+    let (client, service, pod) = (
+        addr("10.244.0.5:43000"),
+        addr("10.96.0.20:80"),
+        addr("10.244.0.9:8080"),
+    );
+    // Before the client is known as a pod of this node, a SYN entering the server pod
+    // is counted there, as one from off the node is.
+    let early = addr("10.244.0.5:42999");
+    k.entering_pod(&Frame::plain().tcp(early, pod, TcpFlags::SYN));
+    let kinds: Vec<EventKind> = k.events().iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::Syn]);
+    assert!(counts(1, 0, 0, 0)(&k.counts(&tcp_key(early, pod)).unwrap()));
+
+    // Through a Service: the client's veth sees the ClusterIP, the server's the pod. The
+    // client's veth learns the client from its first SYN.
+    let syn = Frame::plain().tcp(client, service, TcpFlags::SYN);
+    let delivered = Frame::plain().tcp(client, pod, TcpFlags::SYN);
+    for _ in 0..3 {
+        k.leaving_pod(&syn);
+        k.entering_pod(&delivered);
+    }
+    let events = k.events();
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::Syn, EventKind::SynDelivered].repeat(3));
+    for pair in events.chunks(2) {
+        assert_eq!(
+            pair[0].flow.to_string(),
+            "10.244.0.5:43000 -> 10.96.0.20:80 TCP"
+        );
+        assert_eq!(
+            pair[1].flow.to_string(),
+            "10.244.0.5:43000 -> 10.244.0.9:8080 TCP"
+        );
+        assert_eq!(pair[1].direction, Direction::ToPod);
+        assert_eq!(pair[1].ifindex, LOOPBACK_IFINDEX);
+    }
+    assert!(counts(3, 0, 0, 0)(
+        &k.counts(&tcp_key(client, service)).unwrap()
+    ));
+    assert!(k.counts(&tcp_key(client, pod)).is_none(), "never counted");
+    assert_eq!(k.flows(), 2);
+    assert_eq!(k.losses(LossCounter::Submitted), 1 + 6);
+
+    // Nothing else of the flow is reported at the server's veth: what else enters the
+    // server pod (a RST, data, a FIN) nor what leaves it (the SYN-ACK). The client's
+    // veth counts the SYN-ACK as ever.
+    for flags in [
+        TcpFlags::RST,
+        TcpFlags::ACK | TcpFlags::PSH,
+        TcpFlags::FIN | TcpFlags::ACK,
+    ] {
+        k.entering_pod(&Frame::plain().tcp(client, pod, flags));
+    }
+    k.leaving_pod(&Frame::plain().tcp(pod, client, TcpFlags::SYN | TcpFlags::ACK));
+    assert!(k.raw_events().is_empty());
+    k.entering_pod(&Frame::plain().tcp(service, client, TcpFlags::SYN | TcpFlags::ACK));
+    let kinds: Vec<EventKind> = k.events().iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::SynAck]);
+    assert!(counts(3, 1, 0, 0)(
+        &k.counts(&tcp_key(client, service)).unwrap()
+    ));
+    assert_eq!(k.flows(), 2);
+
+    // IPv6, with the client put in the local endpoints map by hand (as the client's
+    // veth would have on its first packet).
+    let (client6, pod6) = (
+        addr("[fd00:10:244::5]:43001"),
+        addr("[fd00:10:244::9]:8080"),
+    );
+    let key6 = tcp_key(client6, pod6);
+    let map = k
+        .ebpf
+        .map_mut(LOCAL_ENDPOINTS_MAP)
+        .expect("local endpoints");
+    let mut local: aya::maps::HashMap<_, [u8; 16], u32> =
+        aya::maps::HashMap::try_from(map).unwrap();
+    local.insert(key6.src_addr, 42, 0).unwrap();
+    k.entering_pod(&Frame::plain().tcp(client6, pod6, TcpFlags::SYN));
+    let events = k.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, EventKind::SynDelivered);
+    assert_eq!(
+        events[0].flow.to_string(),
+        "[fd00:10:244::5]:43001 -> [fd00:10:244::9]:8080 TCP"
+    );
+    assert!(k.counts(&key6).is_none());
+    assert_eq!(k.flows(), 2);
 }
 
 #[test]
