@@ -590,39 +590,55 @@ fn dns_verdicts() {
     );
     assert_eq!(timeout.dns.unwrap().rcode, None);
 
-    // The libc resolver with the pod's search path: every expansion of a wrong name fails.
+    // The libc resolver with the pod's search path: the expansions of a wrong name are
+    // no failures, the lookup is (on its last name, naming what was asked).
     let output = client
         .command("getent")
         .args(["hosts", "paymnt-service"])
         .output()
         .unwrap();
     assert!(!output.status.success(), "getent found a wrong name");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let expansions = loop {
-        let names: Vec<String> = agent
-            .verdicts(&format!("verdict=NXDOMAIN&src_ip={}", client.ipv4))
-            .into_iter()
-            .filter_map(|v| v.dns.map(|d| d.qname))
-            .collect();
-        if names
-            .iter()
-            .any(|n| n == "paymnt-service.production.svc.cluster.local.")
-            || Instant::now() > deadline
-        {
-            break names;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    for expected in [
+    let expanded = [
         "paymnt-service.production.svc.cluster.local.",
         "paymnt-service.svc.cluster.local.",
         "paymnt-service.cluster.local.",
-    ] {
+    ];
+    let qnames = |verdicts: &[Verdict], keep: &dyn Fn(&Verdict) -> bool| -> Vec<String> {
+        verdicts
+            .iter()
+            .filter(|v| keep(v))
+            .filter_map(|v| v.dns.as_ref().map(|d| d.qname.clone()))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (expansions, mut failed) = loop {
+        let verdicts = agent.verdicts(&format!("src_ip={}&protocol=udp", client.ipv4));
+        let expansions = qnames(&verdicts, &|v| v.cause == Some(Cause::SearchPathExpansion));
+        let failed = qnames(&verdicts, &|v| v.verdict == VerdictKind::Nxdomain);
+        let done = expanded.iter().all(|e| expansions.iter().any(|n| n == e))
+            && failed.iter().any(|n| n == "paymnt-service.");
+        if done || Instant::now() > deadline {
+            break (expansions, failed);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for expected in expanded {
         assert!(
             expansions.iter().any(|n| n == expected),
             "{expected} not in {expansions:?}"
         );
     }
+    // The single query of the name above was a lookup of its own, which failed.
+    failed.sort_unstable();
+    assert_eq!(
+        failed,
+        [
+            "paymnt-service.",
+            "paymnt-service.",
+            "paymnt-service.production.svc.cluster.local."
+        ],
+        "AAAA then A: two lookups of paymnt-service failed"
+    );
     // The DNS server's own veth never adds a second copy of any flow.
     assert!(
         agent
