@@ -4,7 +4,7 @@
 use std::{
     fs::File,
     io::{ErrorKind, Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -12,6 +12,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -33,6 +34,23 @@ const SYN_TIMEOUT: Duration = Duration::from_secs(3);
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 const PAYMENT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const ORDERS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+const INVENTORY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
+const LEDGER_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
+const LEGACY_DNS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 53);
+/// payment's port whose server closes each connection without reading it (reset).
+const RESET_PORT: u16 = 8081;
+/// payment's port that the node's firewall rejects (ICMP port unreachable).
+const REJECTED_PORT: u16 = 9100;
+/// A name the SERVFAIL server is asked for.
+const CORP_NAME: &str = "ledger.corp.example";
+/// A name outside the cluster (the lab's DNS server knows it): a pod finds it after its
+/// three search domains answered NXDOMAIN.
+const EXTERNAL_NAME: &str = "api.example.com";
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// How long nothing happens before the node-wide outage, so that the agent, which weighs
+/// the pod pairs of the last 10 s, does not mix it up with the incidents before it: their
+/// pairs must have left that window when the outage's SYNs time out (3 s after sending).
+const OUTAGE_QUIET: Duration = Duration::from_secs(8);
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -110,11 +128,12 @@ pub fn run_then(args: DemoArgs, then: Option<AfterIncidents<'_>>) -> Result<()> 
     // Declared before the agent, so dropped after it: the agent stops before its node goes.
     let mut node = Node::new(PREFIX)?;
     let cluster = Cluster::create(&mut node)?;
-    // The Kubernetes API the agent names flows from: a stand-in serving the demo's pods,
-    // Services and EndpointSlices.
+    // The Kubernetes API the agent names flows from and diagnoses them with: a stand-in
+    // serving the demo's Namespaces, Pods, Services, EndpointSlices and NetworkPolicies.
     let kube_api = KubeStandIn::start_in_netns(Some(node.netns()))?;
-    for object in objects::objects(&node, PAYMENT_VIP, ORDERS_VIP) {
-        kube_api.apply(object)?;
+    let kube_objects = objects::objects(&node);
+    for object in &kube_objects {
+        kube_api.apply(object.clone())?;
     }
     let kubeconfig = util::workspace_root()
         .join("target")
@@ -128,6 +147,7 @@ pub fn run_then(args: DemoArgs, then: Option<AfterIncidents<'_>>) -> Result<()> 
         Some(bin) => {
             let mut agent = Agent::start(bin, &node, args.listen, &kubeconfig)?;
             agent.wait_ready(&interrupted)?;
+            agent.wait_synced(&kube_objects, &interrupted)?;
             Some(agent)
         }
         None => None,
@@ -141,7 +161,9 @@ pub fn run_then(args: DemoArgs, then: Option<AfterIncidents<'_>>) -> Result<()> 
     };
 
     println!("\n== Playing the incidents (what the pods' users see)\n");
-    let outcomes = cluster.play(&node, &mut || alive(&mut agent))?;
+    let played = Instant::now();
+    let with_agent = agent.is_some();
+    let outcomes = cluster.play(&node, with_agent, &mut || alive(&mut agent))?;
     let lab_ok = outcomes.iter().all(|o| o.as_expected);
 
     let Some(mut agent) = agent else {
@@ -151,12 +173,13 @@ pub fn run_then(args: DemoArgs, then: Option<AfterIncidents<'_>>) -> Result<()> 
         return Ok(());
     };
 
-    let wait = DNS_TIMEOUT.max(SYN_TIMEOUT) + Duration::from_secs(1);
+    // Every incident waited for its client to give up, past the agent's SYN and DNS
+    // timeouts: what is left is the agent's sweep (every 100 ms) and its node evaluation.
+    let wait = Duration::from_secs(1);
     println!(
-        "\nWaiting {} s for the agent's SYN ({} s) and DNS ({} s) timeouts to expire...",
+        "\nThe incidents took {:.0} s; waiting {} s for the agent's last verdicts...",
+        played.elapsed().as_secs_f64(),
         wait.as_secs(),
-        SYN_TIMEOUT.as_secs(),
-        DNS_TIMEOUT.as_secs()
     );
     let until = Instant::now() + wait;
     while Instant::now() < until {
@@ -179,7 +202,7 @@ pub fn run_then(args: DemoArgs, then: Option<AfterIncidents<'_>>) -> Result<()> 
         ensure!(lab_ok, "the lab did not behave as expected (see above)");
         ensure!(
             missing.is_empty(),
-            "the agent gave no verdict for: {}",
+            "the agent gave no verdict or the wrong cause for: {}",
             missing.join("; ")
         );
         if let Some(then) = then {
@@ -218,6 +241,8 @@ fn print_examples(agent: &Agent, cluster: &Cluster) {
     println!(
         "\n== The API stays up: try\n\n  \
          curl -s 'localhost:{port}/v1/verdicts?verdict=TIMEOUT'{pretty}\n  \
+         curl -s 'localhost:{port}/v1/verdicts?cause=network_policy,no_ready_endpoints'{pretty}\n  \
+         curl -s 'localhost:{port}/v1/verdicts?cause=node_datapath'{pretty}   # the rows the node verdict folds\n  \
          curl -N 'localhost:{port}/v1/flows?follow=true'\n  \
          curl -s localhost:{port}/metrics | grep netprobe_\n  \
          {bin} observe --server {url} --follow\n\n\
@@ -236,15 +261,152 @@ struct Cluster {
     db: Pod,
     checkout: Pod,
     batch: Pod,
+    cache: Pod,
+    worker: Pod,
     // Kept alive for the demo's lifetime (they stop when dropped).
     _dns: DnsServer,
     _servers: Vec<Listener>,
+    _stubs: Vec<Stub>,
 }
 
 /// What a client saw in one incident, and whether that is what the incident should cause.
 struct Outcome {
     as_expected: bool,
 }
+
+/// The incidents' outcomes, printed as they come.
+#[derive(Default)]
+struct Plays {
+    outcomes: Vec<Outcome>,
+}
+
+impl Plays {
+    fn report(&mut self, title: &str, expect: &str, saw: String, as_expected: bool) {
+        let mark = if as_expected { "ok " } else { "BAD" };
+        println!("  [{mark}] {title}\n        saw: {saw}\n        netprobe should say: {expect}");
+        self.outcomes.push(Outcome { as_expected });
+    }
+}
+
+/// A child process killed (and reaped) when dropped, however the incident ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A misbehaving server inside a pod, on a thread of its own until dropped.
+struct Stub {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Stub {
+    fn spawn(name: String, serve: impl FnOnce(&AtomicBool) + Send + 'static) -> Result<Stub> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || serve(&stop))?
+        };
+        Ok(Stub {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Accepts on `port` of `pod` and closes each connection once its request arrived,
+    /// without reading it: the kernel answers with a RST ("Connection reset by peer").
+    fn reset_tcp(pod: &Pod, port: u16) -> Result<Stub> {
+        let socket = pod
+            .in_netns(move || TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)))
+            .with_context(|| format!("listening on port {port} in pod {}", pod.name))?;
+        // Polled so that drop can stop it without a wake-up connection.
+        socket.set_nonblocking(true)?;
+        Stub::spawn(format!("reset :{port}"), move |stop| {
+            while !stop.load(Ordering::Relaxed) {
+                match socket.accept() {
+                    Ok((conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                        let _ = conn.peek(&mut [0; 1]);
+                        drop(conn);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        })
+    }
+
+    /// A DNS server on port 53 of `pod` answering SERVFAIL to every query, as one whose
+    /// upstream is gone does.
+    fn servfail_dns(pod: &Pod) -> Result<Stub> {
+        let socket = pod
+            .in_netns(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 53)))
+            .with_context(|| format!("listening on udp/53 in pod {}", pod.name))?;
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        Stub::spawn("servfail :53".into(), move |stop| {
+            let mut buf = [0; 1500];
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Some(reply) = servfail(&buf[..n]) {
+                    let _ = socket.send_to(&reply, from);
+                }
+            }
+        })
+    }
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The SERVFAIL response to a DNS query: its header (answer, authority and additional
+/// sections empty) and question; `None` for what is not a query.
+fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    if query.len() < 12 || query[2] & 0x80 != 0 {
+        return None;
+    }
+    // The question's name: labels up to the root, then type and class.
+    let mut end = 12;
+    loop {
+        let len = usize::from(*query.get(end)?);
+        end += 1;
+        if len == 0 {
+            break;
+        }
+        if len & 0xc0 != 0 {
+            return None;
+        }
+        end += len;
+    }
+    end += 4;
+    let mut reply = query.get(..end)?.to_vec();
+    // QR, the query's opcode and RD; RA, rcode 2 (SERVFAIL); one question, nothing else.
+    reply[2] = 0x80 | (query[2] & 0x79);
+    reply[3] = 0x80 | 2;
+    reply[4..6].copy_from_slice(&[0, 1]);
+    reply[6..12].fill(0);
+    Some(reply)
+}
+
+/// The node-wide outage: every forwarded TCP packet dropped, in a table of its own so
+/// that removing it leaves the incidents' rules alone.
+const DATAPATH_TABLE: &str = "netprobe_demo_datapath";
 
 impl Cluster {
     fn create(node: &mut Node) -> Result<Cluster> {
@@ -253,6 +415,9 @@ impl Cluster {
         let db = node.add_pod("db", "production", 4)?;
         let checkout = node.add_pod("checkout", "production", 5)?;
         let batch = node.add_pod("batch", "jobs", 6)?;
+        let cache = node.add_pod("cache", "production", 7)?;
+        let worker = node.add_pod("worker", "production", 8)?;
+        let legacy_dns = node.add_pod("legacy-dns", "infra", 9)?;
 
         let dns = lab::start_dns(
             &kube_dns,
@@ -265,12 +430,23 @@ impl Cluster {
                     "payment-service.production.svc.cluster.local",
                     IpAddr::V4(PAYMENT_VIP),
                 ),
-                // A Service with no endpoints: it resolves, but nothing answers behind it.
+                // A Service with no ready endpoints: it resolves, but nothing answers behind it.
                 (
                     "orders.production.svc.cluster.local",
                     IpAddr::V4(ORDERS_VIP),
                 ),
+                (
+                    "inventory.production.svc.cluster.local",
+                    IpAddr::V4(INVENTORY_VIP),
+                ),
                 ("postgres.production.svc.cluster.local", IpAddr::V4(db.ipv4)),
+                ("redis.production.svc.cluster.local", IpAddr::V4(cache.ipv4)),
+                (
+                    "ledger.production.svc.cluster.local",
+                    IpAddr::V4(LEDGER_VIP),
+                ),
+                // A name outside the cluster: found only after the search path.
+                (EXTERNAL_NAME, IpAddr::V4(EXTERNAL_IP)),
             ],
         )?;
         // kube-dns' ClusterIP, DNAT'ed to the DNS pod like kube-proxy does.
@@ -282,13 +458,44 @@ impl Cluster {
                 SocketAddr::new(IpAddr::V4(kube_dns.ipv4), 53),
             )?;
         }
-        let servers = vec![payment.listen_tcp(8080)?, db.listen_tcp(5432)?];
+        let servers = vec![
+            payment.listen_tcp(8080)?,
+            db.listen_tcp(5432)?,
+            cache.listen_tcp(6379)?,
+            worker.listen_tcp(7000)?,
+        ];
+        let stubs = vec![
+            Stub::reset_tcp(&payment, RESET_PORT)?,
+            Stub::servfail_dns(&legacy_dns)?,
+        ];
+        node.add_service(
+            Proto::Udp,
+            IpAddr::V4(LEGACY_DNS_VIP),
+            53,
+            SocketAddr::new(IpAddr::V4(legacy_dns.ipv4), 53),
+        )?;
+        // ledger's pod is on another node: from here, the uplink (which discards all).
+        node.add_service(
+            Proto::Tcp,
+            IpAddr::V4(LEDGER_VIP),
+            80,
+            SocketAddr::new(IpAddr::V4(objects::LEDGER_POD_IP), 8080),
+        )?;
         node.add_service(
             Proto::Tcp,
             IpAddr::V4(PAYMENT_VIP),
             80,
             SocketAddr::new(IpAddr::V4(payment.ipv4), 8080),
         )?;
+        // inventory's targetPort is 9091, where payment does not listen.
+        node.add_service(
+            Proto::Tcp,
+            IpAddr::V4(INVENTORY_VIP),
+            80,
+            SocketAddr::new(IpAddr::V4(payment.ipv4), 9091),
+        )?;
+        // orders has no ready endpoint: kube-proxy rejects its SYNs.
+        node.reject_service(Proto::Tcp, IpAddr::V4(ORDERS_VIP), 80)?;
 
         println!(
             "\n== Demo node: namespace {} (agent attaches to veth* there)\n",
@@ -305,246 +512,798 @@ impl Cluster {
         }
         println!(
             "\n  Services: kube-dns {dns}:53 -> kube-dns pod, payment-service {PAYMENT_VIP}:80 -> payment:8080,\n            \
-             orders {ORDERS_VIP}:80 (no endpoints), postgres -> db pod :5432",
-            dns = lab::DEFAULT_DNS
+             orders {ORDERS_VIP}:80 (its one pod {orders} not ready: rejected),\n            \
+             inventory {INVENTORY_VIP}:80 -> payment:9091 (targetPort 9091), postgres -> db :5432, redis -> cache :6379,\n            \
+             ledger {LEDGER_VIP}:80 -> {ledger} {ledger_ip}:8080 on node {other} (not simulated: discarded),\n            \
+             infra/legacy-dns {LEGACY_DNS_VIP}:53 -> legacy-dns pod (answers SERVFAIL)\n  \
+             NetworkPolicies: production/db-allow-api (db admits app=api on 5432), jobs/default-deny-egress",
+            dns = lab::DEFAULT_DNS,
+            orders = objects::ORDERS_POD,
+            ledger = objects::LEDGER_POD,
+            ledger_ip = objects::LEDGER_POD_IP,
+            other = objects::OTHER_NODE,
         );
         Ok(Cluster {
             payment,
             db,
             checkout,
             batch,
+            cache,
+            worker,
             _dns: dns,
             _servers: servers,
+            _stubs: stubs,
         })
     }
 
+    /// The node-wide outage's connections: (client, server, port), fresh pod pairs that
+    /// no other incident uses.
+    fn outage_pairs(&self) -> [(&Pod, &Pod, u16); 5] {
+        [
+            (&self.checkout, &self.payment, 8080),
+            (&self.worker, &self.payment, 8080),
+            (&self.worker, &self.cache, 6379),
+            (&self.db, &self.payment, 8080),
+            (&self.db, &self.cache, 6379),
+        ]
+    }
+
     /// Plays every incident; `alive` is called between them (agent still up, no Ctrl-C).
-    fn play(&self, node: &Node, alive: &mut dyn FnMut() -> Result<()>) -> Result<Vec<Outcome>> {
-        let mut outcomes = Vec::new();
-        let mut report = |title: &str, expect: &str, saw: String, as_expected: bool| {
-            let mark = if as_expected { "ok " } else { "BAD" };
-            println!(
-                "  [{mark}] {title}\n        saw: {saw}\n        netprobe should say: {expect}"
-            );
-            outcomes.push(Outcome { as_expected });
-        };
+    /// `with_agent`: wait before the node-wide outage so that the agent does not mix it up
+    /// with the incidents before it (it compares the pod pairs of the last 10 s).
+    fn play(
+        &self,
+        node: &Node,
+        with_agent: bool,
+        alive: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Vec<Outcome>> {
+        let mut plays = Plays::default();
         let (checkout, batch) = (&self.checkout, &self.batch);
-        let to = |ip: IpAddr, port: u16| SocketAddr::new(ip, port);
+        let to = |pod: &Pod, port: u16| SocketAddr::new(IpAddr::V4(pod.ipv4), port);
+        let hang = SYN_TIMEOUT + Duration::from_secs(1);
+        let timed_out =
+            |r: &std::io::Result<()>| matches!(r, Err(e) if e.kind() == ErrorKind::TimedOut);
 
-        // Healthy. The short name, as an application in namespace "production" would use:
-        // the first search domain answers, so the lookup is one query per address family.
+        // The incidents that hang are played at once, in the background, while the quick
+        // ones run: the demo waits for the timeouts once.
         alive()?;
-        let (ok, out) = output(&mut curl(checkout, "http://payment-service/"));
-        report(
-            "healthy: checkout$ curl http://payment-service/",
-            "DNS OK (payment-service.production.svc.cluster.local) + TCP OK to 10.96.0.20:80",
-            out.clone(),
-            ok && out == "HTTP 200",
+        println!(
+            "  (in the background, at once: checkout -> db, cache, worker and ledger; the lookups of batch and worker)\n"
         );
-
-        alive()?;
-        let url = format!("http://[{}]:8080/", self.payment.ipv6);
-        let (ok, out) = output(&mut curl(checkout, &url));
-        report(
-            &format!("healthy over IPv6: checkout$ curl {url}"),
-            "TCP OK (IPv6)",
-            out.clone(),
-            ok && out == "HTTP 200",
-        );
-
-        // NetworkPolicy default-deny between checkout and the database.
-        alive()?;
+        // NetworkPolicy production/db-allow-api, enforced by the node: checkout may not
+        // reach the database.
         node.drop_traffic(
             Proto::Tcp,
             Some(IpAddr::V4(checkout.ipv4)),
             Some(IpAddr::V4(self.db.ipv4)),
             Some(5432),
         )?;
-        let r = checkout.connect_tcp(
-            to(IpAddr::V4(self.db.ipv4), 5432),
-            SYN_TIMEOUT + Duration::from_secs(1),
+        // A node firewall rule between checkout and cache, no policy at all.
+        node.drop_traffic(
+            Proto::Tcp,
+            Some(IpAddr::V4(checkout.ipv4)),
+            Some(IpAddr::V4(self.cache.ipv4)),
+            Some(6379),
+        )?;
+        // worker's own firewall drops what reaches its port: its server never sees a SYN.
+        drop_in_pod(&self.worker, 7000)?;
+        // jobs/default-deny-egress, enforced by the node: batch's DNS queries are dropped.
+        node.drop_traffic(Proto::Udp, Some(IpAddr::V4(batch.ipv4)), None, Some(53))?;
+        // A node firewall rule, no policy: worker's DNS queries are dropped too.
+        node.drop_traffic(
+            Proto::Udp,
+            Some(IpAddr::V4(self.worker.ipv4)),
+            None,
+            Some(53),
+        )?;
+        std::thread::scope(|scope| -> Result<()> {
+            let policy = scope.spawn(|| checkout.connect_tcp(to(&self.db, 5432), hang));
+            let between = scope.spawn(|| checkout.connect_tcp(to(&self.cache, 6379), hang));
+            let silent = scope.spawn(|| checkout.connect_tcp(to(&self.worker, 7000), hang));
+            let remote = scope
+                .spawn(|| checkout.connect_tcp(SocketAddr::new(IpAddr::V4(LEDGER_VIP), 80), hang));
+            // The libc resolver would retry for more than a minute; stop it after its
+            // first tries.
+            let give_up = DNS_TIMEOUT + Duration::from_secs(1);
+            let lookup = |pod: &Pod, name: &str| -> Result<KillOnDrop> {
+                let child = pod
+                    .command("getent")
+                    .args(["hosts", name])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .with_context(|| format!("running getent in pod {}", pod.name))?;
+                Ok(KillOnDrop(child))
+            };
+            let mut lookups = [
+                lookup(batch, "payment-service")?,
+                lookup(&self.worker, "ledger")?,
+            ];
+            let started = Instant::now();
+
+            self.play_quick(node, &mut plays, alive)?;
+
+            let mut ended = [None, None];
+            while started.elapsed() <= give_up && ended.iter().any(Option::is_none) {
+                for (lookup, ended) in lookups.iter_mut().zip(ended.iter_mut()) {
+                    if ended.is_none() {
+                        *ended = lookup.0.try_wait()?;
+                    }
+                }
+                alive()?;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            drop(lookups);
+            let hung = |status: Option<std::process::ExitStatus>| match status {
+                None => format!("no answer after {} s (gave up)", give_up.as_secs()),
+                Some(s) => format!("getent ended early ({s})"),
+            };
+            let joined = |handle: std::thread::ScopedJoinHandle<'_, std::io::Result<()>>| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the client thread panicked")))
+            };
+            let r = joined(policy);
+            plays.report(
+                &format!(
+                    "policy drop: checkout connects to db {}:5432 (NetworkPolicy production/db-allow-api; nft drop in the node)",
+                    self.db.ipv4
+                ),
+                "TIMEOUT [network_policy] naming production/db-allow-api",
+                describe(&r),
+                timed_out(&r),
+            );
+            let r = joined(between);
+            plays.report(
+                &format!(
+                    "dropped between: checkout connects to cache {}:6379 (nft drop in the node, no policy)",
+                    self.cache.ipv4
+                ),
+                "TIMEOUT [dropped_between] (both pods on this node)",
+                describe(&r),
+                timed_out(&r),
+            );
+            let r = joined(silent);
+            plays.report(
+                &format!(
+                    "server silent: checkout connects to worker {}:7000 (worker's own nft drops port 7000)",
+                    self.worker.ipv4
+                ),
+                "TIMEOUT [server_silent] (the SYN reached worker's veth)",
+                describe(&r),
+                timed_out(&r),
+            );
+            let r = joined(remote);
+            plays.report(
+                &format!(
+                    "no answer: checkout connects to ledger {LEDGER_VIP}:80 (its pod is on node {})",
+                    objects::OTHER_NODE
+                ),
+                "TIMEOUT [no_answer] (only the client's side is on this node)",
+                describe(&r),
+                timed_out(&r),
+            );
+            plays.report(
+                "DNS blocked by policy: batch$ getent hosts payment-service (jobs/default-deny-egress; nft drops udp/53 from batch)",
+                "DNS_TIMEOUT [network_policy] naming jobs/default-deny-egress",
+                hung(ended[0]),
+                ended[0].is_none(),
+            );
+            plays.report(
+                "DNS not answered: worker$ getent hosts ledger (nft drops udp/53 from worker, no policy)",
+                "DNS_TIMEOUT [dns_no_answer]",
+                hung(ended[1]),
+                ended[1].is_none(),
+            );
+            Ok(())
+        })?;
+
+        // Healthy. The short name, as an application in namespace "production" would use:
+        // the first search domain answers, so the lookup is one query per address family.
+        alive()?;
+        let (ok, out) = output(&mut curl(checkout, "http://payment-service/"));
+        plays.report(
+            "healthy: checkout$ curl http://payment-service/",
+            "DNS OK (payment-service.production.svc.cluster.local) + TCP OK to 10.96.0.20:80, no cause",
+            out.clone(),
+            ok && out == "HTTP 200",
         );
-        report(
+        alive()?;
+        let url = format!("http://[{}]:8080/", self.payment.ipv6);
+        let (ok, out) = output(&mut curl(checkout, &url));
+        plays.report(
+            &format!("healthy over IPv6: checkout$ curl {url}"),
+            "TCP OK (IPv6), no cause",
+            out.clone(),
+            ok && out == "HTTP 200",
+        );
+
+        if with_agent {
+            // The agent weighs the pod pairs of the last 10 s: the pairs above must have
+            // aged out by the time the outage's SYNs time out (3 s after they are sent).
+            let quiet = OUTAGE_QUIET;
+            println!(
+                "\n  (waiting {} s: the node-wide outage comes after the pairs above have left the agent's 10 s window)\n",
+                quiet.as_secs()
+            );
+            let until = Instant::now() + quiet;
+            while Instant::now() < until {
+                alive()?;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+
+        // The node's datapath down: every forwarded TCP packet dropped while fresh pod
+        // pairs connect, from several clients to several servers.
+        alive()?;
+        node.nft(&format!(
+            "add table inet {DATAPATH_TABLE}\n\
+             add chain inet {DATAPATH_TABLE} forward {{ type filter hook forward priority -10; policy accept; }}\n\
+             add rule inet {DATAPATH_TABLE} forward meta l4proto tcp drop\n"
+        ))?;
+        let pairs = self.outage_pairs();
+        let results: Vec<std::io::Result<()>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = pairs
+                .iter()
+                .map(|(client, server, port)| {
+                    scope.spawn(move || client.connect_tcp(to(server, *port), hang))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(std::io::Error::other("the client thread panicked"))
+                    })
+                })
+                .collect()
+        });
+        // Back up, so that the API stays explorable.
+        node.nft(&format!(
+            "add table inet {DATAPATH_TABLE}\ndelete table inet {DATAPATH_TABLE}\n"
+        ))?;
+        let failed = results.iter().filter(|r| timed_out(r)).count();
+        let names: Vec<String> = pairs
+            .iter()
+            .map(|(c, s, port)| format!("{} -> {}:{port}", c.name, s.name))
+            .collect();
+        plays.report(
             &format!(
-                "policy drop: checkout connects to db {}:5432 (nft drop in the node)",
-                self.db.ipv4
+                "node datapath down: nft drops all forwarded TCP while {} connect at once",
+                names.join(", ")
             ),
-            "TIMEOUT (SYNs, no answer)",
-            describe(&r),
-            matches!(&r, Err(e) if e.kind() == ErrorKind::TimedOut),
+            "one node-level TIMEOUT [node_datapath]; the flows folded under it",
+            format!("{failed} of {} connections timed out", pairs.len()),
+            failed == pairs.len(),
         );
+        Ok(plays.outcomes)
+    }
+
+    /// The incidents that end at once: refused, rejected, not found, found late.
+    fn play_quick(
+        &self,
+        node: &Node,
+        plays: &mut Plays,
+        alive: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let checkout = &self.checkout;
+        let refused = |r: &std::io::Result<()>| matches!(r, Err(e) if e.kind() == ErrorKind::ConnectionRefused);
 
         alive()?;
         let r = checkout.connect_tcp(
-            to(IpAddr::V4(self.payment.ipv4), 9090),
+            SocketAddr::new(IpAddr::V4(self.payment.ipv4), 9090),
             Duration::from_secs(3),
         );
-        report(
+        plays.report(
             &format!(
                 "nothing listens: checkout connects to payment {}:9090",
                 self.payment.ipv4
             ),
-            "REFUSED (SYN answered by RST)",
+            "REFUSED [nothing_listening] naming the pod and the ports it declares",
             describe(&r),
-            matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionRefused),
+            refused(&r),
         );
 
         alive()?;
-        node.reject_service(Proto::Tcp, IpAddr::V4(ORDERS_VIP), 80)?;
-        let r = checkout.connect_tcp(to(IpAddr::V4(ORDERS_VIP), 80), Duration::from_secs(3));
-        report(
+        let r = checkout.connect_tcp(
+            SocketAddr::new(IpAddr::V4(ORDERS_VIP), 80),
+            Duration::from_secs(3),
+        );
+        plays.report(
             &format!("Service without endpoints: checkout connects to orders {ORDERS_VIP}:80"),
-            "UNREACHABLE (ICMP port unreachable from kube-proxy's reject)",
+            "UNREACHABLE [no_ready_endpoints] (ICMP port unreachable from kube-proxy's reject)",
             describe(&r),
-            matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionRefused),
+            refused(&r),
+        );
+
+        alive()?;
+        let r = checkout.connect_tcp(
+            SocketAddr::new(IpAddr::V4(INVENTORY_VIP), 80),
+            Duration::from_secs(3),
+        );
+        plays.report(
+            &format!(
+                "port mismatch: checkout connects to inventory {INVENTORY_VIP}:80 (targetPort 9091, payment listens on 8080)"
+            ),
+            "REFUSED [target_port_mismatch]",
+            describe(&r),
+            refused(&r),
+        );
+
+        // The node's firewall rejects payment's metrics port.
+        alive()?;
+        node.reject_service(Proto::Tcp, IpAddr::V4(self.payment.ipv4), REJECTED_PORT)?;
+        let r = checkout.connect_tcp(
+            SocketAddr::new(IpAddr::V4(self.payment.ipv4), REJECTED_PORT),
+            Duration::from_secs(3),
+        );
+        plays.report(
+            &format!(
+                "firewall reject: checkout connects to payment {}:{REJECTED_PORT} (the node rejects it, ICMP port unreachable)",
+                self.payment.ipv4
+            ),
+            "UNREACHABLE [destination_unreachable] naming the pod",
+            describe(&r),
+            refused(&r),
+        );
+
+        alive()?;
+        let url = format!("http://{}:{RESET_PORT}/", self.payment.ipv4);
+        let (ok, out) = output(&mut curl(checkout, &url));
+        plays.report(
+            &format!(
+                "connection reset: checkout$ curl {url} (payment's server there closes the connection without reading it)"
+            ),
+            "RESET [connection_reset]",
+            out.clone(),
+            !ok && out.contains("reset"),
+        );
+
+        alive()?;
+        let (ok, out) = output(checkout.command("dig").args([
+            "+tries=1",
+            "+time=3",
+            &format!("@{LEGACY_DNS_VIP}"),
+            CORP_NAME,
+        ]));
+        let status = out
+            .lines()
+            .find_map(|line| line.split("status: ").nth(1))
+            .map(|rest| rest.split(',').next().unwrap_or(rest).to_owned());
+        plays.report(
+            &format!(
+                "DNS server failing: checkout$ dig @{LEGACY_DNS_VIP} {CORP_NAME} (infra/legacy-dns answers SERVFAIL)"
+            ),
+            "SERVFAIL [dns_server_error]",
+            match &status {
+                Some(status) => format!("status: {status}"),
+                None => out.clone(),
+            },
+            ok && status.as_deref() == Some("SERVFAIL"),
         );
 
         alive()?;
         let (ok, out) = output(checkout.command("getent").args(["hosts", "paymnt-service"]));
-        report(
+        plays.report(
             "wrong Service name: checkout$ getent hosts paymnt-service",
-            "NXDOMAIN (for each search domain)",
+            "NXDOMAIN [name_not_found] ... did you mean payment-service?; the search path's names OK [search_path_expansion]",
             if ok { out.clone() } else { "not found".into() },
             !ok,
         );
 
-        // CoreDNS unreachable from the batch pod: lookups hang. The libc resolver would
-        // retry for more than a minute over the search list; stop it after the first tries.
         alive()?;
-        node.drop_traffic(Proto::Udp, Some(IpAddr::V4(batch.ipv4)), None, Some(53))?;
-        let give_up = DNS_TIMEOUT + Duration::from_secs(1);
-        let mut getent = batch
-            .command("getent")
-            .args(["hosts", "payment-service"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let started = Instant::now();
-        let status = loop {
-            if let Some(s) = getent.try_wait()? {
-                break Some(s);
-            }
-            if started.elapsed() > give_up {
-                let _ = getent.kill();
-                let _ = getent.wait();
-                break None;
-            }
-            alive()?;
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        report(
-            "DNS blocked: batch$ getent hosts payment-service (nft drops udp/53 from batch)",
-            "DNS_TIMEOUT (queries, no response)",
-            match status {
-                None => format!("no answer after {} s (gave up)", give_up.as_secs()),
-                Some(s) => format!("getent ended early ({s})"),
-            },
-            status.is_none(),
+        let (ok, out) = output(checkout.command("getent").args(["hosts", EXTERNAL_NAME]));
+        plays.report(
+            &format!(
+                "search path: checkout$ getent hosts {EXTERNAL_NAME} (found after 3 search domains)"
+            ),
+            "OK; the search path's names OK [search_path_expansion], no failure",
+            out.split_whitespace().collect::<Vec<_>>().join(" "),
+            ok && out.starts_with(&EXTERNAL_IP.to_string()),
         );
-        Ok(outcomes)
+        Ok(())
     }
 
-    /// Looks for each incident's verdict in `/v1/verdicts`; prints the result and returns
-    /// the incidents with no matching verdict.
+    /// Looks for each incident's verdict and cause in `/v1/verdicts`; prints the result
+    /// and returns what is missing or wrong.
     fn check_verdicts(&self, agent: &Agent) -> Result<Vec<String>> {
-        let (status, body) = http_get(agent.listen, "/v1/verdicts?limit=10000")?;
-        ensure!(status == 200, "GET /v1/verdicts: HTTP {status}: {body}");
-        let json: Value = serde_json::from_str(&body).context("GET /v1/verdicts: not JSON")?;
-        let verdicts = json["verdicts"]
-            .as_array()
-            .context("GET /v1/verdicts: no \"verdicts\" array")?;
-        let (c4, c6) = (
-            IpAddr::V4(self.checkout.ipv4),
-            IpAddr::V6(self.checkout.ipv6),
-        );
-        let payment = IpAddr::V4(self.payment.ipv4);
-        let expectations: Vec<(&str, String, Matcher)> = vec![
-            (
-                "OK",
-                "checkout resolves payment-service".into(),
-                Box::new(move |f: &Flow| {
-                    f.src == Some(c4) && f.qname_starts("payment-service.production.")
-                }),
-            ),
-            (
-                "OK",
-                "checkout -> payment-service".into(),
-                Box::new(move |f: &Flow| {
-                    f.src == Some(c4) && (f.to(IpAddr::V4(PAYMENT_VIP), 80) || f.to(payment, 8080))
-                }),
-            ),
-            ("OK", "checkout -> payment over IPv6".into(), {
+        let get = |query: &str| -> Result<Value> {
+            let path = format!("/v1/verdicts?limit=10000{query}");
+            let (status, body) = http_get(agent.listen, &path)?;
+            ensure!(status == 200, "GET {path}: HTTP {status}: {body}");
+            serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON"))
+        };
+        let flows_of = |json: &Value| -> Result<Vec<Flow>> {
+            Ok(json["verdicts"]
+                .as_array()
+                .context("GET /v1/verdicts: no \"verdicts\" array")?
+                .iter()
+                .map(Flow::from_json)
+                .collect())
+        };
+        // Every flow, the ones folded under a node-level verdict included.
+        let expanded = get("&expand=true")?;
+        let flows = flows_of(&expanded)?;
+        let listed = get("")?;
+        let node_verdicts = listed["node"].as_array().cloned().unwrap_or_default();
+
+        let c4 = IpAddr::V4(self.checkout.ipv4);
+        let c6 = IpAddr::V6(self.checkout.ipv6);
+        let v4 = |pod: &Pod| IpAddr::V4(pod.ipv4);
+        let from = |pod: &Pod| IpAddr::V4(pod.ipv4);
+        let payment_name = objects::pod_name("payment");
+        let mut expectations: Vec<Expect> = vec![
+            Expect::new("OK", None, "checkout resolves payment-service", {
+                Box::new(move |f: &Flow| f.src == Some(c4) && f.qname_is("payment-service.production.svc.cluster.local."))
+            }),
+            Expect::new("OK", None, "checkout -> payment-service:80", {
+                Box::new(move |f: &Flow| f.src == Some(c4) && f.to(IpAddr::V4(PAYMENT_VIP), 80))
+            }),
+            Expect::new("OK", None, "checkout -> payment over IPv6", {
                 let p6 = IpAddr::V6(self.payment.ipv6);
                 Box::new(move |f: &Flow| f.src == Some(c6) && f.to(p6, 8080))
             }),
-            ("TIMEOUT", "checkout -> db:5432".into(), {
-                let db = IpAddr::V4(self.db.ipv4);
-                Box::new(move |f: &Flow| f.src == Some(c4) && f.to(db, 5432))
-            }),
-            (
+            Expect::new(
+                "TIMEOUT",
+                Some("network_policy"),
+                "checkout -> db:5432",
+                {
+                    let db = v4(&self.db);
+                    Box::new(move |f: &Flow| f.src == Some(c4) && f.to(db, 5432))
+                },
+            )
+            .reason_has("NetworkPolicy production/db-allow-api"),
+            Expect::new(
                 "REFUSED",
-                "checkout -> payment:9090".into(),
-                Box::new(move |f: &Flow| f.src == Some(c4) && f.to(payment, 9090)),
-            ),
-            (
+                Some("nothing_listening"),
+                "checkout -> payment:9090",
+                {
+                    let p = v4(&self.payment);
+                    Box::new(move |f: &Flow| f.src == Some(c4) && f.to(p, 9090))
+                },
+            )
+            .reason_has(&format!("nothing listens on port 9090 of pod production/{payment_name}"))
+            .reason_has("8080/TCP (http)"),
+            Expect::new(
                 "UNREACHABLE",
-                "checkout -> orders:80".into(),
+                Some("no_ready_endpoints"),
+                "checkout -> orders:80",
                 Box::new(move |f: &Flow| f.src == Some(c4) && f.to(IpAddr::V4(ORDERS_VIP), 80)),
-            ),
-            (
+            )
+            .reason_has(&format!(
+                "Service production/orders has no ready endpoints: its selector app=orders matches 1 pod, 1 not ready ({})",
+                objects::ORDERS_POD
+            )),
+            Expect::new(
+                "REFUSED",
+                Some("target_port_mismatch"),
+                "checkout -> inventory:80",
+                Box::new(move |f: &Flow| f.src == Some(c4) && f.to(IpAddr::V4(INVENTORY_VIP), 80)),
+            )
+            .reason_has(&format!(
+                "Service production/inventory port 80 sends to targetPort 9091, but pod {payment_name} declares 8080/TCP (http)"
+            )),
+            Expect::new(
                 "NXDOMAIN",
-                "checkout resolves paymnt-service".into(),
+                Some("name_not_found"),
+                "checkout resolves paymnt-service",
                 Box::new(move |f: &Flow| f.src == Some(c4) && f.qname_starts("paymnt-service.")),
+            )
+            .reason_has("did you mean payment-service?"),
+            Expect::new(
+                "OK",
+                Some("search_path_expansion"),
+                "checkout resolves paymnt-service (search path)",
+                Box::new(move |f: &Flow| {
+                    f.src == Some(c4) && f.qname_starts("paymnt-service.production.svc.cluster.local.")
+                }),
             ),
-            ("DNS_TIMEOUT", "batch resolves payment-service".into(), {
-                let b = IpAddr::V4(self.batch.ipv4);
-                Box::new(move |f: &Flow| f.src == Some(b))
-            }),
+            Expect::new(
+                "OK",
+                None,
+                &format!("checkout resolves {EXTERNAL_NAME}"),
+                Box::new(move |f: &Flow| f.src == Some(c4) && f.qname_is(&format!("{EXTERNAL_NAME}."))),
+            ),
+            Expect::new(
+                "OK",
+                Some("search_path_expansion"),
+                &format!("checkout resolves {EXTERNAL_NAME} (search path)"),
+                Box::new(move |f: &Flow| {
+                    f.src == Some(c4)
+                        && f.qname_starts(&format!("{EXTERNAL_NAME}.production.svc.cluster.local."))
+                }),
+            ),
+            Expect::new(
+                "DNS_TIMEOUT",
+                Some("network_policy"),
+                "batch resolves payment-service",
+                {
+                    let b = from(&self.batch);
+                    Box::new(move |f: &Flow| f.src == Some(b))
+                },
+            )
+            .reason_has("NetworkPolicy jobs/default-deny-egress"),
+            Expect::new(
+                "TIMEOUT",
+                Some("dropped_between"),
+                "checkout -> cache:6379",
+                {
+                    let cache = v4(&self.cache);
+                    Box::new(move |f: &Flow| f.src == Some(c4) && f.to(cache, 6379))
+                },
+            )
+            .reason_has(&format!("both ends are on node {}", objects::NODE)),
+            Expect::new(
+                "TIMEOUT",
+                Some("server_silent"),
+                "checkout -> worker:7000",
+                {
+                    let worker = v4(&self.worker);
+                    Box::new(move |f: &Flow| f.src == Some(c4) && f.to(worker, 7000))
+                },
+            )
+            .reason_has(&format!(
+                "the SYN reached pod production/{}",
+                objects::pod_name("worker")
+            )),
         ];
+        let payment = v4(&self.payment);
+        expectations.extend([
+            Expect::new(
+                "TIMEOUT",
+                Some("no_answer"),
+                "checkout -> ledger:80",
+                Box::new(move |f: &Flow| f.src == Some(c4) && f.to(IpAddr::V4(LEDGER_VIP), 80)),
+            )
+            .reason_has("only the client side was seen"),
+            Expect::new(
+                "DNS_TIMEOUT",
+                Some("dns_no_answer"),
+                "worker resolves ledger",
+                {
+                    let w = from(&self.worker);
+                    Box::new(move |f: &Flow| f.src == Some(w) && f.qname.is_some())
+                },
+            )
+            .reason_has("kube-system/kube-dns (10.96.0.10) never answered"),
+            Expect::new(
+                "UNREACHABLE",
+                Some("destination_unreachable"),
+                &format!("checkout -> payment:{REJECTED_PORT}"),
+                Box::new(move |f: &Flow| f.src == Some(c4) && f.to(payment, REJECTED_PORT)),
+            )
+            .reason_has(&format!(
+                "pod production/{payment_name} is unreachable on port {REJECTED_PORT}"
+            )),
+            Expect::new(
+                "RESET",
+                Some("connection_reset"),
+                &format!("checkout -> payment:{RESET_PORT}"),
+                Box::new(move |f: &Flow| f.src == Some(c4) && f.to(payment, RESET_PORT)),
+            ),
+            Expect::new(
+                "SERVFAIL",
+                Some("dns_server_error"),
+                &format!("checkout resolves {CORP_NAME}"),
+                Box::new(move |f: &Flow| f.src == Some(c4) && f.qname_starts(CORP_NAME)),
+            )
+            .reason_has(&format!("infra/legacy-dns ({LEGACY_DNS_VIP})")),
+        ]);
+        for (client, server, port) in self.outage_pairs() {
+            let (c, s) = (from(client), v4(server));
+            expectations.push(Expect::new(
+                "TIMEOUT",
+                Some("node_datapath"),
+                &format!("{} -> {}:{port} (outage)", client.name, server.name),
+                Box::new(move |f: &Flow| f.src == Some(c) && f.to(s, port)),
+            ));
+        }
+
         println!(
-            "\n== Did every incident get its verdict? ({} verdicts tracked)\n",
-            verdicts.len()
+            "\n== Did every incident get its verdict and cause? ({} verdicts tracked)\n",
+            flows.len()
         );
-        let flows: Vec<Flow> = verdicts.iter().map(Flow::from_json).collect();
         let mut missing = Vec::new();
-        for (verdict, what, matches) in &expectations {
-            let found = flows.iter().find(|f| f.verdict == *verdict && matches(f));
-            let seen: Vec<&str> = flows
-                .iter()
-                .filter(|f| matches(f))
-                .map(|f| f.verdict.as_str())
-                .collect();
-            // The agent names both ends from the (stand-in) Kubernetes API.
-            let client = objects::pod_name(what.split(' ').next().unwrap_or_default());
-            if let Some(found) = found {
-                let names = format!("{} -> {}", found.src_name, found.dst_name);
-                if found.src_name.ends_with(&format!("/{client}")) && !found.dst_name.is_empty() {
-                    println!("  [ok ] {verdict:<12} {what}: {names}");
-                } else {
-                    println!(
-                        "  [BAD] {verdict:<12} {what}: named {names:?}, expected {client} -> a pod or Service"
-                    );
-                    missing.push(format!("{verdict} {what} (names)"));
-                }
-            } else {
-                println!("  [BAD] {verdict:<12} {what}: not found (verdicts for it: {seen:?})");
-                missing.push(format!("{verdict} {what}"));
+        for expect in &expectations {
+            if let Err(problem) = expect.check(&flows) {
+                missing.push(problem);
             }
+        }
+
+        // The node-level verdict, and the rows folded under it.
+        let node = node_verdicts.iter().find(|n| n["cause"] == "node_datapath");
+        match node {
+            Some(n) => println!(
+                "  [ok ] {} node_datapath: {}\n        node {}: {} failing pairs of {}, from {} pods, {} flows; next: {}",
+                n["verdict"].as_str().unwrap_or_default(),
+                n["reason"].as_str().unwrap_or_default(),
+                objects::NODE,
+                n["failing_pairs"],
+                n["pairs"],
+                n["sources"],
+                n["flows"],
+                n["next"].as_str().unwrap_or("-"),
+            ),
+            None => {
+                println!(
+                    "  [BAD] no node-level verdict node_datapath: \"node\" is {node_verdicts:?}"
+                );
+                missing.push("node-level node_datapath verdict".into());
+            }
+        }
+        let listed_flows = flows_of(&listed)?;
+        let unfolded = listed_flows
+            .iter()
+            .filter(|f| f.cause.as_deref() == Some("node_datapath"))
+            .count();
+        if unfolded > 0 {
+            println!("  [BAD] {unfolded} node_datapath rows listed without expand=true");
+            missing.push("node_datapath rows not folded".into());
+        }
+
+        // Nothing that worked has a failure cause; every failure has one.
+        for f in &flows {
+            let cause = f.cause.as_deref();
+            let problem = match (f.verdict.as_str(), cause) {
+                ("OK" | "PENDING", None | Some("search_path_expansion")) => None,
+                ("OK" | "PENDING", Some(c)) => Some(format!("a healthy flow with cause {c}")),
+                (_, Some("search_path_expansion")) => {
+                    Some("a search-path expansion counted as a failure".to_string())
+                }
+                (_, None) => Some("a failure without a cause".to_string()),
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                println!(
+                    "  [BAD] {problem}: {} {} -> {} {:?}: {}",
+                    f.verdict, f.src_name, f.dst_name, f.qname, f.reason
+                );
+                missing.push(problem);
+            }
+        }
+        let external_failures = flows
+            .iter()
+            .filter(|f| f.qname_starts(EXTERNAL_NAME) && f.verdict != "OK")
+            .count();
+        if external_failures > 0 {
+            println!(
+                "  [BAD] {EXTERNAL_NAME}: {external_failures} failures (its search path is no failure)"
+            );
+            missing.push(format!("{EXTERNAL_NAME} counted as failing"));
         }
         Ok(missing)
     }
 }
 
+/// Drops TCP to `port` inside `pod` (its own firewall), before its server sees the SYN.
+fn drop_in_pod(pod: &Pod, port: u16) -> Result<()> {
+    let rules = format!(
+        "add table inet pod_firewall\n\
+         add chain inet pod_firewall input {{ type filter hook input priority 0; policy accept; }}\n\
+         add rule inet pod_firewall input tcp dport {port} drop\n"
+    );
+    exec::run_with_stdin(
+        pod.command(&exec::tool("nft").to_string_lossy())
+            .args(["-f", "-"]),
+        &rules,
+    )
+    .with_context(|| format!("loading nftables rules in pod {}", pod.name))?;
+    Ok(())
+}
+
 /// Whether a verdict belongs to an incident.
 type Matcher = Box<dyn Fn(&Flow) -> bool>;
+
+/// The verdict and cause an incident must get.
+struct Expect {
+    verdict: &'static str,
+    cause: Option<&'static str>,
+    what: String,
+    /// Text the reason must contain.
+    reason_has: Vec<String>,
+    matches: Matcher,
+}
+
+impl Expect {
+    fn new(
+        verdict: &'static str,
+        cause: Option<&'static str>,
+        what: &str,
+        matches: Matcher,
+    ) -> Expect {
+        Expect {
+            verdict,
+            cause,
+            what: what.to_owned(),
+            reason_has: Vec::new(),
+            matches,
+        }
+    }
+
+    fn reason_has(mut self, text: &str) -> Expect {
+        self.reason_has.push(text.to_owned());
+        self
+    }
+
+    /// Every flow of the incident with the expected verdict must have the cause and its
+    /// words, and name its client (the `what`'s first word, a lab pod) and destination.
+    fn check(&self, flows: &[Flow]) -> Result<(), String> {
+        let verdict = self.verdict;
+        let cause = self.cause.unwrap_or("-");
+        let mine: Vec<&Flow> = flows.iter().filter(|f| (self.matches)(f)).collect();
+        let found: Vec<&&Flow> = mine.iter().filter(|f| f.verdict == verdict).collect();
+        let Some(first) = found.first() else {
+            let seen: Vec<String> = mine
+                .iter()
+                .map(|f| format!("{} {}", f.verdict, f.cause.as_deref().unwrap_or("-")))
+                .collect();
+            println!(
+                "  [BAD] {verdict} {cause}: {}: not found (verdicts for it: {seen:?})",
+                self.what
+            );
+            return Err(format!("{verdict} {}", self.what));
+        };
+        let wrong = found.iter().find(|f| {
+            f.cause.as_deref() != self.cause
+                || !self.reason_has.iter().all(|text| f.reason.contains(text))
+        });
+        let client = objects::pod_name(self.what.split(' ').next().unwrap_or_default());
+        let names = format!("{} -> {}", first.src_name, first.dst_name);
+        let named = first.src_name.ends_with(&format!("/{client}")) && !first.dst_name.is_empty();
+        let shown = |f: &Flow| match f.cause.as_deref() {
+            Some(c) => format!("{} {c}: {}", f.verdict, f.reason),
+            None => format!("{} (no cause): {}", f.verdict, f.reason),
+        };
+        if let Some(wrong) = wrong {
+            println!(
+                "  [BAD] {}\n        expected cause {cause}{}\n        {} ({names})",
+                shown(wrong),
+                if self.reason_has.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with {:?}", self.reason_has)
+                },
+                self.what
+            );
+            return Err(format!("{verdict} {cause} {}", self.what));
+        }
+        if !named {
+            println!(
+                "  [BAD] {}\n        {}: named {names:?}, expected {client} -> a pod or Service",
+                shown(first),
+                self.what
+            );
+            return Err(format!("{verdict} {} (names)", self.what));
+        }
+        let next = first
+            .next
+            .as_deref()
+            .map(|n| format!("; next: {n}"))
+            .unwrap_or_default();
+        println!(
+            "  [ok ] {}\n        {} ({names}){}{next}",
+            shown(first),
+            self.what,
+            if found.len() > 1 {
+                format!(", {} flows", found.len())
+            } else {
+                String::new()
+            }
+        );
+        Ok(())
+    }
+}
 
 /// The parts of a Verdict (DESIGN.md, HTTP API) the demo checks.
 struct Flow {
     verdict: String,
+    cause: Option<String>,
+    reason: String,
+    next: Option<String>,
     /// `namespace/pod`, or empty.
     src_name: String,
-    /// `namespace/service`, else `namespace/pod`, or empty.
+    /// `namespace/pod`, else `namespace/service`, or empty.
     dst_name: String,
     src: Option<IpAddr>,
     dst: Option<IpAddr>,
@@ -562,10 +1321,14 @@ impl Flow {
                 .map(|name| format!("{namespace}/{name}"))
                 .unwrap_or_default()
         };
+        let text = |key: &str| v[key].as_str().map(str::to_owned);
         Flow {
-            verdict: v["verdict"].as_str().unwrap_or_default().to_owned(),
+            verdict: text("verdict").unwrap_or_default(),
+            cause: text("cause"),
+            reason: text("reason").unwrap_or_default(),
+            next: text("next"),
             src_name: name(&v["src"], &["pod"]),
-            dst_name: name(&v["dst"], &["service", "pod"]),
+            dst_name: name(&v["dst"], &["pod", "service"]),
             src: ip("src_ip"),
             dst: ip("dst_ip"),
             dst_port: v["flow"]["dst_port"].as_u64(),
@@ -579,6 +1342,10 @@ impl Flow {
 
     fn qname_starts(&self, prefix: &str) -> bool {
         self.qname.as_deref().is_some_and(|q| q.starts_with(prefix))
+    }
+
+    fn qname_is(&self, name: &str) -> bool {
+        self.qname.as_deref() == Some(name)
     }
 }
 
@@ -667,6 +1434,8 @@ impl Agent {
             .args(["--listen", &listen.to_string()])
             .args(["--syn-timeout", &format!("{}s", SYN_TIMEOUT.as_secs())])
             .args(["--dns-timeout", &format!("{}s", DNS_TIMEOUT.as_secs())])
+            // The pods' spec.nodeName: the agent knows both ends of a flow are here.
+            .args(["--node-name", objects::NODE])
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .env(
@@ -738,6 +1507,59 @@ impl Agent {
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Agent {
+    /// Waits until the agent knows every object the stand-in serves (its
+    /// `netprobe_kube_objects{kind}` gauges): a cause is diagnosed once, when the flow
+    /// fails, from what the agent knows then.
+    fn wait_synced(&mut self, objects: &[Value], interrupted: &AtomicBool) -> Result<()> {
+        let wanted: Vec<String> = [
+            ("pods", "Pod"),
+            ("services", "Service"),
+            ("endpointslices", "EndpointSlice"),
+            ("namespaces", "Namespace"),
+            ("networkpolicies", "NetworkPolicy"),
+        ]
+        .iter()
+        .map(|(kind, object_kind)| {
+            format!(
+                "netprobe_kube_objects{{kind=\"{kind}\"}} {}",
+                objects::count(objects, object_kind)
+            )
+        })
+        .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if interrupted.load(Ordering::SeqCst) {
+                bail!("interrupted");
+            }
+            self.ensure_alive()?;
+            let metrics = http_get(self.listen, "/metrics").map(|(_, body)| body);
+            let missing: Vec<&String> = match &metrics {
+                Ok(body) => wanted
+                    .iter()
+                    .filter(|w| !body.lines().any(|line| line == w.as_str()))
+                    .collect(),
+                Err(_) => wanted.iter().collect(),
+            };
+            if missing.is_empty() {
+                println!(
+                    "   synced: the agent knows the stand-in's {} objects",
+                    objects.len()
+                );
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent did not learn the Kubernetes objects within 30 s (missing {missing:?}); the end of {}:\n{}",
+                    self.log.display(),
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }

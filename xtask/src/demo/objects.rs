@@ -1,145 +1,436 @@
 //! The demo node's Kubernetes objects, as a real API server would return them, served
-//! to the agent by [`xtask::kube_stand_in`] so its verdicts carry pod, workload and
-//! Service names.
+//! to the agent by [`xtask::kube_stand_in`]: its verdicts carry pod, workload and Service
+//! names, and its diagnosis reads what it needs to say why a flow failed (pod labels,
+//! declared ports and readiness, Service selectors and targetPorts, EndpointSlice
+//! readiness, Namespaces and NetworkPolicies).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::{Value, json};
 use xtask::lab::{self, Node};
 
-/// The demo's Kubernetes node name.
+use super::{INVENTORY_VIP, LEDGER_VIP, LEGACY_DNS_VIP, ORDERS_VIP, PAYMENT_VIP};
+
+/// The demo's Kubernetes node name (the agent is started with `--node-name` this).
 pub const NODE: &str = "demo-node";
 
-/// How each lab pod appears in Kubernetes: its pod name and the controller that owns it
-/// (kind, name), keyed by the lab's pod name.
-const PODS: [(&str, &str, (&str, &str)); 5] = [
-    (
-        "kube-dns",
-        "coredns-668d6bf9bc-4xkqz",
-        ("ReplicaSet", "coredns-668d6bf9bc"),
-    ),
-    (
-        "payment",
-        "payment-7c9f8b6d4-x2k9p",
-        ("ReplicaSet", "payment-7c9f8b6d4"),
-    ),
-    ("db", "postgres-0", ("StatefulSet", "postgres")),
-    (
-        "checkout",
-        "checkout-5d4e3c2f9b-abc12",
-        ("ReplicaSet", "checkout-5d4e3c2f9b"),
-    ),
-    ("batch", "report-29400000-7xq2m", ("Job", "report-29400000")),
+/// The `orders` pod exists only in the API (it is not ready, so no lab pod backs it).
+pub const ORDERS_POD: &str = "orders-6f7d8c9b5-qwert";
+pub const ORDERS_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 30);
+/// The `ledger` pod runs on another node: the demo node only sees its clients' side.
+pub const LEDGER_POD: &str = "ledger-0";
+pub const LEDGER_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+pub const OTHER_NODE: &str = "demo-node-2";
+
+/// How a lab pod appears in Kubernetes.
+struct PodSpec {
+    /// The lab's pod name.
+    lab: &'static str,
+    /// Its Kubernetes name.
+    name: &'static str,
+    /// The controller that owns it: kind, name.
+    owner: (&'static str, &'static str),
+    labels: &'static [(&'static str, &'static str)],
+    /// Container ports: number, name, protocol.
+    ports: &'static [(u16, &'static str, &'static str)],
+}
+
+const PODS: [PodSpec; 8] = [
+    PodSpec {
+        lab: "kube-dns",
+        name: "coredns-668d6bf9bc-4xkqz",
+        owner: ("ReplicaSet", "coredns-668d6bf9bc"),
+        labels: &[("k8s-app", "kube-dns")],
+        ports: &[(53, "dns", "UDP"), (53, "dns-tcp", "TCP")],
+    },
+    PodSpec {
+        lab: "payment",
+        name: "payment-7c9f8b6d4-x2k9p",
+        owner: ("ReplicaSet", "payment-7c9f8b6d4"),
+        labels: &[("app", "payment")],
+        ports: &[(8080, "http", "TCP")],
+    },
+    PodSpec {
+        lab: "db",
+        name: "postgres-0",
+        owner: ("StatefulSet", "postgres"),
+        labels: &[("app", "db")],
+        ports: &[(5432, "postgres", "TCP")],
+    },
+    PodSpec {
+        lab: "checkout",
+        name: "checkout-5d4e3c2f9b-abc12",
+        owner: ("ReplicaSet", "checkout-5d4e3c2f9b"),
+        labels: &[("app", "checkout")],
+        ports: &[],
+    },
+    PodSpec {
+        lab: "batch",
+        name: "report-29400000-7xq2m",
+        owner: ("Job", "report-29400000"),
+        labels: &[("app", "report")],
+        ports: &[],
+    },
+    PodSpec {
+        lab: "cache",
+        name: "redis-0",
+        owner: ("StatefulSet", "redis"),
+        labels: &[("app", "cache")],
+        ports: &[(6379, "redis", "TCP")],
+    },
+    PodSpec {
+        lab: "worker",
+        name: "worker-6b8d9c7f5-q8w2n",
+        owner: ("ReplicaSet", "worker-6b8d9c7f5"),
+        labels: &[("app", "worker")],
+        ports: &[(7000, "grpc", "TCP")],
+    },
+    PodSpec {
+        lab: "legacy-dns",
+        name: "legacy-dns-7f8d9c6b5-zt4km",
+        owner: ("ReplicaSet", "legacy-dns-7f8d9c6b5"),
+        labels: &[("app", "legacy-dns")],
+        ports: &[(53, "dns", "UDP")],
+    },
 ];
 
 /// The Kubernetes name of a lab pod.
 pub fn pod_name(lab_name: &str) -> &'static str {
     PODS.iter()
-        .find(|(lab, _, _)| *lab == lab_name)
-        .map_or("", |(_, name, _)| name)
+        .find(|p| p.lab == lab_name)
+        .map_or("", |p| p.name)
 }
 
-/// Pods, Services and EndpointSlices of the demo node.
-pub fn objects(node: &Node, payment_vip: Ipv4Addr, orders_vip: Ipv4Addr) -> Vec<Value> {
-    let mut objects = Vec::new();
-    for pod in node.pods() {
-        let Some((_, name, (owner_kind, owner))) = PODS.iter().find(|(lab, _, _)| *lab == pod.name)
-        else {
-            continue;
-        };
-        let mut labels = json!({"app": pod.name});
-        if *owner_kind == "ReplicaSet" {
+/// A Pod object: `ports` as `spec.containers[].ports`, `ready` as its Ready condition.
+struct PodObject<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    /// The controller that owns it: kind, name.
+    owner: (&'a str, &'a str),
+    labels: Value,
+    ports: Value,
+    ips: Vec<IpAddr>,
+    ready: bool,
+    node: &'a str,
+}
+
+impl PodObject<'_> {
+    fn json(self, uid: usize) -> Value {
+        let mut labels = self.labels;
+        let (owner_kind, owner_name) = self.owner;
+        if owner_kind == "ReplicaSet" {
             // Deployments name ReplicaSets `<deployment>-<pod-template-hash>`.
-            let hash = owner.rsplit('-').next().unwrap_or_default();
+            let hash = owner_name.rsplit('-').next().unwrap_or_default();
             labels["pod-template-hash"] = json!(hash);
         }
-        objects.push(json!({
+        let status = if self.ready { "True" } else { "False" };
+        let container = self.name.split('-').next().unwrap_or(self.name);
+        json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
-                "name": name, "namespace": pod.k8s_namespace,
-                "uid": format!("00000000-0000-4000-8000-{:012}", objects.len()),
+                "name": self.name, "namespace": self.namespace,
+                "uid": format!("00000000-0000-4000-8000-{uid:012}"),
                 "creationTimestamp": "2026-11-23T09:00:00Z",
                 "labels": labels,
                 "ownerReferences": [{
-                    "apiVersion": if *owner_kind == "Job" { "batch/v1" } else { "apps/v1" },
-                    "kind": owner_kind, "name": owner, "uid": "00000000-0000-4000-8000-0000000000aa",
+                    "apiVersion": if owner_kind == "Job" { "batch/v1" } else { "apps/v1" },
+                    "kind": owner_kind, "name": owner_name,
+                    "uid": "00000000-0000-4000-8000-0000000000aa",
                     "controller": true, "blockOwnerDeletion": true,
                 }],
             },
-            "spec": {"nodeName": NODE, "containers": [{"name": pod.name, "image": "demo"}]},
+            "spec": {
+                "nodeName": self.node,
+                "containers": [{"name": container, "image": format!("demo/{container}:1.0"),
+                                "ports": self.ports}],
+            },
             "status": {
                 "phase": "Running", "hostIP": lab::GATEWAY_V4.to_string(),
-                "podIP": pod.ipv4.to_string(),
-                "podIPs": [{"ip": pod.ipv4.to_string()}, {"ip": pod.ipv6.to_string()}],
+                "podIP": self.ips[0].to_string(),
+                "podIPs": self.ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect::<Vec<_>>(),
+                "conditions": [
+                    {"type": "Initialized", "status": "True"},
+                    {"type": "Ready", "status": status},
+                    {"type": "ContainersReady", "status": status},
+                    {"type": "PodScheduled", "status": "True"},
+                ],
             },
-        }));
-    }
-    let service = |namespace: &str, name: &str, app: &str, ip: &str, port: u16, target: u16| {
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace, "uid": format!("svc-{name}"),
-                         "creationTimestamp": "2026-11-23T09:00:00Z"},
-            "spec": {"clusterIP": ip, "clusterIPs": [ip], "type": "ClusterIP",
-                     "selector": {"app": app},
-                     "ports": [{"port": port, "protocol": "TCP", "targetPort": target}]},
         })
+    }
+}
+
+fn namespace(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "uid": format!("ns-{name}"),
+                     "labels": {"kubernetes.io/metadata.name": name}},
+        "status": {"phase": "Active"},
+    })
+}
+
+/// A Service; `ip` "None" makes it headless. `ports`: (name, port, protocol, targetPort).
+fn service(namespace: &str, name: &str, selector: Value, ip: &str, ports: Value) -> Value {
+    let cluster_ips = if ip == "None" {
+        json!(["None"])
+    } else {
+        json!([ip])
     };
-    let slice = |namespace: &str, service: &str, port: u16, backend: Option<(&str, String)>| {
-        let endpoints: Vec<Value> = backend
-            .into_iter()
-            .map(|(pod, ip)| {
-                json!({"addresses": [ip], "conditions": {"ready": true},
-                       "nodeName": NODE,
-                       "targetRef": {"kind": "Pod", "name": pod, "namespace": namespace}})
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "uid": format!("svc-{name}"),
+                     "creationTimestamp": "2026-11-23T09:00:00Z"},
+        "spec": {"clusterIP": ip, "clusterIPs": cluster_ips, "type": "ClusterIP",
+                 "selector": selector, "ports": ports},
+    })
+}
+
+/// An EndpointSlice of `service`: `ports` as (name, port, protocol), `endpoints` as
+/// (pod, address, ready).
+fn slice(
+    namespace: &str,
+    service: &str,
+    ports: Value,
+    endpoints: &[(&str, IpAddr, bool)],
+) -> Value {
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|(pod, ip, ready)| {
+            let node = if *ip == IpAddr::V4(LEDGER_POD_IP) {
+                OTHER_NODE
+            } else {
+                NODE
+            };
+            json!({"addresses": [ip.to_string()],
+                   "conditions": {"ready": ready, "serving": ready, "terminating": false},
+                   "nodeName": node,
+                   "targetRef": {"kind": "Pod", "name": pod, "namespace": namespace}})
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-demo1"), "namespace": namespace,
+                     "labels": {"kubernetes.io/service-name": service,
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4",
+        "ports": ports,
+        "endpoints": endpoints,
+    })
+}
+
+fn policy(namespace: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace, "uid": format!("netpol-{name}"),
+                     "creationTimestamp": "2026-11-23T09:00:00Z"},
+        "spec": spec,
+    })
+}
+
+/// Namespaces, Pods, Services, EndpointSlices and NetworkPolicies of the demo node.
+pub fn objects(node: &Node) -> Vec<Value> {
+    let mut objects: Vec<Value> = ["default", "kube-system", "production", "jobs", "infra"]
+        .into_iter()
+        .map(namespace)
+        .collect();
+    let mut uid = 0;
+    for lab_pod in node.pods() {
+        let Some(spec) = PODS.iter().find(|p| p.lab == lab_pod.name) else {
+            continue;
+        };
+        let labels: serde_json::Map<String, Value> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), json!(v)))
+            .collect();
+        let ports: Vec<Value> = spec
+            .ports
+            .iter()
+            .map(|(port, name, protocol)| {
+                json!({"containerPort": port, "name": name, "protocol": protocol})
             })
             .collect();
-        json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": format!("{service}-demo1"), "namespace": namespace,
-                         "labels": {"kubernetes.io/service-name": service}},
-            "addressType": "IPv4",
-            "ports": [{"port": port, "protocol": "TCP"}],
-            "endpoints": endpoints,
-        })
+        uid += 1;
+        let pod = PodObject {
+            name: spec.name,
+            namespace: &lab_pod.k8s_namespace,
+            owner: spec.owner,
+            labels: Value::Object(labels),
+            ports: json!(ports),
+            ips: vec![IpAddr::V4(lab_pod.ipv4), IpAddr::V6(lab_pod.ipv6)],
+            ready: true,
+            node: NODE,
+        };
+        objects.push(pod.json(uid));
+    }
+    // The pod behind `orders`: it exists, but its readiness probe fails.
+    let orders = PodObject {
+        name: ORDERS_POD,
+        namespace: "production",
+        owner: ("ReplicaSet", "orders-6f7d8c9b5"),
+        labels: json!({"app": "orders"}),
+        ports: json!([{"containerPort": 8080, "name": "http", "protocol": "TCP"}]),
+        ips: vec![IpAddr::V4(ORDERS_POD_IP)],
+        ready: false,
+        node: NODE,
     };
-    let backend = |lab_name: &str| {
+    objects.push(orders.json(99));
+    // A pod of another node, reached through its Service.
+    let ledger = PodObject {
+        name: LEDGER_POD,
+        namespace: "production",
+        owner: ("StatefulSet", "ledger"),
+        labels: json!({"app": "ledger"}),
+        ports: json!([{"containerPort": 8080, "name": "http", "protocol": "TCP"}]),
+        ips: vec![IpAddr::V4(LEDGER_POD_IP)],
+        ready: true,
+        node: OTHER_NODE,
+    };
+    objects.push(ledger.json(98));
+
+    let ready = |lab_name: &str| -> Vec<(&'static str, IpAddr, bool)> {
         node.pods()
             .iter()
-            .find(|p| p.name == lab_name)
-            .map(|p| (pod_name(lab_name), p.ipv4.to_string()))
+            .filter(|p| p.name == lab_name)
+            .map(|p| (pod_name(lab_name), IpAddr::V4(p.ipv4), true))
+            .collect()
     };
+    let tcp = |name: &str, port: u16, target: Value| json!([{"name": name, "port": port, "protocol": "TCP", "targetPort": target}]);
+    let slice_tcp =
+        |name: &str, port: u16| json!([{"name": name, "port": port, "protocol": "TCP"}]);
     objects.extend([
         service(
             "kube-system",
             "kube-dns",
-            "kube-dns",
+            json!({"k8s-app": "kube-dns"}),
             &lab::DEFAULT_DNS.to_string(),
-            53,
-            53,
+            json!([{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                   {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]),
         ),
-        slice("kube-system", "kube-dns", 53, backend("kube-dns")),
+        slice(
+            "kube-system",
+            "kube-dns",
+            json!([{"name": "dns", "port": 53, "protocol": "UDP"},
+                   {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]),
+            &ready("kube-dns"),
+        ),
         service(
             "production",
             "payment-service",
-            "payment",
-            &payment_vip.to_string(),
-            80,
-            8080,
+            json!({"app": "payment"}),
+            &PAYMENT_VIP.to_string(),
+            tcp("http", 80, json!("http")),
         ),
-        slice("production", "payment-service", 8080, backend("payment")),
-        // A Service whose pods are all gone: no endpoints.
+        slice(
+            "production",
+            "payment-service",
+            slice_tcp("http", 8080),
+            &ready("payment"),
+        ),
+        // A Service whose only pod is not ready: its endpoint is listed, not ready.
         service(
             "production",
             "orders",
-            "orders",
-            &orders_vip.to_string(),
-            80,
-            8080,
+            json!({"app": "orders"}),
+            &ORDERS_VIP.to_string(),
+            tcp("http", 80, json!(8080)),
         ),
-        slice("production", "orders", 8080, None),
-        // Headless: clients reach the pod directly.
-        service("production", "postgres", "db", "None", 5432, 5432),
-        slice("production", "postgres", 5432, backend("db")),
+        slice(
+            "production",
+            "orders",
+            slice_tcp("http", 8080),
+            &[(ORDERS_POD, IpAddr::V4(ORDERS_POD_IP), false)],
+        ),
+        // A Service sending to a port its pods do not declare (payment listens on 8080).
+        service(
+            "production",
+            "inventory",
+            json!({"app": "payment"}),
+            &INVENTORY_VIP.to_string(),
+            tcp("http", 80, json!(9091)),
+        ),
+        slice(
+            "production",
+            "inventory",
+            slice_tcp("http", 9091),
+            &ready("payment"),
+        ),
+        // Headless: clients reach the pods directly.
+        service(
+            "production",
+            "postgres",
+            json!({"app": "db"}),
+            "None",
+            tcp("postgres", 5432, json!(5432)),
+        ),
+        slice(
+            "production",
+            "postgres",
+            slice_tcp("postgres", 5432),
+            &ready("db"),
+        ),
+        service(
+            "production",
+            "redis",
+            json!({"app": "cache"}),
+            "None",
+            tcp("redis", 6379, json!(6379)),
+        ),
+        slice(
+            "production",
+            "redis",
+            slice_tcp("redis", 6379),
+            &ready("cache"),
+        ),
+        // Its one pod runs on another node.
+        service(
+            "production",
+            "ledger",
+            json!({"app": "ledger"}),
+            &LEDGER_VIP.to_string(),
+            tcp("http", 80, json!(8080)),
+        ),
+        slice(
+            "production",
+            "ledger",
+            slice_tcp("http", 8080),
+            &[(LEDGER_POD, IpAddr::V4(LEDGER_POD_IP), true)],
+        ),
+        // A DNS server of its own, which answers SERVFAIL (its upstream is gone).
+        service(
+            "infra",
+            "legacy-dns",
+            json!({"app": "legacy-dns"}),
+            &LEGACY_DNS_VIP.to_string(),
+            json!([{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53}]),
+        ),
+        slice(
+            "infra",
+            "legacy-dns",
+            json!([{"name": "dns", "port": 53, "protocol": "UDP"}]),
+            &ready("legacy-dns"),
+        ),
+        // Only the API may reach the database: checkout may not.
+        policy(
+            "production",
+            "db-allow-api",
+            json!({
+                "podSelector": {"matchLabels": {"app": "db"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "api"}}}],
+                             "ports": [{"protocol": "TCP", "port": 5432}]}],
+            }),
+        ),
+        // Jobs may not talk to anything, DNS included.
+        policy(
+            "jobs",
+            "default-deny-egress",
+            json!({"podSelector": {}, "policyTypes": ["Egress"]}),
+        ),
     ]);
     objects
+}
+
+/// How many objects of `kind` there are among `objects`.
+pub fn count(objects: &[Value], kind: &str) -> usize {
+    objects.iter().filter(|o| o["kind"] == kind).count()
 }
