@@ -64,11 +64,14 @@ pub fn explain(view: &ClusterView, failure: &Failure) -> Option<Diagnosis> {
             dns::name_not_found(view, asked, tried)
         }
         VerdictKind::Servfail | VerdictKind::DnsRefused | VerdictKind::DnsError => {
-            let rcode = failure
-                .dns
-                .and_then(|dns| dns.rcode.as_deref())
-                .unwrap_or("an error");
-            dns::server_error(rcode, qname, &dns_server(view, flow))
+            let logs = match view.service_by_ip.get(&flow.dst_ip) {
+                Some(service) => format!(
+                    "kubectl logs -n {} svc/{} --tail=50",
+                    service.namespace, service.name
+                ),
+                None => "kubectl logs -n kube-system -l k8s-app=kube-dns --tail=50".into(),
+            };
+            dns::server_error(&dns_server(view, flow), logs)
         }
         VerdictKind::DnsTimeout => path::policy_denial(view, flow)
             .unwrap_or_else(|| dns::no_answer(&dns_server(view, flow))),

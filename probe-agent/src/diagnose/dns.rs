@@ -128,14 +128,15 @@ fn contains_all_parts(name: &str, wanted: &str) -> bool {
     true
 }
 
-/// SERVFAIL, REFUSED or another error rcode from the DNS server.
-pub fn server_error(rcode: &str, qname: &str, server: &str) -> Diagnosis {
+/// SERVFAIL, REFUSED or another error rcode from the DNS server (`server`: its words;
+/// `logs`: the command that shows its logs).
+pub fn server_error(server: &str, logs: String) -> Diagnosis {
     Diagnosis {
         cause: Cause::DnsServerError,
         reason: format!(
-            "the DNS server {server} failed to answer {qname} ({rcode}): it cannot reach its upstream or refuses this client"
+            "the DNS server {server} cannot resolve it: it cannot reach its upstream, or refuses this client"
         ),
-        next: Some("kubectl logs -n kube-system -l k8s-app=kube-dns --tail=50".into()),
+        next: Some(logs),
     }
 }
 
