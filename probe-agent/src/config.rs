@@ -38,7 +38,8 @@ pub struct RunArgs {
     /// Address of the HTTP API and /metrics.
     #[arg(long, env = "NETPROBE_LISTEN", default_value = "0.0.0.0:9810")]
     pub listen: SocketAddr,
-    /// A SYN without answer for this long is a TIMEOUT.
+    /// A SYN without answer for this long (and 100 ms more, for a retransmission due at
+    /// that instant) is a TIMEOUT.
     #[arg(long, env = "NETPROBE_SYN_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub syn_timeout: Duration,
     /// A DNS query without answer for this long is a DNS_TIMEOUT.

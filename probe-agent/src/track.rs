@@ -92,6 +92,12 @@ pub fn monotonic_now() -> Duration {
 /// How long a kernel count may run ahead of the events before the agent believes the
 /// missing events were lost rather than still on their way.
 const LOSS_GRACE: Duration = Duration::from_millis(500);
+/// Added to `--syn-timeout` before a handshake is TIMEOUT. Linux retransmits a SYN 1, 3
+/// and 7 s after the first (the usual timeouts): a retransmission due at the deadline,
+/// and the SYN-ACK answering it within a round trip, must be able to arrive first, or a
+/// slow handshake would flap to TIMEOUT (counted, paged, written as an Event) and back to
+/// OK. Small enough for the verdict to stay visible within 250 ms of the timeout.
+const SYN_RETRANSMISSION_SLACK: Duration = Duration::from_millis(100);
 
 /// Kernel flows unknown to the tracker are only recovered if seen this recently.
 const RECOVERY_WINDOW: Duration = Duration::from_secs(2);
@@ -673,7 +679,10 @@ impl Tracker {
                 // A recovered flow still waiting gets its timeout like any other.
                 if state.verdict == VerdictKind::Pending {
                     let (start, timeout) = match state.flow.protocol {
-                        Protocol::Tcp => (state.attempt_start, self.config.syn_timeout),
+                        Protocol::Tcp => (
+                            state.attempt_start,
+                            self.config.syn_timeout + SYN_RETRANSMISSION_SLACK,
+                        ),
                         Protocol::Udp => (
                             state.dns.pending.first().map(|q| q.sent),
                             self.config.dns_timeout,
@@ -923,7 +932,7 @@ fn on_syn(state: &mut FlowState, now: Duration, syn_timeout: Duration) -> Option
             state.attempt_start = Some(now);
             state.attempt_syns = 1;
             state.reason = "SYN sent, waiting for an answer".into();
-            Some(now + syn_timeout)
+            Some(now + syn_timeout + SYN_RETRANSMISSION_SLACK)
         }
     }
 }
@@ -1292,7 +1301,9 @@ fn expire_syn(state: &mut FlowState, now: Duration, syn_timeout: Duration) -> bo
     let Some(start) = state.attempt_start else {
         return false;
     };
-    if state.verdict != VerdictKind::Pending || now.saturating_sub(start) < syn_timeout {
+    if state.verdict != VerdictKind::Pending
+        || now.saturating_sub(start) < syn_timeout + SYN_RETRANSMISSION_SLACK
+    {
         return false;
     }
     state.verdict = VerdictKind::Timeout;

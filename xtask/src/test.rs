@@ -1,8 +1,13 @@
 //! `cargo xtask test`: everything CI checks, in order, with a summary.
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use xtask::exec;
 
 use crate::{toolchain, util};
@@ -122,6 +127,9 @@ pub fn run() -> Result<()> {
     let all = suites();
     let total = all.len();
     let mut results: Vec<(&str, Result<(), String>)> = Vec::new();
+    // What each failed suite printed that says why, repeated above the summary: a CI log
+    // is often read from its end.
+    let mut why: Vec<(&str, Vec<String>)> = Vec::new();
     for (i, mut suite) in all.into_iter().enumerate() {
         println!(
             "\n==> [{}/{total}] {}: {}",
@@ -135,11 +143,24 @@ pub fn run() -> Result<()> {
             eprintln!("xtask: NOT RUN: {} {msg}", suite.name);
             Err(msg)
         } else {
-            exec::run_streaming(&mut suite.cmd).map_err(|e| format!("{e:#}"))
+            match run_teed(&mut suite.cmd) {
+                Ok((true, _)) => Ok(()),
+                Ok((false, output)) => {
+                    why.push((suite.name, telling_lines(&output)));
+                    Err(format!("`{}` failed", exec::describe(&suite.cmd)))
+                }
+                Err(e) => Err(format!("{e:#}")),
+            }
         };
         results.push((suite.name, result));
     }
 
+    for (name, lines) in &why {
+        println!("\n==> Why {name} failed (excerpt; the full output is above)");
+        for line in lines {
+            println!("  | {line}");
+        }
+    }
     println!("\n==> Summary");
     for (name, result) in &results {
         match result {
@@ -161,6 +182,91 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` with its output streamed through (stdout to stdout, stderr to stderr) and
+/// kept. Returns whether it succeeded, and its lines, both streams interleaved.
+fn run_teed(cmd: &mut Command) -> Result<(bool, Vec<String>)> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", exec::describe(cmd)))?;
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    fn copy<R: Read + Send + 'static>(
+        from: R,
+        mut to: impl Write + Send + 'static,
+        lines: Arc<Mutex<Vec<String>>>,
+    ) -> thread::JoinHandle<()> {
+        thread::spawn(move || {
+            let mut reader = BufReader::new(from);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                let _ = to.write_all(&line);
+                let _ = to.flush();
+                let text = String::from_utf8_lossy(&line);
+                lines
+                    .lock()
+                    .expect("no panic while held")
+                    .push(text.trim_end().to_string());
+                line.clear();
+            }
+        })
+    }
+    let out = copy(
+        child.stdout.take().expect("piped"),
+        std::io::stdout(),
+        Arc::clone(&lines),
+    );
+    let err = copy(
+        child.stderr.take().expect("piped"),
+        std::io::stderr(),
+        Arc::clone(&lines),
+    );
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{}`", exec::describe(cmd)))?;
+    let _ = (out.join(), err.join());
+    let lines = std::mem::take(&mut *lines.lock().expect("no panic while held"));
+    Ok((status.success(), lines))
+}
+
+/// The lines of a failed suite's output that say why: each panic, sanitizer report or
+/// error with the lines after it (a few of each), and the last lines.
+fn telling_lines(output: &[String]) -> Vec<String> {
+    const AFTER: usize = 8;
+    const REPORTS: usize = 4;
+    const LAST: usize = 12;
+    let mut picked = Vec::new();
+    let mut next = 0;
+    let starts = output
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| {
+            l.contains("panicked at")
+                || l.contains("ERROR: ")
+                || l.starts_with("error")
+                || l.contains("FAILED: ")
+        })
+        .map(|(i, _)| i)
+        .take(REPORTS);
+    for start in starts {
+        let from = start.max(next);
+        let to = (start + AFTER).min(output.len());
+        if from < to {
+            if from > next && !picked.is_empty() {
+                picked.push("…".to_string());
+            }
+            picked.extend(output[from..to].iter().cloned());
+            next = to;
+        }
+    }
+    let tail = output.len().saturating_sub(LAST).max(next);
+    if tail > next && !picked.is_empty() {
+        picked.push("…".to_string());
+    }
+    picked.extend(output[tail..].iter().cloned());
+    picked
+}
+
 /// What a run from a clean clone writes (target/ with the fuzz builds and the image), with
 /// room to spare: 7.3 GiB measured with .ci/run's settings, about 11 GiB without them.
 const DISK_NEEDED_GIB: u64 = 12;
@@ -178,5 +284,39 @@ fn warn_if_disk_is_short() {
             "xtask: WARNING: a full run writes up to {DISK_NEEDED_GIB} GiB; with {free_gib} GiB free, \
              suites may fail with \"No space left on device\""
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::telling_lines;
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_panic_and_the_last_lines_are_told() {
+        let mut output = lines("running 3 tests\ntest a ... ok\n");
+        output.extend(lines(
+            "thread 'b' panicked at src/b.rs:1:5:\nassertion failed\nleft: 1\nright: 2",
+        ));
+        output.extend((0..30).map(|i| format!("noise {i}")));
+        output.extend(lines("test result: FAILED. 1 passed; 1 failed"));
+        let told = telling_lines(&output);
+        assert_eq!(told[0], "thread 'b' panicked at src/b.rs:1:5:");
+        assert_eq!(told[1], "assertion failed");
+        assert!(told.contains(&"…".to_string()));
+        assert_eq!(
+            told.last().unwrap(),
+            "test result: FAILED. 1 passed; 1 failed"
+        );
+        assert!(told.len() <= 8 + 1 + 12, "{told:#?}");
+    }
+
+    #[test]
+    fn short_output_is_told_whole_once() {
+        let output = lines("error: could not compile\nsecond line");
+        assert_eq!(telling_lines(&output), output);
     }
 }

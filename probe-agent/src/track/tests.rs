@@ -96,16 +96,17 @@ fn unanswered_syns_time_out_at_the_deadline_not_before() {
     let mut t = tracker();
     t.on_packet(&tcp(EventKind::Syn, 1000));
     t.on_packet(&tcp(EventKind::Syn, 2000));
-    t.sweep(ms(3999));
-    assert_eq!(only(&t).verdict, VerdictKind::Pending);
     t.on_packet(&tcp(EventKind::Syn, 4000));
-    t.sweep(ms(4000));
+    // The 3 s timeout, and the slack for a retransmission due at that instant.
+    t.sweep(ms(4099));
+    assert_eq!(only(&t).verdict, VerdictKind::Pending);
+    t.sweep(ms(4100));
     let v = only(&t);
     assert_eq!(v.verdict, VerdictKind::Timeout);
     assert_eq!(v.counts.syn, 3);
     assert_eq!(
         &*v.reason,
-        "3 SYNs in 3.0s and no answer: only the client side was seen (10.96.45.123 is not known on this node): packets are dropped on the path (NetworkPolicy, firewall or broken route)"
+        "3 SYNs in 3.1s and no answer: only the client side was seen (10.96.45.123 is not known on this node): packets are dropped on the path (NetworkPolicy, firewall or broken route)"
     );
     // Later retransmissions keep the verdict and are counted.
     t.on_packet(&tcp(EventKind::Syn, 8000));
@@ -113,6 +114,26 @@ fn unanswered_syns_time_out_at_the_deadline_not_before() {
     assert_eq!((v.verdict, v.counts.syn), (VerdictKind::Timeout, 4));
     let timeouts = t.events(&|e| e.event == FlowEventKind::Timeout, 10);
     assert_eq!(timeouts.len(), 1);
+}
+
+#[test]
+fn a_retransmission_answered_at_the_deadline_is_slow_not_timeout() {
+    let mut t = tracker();
+    t.on_packet(&tcp(EventKind::Syn, 1000));
+    t.on_packet(&tcp(EventKind::Syn, 2000));
+    // Linux's second retransmission is due 3 s after the first SYN: the timeout itself.
+    t.sweep(ms(4000));
+    t.on_packet(&tcp(EventKind::Syn, 4003));
+    t.sweep(ms(4010));
+    t.on_packet(&tcp(EventKind::SynAck, 4030));
+    t.sweep(ms(10_000));
+    let v = only(&t);
+    assert_eq!((v.verdict, v.cause), (VerdictKind::Ok, None), "{v:#?}");
+    assert!(v.reason.contains("(slow: 3 SYNs)"), "{v:#?}");
+    assert!(
+        t.events(&|e| e.event == FlowEventKind::Timeout, 10)
+            .is_empty()
+    );
 }
 
 #[test]
@@ -129,9 +150,9 @@ fn slow_handshake_is_ok_even_after_the_timeout() {
 
     let mut t = tracker();
     t.on_packet(&tcp(EventKind::Syn, 0));
-    t.sweep(ms(3000));
+    t.sweep(ms(3100));
     assert_eq!(only(&t).verdict, VerdictKind::Timeout);
-    t.on_packet(&tcp(EventKind::SynAck, 3100));
+    t.on_packet(&tcp(EventKind::SynAck, 3200));
     assert_eq!(only(&t).verdict, VerdictKind::Ok);
 }
 
@@ -424,7 +445,7 @@ fn flows_known_only_from_kernel_counts_still_time_out() {
             .iter()
             .all(|v| v.verdict == VerdictKind::Pending)
     );
-    t.sweep(ms(4000));
+    t.sweep(ms(4100));
     let tcp_verdict = t.verdicts(&|v| v.flow.protocol == crate::model::Protocol::Tcp, 10);
     assert_eq!(tcp_verdict[0].verdict, VerdictKind::Timeout);
     assert_eq!(tcp_verdict[0].counts.syn, 2);
@@ -441,7 +462,7 @@ fn syn_timeouts_are_not_held_back_by_longer_dns_timeouts() {
     // A DNS query (5 s timeout) just before a SYN (3 s timeout).
     t.on_packet(&dns(EventKind::DnsQuery, 1, name, ResponseCode::NoError, 0));
     t.on_packet(&tcp(EventKind::Syn, 100));
-    t.sweep(ms(3100));
+    t.sweep(ms(3200));
     let tcp_verdict = t.verdicts(&|v| v.flow.protocol == crate::model::Protocol::Tcp, 10);
     assert_eq!(tcp_verdict[0].verdict, VerdictKind::Timeout);
     let dns_verdict = t.verdicts(&|v| v.flow.protocol == crate::model::Protocol::Udp, 10);
@@ -713,7 +734,7 @@ fn most_pod_pairs_timing_out_at_once_is_one_node_verdict() {
             None,
         ));
     }
-    t.sweep(ms(3_000));
+    t.sweep(ms(3_100));
     let timeouts = t.verdicts(&|v| v.verdict == VerdictKind::Timeout, 100);
     assert_eq!(timeouts.len(), 4);
     assert!(

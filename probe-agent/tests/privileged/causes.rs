@@ -359,6 +359,17 @@ fn tcp_failures_say_why() {
         "{slow:#?}"
     );
     assert!(slow.reason.contains("slow: 2 SYNs"), "{slow:#?}");
+    // Its retransmission came at the 1 s timeout: the verdict never flapped to TIMEOUT.
+    let slow_events: serde_json::Value = agent.get(&format!(
+        "/v1/flows?dst_ip={}&port=8443&limit=100",
+        payment.ipv4
+    ));
+    let slow_events = slow_events["flows"].as_array().expect("flows").clone();
+    assert!(!slow_events.is_empty());
+    assert!(
+        slow_events.iter().all(|e| e["verdict"] != "TIMEOUT"),
+        "{slow_events:#?}"
+    );
 
     // Refused and unreachable.
     let _ = checkout.connect_tcp(sock(ORDERS_VIP, 80), Duration::from_secs(2));
