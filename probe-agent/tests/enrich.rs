@@ -5,7 +5,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use probe_agent::{
@@ -19,89 +19,28 @@ use probe_agent::{
 };
 use probe_ebpf::{Direction, EventKind, IPPROTO_TCP};
 use serde_json::json;
-use tokio::sync::watch;
-use xtask::kube_stand_in::KubeStandIn;
 
-/// A stand-in loaded with the recorded cluster, and an agent-side watcher on it.
-struct Cluster {
-    api: KubeStandIn,
-    names: Names,
-    metrics: Arc<Metrics>,
-    _stop: watch::Sender<bool>,
-    _dir: TempDir,
-}
+mod common;
 
-struct TempDir(std::path::PathBuf);
+use common::StandIn;
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-async fn cluster() -> Cluster {
-    let api = KubeStandIn::start().unwrap();
-    api.apply_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kube"))
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "netprobe-enrich-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).unwrap();
-    let client = enrich::client(&KubeOptions {
-        mode: KubeMode::Auto,
-        kubeconfig: Some(kubeconfig),
+/// The stand-in with the recorded cluster listed by the agent-side watcher.
+async fn cluster() -> StandIn {
+    let cluster = StandIn::start("enrich").await;
+    until_names(&cluster, "the recorded cluster is listed", |names| {
+        names.source(ip("10.244.1.5")).is_some()
+            && names.destination(ip("10.96.45.123"), 80).is_some()
+            && names
+                .source(ip("10.244.1.6"))
+                .is_some_and(|e| e.service.is_some())
     })
-    .await
-    .unwrap()
-    .expect("a client for the stand-in");
-    let names = Names::none();
-    let metrics = Arc::new(Metrics::default());
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(enrich::watch(
-        client,
-        names.clone(),
-        Arc::clone(&metrics),
-        stopped,
-    ));
-    let cluster = Cluster {
-        api,
-        names,
-        metrics,
-        _stop: stop,
-        _dir: TempDir(dir),
-    };
-    cluster
-        .until("the recorded cluster is listed", |names| {
-            names.source(ip("10.244.1.5")).is_some()
-                && names.destination(ip("10.96.45.123"), 80).is_some()
-                && names
-                    .source(ip("10.244.1.6"))
-                    .is_some_and(|e| e.service.is_some())
-        })
-        .await;
+    .await;
     cluster
 }
 
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(Instant::now())
-}
-
-impl Cluster {
-    /// Waits until the names satisfy `check`: up to 30 s, kube-rs' longest backoff, since
-    /// a watch that failed a few times while the API was down (more often on a loaded
-    /// machine) retries after 0.8, 1.6, 3.2... s, each with up to as much again of jitter.
-    async fn until(&self, what: &str, check: impl Fn(&Names) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !check(&self.names) {
-            assert!(Instant::now() < deadline, "timed out waiting until {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+/// Waits until the names satisfy `check`.
+async fn until_names(cluster: &StandIn, what: &str, check: impl Fn(&Names) -> bool) {
+    common::until(what, || check(&cluster.names)).await;
 }
 
 fn ip(text: &str) -> IpAddr {
@@ -335,11 +274,10 @@ async fn a_reused_ip_is_named_after_its_newest_pod_and_deletions_are_seen() {
                    "podIPs": [{"ip": "10.244.1.9"}]},
     });
     cluster.api.apply(newer.clone()).unwrap();
-    cluster
-        .until("the new pod owns 10.244.1.9", |_| {
-            job_pod().as_deref() == Some("web-6b8f9c7d5-q8w2e")
-        })
-        .await;
+    until_names(&cluster, "the new pod owns 10.244.1.9", |_| {
+        job_pod().as_deref() == Some("web-6b8f9c7d5-q8w2e")
+    })
+    .await;
     assert_eq!(
         cluster
             .names
@@ -370,31 +308,28 @@ async fn a_reused_ip_is_named_after_its_newest_pod_and_deletions_are_seen() {
         .api
         .delete("Pod", "staging", "web-6b8f9c7d5-q8w2e")
         .unwrap();
-    cluster
-        .until("the deletion is seen", |_| {
-            job_pod().as_deref() == Some("report-29400000-7xq2m")
-        })
-        .await;
+    until_names(&cluster, "the deletion is seen", |_| {
+        job_pod().as_deref() == Some("report-29400000-7xq2m")
+    })
+    .await;
     // Both gone: nothing is named.
     cluster
         .api
         .delete("Pod", "jobs", "report-29400000-7xq2m")
         .unwrap();
-    cluster
-        .until("the address is unknown", |names| {
-            names.source(ip("10.244.1.9")).is_none()
-        })
-        .await;
+    until_names(&cluster, "the address is unknown", |names| {
+        names.source(ip("10.244.1.9")).is_none()
+    })
+    .await;
     // A deleted Service's ClusterIP no longer names it.
     cluster
         .api
         .delete("Service", "production", "payment-service")
         .unwrap();
-    cluster
-        .until("the Service is gone", |names| {
-            names.destination(ip("10.96.45.123"), 80).is_none()
-        })
-        .await;
+    until_names(&cluster, "the Service is gone", |names| {
+        names.destination(ip("10.96.45.123"), 80).is_none()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,14 +370,13 @@ async fn names_keep_serving_while_the_api_is_down_and_catch_up_after() {
         .unwrap();
     cluster.api.set_down(false);
     // kube-rs retries with backoff (0.8 s, growing): allow for a few rounds.
-    cluster
-        .until("the watch is back and caught up", |names| {
-            names.source(ip("10.244.1.5")).is_none()
-                && names
-                    .destination(ip("10.96.0.30"), 80)
-                    .is_some_and(|e| e.service.as_deref() == Some("orders"))
-        })
-        .await;
+    until_names(&cluster, "the watch is back and caught up", |names| {
+        names.source(ip("10.244.1.5")).is_none()
+            && names
+                .destination(ip("10.96.0.30"), 80)
+                .is_some_and(|e| e.service.as_deref() == Some("orders"))
+    })
+    .await;
 }
 
 #[test]

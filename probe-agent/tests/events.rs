@@ -2,23 +2,15 @@
 //! events.k8s.io/v1 Events, the stand-in stores them, and the tests read back what a
 //! `kubectl describe pod` would list. No root needed.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use probe_agent::{
-    config::KubeMode,
-    enrich::{self, KubeOptions, Names},
     events::{self, CauseReport, EventOptions, REPORTING_CONTROLLER},
     metrics::{EventResult, Metrics},
     model::{Cause, Flow, Protocol},
 };
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
-use xtask::kube_stand_in::KubeStandIn;
+use tokio::sync::mpsc;
 
 const NAMESPACE: &str = "production";
 const POD: &str = "checkout-api-5d4e3c2f9b-abc12";
@@ -26,55 +18,22 @@ const POD: &str = "checkout-api-5d4e3c2f9b-abc12";
 const POD_UID: &str = "9c1f2e7a-1111-4c4d-9a52-0a1b2c3d4e01";
 const NODE: &str = "kind-worker";
 
+mod common;
+
+use common::{StandIn, until};
+
 /// The stand-in with the recorded cluster, a names watcher on it, and an Event writer
 /// reading `reports`.
 struct Cluster {
-    api: KubeStandIn,
-    metrics: Arc<Metrics>,
+    stand_in: StandIn,
     reports: mpsc::Sender<CauseReport>,
-    _stop: watch::Sender<bool>,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 async fn cluster(window: Duration) -> Cluster {
-    let api = KubeStandIn::start().unwrap();
-    api.apply_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kube"))
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "netprobe-events-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).unwrap();
-    let client = enrich::client(&KubeOptions {
-        mode: KubeMode::Auto,
-        kubeconfig: Some(kubeconfig),
-    })
-    .await
-    .unwrap()
-    .expect("a client for the stand-in");
-    let names = Names::none();
-    let metrics = Arc::new(Metrics::default());
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(enrich::watch(
-        client.clone(),
-        names.clone(),
-        Arc::clone(&metrics),
-        stopped.clone(),
-    ));
+    let stand_in = StandIn::start("events").await;
     // The writer finds the pod's uid in the names: wait for the first listing.
     until("the recorded pods are listed", || {
-        names.snapshot().cluster.pods_in(NAMESPACE).len() == 3
+        stand_in.names.snapshot().cluster.pods_in(NAMESPACE).len() == 3
     })
     .await;
     let (reports, queue) = mpsc::channel(events::QUEUE_CAPACITY);
@@ -83,34 +42,14 @@ async fn cluster(window: Duration) -> Cluster {
         instance: NODE.into(),
     };
     tokio::spawn(events::write(
-        client,
-        names,
+        stand_in.client.clone(),
+        stand_in.names.clone(),
         options,
-        Arc::clone(&metrics),
+        Arc::clone(&stand_in.metrics),
         queue,
-        stopped,
+        stand_in.stopped.clone(),
     ));
-    Cluster {
-        api,
-        metrics,
-        reports,
-        _stop: stop,
-        _dir: TempDir(dir),
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(Instant::now())
-}
-
-/// Waits until `check` holds, up to 30 s (a loaded machine).
-async fn until(what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    Cluster { stand_in, reports }
 }
 
 /// A report of `cause` for a flow from the checkout pod to `dst`, from `src_port`.
@@ -145,7 +84,7 @@ impl Cluster {
             "netprobe_k8s_events_total{{result=\"{}\"}} ",
             result.as_str()
         );
-        let text = self.metrics.encode();
+        let text = self.stand_in.metrics.encode();
         let line = text.lines().find_map(|line| line.strip_prefix(&sample));
         line.expect("the series exists from the start")
             .parse()
@@ -186,7 +125,7 @@ impl Cluster {
     }
 
     fn reasons(&self) -> Vec<String> {
-        let events = self.api.events();
+        let events = self.stand_in.api.events();
         events
             .iter()
             .map(|event| event["reason"].as_str().unwrap_or_default().to_string())
@@ -202,7 +141,7 @@ async fn a_failing_cause_is_a_warning_event_on_the_source_pod() {
     cluster.settle(1).await;
     cluster.assert_counts(1, 0, 0);
 
-    let events = cluster.api.events();
+    let events = cluster.stand_in.api.events();
     assert_eq!(events.len(), 1, "{events:#?}");
     let event = &events[0];
     assert_eq!(event["apiVersion"], "events.k8s.io/v1");
@@ -226,7 +165,7 @@ async fn a_failing_cause_is_a_warning_event_on_the_source_pod() {
         event["note"],
         format!("{} Next: {}", sent.reason, sent.next.unwrap())
     );
-    let requests = cluster.api.requests();
+    let requests = cluster.stand_in.api.requests();
     let created = |(method, path): &(String, String)| {
         method == "POST" && path.starts_with("/apis/events.k8s.io/v1/namespaces/production/events")
     };
@@ -268,6 +207,7 @@ async fn one_event_per_pod_cause_and_destination_within_the_window() {
         ["NoReadyEndpoints", "NothingListening", "NoReadyEndpoints"]
     );
     let notes: Vec<Value> = cluster
+        .stand_in
         .api
         .events()
         .iter()
@@ -290,7 +230,7 @@ async fn a_report_after_the_window_writes_again() {
         .await;
     cluster.settle(2).await;
     cluster.assert_counts(2, 0, 0);
-    let events = cluster.api.events();
+    let events = cluster.stand_in.api.events();
     assert_eq!(cluster.reasons(), ["NoReadyEndpoints", "NoReadyEndpoints"]);
     assert_ne!(events[0]["metadata"]["name"], events[1]["metadata"]["name"]);
 }
@@ -298,9 +238,9 @@ async fn a_report_after_the_window_writes_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_api_is_counted_failed_and_the_next_report_retries() {
     let cluster = cluster(Duration::from_secs(600)).await;
-    let addr = cluster.api.url().replace("http://", "");
+    let addr = cluster.stand_in.api.url().replace("http://", "");
     let listening = || std::net::TcpStream::connect(&addr).is_ok();
-    cluster.api.set_down(true);
+    cluster.stand_in.api.set_down(true);
     // It stops listening on its own thread: wait for that.
     until("the stand-in refuses connections", || !listening()).await;
     cluster
@@ -308,10 +248,10 @@ async fn an_unreachable_api_is_counted_failed_and_the_next_report_retries() {
         .await;
     cluster.settle(1).await;
     cluster.assert_counts(0, 0, 1);
-    assert!(cluster.api.events().is_empty());
+    assert!(cluster.stand_in.api.events().is_empty());
 
     // The failed write did not use up the window: back up, the next report is written.
-    cluster.api.set_down(false);
+    cluster.stand_in.api.set_down(false);
     until("the stand-in listens again", listening).await;
     cluster
         .send(report(Cause::NoReadyEndpoints, "10.96.45.123:80", 41235))

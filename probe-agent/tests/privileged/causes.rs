@@ -14,6 +14,7 @@ use std::{
 use probe_agent::model::{Cause, NodeVerdict, Verdict, VerdictKind};
 use serde_json::{Value, json};
 use xtask::{
+    kube_objects::{self, SliceEndpoint, namespace, network_policy as policy},
     kube_stand_in::KubeStandIn,
     lab::{self, Node, Pod, Proto},
 };
@@ -65,7 +66,7 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         let wanted = format!("netprobe_kube_objects{{kind=\"pods\"}} {pods}\n");
         loop {
-            let metrics = metrics(&agent);
+            let metrics = agent.metrics();
             if metrics.contains(&wanted) {
                 return agent;
             }
@@ -84,20 +85,6 @@ impl Drop for Cluster {
     }
 }
 
-fn metrics(agent: &Agent) -> String {
-    ureq::get(&format!("{}/metrics", agent.base))
-        .call()
-        .expect("GET /metrics")
-        .body_mut()
-        .read_to_string()
-        .expect("metrics body")
-}
-
-fn namespace(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Namespace",
-           "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}})
-}
-
 /// A pod object for a lab pod (or, with `ip`, for one that exists only in the API).
 fn pod_object(
     name: &str,
@@ -107,15 +94,18 @@ fn pod_object(
     ports: Value,
     ready: bool,
 ) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels,
-                     "uid": format!("uid-{name}"), "creationTimestamp": "2026-11-23T09:00:00Z"},
-        "spec": {"nodeName": NODE_NAME, "containers": [{"name": "app", "image": "app", "ports": ports}]},
-        "status": {"phase": "Running", "hostIP": lab::GATEWAY_V4.to_string(), "podIP": ip.to_string(),
-                   "podIPs": [{"ip": ip.to_string()}],
-                   "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
-    })
+    kube_objects::Pod {
+        name,
+        namespace,
+        uid: format!("uid-{name}"),
+        owner: None,
+        labels,
+        ports,
+        ips: vec![ip],
+        ready,
+        node: NODE_NAME,
+    }
+    .json()
 }
 
 fn lab_pod(pod: &Pod, name: &str, app: &str, ports: Value) -> Value {
@@ -129,6 +119,7 @@ fn lab_pod(pod: &Pod, name: &str, app: &str, ports: Value) -> Value {
     )
 }
 
+/// A Service selecting `app`, with one TCP port.
 fn service(
     namespace: &str,
     name: &str,
@@ -137,38 +128,32 @@ fn service(
     port: u16,
     target: Value,
 ) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": namespace, "uid": format!("svc-{name}")},
-        "spec": {"clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()], "type": "ClusterIP",
-                 "selector": {"app": app},
-                 "ports": [{"port": port, "protocol": "TCP", "targetPort": target}]},
-    })
+    kube_objects::service(
+        namespace,
+        name,
+        json!({"app": app}),
+        &ip.to_string(),
+        json!([{"port": port, "protocol": "TCP", "targetPort": target}]),
+    )
 }
 
-/// An EndpointSlice of `service` listing `endpoints` (pod, address, ready).
+/// An EndpointSlice of `service` listing `endpoints` (pod, address, ready) of this node.
 fn slice(namespace: &str, service: &str, port: u16, endpoints: &[(&str, IpAddr, bool)]) -> Value {
-    let endpoints: Vec<Value> = endpoints
+    let endpoints: Vec<SliceEndpoint> = endpoints
         .iter()
-        .map(|(pod, ip, ready)| {
-            json!({"addresses": [ip.to_string()], "conditions": {"ready": ready},
-                   "nodeName": NODE_NAME,
-                   "targetRef": {"kind": "Pod", "name": pod, "namespace": namespace}})
+        .map(|&(pod, ip, ready)| SliceEndpoint {
+            pod,
+            ip,
+            ready,
+            node: NODE_NAME,
         })
         .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("{service}-abcde"), "namespace": namespace,
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "ports": [{"port": port, "protocol": "TCP"}],
-        "endpoints": endpoints,
-    })
-}
-
-fn policy(namespace: &str, name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-           "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    kube_objects::endpoint_slice(
+        namespace,
+        service,
+        json!([{"port": port, "protocol": "TCP"}]),
+        &endpoints,
+    )
 }
 
 /// Connects from `client` to each destination at once (timeouts overlap).
@@ -503,7 +488,7 @@ fn tcp_failures_say_why() {
     for v in agent.verdicts("") {
         assert_eq!(v.verdict.is_failure(), v.cause.is_some(), "{v:#?}");
     }
-    let exposed = metrics(&agent);
+    let exposed = agent.metrics();
     for (cause, n) in [
         ("no_ready_endpoints", 1),
         ("target_port_mismatch", 1),
@@ -649,7 +634,7 @@ fn dns_failures_say_why() {
     // (api.example.com and paymnt-service), and each failed lookup of paymnt-service
     // is one failure.
     assert_eq!(failures.len(), 2, "{from_checkout:#?}");
-    let exposed = metrics(&agent);
+    let exposed = agent.metrics();
     for counted in [
         "netprobe_causes_total{cause=\"name_not_found\"} 2\n",
         "netprobe_dns_search_expansions_total 12\n",
@@ -759,5 +744,5 @@ fn node_datapath_down_is_one_node_verdict() {
     assert_eq!(folded.len(), 4, "{folded:#?}");
     assert!(folded.iter().all(|v| v.verdict == VerdictKind::Timeout));
     assert_eq!(agent.verdicts("expand=true&verdict=TIMEOUT").len(), 4);
-    assert!(metrics(&agent).contains("netprobe_node_datapath_down 1\n"));
+    assert!(agent.metrics().contains("netprobe_node_datapath_down 1\n"));
 }

@@ -23,21 +23,11 @@ const NODE_DROPS: u16 = 8444;
 /// Dropped by the server pod itself, which counts what it drops.
 const POD_DROPS: u16 = 8443;
 
-/// One sample of the agent's /metrics; 0 when the series is absent.
-fn metric(agent: &Agent, series: &str) -> u64 {
-    let text = ureq::get(&format!("{}/metrics", agent.base))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0, |value| value.trim().parse().expect("a counter value"))
-}
-
 fn packets(agent: &Agent, kind: &str) -> u64 {
-    metric(agent, &format!("netprobe_packets_total{{kind=\"{kind}\"}}"))
+    // 0 while the series is absent.
+    agent
+        .metric(&format!("netprobe_packets_total{{kind=\"{kind}\"}}"))
+        .unwrap_or(0.0) as u64
 }
 
 /// Packets the firewall of `pod` (its own, not the node's) has dropped.

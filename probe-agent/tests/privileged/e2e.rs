@@ -81,6 +81,24 @@ impl Agent {
         serde_json::from_str(&body).unwrap_or_else(|err| panic!("{path_and_query}: {err}: {body}"))
     }
 
+    /// The `/metrics` exposition.
+    pub(crate) fn metrics(&self) -> String {
+        ureq::get(&format!("{}/metrics", self.base))
+            .call()
+            .expect("GET /metrics")
+            .body_mut()
+            .read_to_string()
+            .expect("metrics body")
+    }
+
+    /// The value of the series `name{labels}` (exactly as exposed), if exposed.
+    pub(crate) fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|value| value.trim().parse().expect("a sample value"))
+    }
+
     pub(crate) fn verdicts(&self, query: &str) -> Vec<Verdict> {
         #[derive(serde::Deserialize)]
         struct Body {
@@ -239,12 +257,7 @@ fn tcp_verdicts_ipv4() {
     );
 
     // The metrics agree.
-    let metrics = ureq::get(&format!("{}/metrics", agent.base))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = agent.metrics();
     for verdict in ["OK", "REFUSED", "UNREACHABLE", "TIMEOUT"] {
         let line = metrics
             .lines()

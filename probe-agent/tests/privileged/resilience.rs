@@ -154,18 +154,11 @@ fn kill_9(agent: &mut Agent) {
     agent.child.wait().expect("reap the agent");
 }
 
-/// The value of a metric line `name` (with its labels, if any) in `/metrics`.
+/// The value of `series` in `/metrics`, which must be exposed.
 fn metric(agent: &Agent, series: &str) -> f64 {
-    let text = ureq::get(&format!("{}/metrics", agent.base))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+    agent
+        .metric(series)
+        .unwrap_or_else(|| panic!("no series {series} in\n{}", agent.metrics()))
 }
 
 fn fd_count(pid: u32) -> usize {

@@ -7,7 +7,12 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::{Value, json};
-use xtask::lab::{self, Node};
+use xtask::{
+    kube_objects::{
+        Pod, SliceEndpoint, endpoint_slice, namespace, network_policy as policy, service,
+    },
+    lab::{self, Node},
+};
 
 use super::{INVENTORY_VIP, LEDGER_VIP, LEGACY_DNS_VIP, ORDERS_VIP, PAYMENT_VIP};
 
@@ -101,129 +106,28 @@ pub fn pod_name(lab_name: &str) -> &'static str {
         .map_or("", |p| p.name)
 }
 
-/// A Pod object: `ports` as `spec.containers[].ports`, `ready` as its Ready condition.
-struct PodObject<'a> {
-    name: &'a str,
-    namespace: &'a str,
-    /// The controller that owns it: kind, name.
-    owner: (&'a str, &'a str),
-    labels: Value,
-    ports: Value,
-    ips: Vec<IpAddr>,
-    ready: bool,
-    node: &'a str,
-}
-
-impl PodObject<'_> {
-    fn json(self, uid: usize) -> Value {
-        let mut labels = self.labels;
-        let (owner_kind, owner_name) = self.owner;
-        if owner_kind == "ReplicaSet" {
-            // Deployments name ReplicaSets `<deployment>-<pod-template-hash>`.
-            let hash = owner_name.rsplit('-').next().unwrap_or_default();
-            labels["pod-template-hash"] = json!(hash);
-        }
-        let status = if self.ready { "True" } else { "False" };
-        let container = self.name.split('-').next().unwrap_or(self.name);
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {
-                "name": self.name, "namespace": self.namespace,
-                "uid": format!("00000000-0000-4000-8000-{uid:012}"),
-                "creationTimestamp": "2026-11-23T09:00:00Z",
-                "labels": labels,
-                "ownerReferences": [{
-                    "apiVersion": if owner_kind == "Job" { "batch/v1" } else { "apps/v1" },
-                    "kind": owner_kind, "name": owner_name,
-                    "uid": "00000000-0000-4000-8000-0000000000aa",
-                    "controller": true, "blockOwnerDeletion": true,
-                }],
-            },
-            "spec": {
-                "nodeName": self.node,
-                "containers": [{"name": container, "image": format!("demo/{container}:1.0"),
-                                "ports": self.ports}],
-            },
-            "status": {
-                "phase": "Running", "hostIP": lab::GATEWAY_V4.to_string(),
-                "podIP": self.ips[0].to_string(),
-                "podIPs": self.ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect::<Vec<_>>(),
-                "conditions": [
-                    {"type": "Initialized", "status": "True"},
-                    {"type": "Ready", "status": status},
-                    {"type": "ContainersReady", "status": status},
-                    {"type": "PodScheduled", "status": "True"},
-                ],
-            },
-        })
-    }
-}
-
-fn namespace(name: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": name, "uid": format!("ns-{name}"),
-                     "labels": {"kubernetes.io/metadata.name": name}},
-        "status": {"phase": "Active"},
-    })
-}
-
-/// A Service; `ip` "None" makes it headless. `ports`: (name, port, protocol, targetPort).
-fn service(namespace: &str, name: &str, selector: Value, ip: &str, ports: Value) -> Value {
-    let cluster_ips = if ip == "None" {
-        json!(["None"])
-    } else {
-        json!([ip])
-    };
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": namespace, "uid": format!("svc-{name}"),
-                     "creationTimestamp": "2026-11-23T09:00:00Z"},
-        "spec": {"clusterIP": ip, "clusterIPs": cluster_ips, "type": "ClusterIP",
-                 "selector": selector, "ports": ports},
-    })
-}
-
 /// An EndpointSlice of `service`: `ports` as (name, port, protocol), `endpoints` as
-/// (pod, address, ready).
+/// (pod, address, ready); the ledger pod is on the other node.
 fn slice(
     namespace: &str,
     service: &str,
     ports: Value,
     endpoints: &[(&str, IpAddr, bool)],
 ) -> Value {
-    let endpoints: Vec<Value> = endpoints
+    let endpoints: Vec<SliceEndpoint> = endpoints
         .iter()
-        .map(|(pod, ip, ready)| {
-            let node = if *ip == IpAddr::V4(LEDGER_POD_IP) {
+        .map(|&(pod, ip, ready)| SliceEndpoint {
+            pod,
+            ip,
+            ready,
+            node: if ip == IpAddr::V4(LEDGER_POD_IP) {
                 OTHER_NODE
             } else {
                 NODE
-            };
-            json!({"addresses": [ip.to_string()],
-                   "conditions": {"ready": ready, "serving": ready, "terminating": false},
-                   "nodeName": node,
-                   "targetRef": {"kind": "Pod", "name": pod, "namespace": namespace}})
+            },
         })
         .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("{service}-demo1"), "namespace": namespace,
-                     "labels": {"kubernetes.io/service-name": service,
-                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
-        "addressType": "IPv4",
-        "ports": ports,
-        "endpoints": endpoints,
-    })
-}
-
-fn policy(namespace: &str, name: &str, spec: Value) -> Value {
-    json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"name": name, "namespace": namespace, "uid": format!("netpol-{name}"),
-                     "creationTimestamp": "2026-11-23T09:00:00Z"},
-        "spec": spec,
-    })
+    endpoint_slice(namespace, service, ports, &endpoints)
 }
 
 /// Namespaces, Pods, Services, EndpointSlices and NetworkPolicies of the demo node.
@@ -250,42 +154,45 @@ pub fn objects(node: &Node) -> Vec<Value> {
             })
             .collect();
         uid += 1;
-        let pod = PodObject {
+        let pod = Pod {
             name: spec.name,
             namespace: &lab_pod.k8s_namespace,
-            owner: spec.owner,
+            uid: demo_uid(uid),
+            owner: Some(spec.owner),
             labels: Value::Object(labels),
             ports: json!(ports),
             ips: vec![IpAddr::V4(lab_pod.ipv4), IpAddr::V6(lab_pod.ipv6)],
             ready: true,
             node: NODE,
         };
-        objects.push(pod.json(uid));
+        objects.push(pod.json());
     }
     // The pod behind `orders`: it exists, but its readiness probe fails.
-    let orders = PodObject {
+    let orders = Pod {
         name: ORDERS_POD,
         namespace: "production",
-        owner: ("ReplicaSet", "orders-6f7d8c9b5"),
+        uid: demo_uid(99),
+        owner: Some(("ReplicaSet", "orders-6f7d8c9b5")),
         labels: json!({"app": "orders"}),
         ports: json!([{"containerPort": 8080, "name": "http", "protocol": "TCP"}]),
         ips: vec![IpAddr::V4(ORDERS_POD_IP)],
         ready: false,
         node: NODE,
     };
-    objects.push(orders.json(99));
+    objects.push(orders.json());
     // A pod of another node, reached through its Service.
-    let ledger = PodObject {
+    let ledger = Pod {
         name: LEDGER_POD,
         namespace: "production",
-        owner: ("StatefulSet", "ledger"),
+        uid: demo_uid(98),
+        owner: Some(("StatefulSet", "ledger")),
         labels: json!({"app": "ledger"}),
         ports: json!([{"containerPort": 8080, "name": "http", "protocol": "TCP"}]),
         ips: vec![IpAddr::V4(LEDGER_POD_IP)],
         ready: true,
         node: OTHER_NODE,
     };
-    objects.push(ledger.json(98));
+    objects.push(ledger.json());
 
     let ready = |lab_name: &str| -> Vec<(&'static str, IpAddr, bool)> {
         node.pods()
@@ -428,6 +335,11 @@ pub fn objects(node: &Node) -> Vec<Value> {
         ),
     ]);
     objects
+}
+
+/// The uid of the demo's pod number `n`.
+fn demo_uid(n: usize) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
 }
 
 /// How many objects of `kind` there are among `objects`.
