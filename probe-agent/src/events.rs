@@ -60,6 +60,14 @@ pub const QUEUE_CAPACITY: usize = 1024;
 /// forgotten: it is the closest to leaving its window anyway.
 const REMEMBERED: NonZeroUsize = NonZeroUsize::new(4096).expect("non-zero");
 
+/// Events one pod gets per window, whatever their causes and destinations: a pod failing
+/// to reach a hundred peers at once gets this many in `kubectl describe pod`, not a
+/// hundred (like client-go's recorder, which limits Events per object).
+pub const PER_POD: u32 = 10;
+
+/// Pods whose budget is remembered; beyond it the one least recently reported goes.
+const BUDGETS: NonZeroUsize = NonZeroUsize::new(4096).expect("non-zero");
+
 /// One write waits this long at most: kube-rs sets no read timeout and retries 429s for
 /// minutes, and the queue must keep moving.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,6 +111,7 @@ pub async fn write(
         metrics,
         instance: instance(&options.instance),
         dedup: Dedup::new(options.window, REMEMBERED),
+        budgets: PodBudgets::new(options.window, PER_POD, BUDGETS),
         last_nanos: 0,
     };
     loop {
@@ -123,6 +132,7 @@ struct Writer {
     metrics: Arc<Metrics>,
     instance: String,
     dedup: Dedup,
+    budgets: PodBudgets,
     /// The time in the name of the last Event: names stay unique even when the clock
     /// does not move between two writes.
     last_nanos: i128,
@@ -135,8 +145,16 @@ impl Writer {
             return;
         }
         let key = Key::of(&report);
-        if !self.dedup.admit(&key, Instant::now()) {
+        let now = Instant::now();
+        if !self.dedup.admit(&key, now) {
             self.metrics.k8s_event(EventResult::Deduplicated);
+            return;
+        }
+        let pod = (Arc::clone(&report.namespace), Arc::clone(&report.pod));
+        if !self.budgets.spend(&pod, now) {
+            // Not written: once the pod's budget is back, the next report of it may be.
+            self.dedup.forget(&key);
+            self.metrics.k8s_event(EventResult::RateLimited);
             return;
         }
         let event = self.event(&report);
@@ -239,6 +257,37 @@ impl Dedup {
 
     fn forget(&mut self, key: &Key) {
         self.written.pop(key);
+    }
+}
+
+/// How many Events each pod has had in its current window, for at most `capacity` pods.
+struct PodBudgets {
+    window: Duration,
+    per_pod: u32,
+    /// (namespace, pod) → when its window started, Events written in it.
+    spent: LruCache<(Arc<str>, Arc<str>), (Instant, u32)>,
+}
+
+impl PodBudgets {
+    fn new(window: Duration, per_pod: u32, capacity: NonZeroUsize) -> Self {
+        Self {
+            window,
+            per_pod,
+            spent: LruCache::new(capacity),
+        }
+    }
+
+    /// Whether `pod` may have one more Event at `now`; if so, it is counted.
+    fn spend(&mut self, pod: &(Arc<str>, Arc<str>), now: Instant) -> bool {
+        let (started, count) = self.spent.get_or_insert_mut(pod.clone(), || (now, 0));
+        if now.saturating_duration_since(*started) >= self.window {
+            (*started, *count) = (now, 0);
+        }
+        if *count >= self.per_pod {
+            return false;
+        }
+        *count += 1;
+        true
     }
 }
 
@@ -490,5 +539,20 @@ mod tests {
         assert_eq!(dedup.written.len(), 2);
         assert!(dedup.admit(&keys[0], t0), "the oldest was forgotten");
         assert!(!dedup.admit(&keys[2], t0));
+    }
+
+    #[test]
+    fn a_pod_gets_at_most_its_budget_per_window() {
+        let window = Duration::from_secs(600);
+        let mut budgets = PodBudgets::new(window, 3, NonZeroUsize::new(2).unwrap());
+        let pod = |name: &str| (Arc::from("production"), Arc::from(name));
+        let t0 = Instant::now();
+        let spent: Vec<bool> = (0..5).map(|_| budgets.spend(&pod("a"), t0)).collect();
+        assert_eq!(spent, [true, true, true, false, false]);
+        // Another pod has a budget of its own.
+        assert!(budgets.spend(&pod("b"), t0));
+        // A new window, a new budget.
+        assert!(!budgets.spend(&pod("a"), t0 + window - Duration::from_secs(1)));
+        assert!(budgets.spend(&pod("a"), t0 + window));
     }
 }

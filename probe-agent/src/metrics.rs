@@ -166,14 +166,17 @@ pub enum EventResult {
     Failed,
     /// The writer's queue was full: the tracker does not wait for it.
     Dropped,
+    /// The source pod had its share of Events in the window (`events::PER_POD`).
+    RateLimited,
 }
 
 impl EventResult {
-    pub const ALL: [EventResult; 4] = [
+    pub const ALL: [EventResult; 5] = [
         Self::Written,
         Self::Deduplicated,
         Self::Failed,
         Self::Dropped,
+        Self::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -182,6 +185,7 @@ impl EventResult {
             Self::Deduplicated => "deduplicated",
             Self::Failed => "failed",
             Self::Dropped => "dropped",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -624,7 +628,8 @@ impl Metrics {
         r.register(
             "k8s_events",
             "Kubernetes Events for failing causes (--events): written, deduplicated within \
-             the window, failed to write, dropped (the writer's queue was full)",
+             the window, failed to write, dropped (the writer's queue was full), rate_limited \
+             (the source pod had its 10 Events of the window)",
             self.k8s_events.clone(),
         );
         self
@@ -930,11 +935,12 @@ netprobe_dns_search_expansions_total 0
 # HELP netprobe_node_datapath_down 1 while most pod pairs on this node time out at once (cause node_datapath).
 # TYPE netprobe_node_datapath_down gauge
 netprobe_node_datapath_down 0
-# HELP netprobe_k8s_events Kubernetes Events for failing causes (--events): written, deduplicated within the window, failed to write, dropped (the writer's queue was full).
+# HELP netprobe_k8s_events Kubernetes Events for failing causes (--events): written, deduplicated within the window, failed to write, dropped (the writer's queue was full), rate_limited (the source pod had its 10 Events of the window).
 # TYPE netprobe_k8s_events counter
 netprobe_k8s_events_total{result=\"deduplicated\"} 0
 netprobe_k8s_events_total{result=\"dropped\"} 0
 netprobe_k8s_events_total{result=\"failed\"} 0
+netprobe_k8s_events_total{result=\"rate_limited\"} 0
 netprobe_k8s_events_total{result=\"written\"} 0
 # EOF
 "

@@ -91,14 +91,15 @@ impl Cluster {
             .unwrap()
     }
 
-    /// Waits until the writer has dealt with `n` reports (written, deduplicated or
-    /// failed), then a little more: nothing further may come.
+    /// Waits until the writer has dealt with `n` reports (written, deduplicated, failed
+    /// or rate limited), then a little more: nothing further may come.
     async fn settle(&self, n: u64) {
         let handled = || {
             [
                 EventResult::Written,
                 EventResult::Deduplicated,
                 EventResult::Failed,
+                EventResult::RateLimited,
             ]
             .map(|result| self.count(result))
             .iter()
@@ -110,17 +111,14 @@ impl Cluster {
     }
 
     fn assert_counts(&self, written: u64, deduplicated: u64, failed: u64) {
-        let counts = [
-            EventResult::Written,
-            EventResult::Deduplicated,
-            EventResult::Failed,
-            EventResult::Dropped,
-        ]
-        .map(|result| self.count(result));
+        self.assert_all_counts([written, deduplicated, failed, 0, 0]);
+    }
+
+    fn assert_all_counts(&self, expected: [u64; 5]) {
+        let counts = EventResult::ALL.map(|result| self.count(result));
         assert_eq!(
-            counts,
-            [written, deduplicated, failed, 0],
-            "written, deduplicated, failed, dropped"
+            counts, expected,
+            "written, deduplicated, failed, dropped, rate_limited"
         );
     }
 
@@ -174,6 +172,29 @@ async fn a_failing_cause_is_a_warning_event_on_the_source_pod() {
         1,
         "{requests:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_failing_to_reach_many_peers_gets_its_share_of_events() {
+    let cluster = cluster(Duration::from_secs(600)).await;
+    let peers = events::PER_POD as u16 + 3;
+    for i in 0..peers {
+        let dst = format!("10.244.2.{}:8080", 10 + i);
+        cluster.send(report(Cause::NoAnswer, &dst, 42000 + i)).await;
+    }
+    cluster.settle(u64::from(peers)).await;
+    cluster.assert_all_counts([u64::from(events::PER_POD), 0, 0, 0, 3]);
+    assert_eq!(
+        cluster.stand_in.api.events().len(),
+        events::PER_POD as usize
+    );
+    // A limited report is not remembered as written: the same one again is limited
+    // again, not deduplicated.
+    cluster
+        .send(report(Cause::NoAnswer, "10.244.2.22:8080", 43000))
+        .await;
+    cluster.settle(u64::from(peers) + 1).await;
+    cluster.assert_all_counts([u64::from(events::PER_POD), 0, 0, 0, 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
