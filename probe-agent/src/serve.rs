@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tower::ServiceBuilder;
 
-pub use self::query::{DEFAULT_LIMIT, Filter, MAX_LIMIT, QueryError};
+pub use self::query::{DEFAULT_LIMIT, Filter, MAX_LIMIT, QueryError, parameter_names};
 use crate::{
     metrics::Metrics,
     model::{Cause, FlowEvent, InterfaceStatus, NodeVerdict, Verdict},

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use probe_agent::{
     craft,
     model::{Flow, FlowEvent, FlowEventKind, Protocol, Verdict, VerdictKind},
-    serve::{Filter, MAX_LIMIT},
+    serve::{Filter, MAX_LIMIT, parameter_names},
 };
 use probe_ebpf::{EventKind, FlowKey, IPPROTO_TCP, IPPROTO_UDP};
 
@@ -45,20 +45,6 @@ pub fn query_now() -> DateTime<Utc> {
 /// query (64 four-byte characters, the parameter name and the longest expectation).
 const MAX_ERROR_BYTES: usize = 1024;
 
-const KNOWN: [&str; 11] = [
-    "verdict",
-    "protocol",
-    "src_ip",
-    "dst_ip",
-    "ip",
-    "port",
-    "namespace",
-    "pod",
-    "since",
-    "limit",
-    "follow",
-];
-
 /// Parses decoded query pairs as the API does and checks the outcome: a filter only from
 /// known, distinct parameters, with its limit in bounds, that can be applied to a verdict
 /// and an event; or an error of bounded size.
@@ -66,7 +52,10 @@ pub fn check_query(pairs: &[(String, String)]) {
     match Filter::parse_at(pairs.iter().map(|(k, v)| (k, v)), query_now()) {
         Ok(filter) => {
             for (i, (key, _)) in pairs.iter().enumerate() {
-                assert!(KNOWN.contains(&key.as_str()), "accepted unknown {key:?}");
+                assert!(
+                    parameter_names().any(|name| name == key),
+                    "accepted unknown {key:?}"
+                );
                 assert!(
                     pairs[..i].iter().all(|(k, _)| k != key),
                     "accepted repeated {key:?}"

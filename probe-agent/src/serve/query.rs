@@ -35,6 +35,11 @@ pub enum QueryError {
     },
 }
 
+/// The names of the query parameters the API takes, in the order its errors list them.
+pub fn parameter_names() -> impl Iterator<Item = &'static str> {
+    Param::ALL.into_iter().map(Param::name)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Param {
     Verdict,
