@@ -5,6 +5,7 @@ use std::{
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -143,7 +144,7 @@ pub fn run() -> Result<()> {
             eprintln!("xtask: NOT RUN: {} {msg}", suite.name);
             Err(msg)
         } else {
-            match run_teed(&mut suite.cmd) {
+            match run_teed(&mut suite.cmd, READERS_DRAIN) {
                 Ok((true, _)) => Ok(()),
                 Ok((false, output)) => {
                     why.push((suite.name, telling_lines(&output)));
@@ -182,9 +183,12 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// How long the output of a finished suite may take to drain.
+const READERS_DRAIN: Duration = Duration::from_secs(5);
+
 /// Runs `cmd` with its output streamed through (stdout to stdout, stderr to stderr) and
 /// kept. Returns whether it succeeded, and its lines, both streams interleaved.
-fn run_teed(cmd: &mut Command) -> Result<(bool, Vec<String>)> {
+fn run_teed(cmd: &mut Command, drain: Duration) -> Result<(bool, Vec<String>)> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -224,7 +228,12 @@ fn run_teed(cmd: &mut Command) -> Result<(bool, Vec<String>)> {
     let status = child
         .wait()
         .with_context(|| format!("waiting for `{}`", exec::describe(cmd)))?;
-    let _ = (out.join(), err.join());
+    // A process the suite left running (a daemon it failed to stop) may still hold the
+    // pipes open: give the readers a moment to drain, never wait for it.
+    let drained = Instant::now() + drain;
+    while !(out.is_finished() && err.is_finished()) && Instant::now() < drained {
+        thread::sleep(Duration::from_millis(10));
+    }
     let lines = std::mem::take(&mut *lines.lock().expect("no panic while held"));
     Ok((status.success(), lines))
 }
@@ -289,7 +298,27 @@ fn warn_if_disk_is_short() {
 
 #[cfg(test)]
 mod tests {
-    use super::telling_lines;
+    use std::{
+        process::Command,
+        time::{Duration, Instant},
+    };
+
+    use super::{run_teed, telling_lines};
+
+    #[test]
+    fn output_is_kept_and_a_leftover_daemon_does_not_hold_the_run() {
+        let started = Instant::now();
+        let (ok, lines) = run_teed(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; sleep 5 & exit 3"]),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        assert!(!ok);
+        let mut lines = lines;
+        lines.sort();
+        assert_eq!(lines, ["err", "out"]);
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
 
     fn lines(text: &str) -> Vec<String> {
         text.lines().map(str::to_string).collect()
