@@ -461,8 +461,11 @@ impl Tracker {
                     match &dns.qname {
                         Some(qname) if dns.rcode == ResponseCode::NXDomain => {
                             answered = search.answered_in_lookup(client, qname);
-                            expansion =
-                                answered.is_none() && !search.expansion_of(qname).is_empty();
+                            // Held while the lookup may go on: an expansion, or a name
+                            // tried as it is before the search list.
+                            expansion = answered.is_none()
+                                && (!search.expansion_of(qname).is_empty()
+                                    || search.opens_lookup(client, qname));
                         }
                         Some(qname) if dns.rcode == ResponseCode::NoError => {
                             search.answered(client, qname);
@@ -939,8 +942,9 @@ fn on_syn(state: &mut FlowState, now: Duration, syn_timeout: Duration) -> Option
 
 fn timeout_reason(state: &FlowState, now: Duration) -> String {
     let elapsed = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
+    let plural = if state.attempt_syns == 1 { "" } else { "s" };
     format!(
-        "{} SYNs in {} and no answer",
+        "{} SYN{plural} in {} and no answer",
         state.attempt_syns,
         secs(elapsed)
     )
@@ -1254,6 +1258,9 @@ impl<'a> Explainer<'a> {
                 PathFacts {
                     delivered: self.delivered(state),
                     destination_local: self.destination_local(view, &state.flow),
+                    remote_client_via: (!self.is_local(view, &state.flow.src_ip))
+                        .then(|| self.journal.interface_name(state.ifindex))
+                        .filter(|name| !name.is_empty()),
                     node: self.node.cloned(),
                 }
             } else {
@@ -1277,16 +1284,19 @@ impl<'a> Explainer<'a> {
             .then(|| (delivery.dst, self.journal.interface_name(delivery.ifindex)))
     }
 
+    /// A pod address of this node: seen leaving a veth here, or of a pod scheduled here.
+    fn is_local(&self, view: &ClusterView, ip: &IpAddr) -> bool {
+        self.local.contains(ip)
+            || view
+                .pod_by_ip
+                .get(ip)
+                .is_some_and(|pod| pod.node.is_some() && pod.node.as_ref() == self.node)
+    }
+
     /// The flow's destination pod (every ready backend, for a Service) is on this node:
     /// seen leaving a veth here, or scheduled on this node.
     fn destination_local(&self, view: &ClusterView, flow: &Flow) -> bool {
-        let local = |ip: &IpAddr| {
-            self.local.contains(ip)
-                || view
-                    .pod_by_ip
-                    .get(ip)
-                    .is_some_and(|pod| pod.node.is_some() && pod.node.as_ref() == self.node)
-        };
+        let local = |ip: &IpAddr| self.is_local(view, ip);
         let destinations = diagnose::path::destinations(view, flow);
         if destinations.is_empty() {
             return local(&flow.dst_ip);

@@ -21,6 +21,9 @@ pub struct PathFacts {
     pub delivered: Option<(SocketAddr, Arc<str>)>,
     /// The destination pod (every ready backend, for a Service) runs on this node.
     pub destination_local: bool,
+    /// The client runs on another node: the SYNs counted were seen entering the server's
+    /// veth here (the probe counts a flow where it first sees it), through this interface.
+    pub remote_client_via: Option<Arc<str>>,
     /// This node's name, for the commands to run on it.
     pub node: Option<Arc<str>>,
 }
@@ -134,12 +137,7 @@ pub fn timeout(view: &ClusterView, flow: &Flow, facts: &PathFacts) -> Diagnosis 
         |node| format!("on node {node}"),
     );
     if let Some((at, interface)) = &facts.delivered {
-        let next = view.pod_by_ip.get(&at.ip()).map(|pod| {
-            format!(
-                "kubectl exec -n {} {} -- netstat -ltn",
-                pod.namespace, pod.name
-            )
-        });
+        let next = netstat_command(view, at);
         return Diagnosis {
             cause: Cause::ServerSilent,
             reason: format!(
@@ -148,6 +146,21 @@ pub fn timeout(view: &ClusterView, flow: &Flow, facts: &PathFacts) -> Diagnosis 
                 at.port()
             ),
             next,
+        };
+    }
+    if facts.destination_local
+        && let Some(interface) = &facts.remote_client_via
+    {
+        let at = SocketAddr::new(flow.dst_ip, flow.dst_port);
+        return Diagnosis {
+            cause: Cause::ServerSilent,
+            reason: format!(
+                "the SYN from {} (not a pod of this node) reached {} through {interface} and the server never answered: it does not accept on port {} (hung, backlog full) or a firewall inside the pod drops it{policy_note}",
+                flow.src_ip,
+                server(at),
+                at.port()
+            ),
+            next: netstat_command(view, &at),
         };
     }
     if facts.destination_local {
@@ -173,6 +186,16 @@ pub fn timeout(view: &ClusterView, flow: &Flow, facts: &PathFacts) -> Diagnosis 
         ),
         next,
     }
+}
+
+/// The command that lists what the server pod at `at` listens on.
+fn netstat_command(view: &ClusterView, at: &SocketAddr) -> Option<String> {
+    view.pod_by_ip.get(&at.ip()).map(|pod| {
+        format!(
+            "kubectl exec -n {} {} -- netstat -ltn",
+            pod.namespace, pod.name
+        )
+    })
 }
 
 fn lowercase_first(text: &str) -> String {

@@ -215,6 +215,8 @@ fn dns_rcodes_map_to_verdicts() {
             rcode,
             3,
         ));
+        // An NXDOMAIN for a name tried as it is waits to see whether its lookup goes on.
+        t.sweep(ms(3) + super::SEARCH_WINDOW);
         let v = only(&t);
         assert_eq!(v.verdict, verdict, "{rcode:?}");
         assert_eq!((v.counts.dns_queries, v.counts.dns_responses), (1, 1));
@@ -797,4 +799,133 @@ fn healthy_and_slow_handshakes_have_no_cause() {
     let v = only(&t);
     assert_eq!(v.verdict, VerdictKind::Ok);
     assert_eq!((v.cause, v.next), (None, None));
+}
+
+#[test]
+fn a_remote_clients_unanswered_syn_at_a_pod_of_this_node_is_server_silent() {
+    let mut t = tracker();
+    t.set_interface_name(7, "vethserver");
+    // The server is a pod of this node: what it sends leaves its veth here.
+    t.on_packet(&packet(
+        EventKind::Syn,
+        IPPROTO_TCP,
+        "10.244.0.3:45000",
+        "10.244.0.4:80",
+        0,
+        None,
+    ));
+    t.on_packet(&packet(
+        EventKind::SynAck,
+        IPPROTO_TCP,
+        "10.244.0.3:45000",
+        "10.244.0.4:80",
+        1,
+        None,
+    ));
+    // A client on another node: its SYN is seen only as it enters the server's veth.
+    let mut syn = packet(
+        EventKind::Syn,
+        IPPROTO_TCP,
+        "10.244.9.9:40000",
+        "10.244.0.3:8080",
+        10,
+        None,
+    );
+    syn.direction = Direction::ToPod;
+    t.on_packet(&syn);
+    t.sweep(ms(3_110));
+    let v = t
+        .verdicts(&|v| v.flow.src_ip.to_string() == "10.244.9.9", 10)
+        .pop()
+        .expect("the remote client's flow");
+    assert_eq!(
+        (v.verdict, v.cause),
+        (VerdictKind::Timeout, Some(Cause::ServerSilent)),
+        "{v:#?}"
+    );
+    assert_eq!(
+        &*v.reason,
+        "1 SYN in 3.1s and no answer: the SYN from 10.244.9.9 (not a pod of this node) reached 10.244.0.3:8080 through vethserver and the server never answered: it does not accept on port 8080 (hung, backlog full) or a firewall inside the pod drops it"
+    );
+}
+
+#[test]
+fn a_name_tried_as_it_is_before_its_search_path_is_no_failure_when_found_after() {
+    // ndots:1 (or a name with 5 dots under ndots:5): glibc tries the name as it is first.
+    let mut t = tracker();
+    lookup(
+        &mut t,
+        &[
+            ("api.internal.", ResponseCode::NXDomain),
+            (
+                "api.internal.production.svc.cluster.local.",
+                ResponseCode::NXDomain,
+            ),
+            ("api.internal.svc.cluster.local.", ResponseCode::NoError),
+        ],
+        0,
+    );
+    t.sweep(ms(5_000));
+    let failures = t.verdicts(&|v| v.verdict.is_failure(), 100);
+    assert!(failures.is_empty(), "{failures:#?}");
+    let first = by_qname(&t, "api.internal.");
+    assert_eq!(
+        (first.verdict, first.cause),
+        (VerdictKind::Ok, Some(Cause::SearchPathExpansion)),
+        "{first:#?}"
+    );
+
+    // The same lookup failing everywhere is one failure, naming the name as asked.
+    let mut t = tracker();
+    lookup(
+        &mut t,
+        &[
+            ("api.internal.", ResponseCode::NXDomain),
+            (
+                "api.internal.production.svc.cluster.local.",
+                ResponseCode::NXDomain,
+            ),
+            ("api.internal.svc.cluster.local.", ResponseCode::NXDomain),
+            ("api.internal.cluster.local.", ResponseCode::NXDomain),
+        ],
+        0,
+    );
+    t.sweep(ms(5_000));
+    let failures = t.verdicts(&|v| v.verdict.is_failure(), 100);
+    assert_eq!(failures.len(), 1, "{failures:#?}");
+    assert!(
+        failures[0].reason.starts_with(
+            "api.internal: NXDOMAIN for each of the 4 names of its search path (api.internal., "
+        ),
+        "{failures:#?}"
+    );
+}
+
+#[test]
+fn a_lookup_of_another_name_right_after_a_failed_one_does_not_hide_it() {
+    let mut t = tracker();
+    lookup(
+        &mut t,
+        &[("db.production.svc.cluster.local.", ResponseCode::NXDomain)],
+        0,
+    );
+    // `db.other` next, within the window: a lookup of its own, not `db`'s going on.
+    let other = "db.other.production.svc.cluster.local.";
+    for (kind, at) in [(EventKind::DnsQuery, 100), (EventKind::DnsResponse, 102)] {
+        t.on_packet(&dns_from(
+            "10.244.0.5:41000",
+            kind,
+            7,
+            other,
+            ResponseCode::NXDomain,
+            at,
+        ));
+    }
+    t.sweep(ms(5_000));
+    let first = by_qname(&t, "db.production.svc.cluster.local.");
+    assert_eq!(
+        (first.verdict, first.cause),
+        (VerdictKind::Nxdomain, Some(Cause::NameNotFound)),
+        "{first:#?}"
+    );
 }
