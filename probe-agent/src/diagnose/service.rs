@@ -63,7 +63,10 @@ pub fn backends<'a>(view: &'a ClusterView, flow: &Flow) -> Option<Backends<'a>> 
 pub fn rejected(view: &ClusterView, flow: &Flow, verdict: VerdictKind) -> Diagnosis {
     if let Some(backends) = backends(view, flow) {
         if backends.ready_count == 0 {
-            return no_ready_endpoints(view, &backends);
+            if view.slices_known {
+                return no_ready_endpoints(view, &backends);
+            }
+            return endpoints_not_listed(&backends, verdict);
         }
         if verdict == VerdictKind::Refused
             && let Some(mismatch) = target_port_mismatch(&backends)
@@ -142,6 +145,23 @@ pub fn rejected(view: &ClusterView, flow: &Flow, verdict: VerdictKind) -> Diagno
     }
 }
 
+/// A rejected SYN to a Service before the agent has listed the EndpointSlices: no claim
+/// about its endpoints.
+fn endpoints_not_listed(backends: &Backends, verdict: VerdictKind) -> Diagnosis {
+    let service = backends.service;
+    Diagnosis {
+        cause: match verdict {
+            VerdictKind::Refused => Cause::NothingListening,
+            _ => Cause::DestinationUnreachable,
+        },
+        reason: format!(
+            "Service {} rejected it; its endpoints are not known yet (the agent is still listing EndpointSlices)",
+            qualified(&service.namespace, &service.name)
+        ),
+        next: Some(slices_command(service)),
+    }
+}
+
 fn no_ready_endpoints(view: &ClusterView, backends: &Backends) -> Diagnosis {
     let service = backends.service;
     let name = qualified(&service.namespace, &service.name);
@@ -183,12 +203,16 @@ fn no_ready_endpoints(view: &ClusterView, backends: &Backends) -> Diagnosis {
     }
 }
 
-/// The Service port's targetPort is not declared by the ready pods behind it.
+/// The Service port's targetPort is not declared by the ready pods behind it. Declaring
+/// ports is optional: a pod that declares none is no evidence of a mismatch, unless the
+/// targetPort is a name (which only a declared port can resolve).
 fn target_port_mismatch(backends: &Backends) -> Option<Diagnosis> {
     let port = backends.port?;
     let pod = backends.ready.iter().find(|pod| {
-        resolve(&port.target_port, pod, &port.protocol)
-            .is_none_or(|p| !declares(pod, p, &port.protocol))
+        match resolve(&port.target_port, pod, &port.protocol) {
+            None => true,
+            Some(number) => !pod.ports.is_empty() && !declares(pod, number, &port.protocol),
+        }
     })?;
     Some(mismatch(backends.service, port, pod))
 }
@@ -200,7 +224,7 @@ fn selected_by_mismatched_service(
     pod: &PodRecord,
     flow: &Flow,
 ) -> Option<Diagnosis> {
-    if declares(pod, flow.dst_port, flow.protocol.as_str()) {
+    if pod.ports.is_empty() || declares(pod, flow.dst_port, flow.protocol.as_str()) {
         return None;
     }
     view.services
@@ -245,10 +269,15 @@ fn nothing_listening_behind(backends: &Backends) -> Diagnosis {
         |p| format!("targetPort {}", p.target_port),
     );
     let pods: Vec<&str> = backends.ready.iter().map(|p| &*p.name).collect();
+    let declared = if backends.ready.iter().all(|p| p.ports.is_empty()) {
+        "which declare no ports"
+    } else {
+        "which declare it"
+    };
     Diagnosis {
         cause: Cause::NothingListening,
         reason: format!(
-            "Service {} sends to {target} of {} ready pod(s) ({}), which declare it, but nothing listens there (the app is down or bound to another port or address)",
+            "Service {} sends to {target} of {} ready pod(s) ({}), {declared}, but nothing listens there (the app is down or bound to another port or address)",
             qualified(&service.namespace, &service.name),
             backends.ready_count,
             if pods.is_empty() {
@@ -325,6 +354,16 @@ mod tests {
     /// A cluster with Service `shop/web` (10.96.0.7:80 → `target`) backed by one ready pod
     /// declaring `http` 8080.
     fn view(target: serde_json::Value) -> ClusterView {
+        view_with(
+            target,
+            json!([{"name": "http", "containerPort": 8080}]),
+            true,
+        )
+    }
+
+    /// The same with the pod declaring `ports`, and its EndpointSlice listed or not
+    /// (none listed yet).
+    fn view_with(target: serde_json::Value, ports: serde_json::Value, listed: bool) -> ClusterView {
         let mut directory = Directory::default();
         let service: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
             "metadata": {"name": "web", "namespace": "shop"},
@@ -337,7 +376,7 @@ mod tests {
             .apply(object_key(&service.metadata), (&service).into());
         let pod: PodView = serde_json::from_value(json!({
             "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"}},
-            "spec": {"containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]},
+            "spec": {"containers": [{"ports": ports}]},
             "status": {"podIP": "10.244.0.8", "conditions": [{"type": "Ready", "status": "True"}]},
         }))
         .unwrap();
@@ -352,9 +391,11 @@ mod tests {
                 "endpoints": [{"addresses": ["10.244.0.8"], "targetRef": {"kind": "Pod", "name": "web-1"}}],
             }))
             .unwrap();
-        directory
-            .slices
-            .apply(object_key(&slice.metadata), SliceRecord::from(&slice));
+        if listed {
+            directory
+                .slices
+                .apply(object_key(&slice.metadata), SliceRecord::from(&slice));
+        }
         directory.snapshot().cluster
     }
 
@@ -396,5 +437,52 @@ mod tests {
         let d = rejected(&view(json!(8080)), &to_service(), VerdictKind::Unreachable);
         assert_eq!(d.cause, Cause::DestinationUnreachable);
         assert!(d.reason.contains("has 1 ready endpoints"), "{d:?}");
+    }
+
+    #[test]
+    fn a_pod_declaring_no_ports_is_no_evidence_of_a_mismatch() {
+        let d = rejected(
+            &view_with(json!(9090), json!([]), true),
+            &to_service(),
+            VerdictKind::Refused,
+        );
+        assert_eq!(d.cause, Cause::NothingListening, "{d:?}");
+        assert_eq!(
+            d.reason,
+            "Service shop/web sends to targetPort 9090 of 1 ready pod(s) (web-1), which declare no ports, but nothing listens there (the app is down or bound to another port or address)"
+        );
+        // Reached directly, the pod is no mismatch either.
+        let mut direct = to_service();
+        direct.dst_ip = IpAddr::from([10, 244, 0, 8]);
+        direct.dst_port = 9090;
+        let d = rejected(
+            &view_with(json!(9090), json!([]), true),
+            &direct,
+            VerdictKind::Refused,
+        );
+        assert_eq!(d.cause, Cause::NothingListening, "{d:?}");
+        // A named targetPort only a declared port resolves: a mismatch all the same.
+        let d = rejected(
+            &view_with(json!("http"), json!([]), true),
+            &to_service(),
+            VerdictKind::Refused,
+        );
+        assert_eq!(d.cause, Cause::TargetPortMismatch, "{d:?}");
+    }
+
+    #[test]
+    fn no_ready_endpoints_is_not_claimed_before_the_slices_are_listed() {
+        for verdict in [VerdictKind::Refused, VerdictKind::Unreachable] {
+            let d = rejected(
+                &view_with(json!(8080), json!([]), false),
+                &to_service(),
+                verdict,
+            );
+            assert_ne!(d.cause, Cause::NoReadyEndpoints, "{d:?}");
+            assert_eq!(
+                d.reason,
+                "Service shop/web rejected it; its endpoints are not known yet (the agent is still listing EndpointSlices)"
+            );
+        }
     }
 }

@@ -23,6 +23,8 @@ pub struct Kind<R> {
     /// Filled by a relist; replaces `current` when the list is complete, so objects
     /// deleted while the watch was down disappear and the old names serve meanwhile.
     relisting: Option<HashMap<ObjectKey, Arc<R>>>,
+    /// A list has completed at least once.
+    listed: bool,
 }
 
 impl<R> Default for Kind<R> {
@@ -30,6 +32,7 @@ impl<R> Default for Kind<R> {
         Self {
             current: HashMap::new(),
             relisting: None,
+            listed: false,
         }
     }
 }
@@ -57,6 +60,13 @@ impl<R> Kind<R> {
         if let Some(listed) = self.relisting.take() {
             self.current = listed;
         }
+        self.listed = true;
+    }
+
+    /// What is known of this kind can be trusted to be complete: a list has completed, or
+    /// objects have arrived by the watch (a missing object then means there is none).
+    pub fn is_known(&self) -> bool {
+        self.listed || !self.current.is_empty()
     }
 
     pub fn len(&self) -> usize {
@@ -117,6 +127,9 @@ pub struct ClusterView {
     pub namespaces: HashMap<Arc<str>, Arc<NamespaceRecord>>,
     /// NetworkPolicies by namespace.
     pub policies: HashMap<Arc<str>, Vec<Arc<NetworkPolicy>>>,
+    /// The EndpointSlices have been listed: a Service without one really has no
+    /// endpoints (before, it may only not have been listed yet).
+    pub slices_known: bool,
 }
 
 impl ClusterView {
@@ -231,6 +244,7 @@ impl Directory {
                 view.service_by_ip.insert(*ip, Arc::clone(service));
             }
         }
+        view.slices_known = self.slices.is_known();
         for (_, slice) in self.slices.shared() {
             if let Some(service) = &slice.service {
                 view.slices
