@@ -55,6 +55,25 @@ pub fn name_not_found(view: &ClusterView, asked: &str, tried: &[String]) -> Diag
         .collect();
     elsewhere.sort_unstable();
     let namespace_missing = !view.namespaces.is_empty() && !view.namespaces.contains_key(namespace);
+    let closest_namespace = if namespace_missing {
+        closest(namespace, view.namespaces.keys().map(|n| &**n))
+            .first()
+            .copied()
+    } else {
+        None
+    };
+    if namespace_missing && elsewhere.is_empty() && closest_namespace.is_none() {
+        // `api.exmaple.com` expands to `api.exmaple.com.svc.cluster.local.`, which reads as
+        // a Service in namespace `com`: with no such namespace nor anything like it, the
+        // pod meant an external name.
+        return Diagnosis {
+            cause: Cause::NameNotFound,
+            reason: format!(
+                "no such name: {asked} is neither a Service (there is no namespace {namespace}) nor an external name the DNS server knows"
+            ),
+            next: Some(format!("nslookup {asked}")),
+        };
+    }
     let mut parts = vec![if namespace_missing {
         format!("no namespace {namespace}, so no Service {service} in it")
     } else {
@@ -65,16 +84,8 @@ pub fn name_not_found(view: &ClusterView, asked: &str, tried: &[String]) -> Diag
     } else {
         format!("kubectl get services -n {namespace}")
     };
-    if let Some(other) = elsewhere.first() {
-        parts.push(format!(
-            "a Service {service} exists in namespace {other} ({service}.{other})"
-        ));
-        next = format!("kubectl get service {service} -n {other}");
-    } else if namespace_missing
-        && let Some(closest) = closest(namespace, view.namespaces.keys().map(|n| &**n)).first()
-    {
-        parts.push(format!("did you mean namespace {closest}?"));
-    }
+    // Same namespace first: a typo or a prefix left out, in the namespace the pod asked.
+    let mut suggested = false;
     if !namespace_missing {
         let in_namespace = view
             .services
@@ -85,7 +96,19 @@ pub fn name_not_found(view: &ClusterView, asked: &str, tried: &[String]) -> Diag
         if let Some(best) = suggestions.first() {
             parts.push(format!("did you mean {}?", suggestions.join(" or ")));
             next = format!("kubectl get service {best} -n {namespace}");
+            suggested = true;
         }
+    }
+    // Then the same name in another namespace.
+    if let Some(other) = elsewhere.first() {
+        parts.push(format!(
+            "a Service {service} exists in namespace {other} ({service}.{other})"
+        ));
+        if !suggested {
+            next = format!("kubectl get service {service} -n {other}");
+        }
+    } else if let Some(closest) = closest_namespace {
+        parts.push(format!("did you mean namespace {closest}?"));
     }
     let reason = parts.join("; ");
     Diagnosis {
@@ -249,6 +272,38 @@ mod tests {
             d.next.as_deref(),
             Some("kubectl get service ledger -n billing")
         );
+    }
+
+    #[test]
+    fn the_same_namespace_is_suggested_before_another_namespace() {
+        let view = view(&[
+            ("flagsmith", "flagsmith-dev-postgresql"),
+            ("db", "flagsmith-postgresql"),
+        ]);
+        let d = name_not_found(
+            &view,
+            "flagsmith-postgresql",
+            &chain("flagsmith-postgresql", "flagsmith"),
+        );
+        assert_eq!(
+            d.reason,
+            "no Service flagsmith-postgresql in flagsmith; did you mean flagsmith-dev-postgresql?; a Service flagsmith-postgresql exists in namespace db (flagsmith-postgresql.db)"
+        );
+        assert_eq!(
+            d.next.as_deref(),
+            Some("kubectl get service flagsmith-dev-postgresql -n flagsmith")
+        );
+    }
+
+    #[test]
+    fn an_external_name_that_reads_as_a_service_is_not_taken_for_one() {
+        let view = view(&[("production", "orders")]);
+        let d = name_not_found(&view, "exmaple.com", &chain("exmaple.com", "production"));
+        assert_eq!(
+            d.reason,
+            "no such name: exmaple.com is neither a Service (there is no namespace com) nor an external name the DNS server knows"
+        );
+        assert_eq!(d.next.as_deref(), Some("nslookup exmaple.com"));
     }
 
     #[test]
