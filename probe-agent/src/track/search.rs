@@ -116,7 +116,9 @@ impl SearchPaths {
         lookups.retain(|l| now.saturating_sub(l.last) < LOOKUP_IDLE);
         let going_on = lookups.iter().rposition(|l| {
             !l.tried.iter().any(|t| normal(t) == name)
-                && l.asked.iter().any(|a| continues(a, &name))
+                && l.asked
+                    .iter()
+                    .any(|a| continues(&self.domains, &self.learned, l, a, &name))
         });
         // Else the name a lookup asked last, asked again: A and AAAA on two sockets, or
         // a retry.
@@ -131,7 +133,11 @@ impl SearchPaths {
         let released = match going_on {
             Some(i) => {
                 let lookup = &mut lookups[i];
-                lookup.asked.retain(|a| continues(a, &name));
+                let asked = std::mem::take(&mut lookup.asked);
+                lookup.asked = asked
+                    .into_iter()
+                    .filter(|a| continues(&self.domains, &self.learned, lookup, a, &name))
+                    .collect();
                 if let Some(asked) = lookup.asked.first()
                     && let Some(suffix) = name.strip_prefix(&format!("{asked}."))
                 {
@@ -209,6 +215,19 @@ impl SearchPaths {
         }
     }
 
+    /// `qname` is the first name its lookup tried: a resolver tries a name with enough
+    /// dots (`ndots`) as it is before its search list, so an NXDOMAIN for it may be
+    /// followed by the expansions.
+    pub fn opens_lookup(&self, client: IpAddr, qname: &str) -> bool {
+        let name = normal(qname);
+        self.lookups.peek(&client).is_some_and(|lookups| {
+            lookups
+                .iter()
+                .rfind(|l| l.tried.iter().any(|t| normal(t) == name))
+                .is_some_and(|l| l.tried.len() == 1)
+        })
+    }
+
     /// The name answered NOERROR in the lookup `qname` belongs to, if any.
     pub fn answered_in_lookup(&self, client: IpAddr, qname: &str) -> Option<String> {
         let name = normal(qname);
@@ -268,12 +287,44 @@ impl SearchPaths {
     }
 }
 
-/// `name` is `asked` itself or `asked` under some suffix.
-fn continues(asked: &str, name: &str) -> bool {
-    name == asked
-        || name
-            .strip_prefix(asked)
-            .is_some_and(|rest| rest.starts_with('.'))
+/// `name` can be the next name a resolver tries in `lookup` of `asked`: `asked` itself
+/// (absolute, last), or `asked` under a search suffix. Within the cluster domains only the
+/// suffixes of a pod's search list count (`<ns>.svc.<domain>` only right after the name
+/// was tried as it is, since it otherwise comes first): `db.other.svc.cluster.local` is a
+/// new lookup of `db.other`, not the lookup of `db` going on. Any other suffix may be a
+/// node's own search domain, still to be learned.
+fn continues(
+    domains: &VecDeque<String>,
+    learned: &VecDeque<String>,
+    lookup: &Lookup,
+    asked: &str,
+    name: &str,
+) -> bool {
+    if name == asked {
+        return true;
+    }
+    let Some(rest) = name
+        .strip_prefix(asked)
+        .and_then(|rest| rest.strip_prefix('.'))
+    else {
+        return false;
+    };
+    if learned.iter().any(|suffix| suffix == rest) {
+        return true;
+    }
+    for domain in domains {
+        if rest == domain || rest == format!("svc.{domain}") {
+            return true;
+        }
+        if let Some(namespace) = rest.strip_suffix(&format!(".svc.{domain}")) {
+            let tried_as_is = lookup.tried.len() == 1 && normal(&lookup.tried[0]) == asked;
+            return !namespace.contains('.') && tried_as_is;
+        }
+        if rest.ends_with(&format!(".{domain}")) {
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -435,6 +486,53 @@ mod tests {
         assert_eq!(
             paths.lookups.peek(&CLIENT).unwrap().len(),
             LOOKUPS_PER_CLIENT
+        );
+    }
+
+    #[test]
+    fn a_name_tried_as_it_is_first_goes_on_with_the_search_list() {
+        let mut paths = SearchPaths::default();
+        let names = [
+            "a.b.c.d.e.example.",
+            "a.b.c.d.e.example.production.svc.cluster.local.",
+            "a.b.c.d.e.example.svc.cluster.local.",
+        ];
+        assert!(paths.on_query(CLIENT, names[0], at(0)).is_empty());
+        assert!(paths.opens_lookup(CLIENT, names[0]));
+        paths.hold(CLIENT, names[0], key(1), at(1));
+        assert_eq!(paths.on_query(CLIENT, names[1], at(2)), [key(1)]);
+        assert!(!paths.opens_lookup(CLIENT, names[1]));
+        paths.hold(CLIENT, names[1], key(2), at(3));
+        assert_eq!(paths.on_query(CLIENT, names[2], at(4)), [key(2)]);
+        assert_eq!(
+            paths.chain(CLIENT, names[2]).unwrap().asked,
+            "a.b.c.d.e.example"
+        );
+    }
+
+    #[test]
+    fn a_lookup_of_a_longer_name_is_not_the_shorter_ones_going_on() {
+        let mut paths = SearchPaths::default();
+        let db = "db.production.svc.cluster.local.";
+        paths.on_query(CLIENT, db, at(0));
+        paths.hold(CLIENT, db, key(1), at(1));
+        for (i, name) in [
+            "db.other.production.svc.cluster.local.",
+            "db.other.svc.cluster.local.",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert!(
+                paths.on_query(CLIENT, name, at(2 + i as u64)).is_empty(),
+                "{name}"
+            );
+        }
+        assert_eq!(paths.chain(CLIENT, db).unwrap().tried, [db]);
+        // db's own next name still releases it.
+        assert_eq!(
+            paths.on_query(CLIENT, "db.svc.cluster.local.", at(5)),
+            [key(1)]
         );
     }
 }
