@@ -29,6 +29,8 @@ use crate::{build, toolchain, util};
 
 /// The image's name; its tag is the workspace version.
 pub const REPOSITORY: &str = "netprobe/probe-agent";
+/// The workspace's version (xtask shares version and license with probe-agent).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Where the binary is in the image (no leading slash, as in a layer).
 const BINARY: &str = "usr/local/bin/probe-agent";
 /// The directories above [`BINARY`], which the layer may list ("" is the root).
@@ -42,8 +44,9 @@ const USER: &str = "65532:65532";
 const PORT: &str = "9810/tcp";
 /// The archive, under `target/`.
 const ARCHIVE: &str = "netprobe-image.tar";
-/// The Kind cluster name in the command we print (deploy/'s quick start uses it).
-const KIND_CLUSTER: &str = "netprobe";
+/// The Kind cluster name in the command we print: deploy/kind/cluster.yaml's `name`
+/// (`cargo xtask check-manifests` checks it), which the README's quick start uses.
+pub const KIND_CLUSTER: &str = "netprobe";
 const DESCRIPTION: &str = "netprobe agent: per-connection verdicts (TIMEOUT, REFUSED, RESET, \
                            UNREACHABLE, NXDOMAIN, ...) from an eBPF probe on each pod's veth";
 
@@ -137,6 +140,12 @@ pub struct Spec {
     pub dirty: bool,
 }
 
+/// `netprobe/probe-agent:<version>`: the image `cargo xtask image` builds, the one
+/// deploy/daemonset.yaml must run.
+pub fn tag() -> String {
+    format!("{REPOSITORY}:{VERSION}")
+}
+
 fn label(name: &str) -> String {
     format!("org.opencontainers.image.{name}")
 }
@@ -144,8 +153,7 @@ fn label(name: &str) -> String {
 impl Spec {
     /// `revision` is the commit, `epoch` its time, `source` the repository's URL if known.
     pub fn new(revision: &str, epoch: i64, source: Option<&str>, architecture: &str) -> Spec {
-        // The workspace's (xtask shares version and license with probe-agent).
-        let version = env!("CARGO_PKG_VERSION");
+        let version = VERSION;
         let mut labels = BTreeMap::new();
         let mut add = |name: &str, value: &str| labels.insert(label(name), value.to_owned());
         add("title", "probe-agent");
@@ -158,7 +166,7 @@ impl Spec {
             add("source", source);
         }
         Spec {
-            tag: format!("{REPOSITORY}:{version}"),
+            tag: tag(),
             architecture: architecture.to_owned(),
             labels,
             epoch,
@@ -426,7 +434,7 @@ pub fn check_archive(archive: &[u8], spec: &Spec) -> Result<Checked> {
     })
 }
 
-/// `docker.io/netprobe/probe-agent:0.1.0` is `netprobe/probe-agent:0.1.0` (skopeo writes the
+/// `docker.io/netprobe/probe-agent:1.2.3` is `netprobe/probe-agent:1.2.3` (skopeo writes the
 /// former, `docker save` the latter; containerd and the kubelet normalise both the same way).
 fn same_reference(tag: &str, wanted: &str) -> bool {
     let normal = |t: &str| -> String {
@@ -643,6 +651,11 @@ mod tests {
 
     const HEAD: &str = "7c41b6dd2cc50a910f0a1ade5005b4461d72446c";
 
+    /// How skopeo names the image in the archive: `docker.io/<tag>`.
+    fn qualified() -> String {
+        format!("docker.io/{}", tag())
+    }
+
     fn spec() -> Spec {
         Spec::new(
             HEAD,
@@ -720,21 +733,16 @@ mod tests {
 
     #[test]
     fn references() {
+        assert!(same_reference(&qualified(), &tag()));
+        assert!(same_reference(&tag(), &tag()));
         assert!(same_reference(
-            "docker.io/netprobe/probe-agent:0.1.0",
-            "netprobe/probe-agent:0.1.0"
+            "docker.io/library/busybox:1.36",
+            "busybox:1.36"
         ));
-        assert!(same_reference(
-            "netprobe/probe-agent:0.1.0",
-            "netprobe/probe-agent:0.1.0"
-        ));
+        assert!(!same_reference(&format!("ghcr.io/{}", tag()), &tag()));
         assert!(!same_reference(
-            "ghcr.io/netprobe/probe-agent:0.1.0",
-            "netprobe/probe-agent:0.1.0"
-        ));
-        assert!(!same_reference(
-            "netprobe/probe-agent:0.2.0",
-            "netprobe/probe-agent:0.1.0"
+            &format!("{REPOSITORY}:{VERSION}.1"),
+            &tag()
         ));
     }
 
@@ -745,6 +753,7 @@ mod tests {
             s.tag,
             format!("netprobe/probe-agent:{}", env!("CARGO_PKG_VERSION"))
         );
+        assert_eq!(s.labels[&label("version")], env!("CARGO_PKG_VERSION"));
         assert_eq!(s.labels[&label("revision")], HEAD);
         assert_eq!(s.labels[&label("created")], "2026-11-23T15:52:57Z");
         assert_eq!(s.labels[&label("licenses")], "Apache-2.0 OR MIT");
@@ -835,11 +844,7 @@ mod tests {
     fn a_good_archive_passes() {
         let s = spec();
         let binary = elf(&[6, 1, 2], "");
-        let archive = docker_archive(
-            &["docker.io/netprobe/probe-agent:0.1.0"],
-            &config(&s),
-            &[good_layer(&binary)],
-        );
+        let archive = docker_archive(&[qualified().as_str()], &config(&s), &[good_layer(&binary)]);
         let checked = check_archive(&archive, &s).unwrap();
         assert_eq!(checked.image_id, "sha256:abc123");
         assert_eq!(checked.binary, binary);
@@ -908,19 +913,15 @@ mod tests {
         let s = spec();
         let layer = good_layer(&elf(&[1], ""));
         let wrong_tag = docker_archive(
-            &["netprobe/probe-agent:9"],
+            &[format!("{REPOSITORY}:9").as_str()],
             &config(&s),
             std::slice::from_ref(&layer),
         );
         assert!(format!("{:#}", check_archive(&wrong_tag, &s).unwrap_err()).contains("tagged"));
-        let two = docker_archive(
-            &["netprobe/probe-agent:0.1.0"],
-            &config(&s),
-            &[layer.clone(), layer],
-        );
+        let two = docker_archive(&[tag().as_str()], &config(&s), &[layer.clone(), layer]);
         assert!(format!("{:#}", check_archive(&two, &s).unwrap_err()).contains("2 layers"));
         let dynamic = docker_archive(
-            &["netprobe/probe-agent:0.1.0"],
+            &[tag().as_str()],
             &config(&s),
             &[good_layer(&elf(&[3], "/lib64/ld-linux-x86-64.so.2"))],
         );
