@@ -500,7 +500,7 @@ impl Tracker {
                 key: packet.key,
             }));
         }
-        node_outcome(&mut self.context.node, state, before, now);
+        node_outcome(&mut self.context.node, journal, state, before, now);
         Explainer::new(journal, &self.context).refresh(state, before);
         journal.record(state, before, packet.kind.into(), now);
         if let Some((released, next)) = going_on {
@@ -526,11 +526,13 @@ impl Tracker {
                     (diagnosis.reason.into(), diagnosis.next.map(Arc::from));
                 for (_, state) in self.flows.iter_mut() {
                     let recent = now.saturating_sub(state.last_seen) < node::WINDOW;
+                    // A policy's denial stays the policy's.
                     if recent
                         && matches!(
                             state.verdict,
                             VerdictKind::Timeout | VerdictKind::DnsTimeout
                         )
+                        && state.cause != Some(Cause::NetworkPolicy)
                     {
                         state.cause = Some(Cause::NodeDatapath);
                         state.explanation = Some(Arc::clone(&reason));
@@ -631,7 +633,7 @@ impl Tracker {
                 }
             };
             if expired {
-                node_outcome(&mut self.context.node, state, before, now);
+                node_outcome(&mut self.context.node, &self.journal, state, before, now);
                 Explainer::new(&self.journal, &self.context).refresh(state, before);
                 self.journal
                     .record(state, before, FlowEventKind::Timeout, now);
@@ -1122,7 +1124,13 @@ fn settle_dns(state: &mut FlowState) {
 }
 
 /// Tells the node watch about a flow that reached a new final verdict.
-fn node_outcome(node: &mut NodeWatch, state: &FlowState, before: VerdictKind, now: Duration) {
+fn node_outcome(
+    node: &mut NodeWatch,
+    journal: &Journal,
+    state: &FlowState,
+    before: VerdictKind,
+    now: Duration,
+) {
     if state.verdict == before || !state.verdict.is_final() {
         return;
     }
@@ -1130,7 +1138,18 @@ fn node_outcome(node: &mut NodeWatch, state: &FlowState, before: VerdictKind, no
         state.verdict,
         VerdictKind::Timeout | VerdictKind::DnsTimeout
     );
+    // A timeout a NetworkPolicy explains is the policy's doing: no evidence either way
+    // about the node's datapath (two clients denied by policy are no node outage).
+    if failed && denied_by_policy(journal, &state.flow) {
+        return;
+    }
     node.outcome(state.flow.src_ip, state.flow.dst_ip, failed, now);
+}
+
+fn denied_by_policy(journal: &Journal, flow: &Flow) -> bool {
+    let snapshot = journal.names.snapshot();
+    !snapshot.cluster.policies.is_empty()
+        && diagnose::path::policy_denial(&snapshot.cluster, flow).is_some()
 }
 
 /// The words of a node-wide failure.
@@ -1226,6 +1245,7 @@ impl<'a> Explainer<'a> {
                 state.verdict,
                 VerdictKind::Timeout | VerdictKind::DnsTimeout
             )
+            && !denied_by_policy(self.journal, &state.flow)
         {
             self.set(state, Some(node_datapath(incident, self.node)));
             return;

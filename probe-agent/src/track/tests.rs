@@ -929,3 +929,62 @@ fn a_lookup_of_another_name_right_after_a_failed_one_does_not_hide_it() {
         "{first:#?}"
     );
 }
+
+#[test]
+fn timeouts_a_network_policy_explains_are_no_node_outage() {
+    use crate::enrich::{Directory, Names, PodView, object_key};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+    let mut directory = Directory::default();
+    for (name, ip) in [
+        ("db-0", "10.244.0.9"),
+        ("db-1", "10.244.0.10"),
+        ("api-0", "10.244.0.5"),
+        ("api-1", "10.244.0.6"),
+    ] {
+        let app = name.split('-').next().unwrap();
+        let pod: PodView = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "production", "labels": {"app": app}},
+            "spec": {"containers": [{"ports": [{"containerPort": 80}]}]},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .unwrap();
+        directory
+            .pods
+            .apply(object_key(&pod.metadata), (&pod).into());
+    }
+    let deny: NetworkPolicy = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "db-deny-all", "namespace": "production"},
+        "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"]},
+    }))
+    .unwrap();
+    directory.policies.apply(object_key(&deny.metadata), deny);
+    let names = Names::none();
+    names.publish(directory.snapshot());
+    let mut t = tracker().with_names(names);
+    for (client, server) in [
+        ("10.244.0.5:40001", "10.244.0.9:80"),
+        ("10.244.0.5:40002", "10.244.0.10:80"),
+        ("10.244.0.6:40003", "10.244.0.9:80"),
+        ("10.244.0.6:40004", "10.244.0.10:80"),
+    ] {
+        t.on_packet(&packet(
+            EventKind::Syn,
+            IPPROTO_TCP,
+            client,
+            server,
+            0,
+            None,
+        ));
+    }
+    t.sweep(ms(3_100));
+    let timeouts = t.verdicts(&|v| v.verdict == VerdictKind::Timeout, 100);
+    assert_eq!(timeouts.len(), 4);
+    assert!(
+        timeouts
+            .iter()
+            .all(|v| v.cause == Some(Cause::NetworkPolicy)),
+        "{timeouts:#?}"
+    );
+    assert!(t.node_verdicts(ms(3_100)).is_empty());
+}
