@@ -353,7 +353,9 @@ fn action(cause: Cause) -> &'static str {
 /// The reason and the command that confirms it, within the API server's 1 KiB.
 fn note(reason: &str, next: Option<&str>) -> String {
     let note = match next {
-        Some(next) => format!("{reason} Next: {next}"),
+        // A sentence of its own, whether the reason ends in a full stop or not.
+        Some(next) if reason.ends_with(['.', '?', '!']) => format!("{reason} Next: {next}"),
+        Some(next) => format!("{reason}. Next: {next}"),
         None => reason.to_string(),
     };
     if note.len() <= NOTE_MAX {
@@ -437,6 +439,7 @@ mod tests {
     fn a_long_note_is_cut_on_a_char_boundary_within_1_kib() {
         assert_eq!(note("Refused.", None), "Refused.");
         assert_eq!(note("Refused.", Some("curl x")), "Refused. Next: curl x");
+        assert_eq!(note("Refused", Some("curl x")), "Refused. Next: curl x");
         // 'é' is two bytes: 1,023 bytes of them cannot be cut evenly.
         let long = "é".repeat(600);
         let cut = note(&long, Some("kubectl get pods"));

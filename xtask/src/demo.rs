@@ -196,6 +196,15 @@ pub fn run_then(args: DemoArgs, then: Option<AfterIncidents<'_>>) -> Result<()> 
     );
     let missing = cluster.check_verdicts(&agent)?;
     agent.ensure_alive()?;
+    let events = kube_api.events();
+    print_events(&events);
+
+    if args.no_wait {
+        ensure!(
+            !events.is_empty(),
+            "the agent wrote no Kubernetes Event (--events) for the failures"
+        );
+    }
 
     if args.no_wait {
         observe?;
@@ -228,6 +237,32 @@ pub fn run_then(args: DemoArgs, then: Option<AfterIncidents<'_>>) -> Result<()> 
     drop(node);
     println!("Done.");
     Ok(())
+}
+
+/// The Events the agent wrote, as `kubectl describe pod` lists them.
+fn print_events(events: &[Value]) {
+    println!(
+        "\n== Kubernetes Events the agent wrote (`--events`; `kubectl describe pod` shows them)\n"
+    );
+    for event in events {
+        let field = |path: &[&str]| {
+            path.iter()
+                .fold(event, |value, key| &value[*key])
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        };
+        println!(
+            "{}/{}  {}  {}  {}, {}  {}",
+            field(&["regarding", "namespace"]),
+            field(&["regarding", "name"]),
+            field(&["type"]),
+            field(&["reason"]),
+            field(&["reportingController"]),
+            field(&["reportingInstance"]),
+            field(&["note"]),
+        );
+    }
 }
 
 fn print_examples(agent: &Agent, cluster: &Cluster) {
@@ -1438,6 +1473,8 @@ impl Agent {
             .args(["--node-name", objects::NODE])
             .arg("--kubeconfig")
             .arg(kubeconfig)
+            // A Kubernetes Event on the client pod for each new failing cause.
+            .arg("--events")
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
