@@ -409,7 +409,9 @@ fn tcp_failures_say_why() {
         "{policy:#?}"
     );
     assert!(
-        policy.reason.contains("production/db-allow-api"),
+        policy.reason.ends_with(
+            " and no answer: NetworkPolicy production/db-allow-api selects postgres-0 for ingress and no rule admits production/checkout-7d9f-abcde on TCP 5432"
+        ),
         "{policy:#?}"
     );
     assert_eq!(
