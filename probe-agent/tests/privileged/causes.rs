@@ -507,6 +507,70 @@ fn tcp_failures_say_why() {
     }
 }
 
+/// A client on another node reaches this node's pods over the uplink: the probe sees its
+/// SYNs only entering the server's veth. Unanswered there, the server was silent (not a
+/// drop between two pods of this node); answered, there is no cause.
+#[test]
+fn a_remote_clients_unanswered_syn_is_server_silent() {
+    let mut node = node("cr");
+    let worker = node.add_pod("worker", "production", 7).unwrap();
+    let far = node.add_remote_host("far", 20).unwrap();
+    let _servers = [
+        worker.listen_tcp(7000).unwrap(),
+        worker.listen_tcp(7001).unwrap(),
+    ];
+    let drop_in_worker = "add table inet pod\n\
+        add chain inet pod input { type filter hook input priority 0; policy accept; }\n\
+        add rule inet pod input tcp dport 7000 drop\n";
+    let mut nft = worker.command("nft");
+    nft.args(["-f", "-"]).stdin(std::process::Stdio::piped());
+    let mut child = nft.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), drop_in_worker.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let cluster = Cluster::new(&node);
+    cluster.apply([
+        namespace("production"),
+        lab_pod(
+            &worker,
+            "worker-0",
+            "worker",
+            json!([{"containerPort": 7000}, {"containerPort": 7001}]),
+        ),
+    ]);
+    let agent = cluster.agent(&node, 1);
+
+    far.connect_tcp(sock(worker.ipv4, 7001), Duration::from_secs(3))
+        .unwrap();
+    let _ = far.connect_tcp(sock(worker.ipv4, 7000), Duration::from_secs(3));
+    let answered = settled_to(&agent, sock(worker.ipv4, 7001));
+    assert_eq!(
+        (answered.verdict, answered.cause),
+        (VerdictKind::Ok, None),
+        "{answered:#?}"
+    );
+    assert_eq!(answered.flow.src_ip, IpAddr::V4(far.ipv4));
+    assert_eq!(&*answered.interface, worker.host_if.as_str());
+    let silent = settled_to(&agent, sock(worker.ipv4, 7000));
+    assert_eq!(
+        (silent.verdict, silent.cause),
+        (VerdictKind::Timeout, Some(Cause::ServerSilent)),
+        "{silent:#?}"
+    );
+    assert!(
+        silent.reason.contains(&format!(
+            "the SYN from {} (not a pod of this node) reached pod production/worker-0 ({}) through {} and the server never answered",
+            far.ipv4,
+            sock(worker.ipv4, 7000),
+            worker.host_if
+        )),
+        "{silent:#?}"
+    );
+    assert_eq!(
+        silent.next.as_deref(),
+        Some("kubectl exec -n production worker-0 -- netstat -ltn")
+    );
+}
+
 /// DNS: a wrong Service name is one failed lookup naming what was asked and the Service
 /// meant; search-path expansions of lookups that succeed are no failures; a NetworkPolicy
 /// denying egress is named on DNS timeouts.

@@ -177,6 +177,34 @@ impl Node {
             ipv4: pod_ipv4(index),
             ipv6: pod_ipv6(index),
         };
+        self.plug_new(pod)
+    }
+
+    /// Adds a host standing for a pod on another node: namespace `<prefix>-<name>` with
+    /// addresses 10.244.`index`.9/32 and fd00:10:244:`index`::9/128, reached through an
+    /// interface `rn<prefix><index>` that is no pod veth (the agent's globs do not take it),
+    /// the way another node's pods arrive over the node's uplink. `index` is 1–254 and
+    /// unique among the node's pods and hosts.
+    pub fn add_remote_host(&mut self, name: &str, index: u8) -> Result<Pod> {
+        ensure!(
+            index >= 1 && !self.pods.iter().any(|p| p.index == index || p.name == name),
+            "remote host {name} (index {index}) clashes with a pod or host of the node"
+        );
+        let pod = Pod {
+            name: name.to_owned(),
+            k8s_namespace: "default".to_owned(),
+            netns: format!("{}-{name}", self.prefix),
+            host_if: format!("rn{}{index:02x}", self.prefix),
+            index,
+            ipv4: Ipv4Addr::new(10, 244, index, 9),
+            ipv6: Ipv6Addr::new(0xfd00, 0x10, 0x244, u16::from(index), 0, 0, 0, 9),
+        };
+        self.plug_new(pod)
+    }
+
+    /// Creates `pod`'s namespace and plugs it in; half-made, it is removed again.
+    fn plug_new(&mut self, pod: Pod) -> Result<Pod> {
+        let name = pod.name.clone();
         ip(&["netns", "add", &pod.netns])
             .with_context(|| format!("creating pod namespace {}", pod.netns))?;
         self.pods.push(pod.clone());
