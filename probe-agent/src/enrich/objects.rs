@@ -218,7 +218,7 @@ impl From<&PodView> for PodRecord {
 }
 
 /// The workload that owns a pod: Deployment (through its ReplicaSet), StatefulSet,
-/// DaemonSet, Job; the pod itself when it has no controller (bare or static pods).
+/// DaemonSet, Job (CronJob for the Jobs it creates); the pod itself when it has no controller (bare or static pods).
 ///
 /// A ReplicaSet created by a Deployment is named `<deployment>-<pod-template-hash>` and
 /// its pods carry that hash as a label, so the Deployment is found without reading
@@ -244,6 +244,18 @@ fn workload_of(meta: &ObjectMeta, pod_name: &Arc<str>) -> Arc<str> {
                 _ => owner.name.as_str().into(),
             }
         }
+        // A CronJob names each of its Jobs `<cronjob>-<scheduled time in minutes since
+        // the epoch>`: the CronJob is the workload, so a label value is not minted per run.
+        "Job" => match owner.name.rsplit_once('-') {
+            Some((cronjob, minutes))
+                if !cronjob.is_empty()
+                    && minutes.len() >= 8
+                    && minutes.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                cronjob.into()
+            }
+            _ => owner.name.as_str().into(),
+        },
         // A static (mirror) pod is "owned" by its Node: the pod is the workload.
         "Node" => Arc::clone(pod_name),
         _ => owner.name.as_str().into(),

@@ -70,6 +70,15 @@ fn workloads_come_from_the_controller_and_through_replica_sets() {
         "kindnet"
     );
     assert_eq!(&*record(owned_by("Job", "report-1")).workload, "report-1");
+    // A CronJob's Job: `<cronjob>-<minutes since the epoch>`.
+    assert_eq!(
+        &*record(owned_by("Job", "nightly-report-29400000")).workload,
+        "nightly-report"
+    );
+    assert_eq!(
+        &*record(owned_by("Job", "migrate-v2")).workload,
+        "migrate-v2"
+    );
     // Bare and static (mirror) pods are their own workload.
     assert_eq!(&*record(json!({})).workload, "p-1");
     assert_eq!(&*record(owned_by("Node", "node-a")).workload, "p-1");
