@@ -2,7 +2,8 @@
 //!
 //! Tasks: the HTTP server; the attacher (owns the programs, applies netlink changes and
 //! a periodic resync); the ring-buffer reader (never blocks the kernel: it hands batches
-//! to a bounded queue and counts what does not fit); the tracker loop (decode + track,
+//! to a bounded queue and, when it is full, drops and counts SYNs first, see [`queue`]);
+//! the tracker loop (decode + track,
 //! timeout sweep, reconcile with the kernel's counters); with a cluster, the name
 //! watcher and (`--events`) the Kubernetes Event writer.
 
@@ -13,6 +14,8 @@ use std::{
     sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
+
+mod queue;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -40,11 +43,11 @@ use crate::{
 };
 
 /// Batches of raw records waiting for the tracker. Bounded: when the tracker falls
-/// behind, the reader drops and counts instead of stalling the ring buffer. 64 × 256
+/// behind, the reader drops (SYNs first) and counts instead of stalling the ring buffer. 64 × 256
 /// records of ~0.5 KiB: at most 8.5 MiB, ~13 ms of tracking.
 const QUEUE_BATCHES: usize = 64;
-/// Records per batch, at most.
-const BATCH_RECORDS: usize = 256;
+/// How soon records carried over from a full queue are offered again.
+const CARRIED_RETRY: Duration = Duration::from_millis(10);
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 const RESYNC_EVERY: Duration = Duration::from_secs(5);
@@ -448,14 +451,27 @@ async fn read_ring(
     // as it lives, and the AsyncFd owns the ring buffer.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|err| anyhow::anyhow!("polling the ring buffer: {err}"))?;
+    let mut batcher = queue::Batcher::default();
     loop {
         let mut guard = tokio::select! {
             guard = ring.readable_mut() => guard?,
-            _ = shutdown.changed() => return Ok(()),
+            // Records carried over from a full queue go out as soon as there is room,
+            // not only with the next packet.
+            _ = tokio::time::sleep(CARRIED_RETRY), if batcher.pending() > 0 => {
+                let lost = batcher.flush(&batches);
+                if lost > 0 {
+                    metrics.events_lost(LossSource::Agent, lost);
+                }
+                continue;
+            }
+            _ = shutdown.changed() => {
+                // Carried over and never sent: lost as well.
+                metrics.events_lost(LossSource::Agent, batcher.pending());
+                return Ok(());
+            }
         };
         let ring = guard.get_inner_mut();
-        let mut batch = Vec::with_capacity(record * BATCH_RECORDS);
-        let mut in_batch = 0;
+        let mut lost = 0;
         while let Some(item) = ring.next() {
             // The kernel only writes whole PacketEvents; anything else is reported, not
             // misread as the start of the next record.
@@ -463,24 +479,13 @@ async fn read_ring(
                 metrics.decode_error(DecodeErrorKind::Truncated);
                 continue;
             }
-            batch.extend_from_slice(&item);
-            in_batch += 1;
-            if in_batch == BATCH_RECORDS {
-                send_batch(&batches, std::mem::take(&mut batch), in_batch, &metrics);
-                batch.reserve(record * BATCH_RECORDS);
-                in_batch = 0;
-            }
+            lost += batcher.push(&item, &batches);
         }
-        if in_batch > 0 {
-            send_batch(&batches, batch, in_batch, &metrics);
+        lost += batcher.flush(&batches);
+        if lost > 0 {
+            metrics.events_lost(LossSource::Agent, lost);
         }
         guard.clear_ready();
-    }
-}
-
-fn send_batch(batches: &mpsc::Sender<Vec<u8>>, batch: Vec<u8>, records: usize, metrics: &Metrics) {
-    if batches.try_send(batch).is_err() {
-        metrics.events_lost(LossSource::Agent, records as u64);
     }
 }
 

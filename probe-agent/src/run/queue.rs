@@ -1,0 +1,178 @@
+//! The reader's side of the queue to the tracker: batches of raw ring-buffer records,
+//! and what to keep when the tracker falls behind.
+//!
+//! A full queue used to cost whole batches. Under a SYN flood those are nearly all the
+//! flood's SYNs, but the few answers among them (SYN-ACK, RST, ICMP, DNS) are what settle
+//! real connections: a healthy flow whose SYN-ACK is lost times out, unless the kernel's
+//! counter map still holds it at the next reconcile, and a flood evicts it from there
+//! within a second. So when a batch does not fit, its SYNs are dropped (and counted) and
+//! everything else is carried into the next batch, up to a bound.
+
+use probe_ebpf::{EventKind, PacketEvent};
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+/// Records per batch, at most.
+pub const BATCH_RECORDS: usize = 256;
+/// Records carried over from batches that did not fit, at most: fewer than a batch, so
+/// a batch never grows past [`BATCH_RECORDS`].
+const CARRY_RECORDS: usize = BATCH_RECORDS / 2;
+
+const RECORD: usize = size_of::<PacketEvent>();
+const KIND_OFFSET: usize = std::mem::offset_of!(PacketEvent, kind);
+
+/// Builds batches and sends them without waiting; returns what it had to drop.
+pub struct Batcher {
+    batch: Vec<u8>,
+    records: usize,
+    /// Of `batch`'s records, how many were carried over from a batch that did not fit.
+    carried: usize,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Self {
+            batch: Vec::with_capacity(RECORD * BATCH_RECORDS),
+            records: 0,
+            carried: 0,
+        }
+    }
+}
+
+impl Batcher {
+    /// Adds one whole record; a full batch is sent. Returns the records dropped.
+    pub fn push(&mut self, record: &[u8], queue: &mpsc::Sender<Vec<u8>>) -> u64 {
+        debug_assert_eq!(record.len(), RECORD);
+        self.batch.extend_from_slice(record);
+        self.records += 1;
+        if self.records >= BATCH_RECORDS {
+            return self.flush(queue);
+        }
+        0
+    }
+
+    /// Sends what is batched. When the queue is full, the SYNs are dropped and the rest
+    /// is kept for the next batch (beyond [`CARRY_RECORDS`], dropped too). Returns the
+    /// records dropped.
+    pub fn flush(&mut self, queue: &mpsc::Sender<Vec<u8>>) -> u64 {
+        if self.records == 0 {
+            return 0;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(RECORD * BATCH_RECORDS));
+        let records = std::mem::take(&mut self.records);
+        self.carried = 0;
+        match queue.try_send(batch) {
+            Ok(()) => 0,
+            Err(TrySendError::Full(batch)) => self.carry(&batch),
+            // The tracker is gone (shutting down): nothing will read them.
+            Err(TrySendError::Closed(_)) => records as u64,
+        }
+    }
+
+    /// Keeps the records of `batch` that are not SYNs, as many as fit.
+    fn carry(&mut self, batch: &[u8]) -> u64 {
+        let mut dropped = 0;
+        for record in batch.chunks_exact(RECORD) {
+            if is_syn(record) || self.carried == CARRY_RECORDS {
+                dropped += 1;
+                continue;
+            }
+            self.batch.extend_from_slice(record);
+            self.records += 1;
+            self.carried += 1;
+        }
+        dropped
+    }
+
+    /// Records batched and not sent yet (dropped when the reader stops).
+    pub fn pending(&self) -> u64 {
+        self.records as u64
+    }
+}
+
+fn is_syn(record: &[u8]) -> bool {
+    record
+        .get(KIND_OFFSET..KIND_OFFSET + 4)
+        .and_then(|bytes| bytes.try_into().ok())
+        .is_some_and(|bytes| u32::from_ne_bytes(bytes) == EventKind::Syn as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: EventKind, tag: u8) -> Vec<u8> {
+        let mut bytes = vec![tag; RECORD];
+        bytes[KIND_OFFSET..KIND_OFFSET + 4].copy_from_slice(&(kind as u32).to_ne_bytes());
+        bytes
+    }
+
+    fn kinds(batch: &[u8]) -> Vec<u32> {
+        batch
+            .chunks_exact(RECORD)
+            .map(|r| u32::from_ne_bytes(r[KIND_OFFSET..KIND_OFFSET + 4].try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn batches_go_out_whole_while_the_queue_has_room() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut batcher = Batcher::default();
+        let mut dropped = 0;
+        for i in 0..BATCH_RECORDS + 3 {
+            dropped += batcher.push(&record(EventKind::Syn, i as u8), &tx);
+        }
+        dropped += batcher.flush(&tx);
+        assert_eq!(dropped, 0);
+        assert_eq!(rx.try_recv().unwrap().len(), RECORD * BATCH_RECORDS);
+        assert_eq!(rx.try_recv().unwrap().len(), RECORD * 3);
+        assert_eq!(batcher.pending(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_syns_and_carries_the_answers() {
+        let (tx, mut rx) = mpsc::channel(1);
+        tx.try_send(Vec::new()).unwrap();
+        let mut batcher = Batcher::default();
+        let mut dropped = 0;
+        for kind in [
+            EventKind::Syn,
+            EventKind::SynAck,
+            EventKind::Syn,
+            EventKind::Rst,
+            EventKind::DnsResponse,
+        ] {
+            dropped += batcher.push(&record(kind, 0), &tx);
+        }
+        dropped += batcher.flush(&tx);
+        assert_eq!((dropped, batcher.pending()), (2, 3));
+        // Room again: the answers go out first, with what came after them.
+        rx.try_recv().unwrap();
+        dropped += batcher.push(&record(EventKind::Syn, 1), &tx);
+        dropped += batcher.flush(&tx);
+        assert_eq!(dropped, 2);
+        assert_eq!(
+            kinds(&rx.try_recv().unwrap()),
+            [
+                EventKind::SynAck as u32,
+                EventKind::Rst as u32,
+                EventKind::DnsResponse as u32,
+                EventKind::Syn as u32
+            ]
+        );
+    }
+
+    #[test]
+    fn what_is_carried_is_bounded_and_every_record_is_accounted_for() {
+        let (tx, _rx) = mpsc::channel(1);
+        tx.try_send(Vec::new()).unwrap();
+        let mut batcher = Batcher::default();
+        let total = 10 * BATCH_RECORDS;
+        let mut dropped = 0;
+        for _ in 0..total {
+            dropped += batcher.push(&record(EventKind::SynAck, 0), &tx);
+        }
+        dropped += batcher.flush(&tx);
+        assert_eq!(batcher.pending(), CARRY_RECORDS as u64);
+        assert_eq!(dropped + batcher.pending(), total as u64);
+    }
+}
