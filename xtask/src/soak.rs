@@ -8,9 +8,9 @@
 use std::{
     collections::HashMap,
     fs::File,
-    net::{IpAddr, SocketAddr, TcpListener},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
     os::unix::process::CommandExt,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -28,7 +28,7 @@ use nix::{
 use serde_json::Value;
 use xtask::{
     exec,
-    lab::{self, Node, Proto},
+    lab::{self, Node, Pod, Proto},
 };
 
 use crate::{build, demo::http_get, toolchain, util};
@@ -156,13 +156,19 @@ fn faults(churn_cycles: u32) -> Result<Vec<String>> {
 }
 
 /// The agent as a child process on the node, its API on the host's loopback.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
-    listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
 }
 
 impl Agent {
     fn start(bin: &Path, node: &Node, log: &Path) -> Result<Agent> {
+        Agent::start_with(bin, node, log, &[])
+    }
+
+    /// The agent on `node` (no Kubernetes, 1 s SYN timeout), with more `probe-agent run`
+    /// arguments (e.g. `--interfaces`); ready (`/readyz` 200) when this returns.
+    pub(crate) fn start_with(bin: &Path, node: &Node, log: &Path, args: &[&str]) -> Result<Agent> {
         let listen = free_port()?;
         let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(bin)
@@ -172,6 +178,7 @@ impl Agent {
             .args(["--listen", &listen.to_string(), "--kube", "off"])
             .args(["--syn-timeout", &format!("{}s", SYN_TIMEOUT.as_secs())])
             .args(["--flow-capacity", &FLOW_CAPACITY.to_string()])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -193,12 +200,24 @@ impl Agent {
         }
     }
 
+    pub(crate) fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Fails if the agent has exited.
+    pub(crate) fn ensure_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the agent exited ({status})");
+        }
+        Ok(())
+    }
+
     fn rss_mib(&self) -> Result<f64> {
         let kib = lab::rss_kib(self.child.id()).context("the agent has no VmRSS: gone?")?;
         Ok(kib as f64 / 1024.0)
     }
 
-    fn metrics(&self) -> Result<HashMap<String, f64>> {
+    pub(crate) fn metrics(&self) -> Result<HashMap<String, f64>> {
         let (status, body) = http_get(self.listen, "/metrics")?;
         ensure!(status == 200, "GET /metrics: HTTP {status}");
         Ok(parse_samples(&body))
@@ -226,7 +245,7 @@ fn parse_samples(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-fn sum_of(samples: &HashMap<String, f64>, name: &str) -> f64 {
+pub(crate) fn sum_of(samples: &HashMap<String, f64>, name: &str) -> f64 {
     samples
         .iter()
         .filter(|(series, _)| *series == name || series.starts_with(&format!("{name}{{")))
@@ -281,6 +300,46 @@ fn parse_wrk(text: &str) -> Result<WrkReport> {
     }
     ensure!(report.requests > 0, "wrk reported no requests:\n{text}");
     Ok(report)
+}
+
+/// hping3 sending SYNs as fast as it can from a pod, its output in `dir`.
+pub(crate) struct SynFlood {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl SynFlood {
+    /// `hping3 --flood -S -p <port> <to>` in `from`'s namespace.
+    pub(crate) fn start(from: &Pod, to: Ipv4Addr, port: u16, dir: &Path) -> Result<SynFlood> {
+        let (out, err) = (dir.join("hping3.out"), dir.join("hping3.err"));
+        let child = from
+            .command("hping3")
+            .args(["--flood", "-S", "-p", &port.to_string(), &to.to_string()])
+            .stdin(Stdio::null())
+            .stdout(File::create(&out)?)
+            .stderr(File::create(&err)?)
+            .spawn()
+            .context("starting hping3")?;
+        Ok(SynFlood { child, out, err })
+    }
+
+    /// Stops it; the SYNs it says it sent.
+    pub(crate) fn stop(mut self) -> Result<Option<u64>> {
+        // SIGINT: hping3 prints its statistics and exits.
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
+        self.child.wait()?;
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default()
+            + &std::fs::read_to_string(&self.err).unwrap_or_default();
+        Ok(parse_hping_sent(&text))
+    }
+}
+
+impl Drop for SynFlood {
+    fn drop(&mut self) {
+        // Not stopped (an error on the way): it must not outlive the task.
+        exec::terminate(&mut self.child, Duration::from_secs(2));
+    }
 }
 
 /// hping3's "N packets tramitted" (sic) line.
@@ -339,15 +398,7 @@ fn load(bin: &Path, flood: Duration) -> Result<Vec<Figure>> {
         })
     };
 
-    let hping_out = dir.join("hping3.out");
-    let mut hping = flooder
-        .command("hping3")
-        .args(["--flood", "-S", "-p", "5432", &victim.ipv4.to_string()])
-        .stdin(Stdio::null())
-        .stdout(File::create(&hping_out)?)
-        .stderr(File::create(dir.join("hping3.err"))?)
-        .spawn()
-        .context("starting hping3")?;
+    let hping = SynFlood::start(&flooder, victim.ipv4, 5432, &dir)?;
     let wrk = Command::new("wrk")
         .args(["-t2", "-c16", "--latency", "--timeout", "5s"])
         .arg(format!("-d{}s", flood.as_secs()))
@@ -364,17 +415,12 @@ fn load(bin: &Path, flood: Duration) -> Result<Vec<Figure>> {
         thread::sleep(Duration::from_millis(500));
         rss_max = rss_max.max(agent.rss_mib()?);
     }
-    // SIGINT: hping3 prints its statistics and exits.
-    let _ = kill(Pid::from_raw(hping.id() as i32), Signal::SIGINT);
-    hping.wait()?;
+    let sent = hping.stop()?;
     let wrk = wrk.wait_with_output()?;
     let wrk_text = String::from_utf8_lossy(&wrk.stdout).into_owned();
     let wrk_report = parse_wrk(&wrk_text)?;
     stop.store(true, Ordering::SeqCst);
     healthy.join().ok();
-    let sent_text = std::fs::read_to_string(&hping_out).unwrap_or_default()
-        + &std::fs::read_to_string(dir.join("hping3.err")).unwrap_or_default();
-    let sent = parse_hping_sent(&sent_text);
 
     // Let the agent catch up: the last SYN timeouts, the next reconcile with the kernel.
     let mut samples = agent.metrics()?;
