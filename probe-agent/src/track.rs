@@ -1433,7 +1433,16 @@ fn recover_lost(
     if syn && state.attempt_start.is_none() {
         state.attempt_start = Some(Duration::from_nanos(kernel.first_seen_ns));
         state.attempt_syns = kernel.syn;
-        state.verdict = VerdictKind::Pending;
+        // A SYN whose event was lost, of a connection already answered (its SYN-ACK, RST
+        // or ICMP came through): the answer stands, nothing is pending again.
+        let answered = counts.syn_ack > 0 || counts.rst > 0 || counts.icmp_unreachable > 0;
+        if !answered {
+            state.verdict = VerdictKind::Pending;
+        } else if state.verdict == VerdictKind::Reset && counts.syn_ack == 0 {
+            // The RST answered that SYN: refused, not an established connection reset.
+            state.verdict = VerdictKind::Refused;
+            state.reason = "SYN answered by RST".into();
+        }
     }
     if syn_ack {
         on_syn_ack(state, at);

@@ -471,6 +471,23 @@ fn load(bin: &Path, flood: Duration) -> Result<Vec<Figure>> {
         .filter_map(|v| v["verdict"].as_str())
         .collect();
     let healthy_wrong = healthy_verdicts.iter().filter(|v| **v != "OK").count();
+    // What went wrong, for whoever reads a miss.
+    for wrong in verdicts["verdicts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["verdict"] != "OK")
+        .take(5)
+    {
+        println!(
+            "healthy flow not OK: {} {}:{} {} counts {}",
+            wrong["verdict"].as_str().unwrap_or("?"),
+            wrong["flow"]["src_ip"].as_str().unwrap_or("?"),
+            wrong["flow"]["src_port"],
+            wrong["reason"].as_str().unwrap_or("?"),
+            wrong["counts"]
+        );
+    }
     let (ok, failed) = (
         healthy_ok.load(Ordering::SeqCst),
         healthy_failed.load(Ordering::SeqCst),

@@ -373,6 +373,53 @@ fn kernel_counts_recover_lost_events_without_double_counting() {
 }
 
 #[test]
+fn a_lost_syn_recovered_after_its_answer_keeps_the_answer() {
+    let key = craft::flow_key(
+        IPPROTO_TCP,
+        CLIENT.parse().unwrap(),
+        SERVER.parse().unwrap(),
+    );
+    for (answer, counters, verdict) in [
+        (
+            EventKind::SynAck,
+            FlowCounters {
+                syn: 1,
+                syn_ack: 1,
+                ..FlowCounters::default()
+            },
+            VerdictKind::Ok,
+        ),
+        (
+            EventKind::Rst,
+            FlowCounters {
+                syn: 1,
+                rst: 1,
+                ..FlowCounters::default()
+            },
+            VerdictKind::Refused,
+        ),
+    ] {
+        // The SYN's event was dropped (a full queue under a flood), its answer's was not.
+        let mut t = tracker();
+        t.on_packet(&tcp(answer, 1010));
+        let kernel = FlowCounters {
+            first_seen_ns: 1_000_000_000,
+            last_seen_ns: 1_010_000_000,
+            ..counters
+        };
+        t.reconcile([(key, kernel)], ms(2000));
+        t.sweep(ms(10_000));
+        let v = only(&t);
+        assert_eq!(v.verdict, verdict, "{v:#?}");
+        assert_eq!(v.counts.syn, 1);
+        assert!(
+            t.events(&|e| e.event == FlowEventKind::Timeout, 10)
+                .is_empty()
+        );
+    }
+}
+
+#[test]
 fn kernel_counts_create_flows_whose_events_were_all_lost() {
     let mut t = tracker();
     let key = craft::flow_key(
