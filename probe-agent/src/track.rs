@@ -91,6 +91,12 @@ pub fn monotonic_now() -> Duration {
 
 /// How long a kernel count may run ahead of the events before the agent believes the
 /// missing events were lost rather than still on their way.
+/// A timeout's Kubernetes Event waits this long: the node watch, evaluated every 100 ms,
+/// may find it part of a node-wide failure, and one cause (`node_datapath`) is then
+/// written instead of a per-pair one for each of the pods that lost their connections.
+const REPORT_HOLD: Duration = Duration::from_millis(500);
+/// Held reports, at most; beyond, they go out at once.
+const HELD_REPORTS: usize = 1024;
 const LOSS_GRACE: Duration = Duration::from_millis(500);
 /// Added to `--syn-timeout` before a handshake is TIMEOUT. Linux retransmits a SYN 1, 3
 /// and 7 s after the first (the usual timeouts): a retransmission due at the deadline,
@@ -283,6 +289,9 @@ struct Journal {
     names: Names,
     /// Where new failing causes of known pods go (`--events`); full means dropped.
     reports: Option<mpsc::Sender<CauseReport>>,
+    /// Reports of timeouts, held until it is known whether they are part of a node-wide
+    /// failure (see [`REPORT_HOLD`]), with when each is due.
+    held_reports: VecDeque<(Duration, CauseReport)>,
 }
 
 impl Tracker {
@@ -301,6 +310,7 @@ impl Tracker {
                 metrics,
                 names: Names::none(),
                 reports: None,
+                held_reports: VecDeque::new(),
             },
             config,
             deadlines: BinaryHeap::new(),
@@ -641,6 +651,11 @@ impl Tracker {
         }
         let change = self.context.node.evaluate(now);
         self.on_node_change(change, now);
+        self.journal.release_reports(
+            now,
+            self.context.node.current(),
+            self.context.node_name.as_ref(),
+        );
         self.compact_deadlines();
     }
 
@@ -828,7 +843,7 @@ impl Journal {
             self.metrics.verdict_reached(&verdict);
             if let Some(cause) = verdict.cause.filter(|c| c.is_failure()) {
                 self.metrics.cause_reached(cause);
-                self.report(&verdict, cause);
+                self.report(&verdict, cause, now);
             }
         }
         // The event shares the verdict's names, interface and DNS summary: looked up once.
@@ -855,8 +870,9 @@ impl Journal {
         self.events.push_back(event);
     }
 
-    /// Hands a new failing cause of a flow from a known pod to the Event writer.
-    fn report(&self, verdict: &Verdict, cause: Cause) {
+    /// Hands a new failing cause of a flow from a known pod to the Event writer; a
+    /// timeout's waits [`REPORT_HOLD`] first.
+    fn report(&mut self, verdict: &Verdict, cause: Cause, now: Duration) {
         let Some(reports) = &self.reports else {
             return;
         };
@@ -876,7 +892,41 @@ impl Journal {
             next: verdict.next.clone(),
             flow: verdict.flow,
         };
-        events::offer(reports, report, &self.metrics);
+        let timeout = matches!(
+            cause,
+            Cause::DroppedBetween | Cause::ServerSilent | Cause::NoAnswer | Cause::DnsNoAnswer
+        );
+        if timeout && self.held_reports.len() < HELD_REPORTS {
+            self.held_reports.push_back((now + REPORT_HOLD, report));
+        } else {
+            events::offer(reports, report, &self.metrics);
+        }
+    }
+
+    /// Sends the held reports that are due: as they are, or, while a node-wide failure
+    /// goes on, as that failure (the timeout was the node's, not its own).
+    fn release_reports(
+        &mut self,
+        now: Duration,
+        incident: Option<&Incident>,
+        node: Option<&Arc<str>>,
+    ) {
+        let Some(reports) = &self.reports else {
+            return;
+        };
+        while let Some((due, _)) = self.held_reports.front() {
+            if *due > now {
+                break;
+            }
+            let (_, mut report) = self.held_reports.pop_front().expect("checked");
+            if let Some(incident) = incident {
+                let diagnosis = node_datapath(incident, node);
+                report.cause = diagnosis.cause;
+                report.reason = diagnosis.reason.into();
+                report.next = diagnosis.next.map(Arc::from);
+            }
+            events::offer(reports, report, &self.metrics);
+        }
     }
 
     fn interface_name(&self, ifindex: u32) -> Arc<str> {

@@ -1035,3 +1035,68 @@ fn timeouts_a_network_policy_explains_are_no_node_outage() {
     );
     assert!(t.node_verdicts(ms(3_100)).is_empty());
 }
+
+#[test]
+fn timeouts_of_a_node_outage_are_reported_as_the_outage_not_one_by_one() {
+    use crate::enrich::{Directory, Names, PodView, object_key};
+
+    let mut directory = Directory::default();
+    for (name, ip) in [("api-0", "10.244.0.5"), ("api-1", "10.244.0.6")] {
+        let pod: PodView = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "production"},
+            "status": {"podIP": ip},
+        }))
+        .unwrap();
+        directory
+            .pods
+            .apply(object_key(&pod.metadata), (&pod).into());
+    }
+    let names = Names::none();
+    names.publish(directory.snapshot());
+    let (reports_tx, mut reports) = tokio::sync::mpsc::channel(64);
+    let mut t = tracker().with_names(names).with_cause_reports(reports_tx);
+
+    // One timeout alone: reported with its own cause, once held for REPORT_HOLD.
+    t.on_packet(&packet(
+        EventKind::Syn,
+        IPPROTO_TCP,
+        "10.244.0.5:39999",
+        "10.96.45.1:80",
+        0,
+        None,
+    ));
+    t.sweep(ms(3_100));
+    assert!(reports.try_recv().is_err(), "held");
+    t.sweep(ms(3_100) + super::REPORT_HOLD);
+    let alone = reports.try_recv().expect("reported");
+    assert_eq!(alone.cause, Cause::NoAnswer);
+
+    // Four pairs from two pods at once: a node-wide failure, reported as that.
+    for (client, server) in [
+        ("10.244.0.5:40001", "10.244.0.9:80"),
+        ("10.244.0.5:40002", "10.244.0.10:80"),
+        ("10.244.0.6:40003", "10.244.0.9:80"),
+        ("10.244.0.6:40004", "10.244.0.10:80"),
+    ] {
+        t.on_packet(&packet(
+            EventKind::Syn,
+            IPPROTO_TCP,
+            client,
+            server,
+            4_000,
+            None,
+        ));
+    }
+    // Each is diagnosed on its own as it times out; the node watch sees them after.
+    t.sweep(ms(7_100));
+    t.sweep(ms(7_150) + super::REPORT_HOLD);
+    let mut causes = Vec::new();
+    while let Ok(report) = reports.try_recv() {
+        causes.push((report.cause, report.pod.to_string()));
+    }
+    assert_eq!(causes.len(), 4, "{causes:?}");
+    assert!(
+        causes.iter().all(|(cause, _)| *cause == Cause::NodeDatapath),
+        "{causes:?}"
+    );
+}
