@@ -1096,7 +1096,9 @@ fn timeouts_of_a_node_outage_are_reported_as_the_outage_not_one_by_one() {
     }
     assert_eq!(causes.len(), 4, "{causes:?}");
     assert!(
-        causes.iter().all(|(cause, _)| *cause == Cause::NodeDatapath),
+        causes
+            .iter()
+            .all(|(cause, _)| *cause == Cause::NodeDatapath),
         "{causes:?}"
     );
 }
