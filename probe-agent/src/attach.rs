@@ -257,11 +257,6 @@ impl Attacher {
         let name = attachment.status.name;
         self.detach_link(INGRESS_PROGRAM, attachment.ingress, &name);
         self.detach_link(EGRESS_PROGRAM, attachment.egress, &name);
-        match loader::forget_local_endpoints(&mut self.ebpf, index) {
-            Ok(0) => {}
-            Ok(n) => debug!(interface = name, "forgot {n} pod addresses"),
-            Err(err) => warn!(interface = name, "forgetting its pod addresses: {err}"),
-        }
         Some(name)
     }
 

@@ -16,7 +16,9 @@ use pnet_packet::{
     udp::MutableUdpPacket,
     vlan::MutableVlanPacket,
 };
-use probe_ebpf::{CAPTURE_BYTES, Direction, EventKind, FlowKey, PacketEvent, WIRE_VERSION};
+use probe_ebpf::{
+    CAPTURE_BYTES, Direction, EventKind, FlowCounters, FlowKey, HookKey, PacketEvent, WIRE_VERSION,
+};
 
 pub use pnet_packet::tcp::TcpFlags;
 
@@ -283,11 +285,14 @@ pub fn wire_event(
         version: WIRE_VERSION,
         kind: kind as u32,
         timestamp_ns,
-        flow: key,
-        ifindex: 7,
-        direction: direction as u32,
+        hook: HookKey {
+            tuple: key,
+            ifindex: 7,
+            direction: direction as u32,
+        },
         packet_len: frame.len() as u32,
         captured_len: captured as u32,
+        counters: FlowCounters::default(),
         data: [0; CAPTURE_BYTES],
     };
     event.data[..captured].copy_from_slice(&frame[..captured]);

@@ -8,7 +8,7 @@
 use std::{mem::size_of, net::IpAddr, time::Duration};
 
 use hickory_proto::{
-    op::{Header, Message, MessageType, ResponseCode},
+    op::{Header, Message, MessageType, Query, ResponseCode},
     serialize::binary::{BinDecodable, BinDecoder},
 };
 use pnet_packet::{
@@ -24,7 +24,8 @@ use pnet_packet::{
     vlan::VlanPacket,
 };
 use probe_ebpf::{
-    Direction, EventKind, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PacketEvent, WIRE_VERSION,
+    Direction, EventKind, FlowCounters, FlowKey, HookKey, IPPROTO_TCP, IPPROTO_UDP, PacketEvent,
+    WIRE_VERSION,
 };
 
 use crate::model::{Flow, Protocol};
@@ -58,11 +59,31 @@ pub struct Packet {
     pub ifindex: u32,
     /// CLOCK_MONOTONIC time the kernel saw it.
     pub monotonic: Duration,
-    /// The flow the kernel counted it on (client → server).
-    pub flow: Flow,
-    pub key: FlowKey,
+    /// The tuple as on the wire (`src` sent it); for an ICMP error, the quoted packet's.
+    pub tuple: Flow,
+    /// Where the kernel counted it, and its counters just after.
+    pub hook: HookKey,
+    pub counters: FlowCounters,
+    /// The pod end at this hook: the sender of what leaves a pod, the receiver of what
+    /// enters it (for an ICMP error, of the error itself).
+    pub pod: IpAddr,
+    /// TCP header facts, for TCP packets (not for ICMP errors quoting TCP).
+    pub tcp: Option<TcpFacts>,
     /// Set for DNS packets whose header could be read.
     pub dns: Option<DnsPacket>,
+}
+
+/// What the agent needs of a TCP header: which connection a SYN starts (its ISN), which
+/// SYN a SYN-ACK answers, and the payload of DNS-over-TCP segments.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TcpFacts {
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    /// Payload bytes the IP header declares (captured or not).
+    pub payload_len: u32,
+    /// The captured part of the payload (only kept for DNS-over-TCP segments).
+    pub payload: Vec<u8>,
 }
 
 /// What the agent needs of a DNS message.
@@ -70,8 +91,11 @@ pub struct Packet {
 pub struct DnsPacket {
     pub id: u16,
     pub is_response: bool,
+    /// The full rcode, EDNS extended bits included when the message was captured whole.
     pub rcode: ResponseCode,
-    /// The first question, when the message parses in full.
+    /// TC: the answer did not fit (RFC 1035 §4.1.1); the client retries over TCP.
+    pub truncated: bool,
+    /// The first question, when captured.
     pub qname: Option<String>,
     pub qtype: Option<String>,
 }
@@ -89,21 +113,35 @@ pub fn decode(record: &[u8]) -> Result<Packet, DecodeError> {
     }
     let kind = EventKind::try_from(event.kind).map_err(|e| DecodeError::Kind(e.0))?;
     let direction =
-        Direction::try_from(event.direction).map_err(|e| DecodeError::Direction(e.0))?;
+        Direction::try_from(event.hook.direction).map_err(|e| DecodeError::Direction(e.0))?;
     let captured = usize::try_from(event.captured_len)
         .ok()
         .filter(|&n| n <= event.data.len())
         .ok_or(DecodeError::CapturedLength(event.captured_len))?;
-    let flow = flow_from_key(&event.flow)?;
-    let parsed = parse_packet(&event.data[..captured])?;
-    check_agrees(kind, direction, &flow, &parsed)?;
+    let tuple = flow_from_key(&event.hook.tuple)?;
+    let mut parsed = parse_packet(&event.data[..captured])?;
+    check_agrees(kind, &tuple, &parsed)?;
+    let (outer_src, outer_dst) = parsed.outer.ok_or(DecodeError::Malformed("no IP header"))?;
+    let mut tcp = parsed.tcp.take();
+    if kind != EventKind::DnsTcpSegment
+        && let Some(tcp) = &mut tcp
+    {
+        tcp.payload = Vec::new();
+    }
     Ok(Packet {
         kind,
         direction,
-        ifindex: event.ifindex,
+        ifindex: event.hook.ifindex,
         monotonic: Duration::from_nanos(event.timestamp_ns),
-        flow,
-        key: event.flow,
+        tuple,
+        hook: event.hook,
+        counters: event.counters,
+        pod: match direction {
+            Direction::FromPod => outer_src,
+            Direction::ToPod => outer_dst,
+        }
+        .to_canonical(),
+        tcp,
         dns: parsed.dns,
     })
 }
@@ -134,7 +172,10 @@ pub fn flow_from_key(key: &FlowKey) -> Result<Flow, DecodeError> {
 pub struct ParsedPacket {
     /// The transport 5-tuple as carried: for ICMP errors, the quoted packet's.
     pub tuple: Option<Flow>,
+    /// The packet's own IP addresses (for an ICMP error, the error's).
+    pub outer: Option<(IpAddr, IpAddr)>,
     pub tcp_flags: Option<u8>,
+    pub tcp: Option<TcpFacts>,
     pub icmp_unreachable: bool,
     pub dns: Option<DnsPacket>,
 }
@@ -157,7 +198,7 @@ pub fn parse_packet(bytes: &[u8]) -> Result<ParsedPacket, DecodeError> {
         payload = &payload[VlanPacket::minimum_packet_size()..];
         tags += 1;
     }
-    let (src, dst, protocol, transport) = match ether_type {
+    let (src, dst, protocol, transport, declared) = match ether_type {
         EtherTypes::Ipv4 if payload.first().is_some_and(|b| b >> 4 == 4) => {
             ipv4_transport(payload)?
         }
@@ -171,10 +212,13 @@ pub fn parse_packet(bytes: &[u8]) -> Result<ParsedPacket, DecodeError> {
         }
         _ => return Err(DecodeError::Malformed("not IPv4 or IPv6")),
     };
-    transport_facts(src, dst, protocol, transport)
+    let mut parsed = transport_facts(src, dst, protocol, transport, declared)?;
+    parsed.outer = Some((src, dst));
+    Ok(parsed)
 }
 
-type Transport<'a> = (IpAddr, IpAddr, IpNextHeaderProtocol, &'a [u8]);
+/// Addresses, protocol, the transport bytes captured, and how many the IP header declares.
+type Transport<'a> = (IpAddr, IpAddr, IpNextHeaderProtocol, &'a [u8], usize);
 
 fn ipv4_transport(bytes: &[u8]) -> Result<Transport<'_>, DecodeError> {
     let ip = Ipv4Packet::new(bytes).ok_or(DecodeError::Malformed("truncated IPv4 header"))?;
@@ -192,6 +236,7 @@ fn ipv4_transport(bytes: &[u8]) -> Result<Transport<'_>, DecodeError> {
         ip.get_destination().into(),
         ip.get_next_level_protocol(),
         &bytes[header_len..],
+        usize::from(ip.get_total_length()).saturating_sub(header_len),
     ))
 }
 
@@ -199,6 +244,7 @@ fn ipv6_transport(bytes: &[u8]) -> Result<Transport<'_>, DecodeError> {
     let ip = Ipv6Packet::new(bytes).ok_or(DecodeError::Malformed("truncated IPv6 header"))?;
     let mut next = ip.get_next_header();
     let mut rest = &bytes[Ipv6Packet::minimum_packet_size()..];
+    let mut declared = usize::from(ip.get_payload_length());
     // Same walk as the kernel's: hop-by-hop, routing, destination options, fragment, AH.
     for _ in 0..6 {
         let len = match next {
@@ -234,12 +280,14 @@ fn ipv6_transport(bytes: &[u8]) -> Result<Transport<'_>, DecodeError> {
         rest = rest.get(len..).ok_or(DecodeError::Malformed(
             "IPv6 extension header overruns packet",
         ))?;
+        declared = declared.saturating_sub(len);
     }
     Ok((
         ip.get_source().into(),
         ip.get_destination().into(),
         next,
         rest,
+        declared,
     ))
 }
 
@@ -248,6 +296,7 @@ fn transport_facts(
     dst: IpAddr,
     protocol: IpNextHeaderProtocol,
     bytes: &[u8],
+    declared: usize,
 ) -> Result<ParsedPacket, DecodeError> {
     let tuple = |protocol, src_port, dst_port| Flow {
         protocol,
@@ -260,6 +309,12 @@ fn transport_facts(
         IpNextHeaderProtocols::Tcp => {
             let tcp =
                 TcpPacket::new(bytes).ok_or(DecodeError::Malformed("truncated TCP header"))?;
+            let header_len = usize::from(tcp.get_data_offset()) * 4;
+            if header_len < TcpPacket::minimum_packet_size() {
+                return Err(DecodeError::Malformed("bad TCP data offset"));
+            }
+            let payload_len = declared.saturating_sub(header_len);
+            let captured = bytes.get(header_len..).unwrap_or_default();
             Ok(ParsedPacket {
                 tuple: Some(tuple(
                     Protocol::Tcp,
@@ -267,6 +322,13 @@ fn transport_facts(
                     tcp.get_destination(),
                 )),
                 tcp_flags: Some(tcp.get_flags()),
+                tcp: Some(TcpFacts {
+                    seq: tcp.get_sequence(),
+                    ack: tcp.get_acknowledgement(),
+                    flags: tcp.get_flags(),
+                    payload_len: u32::try_from(payload_len).unwrap_or(u32::MAX),
+                    payload: captured[..captured.len().min(payload_len)].to_vec(),
+                }),
                 ..ParsedPacket::default()
             })
         }
@@ -319,13 +381,14 @@ fn transport_facts(
 /// header (RFC 792), enough for the ports. As in the kernel program, a quoted IPv6
 /// header must be followed by the transport header itself (no extension headers).
 fn quoted_packet(bytes: &[u8], v6: bool) -> Result<ParsedPacket, DecodeError> {
-    let (src, dst, protocol, transport) = if v6 {
+    let (src, dst, protocol, transport, _) = if v6 {
         let ip = Ipv6Packet::new(bytes).ok_or(DecodeError::Malformed("truncated IPv6 header"))?;
         (
             ip.get_source().into(),
             ip.get_destination().into(),
             ip.get_next_header(),
             &bytes[Ipv6Packet::minimum_packet_size()..],
+            0,
         )
     } else {
         ipv4_transport(bytes)?
@@ -357,49 +420,58 @@ fn quoted_packet(bytes: &[u8], v6: bool) -> Result<ParsedPacket, DecodeError> {
 }
 
 /// Decodes a DNS message. The header alone is enough to match a response to its query
-/// and read its rcode; the question is added when the whole message parses.
+/// and read its rcode; the first question is read when captured (a long answer may not
+/// be), and the rcode's EDNS extended bits (RFC 6891 §6.1.3) when the whole message is.
 pub fn decode_dns(bytes: &[u8]) -> Option<DnsPacket> {
-    let header = Header::read(&mut BinDecoder::new(bytes)).ok()?;
+    let mut decoder = BinDecoder::new(bytes);
+    let header = Header::read(&mut decoder).ok()?;
     let mut dns = DnsPacket {
         id: header.metadata.id,
         is_response: header.metadata.message_type == MessageType::Response,
         rcode: header.metadata.response_code,
+        truncated: header.metadata.truncation,
         qname: None,
         qtype: None,
     };
-    if let Ok(message) = Message::from_vec(bytes)
-        && let Some(query) = message.queries.first()
+    if header.counts.queries > 0
+        && let Ok(query) = Query::read(&mut decoder)
     {
         dns.qname = Some(query.name().to_string());
         dns.qtype = Some(query.query_type().to_string());
+    }
+    if let Ok(message) = Message::from_vec(bytes) {
+        dns.rcode = message.metadata.response_code;
     }
     Some(dns)
 }
 
 /// What the kernel program sends for a packet pnet parsed this way, by the kernel's own
-/// rules (DESIGN.md): SYN, SYN-ACK, RST, ICMP(v6) destination-unreachable, and DNS to or
-/// from port 53 with at least a header. `None`: the packet cannot change a verdict.
-/// (A SYN entering the server pod of a same-node flow is sent as
-/// [`EventKind::SynDelivered`] instead: that depends on the pods the kernel has seen,
-/// not on the bytes, so it is read here as the SYN it is.)
+/// rules (DESIGN.md): SYN, SYN-ACK, RST, ICMP(v6) destination-unreachable, DNS to or
+/// from port 53 with at least a header, and TCP segments with payload to or from port 53.
+/// `None`: the packet cannot change a verdict.
 pub fn event_kind(parsed: &ParsedPacket) -> Option<EventKind> {
     if parsed.icmp_unreachable {
         return Some(EventKind::IcmpUnreachable);
     }
+    let tuple = parsed.tuple?;
+    let dns_port = tuple.src_port == DNS_PORT || tuple.dst_port == DNS_PORT;
     if let Some(flags) = parsed.tcp_flags {
+        let payload = parsed.tcp.as_ref().map_or(0, |tcp| tcp.payload_len);
         return if flags & TcpFlags::RST != 0 {
             Some(EventKind::Rst)
-        } else if flags & TcpFlags::SYN == 0 {
-            None
-        } else if flags & TcpFlags::ACK != 0 {
-            Some(EventKind::SynAck)
+        } else if flags & TcpFlags::SYN != 0 {
+            Some(if flags & TcpFlags::ACK != 0 {
+                EventKind::SynAck
+            } else {
+                EventKind::Syn
+            })
+        } else if dns_port && payload > 0 {
+            Some(EventKind::DnsTcpSegment)
         } else {
-            Some(EventKind::Syn)
+            None
         };
     }
-    let tuple = parsed.tuple?;
-    if tuple.protocol != Protocol::Udp || (tuple.src_port != DNS_PORT && tuple.dst_port != DNS_PORT)
-    {
+    if tuple.protocol != Protocol::Udp || !dns_port {
         return None;
     }
     parsed.dns.as_ref().map(|dns| {
@@ -411,53 +483,24 @@ pub fn event_kind(parsed: &ParsedPacket) -> Option<EventKind> {
     })
 }
 
-/// The kernel's flow key and event kind must agree with what pnet reads in the bytes.
-fn check_agrees(
-    kind: EventKind,
-    direction: Direction,
-    flow: &Flow,
-    parsed: &ParsedPacket,
-) -> Result<(), DecodeError> {
-    let mut tuple = parsed
+/// The kernel's tuple and event kind must agree with what pnet reads in the bytes: the
+/// tuple as on the wire (for an ICMP error, the quoted packet's).
+fn check_agrees(kind: EventKind, tuple: &Flow, parsed: &ParsedPacket) -> Result<(), DecodeError> {
+    let mut read = parsed
         .tuple
         .ok_or(DecodeError::Malformed("no transport tuple"))?;
     // The key stores IPv4 as IPv4-mapped IPv6 and reads back canonical: an IPv6 packet
     // carrying IPv4-mapped addresses reads back as IPv4 too.
-    tuple.src_ip = tuple.src_ip.to_canonical();
-    tuple.dst_ip = tuple.dst_ip.to_canonical();
-    let reversed = Flow {
-        protocol: tuple.protocol,
-        src_ip: tuple.dst_ip,
-        src_port: tuple.dst_port,
-        dst_ip: tuple.src_ip,
-        dst_port: tuple.src_port,
-    };
-    let packet_kind = match kind {
-        // A SYN the kernel saw entering the server pod of a same-node flow.
-        EventKind::SynDelivered => EventKind::Syn,
-        kind => kind,
-    };
-    if event_kind(parsed) != Some(packet_kind) {
+    read.src_ip = read.src_ip.to_canonical();
+    read.dst_ip = read.dst_ip.to_canonical();
+    if event_kind(parsed) != Some(kind) {
         return Err(DecodeError::Malformed(
             "event kind does not match the packet",
         ));
     }
-    if kind == EventKind::SynDelivered && direction != Direction::ToPod {
+    if *tuple != read {
         return Err(DecodeError::Malformed(
-            "a SYN delivery not seen entering a pod",
-        ));
-    }
-    let expected_orientation = match kind {
-        EventKind::Syn
-        | EventKind::SynDelivered
-        | EventKind::DnsQuery
-        | EventKind::IcmpUnreachable => *flow == tuple,
-        EventKind::SynAck | EventKind::DnsResponse => *flow == reversed,
-        EventKind::Rst => *flow == tuple || *flow == reversed,
-    };
-    if !expected_orientation {
-        return Err(DecodeError::Malformed(
-            "kernel flow does not match the packet's tuple",
+            "kernel tuple does not match the packet's",
         ));
     }
     Ok(())
@@ -472,6 +515,8 @@ pub fn rcode_name(rcode: ResponseCode) -> String {
         ResponseCode::NXDomain => "NXDOMAIN".into(),
         ResponseCode::NotImp => "NOTIMP".into(),
         ResponseCode::Refused => "REFUSED".into(),
+        ResponseCode::BADVERS => "BADVERS".into(),
+        ResponseCode::BADCOOKIE => "BADCOOKIE".into(),
         other => format!("RCODE{}", u16::from(other)),
     }
 }

@@ -46,14 +46,15 @@ pub fn explain(view: &ClusterView, failure: &Failure) -> Option<Diagnosis> {
     let flow = failure.flow;
     let qname = failure.dns.map_or("?", |dns| dns.qname.as_str());
     Some(match failure.verdict {
-        VerdictKind::Ok | VerdictKind::Pending => return None,
+        VerdictKind::Ok | VerdictKind::Pending | VerdictKind::Aborted => return None,
         VerdictKind::Timeout => path::timeout(view, flow, &failure.path),
         VerdictKind::Refused | VerdictKind::Unreachable => {
             service::rejected(view, flow, failure.verdict)
         }
         VerdictKind::Reset => Diagnosis {
             cause: Cause::ConnectionReset,
-            reason: "the server (or a middlebox) reset the established connection".into(),
+            reason: "the server (or a middlebox on its behalf) reset the established connection"
+                .into(),
             next: None,
         },
         VerdictKind::Nxdomain => {

@@ -6,8 +6,8 @@ use aya::{
     programs::{ProgramError, SchedClassifier},
 };
 use probe_ebpf::{
-    EGRESS_PROGRAM, EVENTS_MAP, FLOW_COUNTS_MAP, FlowCounters, FlowKey, INGRESS_PROGRAM,
-    LOCAL_ENDPOINTS_MAP, LOSSES_MAP, LossCounter,
+    EGRESS_PROGRAM, EVENTS_MAP, FLOW_COUNTS_MAP, FlowCounters, HookKey, INGRESS_PROGRAM,
+    LOSSES_MAP, LossCounter,
 };
 
 /// aya-log-ebpf's global log level in the object.
@@ -46,7 +46,7 @@ pub enum LoadError {
 /// The maps the agent reads, taken out of the loaded object.
 pub struct ProbeMaps {
     pub events: RingBuf<MapData>,
-    pub flow_counts: HashMap<MapData, FlowKey, FlowCounters>,
+    pub flow_counts: HashMap<MapData, HookKey, FlowCounters>,
     pub losses: PerCpuArray<MapData, u64>,
 }
 
@@ -115,30 +115,6 @@ pub fn classifier<'a>(
         .ok_or(LoadError::MissingProgram(name))?
         .try_into()
         .map_err(|source| LoadError::Program { name, source })
-}
-
-/// Forgets the pod addresses learned behind interface `ifindex`, so an address reused
-/// elsewhere is not taken for a pod of this node. Returns how many were removed.
-pub fn forget_local_endpoints(ebpf: &mut Ebpf, ifindex: u32) -> Result<usize, LoadError> {
-    let map_error = |source| LoadError::Map {
-        name: LOCAL_ENDPOINTS_MAP,
-        source,
-    };
-    let map = ebpf
-        .map_mut(LOCAL_ENDPOINTS_MAP)
-        .ok_or(LoadError::MissingMap(LOCAL_ENDPOINTS_MAP))?;
-    let mut endpoints: HashMap<_, [u8; 16], u32> = HashMap::try_from(map).map_err(map_error)?;
-    let behind: Vec<[u8; 16]> = endpoints
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, index)| *index == ifindex)
-        .map(|(addr, _)| addr)
-        .collect();
-    for addr in &behind {
-        // Gone already (LRU eviction) is as good as removed.
-        let _ = endpoints.remove(addr);
-    }
-    Ok(behind.len())
 }
 
 /// Takes the maps the agent reads; the programs stay in `ebpf`.

@@ -36,6 +36,8 @@ pub enum PacketKind {
     /// A SYN that reached the server pod's veth of a same-node flow: not a flow's SYN
     /// (that one is `Syn`, counted at the client's veth), so counted apart.
     SynDelivered,
+    /// A DNS-over-TCP segment (its messages count as `dns_query` / `dns_response`).
+    DnsTcpSegment,
 }
 
 impl From<probe_ebpf::EventKind> for PacketKind {
@@ -48,14 +50,14 @@ impl From<probe_ebpf::EventKind> for PacketKind {
             EventKind::IcmpUnreachable => Self::IcmpUnreachable,
             EventKind::DnsQuery => Self::DnsQuery,
             EventKind::DnsResponse => Self::DnsResponse,
-            EventKind::SynDelivered => Self::SynDelivered,
+            EventKind::DnsTcpSegment => Self::DnsTcpSegment,
         }
     }
 }
 
 impl PacketKind {
     /// In declaration order: `Metrics::packets` indexes its counters by `kind as usize`.
-    pub const ALL: [PacketKind; 7] = [
+    pub const ALL: [PacketKind; 8] = [
         Self::Syn,
         Self::SynAck,
         Self::Rst,
@@ -63,6 +65,7 @@ impl PacketKind {
         Self::DnsQuery,
         Self::DnsResponse,
         Self::SynDelivered,
+        Self::DnsTcpSegment,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,6 +77,7 @@ impl PacketKind {
             Self::DnsQuery => "dns_query",
             Self::DnsResponse => "dns_response",
             Self::SynDelivered => "syn_delivered",
+            Self::DnsTcpSegment => "dns_tcp_segment",
         }
     }
 }
@@ -699,6 +703,11 @@ impl Metrics {
         self.events_lost
             .get_or_create(&LossLabels { source })
             .inc_by(n);
+    }
+
+    /// Events lost at `source` so far.
+    pub fn events_lost_total(&self, source: LossSource) -> u64 {
+        self.events_lost.get_or_create(&LossLabels { source }).get()
     }
 
     pub fn decode_error(&self, reason: DecodeErrorKind) {

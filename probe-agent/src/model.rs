@@ -34,6 +34,19 @@ pub struct Flow {
     pub dst_port: u16,
 }
 
+impl Flow {
+    /// The same connection seen from the other end.
+    pub fn reversed(&self) -> Self {
+        Self {
+            protocol: self.protocol,
+            src_ip: self.dst_ip,
+            src_port: self.dst_port,
+            dst_ip: self.src_ip,
+            dst_port: self.src_port,
+        }
+    }
+}
+
 impl fmt::Display for Flow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let side = |ip: &IpAddr, port: u16| match ip {
@@ -66,10 +79,13 @@ pub enum VerdictKind {
     /// A DNS error rcode other than NXDOMAIN, SERVFAIL or REFUSED (FORMERR, NOTIMP, ...).
     DnsError,
     DnsTimeout,
+    /// The client reset its own connection attempt before any answer: not the server's
+    /// failure (REFUSED is the server answering the SYN with RST).
+    Aborted,
 }
 
 impl VerdictKind {
-    pub const ALL: [VerdictKind; 11] = [
+    pub const ALL: [VerdictKind; 12] = [
         Self::Ok,
         Self::Pending,
         Self::Timeout,
@@ -81,6 +97,7 @@ impl VerdictKind {
         Self::DnsRefused,
         Self::DnsError,
         Self::DnsTimeout,
+        Self::Aborted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -96,6 +113,7 @@ impl VerdictKind {
             Self::DnsRefused => "DNS_REFUSED",
             Self::DnsError => "DNS_ERROR",
             Self::DnsTimeout => "DNS_TIMEOUT",
+            Self::Aborted => "ABORTED",
         }
     }
 
@@ -105,7 +123,7 @@ impl VerdictKind {
     }
 
     pub fn is_failure(self) -> bool {
-        !matches!(self, Self::Ok | Self::Pending)
+        !matches!(self, Self::Ok | Self::Pending | Self::Aborted)
     }
 }
 
@@ -170,10 +188,16 @@ pub enum Cause {
     NoAnswer,
     /// Most pod pairs on the node time out at once: the node's datapath is down.
     NodeDatapath,
+    /// The server answered the SYN after the client had given up (its RST answered the
+    /// late SYN-ACK): a slow server or accept queue, not a drop.
+    LateAnswer,
+    /// A DNS lookup over TCP (the retry of a truncated UDP answer, or `use-vc`) could
+    /// not connect to the server's port 53.
+    DnsTcpBlocked,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 14] = [
+    pub const ALL: [Cause; 16] = [
         Self::SearchPathExpansion,
         Self::NameNotFound,
         Self::DnsServerError,
@@ -188,6 +212,8 @@ impl Cause {
         Self::ServerSilent,
         Self::NoAnswer,
         Self::NodeDatapath,
+        Self::LateAnswer,
+        Self::DnsTcpBlocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -206,6 +232,8 @@ impl Cause {
             Self::ServerSilent => "server_silent",
             Self::NoAnswer => "no_answer",
             Self::NodeDatapath => "node_datapath",
+            Self::LateAnswer => "late_answer",
+            Self::DnsTcpBlocked => "dns_tcp_blocked",
         }
     }
 
@@ -299,6 +327,10 @@ pub struct Verdict {
     pub src: Option<Arc<Endpoint>>,
     pub dst: Option<Arc<Endpoint>>,
     pub dns: Option<DnsSummary>,
+    /// The server end the connection reached, as the server's veth saw it (a Service's
+    /// backend pod and targetPort), when that veth is on this node.
+    #[serde(default)]
+    pub backend: Option<std::net::SocketAddr>,
 }
 
 /// A node-level verdict: many flows failing for one reason that is the node's, not
@@ -332,8 +364,10 @@ pub enum FlowEventKind {
     DnsQuery,
     DnsResponse,
     /// A SYN reached the server pod's veth (a flow between two pods of this node). Not
-    /// a flow event today: the tracker keeps it aside (`Tracker::syn_delivery`).
+    /// a flow event today: the tracker keeps it with the flow's far side.
     SynDelivered,
+    /// A DNS-over-TCP segment.
+    DnsTcpSegment,
     /// No packet: a timeout expired and changed the verdict.
     Timeout,
     /// No packet: counts the kernel made and whose events were lost were recovered.
@@ -353,7 +387,7 @@ impl From<probe_ebpf::EventKind> for FlowEventKind {
             EventKind::IcmpUnreachable => Self::IcmpUnreachable,
             EventKind::DnsQuery => Self::DnsQuery,
             EventKind::DnsResponse => Self::DnsResponse,
-            EventKind::SynDelivered => Self::SynDelivered,
+            EventKind::DnsTcpSegment => Self::DnsTcpSegment,
         }
     }
 }
@@ -368,6 +402,7 @@ impl FlowEventKind {
             Self::DnsQuery => "DNS_QUERY",
             Self::DnsResponse => "DNS_RESPONSE",
             Self::SynDelivered => "SYN_DELIVERED",
+            Self::DnsTcpSegment => "DNS_TCP_SEGMENT",
             Self::Timeout => "TIMEOUT",
             Self::Recovered => "RECOVERED",
             Self::SearchExpansion => "SEARCH_EXPANSION",

@@ -19,7 +19,7 @@ mod queue;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use probe_ebpf::{FlowCounters, FlowKey, LossCounter, PacketEvent};
+use probe_ebpf::{FlowCounters, HookKey, LossCounter, PacketEvent};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -491,7 +491,7 @@ async fn read_ring(
 
 /// What the kernel counted, read once per [`RECONCILE_EVERY`].
 struct KernelCounts {
-    flows: Vec<(FlowKey, FlowCounters)>,
+    flows: Vec<(HookKey, FlowCounters)>,
     ring_full: u64,
     submitted: u64,
 }
@@ -499,7 +499,7 @@ struct KernelCounts {
 /// Reads the kernel's per-flow and event counters off the tracking task: a full table is
 /// 65,536 lookups, one syscall each, which must not stall decoding under a flood.
 async fn read_kernel_counts(
-    flow_counts: aya::maps::HashMap<MapData, FlowKey, FlowCounters>,
+    flow_counts: aya::maps::HashMap<MapData, HookKey, FlowCounters>,
     losses: PerCpuArray<MapData, u64>,
     snapshots: mpsc::Sender<KernelCounts>,
     mut shutdown: watch::Receiver<bool>,
@@ -550,6 +550,9 @@ async fn track_loop(
     sweep.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut kernel_lost = 0u64;
     let mut kernel_emitted = 0u64;
+    // Every event the tracker saw or knows lost: with the kernel's total, whether the
+    // ring and the queue are drained.
+    let mut accounted = 0u64;
     loop {
         tokio::select! {
             Some(batch) = batches.recv() => {
@@ -557,6 +560,7 @@ async fn track_loop(
                 let mut processed = 0;
                 let mut tracker = lock(&tracker);
                 for raw in batch.chunks(record) {
+                    accounted += 1;
                     match decode::decode(raw) {
                         Ok(packet) => {
                             processed += 1;
@@ -578,7 +582,12 @@ async fn track_loop(
             _ = sweep.tick() => lock(&tracker).sweep(monotonic_now()),
             Some(counts) = kernel.recv() => {
                 let mut tracker = lock(&tracker);
-                tracker.reconcile(counts.flows, monotonic_now());
+                let now = monotonic_now();
+                // Drained: every event the kernel handed over was read or dropped by the
+                // agent, so every count of the snapshot is settled.
+                let drained = accounted + metrics.events_lost_total(LossSource::Agent) >= counts.submitted;
+                let read_up_to = if drained { now } else { tracker.newest_event() };
+                tracker.reconcile(counts.flows, read_up_to, now);
                 metrics.set_flows_tracked(tracker.flows_tracked() as u64);
                 drop(tracker);
                 if counts.ring_full > kernel_lost {

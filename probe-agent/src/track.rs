@@ -1,10 +1,10 @@
-//! Per-flow state machine: decoded packets and the passing of time → verdicts.
+//! Per-connection state machine: decoded packets and the passing of time → verdicts.
 //!
-//! Flows live in a bounded LRU table; recent events in a bounded ring. Timeouts are
-//! found by a sweep over a min-heap of deadlines (SYN and DNS timeouts differ, so
-//! insertion order is not deadline order). Counts come from the events, and are topped
-//! up from the kernel's counter map when events were lost, so lost events never mean
-//! wrong counts.
+//! Packets come as each hook saw them; [`orient`] finds their connection (one for the
+//! client's and the server's veth, across NAT). Connections live in a bounded LRU table;
+//! recent events in a bounded ring. Timeouts are found by a sweep over a min-heap of
+//! deadlines. Counts come from the events; each event carries its hook's kernel counters,
+//! so a gap is exactly what was lost (see [`recover`]).
 
 use std::{
     cmp::Reverse,
@@ -16,16 +16,15 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use hickory_proto::op::ResponseCode;
 use lru::LruCache;
-use probe_ebpf::{Direction, EventKind, FlowCounters, FlowKey};
+use probe_ebpf::{EventKind, FlowCounters, FlowKey, HookKey};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::{
-    decode::{DnsPacket, Packet, flow_from_key, rcode_name},
+    decode::{DnsPacket, Packet, decode_dns, flow_from_key},
     diagnose::{self, Failure, PathFacts},
     enrich::{ClusterView, Names},
-    events::{self, CauseReport},
+    events::CauseReport,
     metrics::{Metrics, PacketKind},
     model::{
         Cause, Counts, DnsSummary, Flow, FlowEvent, FlowEventKind, NodeVerdict, Protocol, Verdict,
@@ -33,8 +32,22 @@ use crate::{
     },
 };
 
-mod delivered;
-pub use delivered::Delivery;
+mod dns;
+mod dns_stream;
+mod journal;
+mod node;
+mod orient;
+mod recover;
+mod search;
+mod tcp;
+
+use dns::{dns_message, dns_summary, expire_dns, expire_held, settle_dns};
+use journal::Journal;
+use node::{Change, Incident, NodeWatch};
+use orient::{Pairing, Sender, Side, View};
+pub use search::Chain;
+use search::SearchPaths;
+use tcp::{SynIs, expire_syn, on_icmp_unreachable, on_rst, on_syn, on_syn_ack, timeout_reason};
 
 /// Tracker settings (`probe-agent run` flags).
 #[derive(Clone, Debug)]
@@ -71,6 +84,11 @@ impl Clock {
         }
     }
 
+    /// Takes the wall clock again: an NTP step moves it, the monotonic clock never.
+    pub fn resync(&mut self) {
+        *self = Self::new();
+    }
+
     pub fn to_utc(&self, monotonic: Duration) -> DateTime<Utc> {
         self.epoch + monotonic
     }
@@ -89,19 +107,16 @@ pub fn monotonic_now() -> Duration {
     Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
 }
 
-/// How long a kernel count may run ahead of the events before the agent believes the
-/// missing events were lost rather than still on their way.
 /// A timeout's Kubernetes Event waits this long: the node watch, evaluated every 100 ms,
 /// may find it part of a node-wide failure, and one cause (`node_datapath`) is then
 /// written instead of a per-pair one for each of the pods that lost their connections.
 const REPORT_HOLD: Duration = Duration::from_millis(500);
 /// Held reports, at most; beyond, they go out at once.
 const HELD_REPORTS: usize = 1024;
-const LOSS_GRACE: Duration = Duration::from_millis(500);
 /// Added to `--syn-timeout` before a handshake is TIMEOUT. Linux retransmits a SYN 1, 3
-/// and 7 s after the first (the usual timeouts): a retransmission due at the deadline,
-/// and the SYN-ACK answering it within a round trip, must be able to arrive first, or a
-/// slow handshake would flap to TIMEOUT (counted, paged, written as an Event) and back to
+/// and 7 s after the first, or every second with `tcp_syn_linear_timeouts`: a
+/// retransmission due at the deadline, and the SYN-ACK answering it within a round trip,
+/// must be able to arrive first, or a slow handshake would flap to TIMEOUT and back to
 /// OK. Small enough for the verdict to stay visible within 250 ms of the timeout.
 const SYN_RETRANSMISSION_SLACK: Duration = Duration::from_millis(100);
 
@@ -115,8 +130,6 @@ const DEPARTED_INTERFACES: usize = 1024;
 /// How long an NXDOMAIN for a search-path expansion waits for the lookup to go on
 /// (resolvers send the next name at once) before it counts as the lookup's failure.
 const SEARCH_WINDOW: Duration = Duration::from_millis(500);
-/// Pod addresses of this node remembered (learned from what leaves their veths).
-const LOCAL_ADDRESSES: usize = 65_536;
 
 /// When to look at a flow again. Ordered by time, then by flow instance (generations
 /// are unique), so the key itself needs no order.
@@ -169,6 +182,8 @@ struct DnsState {
     held: Option<Box<(DnsSummary, Duration)>>,
     /// The last NXDOMAIN that proved a search-path expansion, and why in words.
     expansion: Option<Box<(DnsSummary, String)>>,
+    /// DNS over TCP: the client's and the server's byte streams, framed into messages.
+    streams: Option<Box<[Option<dns_stream::DnsStream>; 2]>>,
 }
 
 /// Caps the queries remembered per flow: a flood of ids on one tuple stays bounded.
@@ -192,8 +207,62 @@ struct FlowState {
     /// First SYN of the current connection attempt, and how many SYNs it has sent.
     attempt_start: Option<Duration>,
     attempt_syns: u64,
+    /// The attempt's initial sequence number: a SYN with another one is a new connection
+    /// on the same 5-tuple, a SYN-ACK acknowledging another one answers another attempt.
+    isn: Option<u32>,
+    /// An answer (SYN-ACK or RST) read before the SYN it answers, with the number it
+    /// acknowledges: events of two hooks can come out of order.
+    early_answer: Option<(EventKind, u32, Duration)>,
+    /// When the current attempt's SYN-ACK came, for telling a late one.
+    answered_at: Option<Duration>,
     ifindex: u32,
     dns: DnsState,
+    /// The server's veth, when it is on this node and the flow is counted at the
+    /// client's: what went in and out there.
+    far: Option<Box<FarSide>>,
+    /// The last kernel counters seen at the hooks this flow is counted at, per kind.
+    kernel_seen: recover::Seen,
+    /// The veth the flow is counted at: the client's, or the server's when the client
+    /// is not on this node.
+    counted_at: Side,
+}
+
+impl FlowState {
+    fn new(flow: Flow, generation: u64, now: Duration, ifindex: u32) -> Self {
+        Self {
+            flow,
+            generation,
+            verdict: VerdictKind::Pending,
+            reason: "".into(),
+            cause: None,
+            explanation: None,
+            next: None,
+            counts: Counts::default(),
+            first_seen: now,
+            last_seen: now,
+            attempt_start: None,
+            attempt_syns: 0,
+            isn: None,
+            early_answer: None,
+            answered_at: None,
+            ifindex,
+            dns: DnsState::default(),
+            far: None,
+            kernel_seen: recover::Seen::default(),
+            counted_at: Side::Client,
+        }
+    }
+}
+
+/// What the server's veth saw of a connection counted at the client's.
+#[derive(Clone, Debug)]
+struct FarSide {
+    ifindex: u32,
+    /// The server end as it saw itself (a Service's backend pod and targetPort).
+    backend: std::net::SocketAddr,
+    /// The latest SYN that entered the server pod, and SYN-ACK that left it.
+    syn_at: Option<Duration>,
+    syn_ack_at: Option<Duration>,
 }
 
 /// A verdict with its place in recency order: (last_seen, first_seen, generation).
@@ -227,20 +296,23 @@ pub struct Tracker {
     next_generation: u64,
     journal: Journal,
     context: Context,
+    pairing: Pairing,
+    /// Newest kernel timestamp of an event processed: the kernel's counts of a hook last
+    /// seen before it were all read or lost (the ring keeps order).
+    newest_event: Duration,
+    /// Last-seen time of the most recent flow evicted from the table: a kernel hook
+    /// counting since before it may hold counts of an evicted flow.
+    eviction_horizon: Duration,
 }
 
 /// What the tracker knows beyond single flows: lookups in flight, this node's pods, and
 /// node-wide failures. Read to explain a failure.
 struct Context {
     search: SearchPaths,
-    /// Addresses of this node's pods, as seen leaving their veths.
-    local: LruCache<IpAddr, ()>,
     /// This node's Kubernetes name: a pod scheduled here is local too.
     node_name: Option<Arc<str>>,
     node: NodeWatch,
     interner: Interner,
-    /// SYNs seen reaching the server pod of a same-node flow (see [`delivered`]).
-    delivered: delivered::Deliveries,
 }
 
 /// Explanations and commands shared between flows: a thousand flows timing out the same
@@ -274,29 +346,8 @@ fn shown_reason(state: &FlowState) -> Arc<str> {
     }
 }
 
-/// Where changes are reported: the recent-event ring, followers, metrics. Kept apart
-/// from the flow table so a flow's state can be reported while it is borrowed.
-struct Journal {
-    clock: Clock,
-    events: VecDeque<FlowEvent>,
-    capacity: usize,
-    events_tx: broadcast::Sender<FlowEvent>,
-    interfaces: HashMap<u32, Arc<str>>,
-    /// Removed interfaces whose names are still kept, oldest first.
-    departed: VecDeque<(u32, Arc<str>)>,
-    metrics: Arc<Metrics>,
-    /// Kubernetes names of flow ends, read when a verdict or event is reported.
-    names: Names,
-    /// Where new failing causes of known pods go (`--events`); full means dropped.
-    reports: Option<mpsc::Sender<CauseReport>>,
-    /// Reports of timeouts, held until it is known whether they are part of a node-wide
-    /// failure (see [`REPORT_HOLD`]), with when each is due.
-    held_reports: VecDeque<(Duration, CauseReport)>,
-}
-
 impl Tracker {
     pub fn new(config: TrackerConfig, clock: Clock, metrics: Arc<Metrics>) -> Self {
-        let flow_capacity = config.flow_capacity;
         let (events_tx, _) = broadcast::channel(1024);
         Self {
             flows: LruCache::new(config.flow_capacity),
@@ -312,17 +363,18 @@ impl Tracker {
                 reports: None,
                 held_reports: VecDeque::new(),
             },
+            pairing: Pairing::new(config.flow_capacity),
             config,
             deadlines: BinaryHeap::new(),
             next_generation: 0,
             context: Context {
                 search: SearchPaths::default(),
-                local: LruCache::new(NonZeroUsize::new(LOCAL_ADDRESSES).expect("non-zero")),
                 node_name: None,
                 node: NodeWatch::default(),
                 interner: Interner::default(),
-                delivered: delivered::Deliveries::new(flow_capacity),
             },
+            newest_event: Duration::ZERO,
+            eviction_horizon: Duration::ZERO,
         }
     }
 
@@ -362,6 +414,7 @@ impl Tracker {
     /// The interface behind `ifindex` went away. Its name is kept until
     /// [`DEPARTED_INTERFACES`] newer ones have gone too.
     pub fn forget_interface_name(&mut self, ifindex: u32) {
+        self.pairing.forget_interface(ifindex);
         let journal = &mut self.journal;
         let Some(name) = journal.interfaces.get(&ifindex) else {
             return;
@@ -385,31 +438,164 @@ impl Tracker {
         self.journal.interfaces.len()
     }
 
+    /// The kernel timestamp of the newest event processed.
+    pub fn newest_event(&self) -> Duration {
+        self.newest_event
+    }
+
     pub fn flows_tracked(&self) -> usize {
         self.flows.len()
     }
 
-    /// The SYNs of `flow`'s client end that reached a server pod on this node, if any
-    /// were seen (flows between two pods of this node only). Found by the client's
-    /// ip:port alone, as the server's side sees it after any Service DNAT: compare
-    /// [`Delivery::at`] with the flow's times before taking it for this connection's.
-    pub fn syn_delivery(&self, flow: &Flow) -> Option<Delivery> {
-        self.context
-            .delivered
-            .lookup(flow.protocol, flow.src_ip, flow.src_port)
-            .copied()
-    }
-
-    /// Applies one decoded packet.
+    /// Applies one decoded packet, as one hook saw it.
     pub fn on_packet(&mut self, packet: &Packet) {
-        // Not a flow's packet: kept aside, no flow, verdict or event (see `delivered`).
-        if packet.kind == EventKind::SynDelivered {
-            self.journal.metrics.packets(packet.kind.into(), 1);
-            self.context.delivered.record(packet);
+        let now = packet.monotonic;
+        self.newest_event = self.newest_event.max(now);
+        self.pairing.learn_local(packet);
+        let view = self.pairing.orient(packet);
+        let (key, counted_here) = self.connection(&view, packet);
+        if !counted_here {
+            self.on_far_side(key, &view, packet, now);
             return;
         }
-        let now = packet.monotonic;
-        self.learn_local(packet);
+        let evicted = self.flows.len() == self.flows.cap().get() && !self.flows.contains(&key);
+        if evicted && let Some((_, lru)) = self.flows.peek_lru() {
+            self.eviction_horizon = self.eviction_horizon.max(lru.last_seen);
+        }
+        let horizon = self.eviction_horizon;
+        let flow = self.flow_of_connection(&key, &view);
+        let created = !self.flows.contains(&key);
+        let state = flow_entry(
+            &mut self.flows,
+            &mut self.next_generation,
+            &key,
+            flow,
+            now,
+            packet.ifindex,
+        );
+        if created {
+            state.counted_at = view.side;
+        }
+        // Losses before this packet, from its hook's counters.
+        let lost = state.kernel_seen.take(packet, horizon);
+        if lost > 0 {
+            self.journal.metrics.packets(packet.kind.into(), lost);
+            recover::add_lost(&mut state.counts, packet.kind, lost);
+            if packet.kind == EventKind::Syn {
+                state.attempt_syns += lost;
+            }
+        }
+        if packet.kind == EventKind::Syn {
+            let seq = packet.tcp.as_ref().map(|tcp| tcp.seq);
+            if tcp::syn_is(state, seq) == SynIs::NewConnection {
+                self.new_connection_on(key, now);
+            }
+        }
+        self.apply(key, &view, packet, now);
+    }
+
+    /// The connection a view belongs to, and whether it is counted at this hook: a
+    /// connection seen at both veths is counted at the client's.
+    fn connection(&mut self, view: &View, packet: &Packet) -> (FlowKey, bool) {
+        if view.side == Side::Client {
+            self.pairing.client_view(view);
+            return (view.key, true);
+        }
+        // The server's veth: the client's side of the same connection, if it is here,
+        // pod to pod or through a DNAT that kept the client's address and port.
+        let flows = &self.flows;
+        let connection = self
+            .pairing
+            .connection_of(&view.key)
+            .filter(|key| flows.contains(key))
+            .or_else(|| {
+                self.pairing
+                    .by_client_endpoint(&view.flow, view.key.protocol)
+                    .filter(|key| flows.contains(key))
+            });
+        let Some(connection) = connection else {
+            // The client is not on this node: counted here, at the server's veth.
+            self.pairing.bind(view.key, view.key);
+            return (view.key, true);
+        };
+        let state = self.flows.peek_mut(&connection).expect("checked above");
+        if state.counted_at == Side::Server {
+            return (connection, true);
+        }
+        self.pairing.bind(view.key, connection);
+        if state.far.is_none() {
+            state.far = Some(Box::new(FarSide {
+                ifindex: packet.ifindex,
+                backend: std::net::SocketAddr::new(view.flow.dst_ip, view.flow.dst_port),
+                syn_at: None,
+                syn_ack_at: None,
+            }));
+        }
+        (connection, false)
+    }
+
+    /// The API flow of a connection: what the client asked for.
+    fn flow_of_connection(&self, key: &FlowKey, view: &View) -> Flow {
+        if *key == view.key {
+            view.flow
+        } else {
+            flow_from_key(key).unwrap_or(view.flow)
+        }
+    }
+
+    /// A packet at the server's veth of a connection counted at the client's: kept as
+    /// facts about where the packets went, never counted again.
+    fn on_far_side(&mut self, key: FlowKey, view: &View, packet: &Packet, now: Duration) {
+        let Some(state) = self.flows.peek_mut(&key) else {
+            return;
+        };
+        let far = state.far.get_or_insert_with(|| {
+            Box::new(FarSide {
+                ifindex: packet.ifindex,
+                backend: std::net::SocketAddr::new(view.flow.dst_ip, view.flow.dst_port),
+                syn_at: None,
+                syn_ack_at: None,
+            })
+        });
+        match packet.kind {
+            EventKind::Syn => {
+                far.syn_at = Some(now);
+                self.journal.metrics.packets(PacketKind::SynDelivered, 1);
+            }
+            EventKind::SynAck => far.syn_ack_at = Some(now),
+            _ => {}
+        }
+    }
+
+    /// A SYN with a new initial sequence number on a known 5-tuple: a new connection.
+    /// The old one is done (an attempt still waiting was given up by the client), and
+    /// the new one starts with its own counts and verdict.
+    fn new_connection_on(&mut self, key: FlowKey, now: Duration) {
+        let Some(state) = self.flows.peek_mut(&key) else {
+            return;
+        };
+        let before = state.verdict;
+        if state.verdict == VerdictKind::Pending && state.attempt_start.is_some() {
+            state.verdict = VerdictKind::Timeout;
+            state.reason = format!(
+                "{}: the client gave up and connected again from the same port",
+                timeout_reason(state, now)
+            )
+            .into();
+            node_outcome(&mut self.context.node, &self.journal, state, before, now);
+            Explainer::new(&self.journal, &self.context, &self.pairing).refresh(state, before);
+            self.journal
+                .record(state, before, FlowEventKind::Timeout, now);
+        }
+        self.next_generation += 1;
+        let kernel_seen = state.kernel_seen;
+        let ifindex = state.ifindex;
+        *state = FlowState::new(state.flow, self.next_generation, now, ifindex);
+        state.kernel_seen = kernel_seen;
+    }
+
+    /// Applies a packet counted at this hook to its connection.
+    fn apply(&mut self, key: FlowKey, view: &View, packet: &Packet, now: Duration) {
         // A query may show that NXDOMAINs held for this client were search-path expansions.
         let going_on = match (packet.kind, &packet.dns) {
             (
@@ -418,7 +604,7 @@ impl Tracker {
                     qname: Some(qname), ..
                 }),
             ) => {
-                let released = self.context.search.on_query(packet.flow.src_ip, qname, now);
+                let released = self.context.search.on_query(view.flow.src_ip, qname, now);
                 (!released.is_empty()).then(|| (released, qname.clone()))
             }
             _ => None,
@@ -426,92 +612,87 @@ impl Tracker {
         let (syn_timeout, dns_timeout) = (self.config.syn_timeout, self.config.dns_timeout);
         let journal = &mut self.journal;
         let metrics = &journal.metrics;
-        let state = flow_entry(
-            &mut self.flows,
-            &mut self.next_generation,
-            &packet.key,
-            packet.flow,
-            now,
-            packet.ifindex,
-        );
+        let Some(state) = self.flows.get_mut(&key) else {
+            return;
+        };
         state.last_seen = state.last_seen.max(now);
         let before = state.verdict;
         metrics.packets(packet.kind.into(), 1);
-        let mut deadline = None;
+        let mut deadlines = Vec::new();
+        let tcp = packet.tcp.as_ref();
         match packet.kind {
             EventKind::Syn => {
                 state.counts.syn += 1;
-                deadline = on_syn(state, now, syn_timeout);
+                deadlines.extend(on_syn(state, tcp.map(|t| t.seq), now, syn_timeout));
             }
             EventKind::SynAck => {
                 state.counts.syn_ack += 1;
-                on_syn_ack(state, now);
+                on_syn_ack(state, tcp.map(|t| t.ack), now);
+                if let Some(tcp) = tcp {
+                    dns::open_stream(state, Sender::Server, tcp.seq.wrapping_add(1));
+                }
             }
             EventKind::Rst => {
                 state.counts.rst += 1;
-                on_rst(state, now);
+                on_rst(state, view.sender, tcp, now);
             }
             EventKind::IcmpUnreachable => {
                 state.counts.icmp_unreachable += 1;
                 on_icmp_unreachable(state);
             }
-            EventKind::DnsQuery => {
-                state.counts.dns_queries += 1;
+            EventKind::DnsQuery | EventKind::DnsResponse => {
                 if let Some(dns) = &packet.dns {
-                    deadline = on_dns_query(state, dns, now, dns_timeout);
+                    deadlines.extend(dns_message(
+                        state,
+                        &mut self.context.search,
+                        metrics,
+                        key,
+                        dns,
+                        now,
+                        dns_timeout,
+                    ));
+                } else if packet.kind == EventKind::DnsQuery {
+                    state.counts.dns_queries += 1;
+                } else {
+                    state.counts.dns_responses += 1;
                 }
             }
-            EventKind::DnsResponse => {
-                state.counts.dns_responses += 1;
-                if let Some(dns) = &packet.dns {
-                    metrics.dns_response(&rcode_name(dns.rcode));
-                    let search = &mut self.context.search;
-                    let client = packet.flow.src_ip;
-                    let (mut expansion, mut answered) = (false, None);
-                    match &dns.qname {
-                        Some(qname) if dns.rcode == ResponseCode::NXDomain => {
-                            answered = search.answered_in_lookup(client, qname);
-                            // Held while the lookup may go on: an expansion, or a name
-                            // tried as it is before the search list.
-                            expansion = answered.is_none()
-                                && (!search.expansion_of(qname).is_empty()
-                                    || search.opens_lookup(client, qname));
-                        }
-                        Some(qname) if dns.rcode == ResponseCode::NoError => {
-                            search.answered(client, qname);
-                        }
-                        _ => {}
-                    }
-                    let nxdomain = match (expansion, answered) {
-                        (true, _) => NxdomainIs::Held(now),
-                        (false, Some(name)) => NxdomainIs::Expansion(format!(
-                            "{name} was answered (NOERROR) in the same lookup"
-                        )),
-                        (false, None) => NxdomainIs::Failure,
-                    };
-                    on_dns_response(state, dns, nxdomain);
-                    if expansion && let Some(qname) = &dns.qname {
-                        self.context.search.hold(
-                            packet.flow.src_ip,
-                            qname,
-                            (packet.key, state.generation),
-                            now,
+            EventKind::DnsTcpSegment => {
+                if let Some(tcp) = tcp {
+                    for message in dns::stream_messages(state, view.sender, tcp) {
+                        let Some(dns) = decode_dns(&message) else {
+                            continue;
+                        };
+                        metrics.packets(
+                            if dns.is_response {
+                                PacketKind::DnsResponse
+                            } else {
+                                PacketKind::DnsQuery
+                            },
+                            1,
                         );
-                        deadline = Some(now + SEARCH_WINDOW);
+                        deadlines.extend(dns_message(
+                            state,
+                            &mut self.context.search,
+                            metrics,
+                            key,
+                            &dns,
+                            now,
+                            dns_timeout,
+                        ));
                     }
                 }
             }
-            EventKind::SynDelivered => {}
         }
-        if let Some(at) = deadline {
+        for at in deadlines {
             self.deadlines.push(Reverse(Deadline {
                 at,
                 generation: state.generation,
-                key: packet.key,
+                key,
             }));
         }
         node_outcome(&mut self.context.node, journal, state, before, now);
-        Explainer::new(journal, &self.context).refresh(state, before);
+        Explainer::new(journal, &self.context, &self.pairing).refresh(state, before);
         journal.record(state, before, packet.kind.into(), now);
         if let Some((released, next)) = going_on {
             for (key, generation) in released {
@@ -577,22 +758,6 @@ impl Tracker {
             .collect()
     }
 
-    /// Remembers which addresses are this node's pods: the sender of what leaves a
-    /// pod's veth is the pod.
-    fn learn_local(&mut self, packet: &Packet) {
-        if packet.direction != Direction::FromPod {
-            return;
-        }
-        let sender = match packet.kind {
-            EventKind::Syn | EventKind::DnsQuery => packet.flow.src_ip,
-            EventKind::SynAck | EventKind::DnsResponse => packet.flow.dst_ip,
-            _ => return,
-        };
-        if !self.context.local.contains(&sender) {
-            self.context.local.put(sender, ());
-        }
-    }
-
     /// The lookup a held NXDOMAIN belonged to went on to `next`: it was a search-path
     /// expansion, not a failure.
     fn release_expansion(&mut self, key: FlowKey, generation: u64, next: &str, now: Duration) {
@@ -609,7 +774,7 @@ impl Tracker {
         let before = state.verdict;
         state.dns.expansion = Some(Box::new((summary, format!("the lookup went on to {next}"))));
         settle_dns(state);
-        Explainer::new(&self.journal, &self.context).refresh(state, before);
+        Explainer::new(&self.journal, &self.context, &self.pairing).refresh(state, before);
         self.journal
             .record(state, before, FlowEventKind::SearchExpansion, now);
     }
@@ -634,17 +799,14 @@ impl Tracker {
                 continue;
             }
             let before = state.verdict;
-            let expired = match state.flow.protocol {
-                Protocol::Tcp => expire_syn(state, now, self.config.syn_timeout),
-                Protocol::Udp => {
-                    // Both run: either may have expired.
-                    let held = expire_held(state, &self.context.search, now);
-                    expire_dns(state, now, self.config.dns_timeout) | held
-                }
-            };
+            // Each runs: any may have expired (DNS over TCP has a handshake and queries).
+            let syn = state.flow.protocol == Protocol::Tcp
+                && expire_syn(state, now, self.config.syn_timeout);
+            let held = expire_held(state, &self.context.search, now);
+            let expired = expire_dns(state, now, self.config.dns_timeout) | held | syn;
             if expired {
                 node_outcome(&mut self.context.node, &self.journal, state, before, now);
-                Explainer::new(&self.journal, &self.context).refresh(state, before);
+                Explainer::new(&self.journal, &self.context, &self.pairing).refresh(state, before);
                 self.journal
                     .record(state, before, FlowEventKind::Timeout, now);
             }
@@ -659,24 +821,32 @@ impl Tracker {
         self.compact_deadlines();
     }
 
-    /// Tops up counts from the kernel's counter map: a count the kernel has and the
-    /// events never brought (for longer than [`LOSS_GRACE`]) was lost on the way, and
-    /// the transition it would have caused is applied now.
+    /// Tops up counts from the kernel's per-hook counters: what a hook counted beyond the
+    /// last event read from it was lost, once the ring has been read past it (its last
+    /// packet is not newer than `read_up_to`), and the transition it would have caused
+    /// is applied now.
     pub fn reconcile(
         &mut self,
-        kernel: impl IntoIterator<Item = (FlowKey, FlowCounters)>,
+        kernel: impl IntoIterator<Item = (HookKey, FlowCounters)>,
+        read_up_to: Duration,
         now: Duration,
     ) {
-        for (key, counters) in kernel {
-            if now.saturating_sub(Duration::from_nanos(counters.last_seen_ns)) < LOSS_GRACE {
+        self.journal.clock.resync();
+        for (hook, counters) in kernel {
+            let last_seen = Duration::from_nanos(counters.last_seen_ns);
+            if last_seen > read_up_to {
                 continue;
             }
-            let last_seen = Duration::from_nanos(counters.last_seen_ns);
-            let first_seen = Duration::from_nanos(counters.first_seen_ns);
-            if self.flows.peek(&key).is_none() {
-                // Created by events that were all lost, or evicted from the table. Only
-                // recent activity brings a flow back, so idle evicted flows stay out.
-                if now.saturating_sub(last_seen) > RECOVERY_WINDOW {
+            let Some((key, sender)) = self.orient_hook(&hook, &counters) else {
+                continue;
+            };
+            if !self.flows.contains(&key) {
+                // Created by events that were all lost. Only recent activity brings a
+                // flow back, and only one that cannot be an evicted flow's counts.
+                let first_seen = Duration::from_nanos(counters.first_seen_ns);
+                if now.saturating_sub(last_seen) > RECOVERY_WINDOW
+                    || first_seen < self.eviction_horizon
+                {
                     continue;
                 }
                 let Ok(flow) = flow_from_key(&key) else {
@@ -688,12 +858,13 @@ impl Tracker {
                     &key,
                     flow,
                     first_seen,
-                    0,
+                    hook.ifindex,
                 );
             }
             let state = self.flows.peek_mut(&key).expect("present");
             let before = state.verdict;
-            let recovered = recover_lost(state, &counters, last_seen, &self.journal.metrics);
+            let recovered =
+                recover::recover_lost(state, &counters, sender, last_seen, &self.journal.metrics);
             if recovered {
                 state.last_seen = state.last_seen.max(last_seen);
                 // A recovered flow still waiting gets its timeout like any other.
@@ -716,10 +887,47 @@ impl Tracker {
                         }));
                     }
                 }
-                Explainer::new(&self.journal, &self.context).refresh(state, before);
+                Explainer::new(&self.journal, &self.context, &self.pairing).refresh(state, before);
                 self.journal
                     .record(state, before, FlowEventKind::Recovered, now);
             }
+        }
+    }
+
+    /// The connection a kernel hook's counters belong to, when they are counted there
+    /// (not the far side of a connection counted at the client's veth), and who sent them.
+    fn orient_hook(
+        &mut self,
+        hook: &HookKey,
+        counters: &FlowCounters,
+    ) -> Option<(FlowKey, Sender)> {
+        let tuple = hook.tuple;
+        let (key, sender) = if counters.syn > 0 || counters.dns_queries > 0 {
+            (tuple, Sender::Client)
+        } else if counters.icmp_unreachable > 0 {
+            (tuple, Sender::Server)
+        } else if counters.syn_ack > 0 || counters.dns_responses > 0 {
+            (tuple.reversed(), Sender::Server)
+        } else if self.pairing.connection_of(&tuple).is_some() {
+            (tuple, Sender::Client)
+        } else if self.pairing.connection_of(&tuple.reversed()).is_some() {
+            (tuple.reversed(), Sender::Server)
+        } else {
+            return None;
+        };
+        let from_pod = hook.direction == probe_ebpf::Direction::FromPod as u32;
+        let client_side = from_pod == (sender == Sender::Client);
+        if client_side {
+            return Some((key, sender));
+        }
+        // The server's veth: counted here only for a connection whose client is elsewhere.
+        match self.pairing.connection_of(&key) {
+            Some(connection) => self
+                .flows
+                .peek(&connection)
+                .filter(|state| state.counted_at == Side::Server)
+                .map(|_| (connection, sender)),
+            None => Some((key, sender)),
         }
     }
 
@@ -801,376 +1009,12 @@ fn flow_entry<'a>(
 ) -> &'a mut FlowState {
     let state = flows.get_or_insert_mut(*key, || {
         *next_generation += 1;
-        FlowState {
-            flow,
-            generation: *next_generation,
-            verdict: VerdictKind::Pending,
-            reason: "".into(),
-            cause: None,
-            explanation: None,
-            next: None,
-            counts: Counts::default(),
-            first_seen: now,
-            last_seen: now,
-            attempt_start: None,
-            attempt_syns: 0,
-            ifindex,
-            dns: DnsState::default(),
-        }
+        FlowState::new(flow, *next_generation, now, ifindex)
     });
     if state.ifindex == 0 {
         state.ifindex = ifindex;
     }
     state
-}
-
-impl Journal {
-    /// Records a change of `state`, and counts a verdict when the flow reaches a new
-    /// final one.
-    fn record(
-        &mut self,
-        state: &FlowState,
-        before: VerdictKind,
-        kind: FlowEventKind,
-        now: Duration,
-    ) {
-        let verdict_changed = state.verdict != before;
-        if matches!(kind, FlowEventKind::Timeout) && !verdict_changed {
-            return;
-        }
-        let verdict = self.verdict_of(state);
-        if verdict_changed && state.verdict.is_final() {
-            self.metrics.verdict_reached(&verdict);
-            if let Some(cause) = verdict.cause.filter(|c| c.is_failure()) {
-                self.metrics.cause_reached(cause);
-                self.report(&verdict, cause, now);
-            }
-        }
-        // The event shares the verdict's names, interface and DNS summary: looked up once.
-        let event = FlowEvent {
-            time: self.clock.to_utc(now),
-            flow: verdict.flow,
-            event: kind,
-            verdict: verdict.verdict,
-            reason: verdict.reason,
-            cause: verdict.cause,
-            next: verdict.next,
-            interface: verdict.interface,
-            src: verdict.src,
-            dst: verdict.dst,
-            dns: verdict.dns,
-        };
-        if self.events.len() == self.capacity {
-            self.events.pop_front();
-        }
-        if self.events_tx.receiver_count() > 0 {
-            // A follower that went away in between is fine.
-            let _ = self.events_tx.send(event.clone());
-        }
-        self.events.push_back(event);
-    }
-
-    /// Hands a new failing cause of a flow from a known pod to the Event writer; a
-    /// timeout's waits [`REPORT_HOLD`] first.
-    fn report(&mut self, verdict: &Verdict, cause: Cause, now: Duration) {
-        let Some(reports) = &self.reports else {
-            return;
-        };
-        let Some((namespace, pod)) = verdict
-            .src
-            .as_ref()
-            .and_then(|src| Some((src.namespace.clone()?, src.pod.clone()?)))
-        else {
-            return;
-        };
-        // Never waits on the packet path: a full channel loses this report (counted).
-        let report = CauseReport {
-            namespace,
-            pod,
-            cause,
-            reason: Arc::clone(&verdict.reason),
-            next: verdict.next.clone(),
-            flow: verdict.flow,
-        };
-        let timeout = matches!(
-            cause,
-            Cause::DroppedBetween | Cause::ServerSilent | Cause::NoAnswer | Cause::DnsNoAnswer
-        );
-        if timeout && self.held_reports.len() < HELD_REPORTS {
-            self.held_reports.push_back((now + REPORT_HOLD, report));
-        } else {
-            events::offer(reports, report, &self.metrics);
-        }
-    }
-
-    /// Sends the held reports that are due: as they are, or, while a node-wide failure
-    /// goes on, as that failure (the timeout was the node's, not its own).
-    fn release_reports(
-        &mut self,
-        now: Duration,
-        incident: Option<&Incident>,
-        node: Option<&Arc<str>>,
-    ) {
-        let Some(reports) = &self.reports else {
-            return;
-        };
-        while let Some((due, _)) = self.held_reports.front() {
-            if *due > now {
-                break;
-            }
-            let (_, mut report) = self.held_reports.pop_front().expect("checked");
-            if let Some(incident) = incident {
-                let diagnosis = node_datapath(incident, node);
-                report.cause = diagnosis.cause;
-                report.reason = diagnosis.reason.into();
-                report.next = diagnosis.next.map(Arc::from);
-            }
-            events::offer(reports, report, &self.metrics);
-        }
-    }
-
-    fn interface_name(&self, ifindex: u32) -> Arc<str> {
-        match self.interfaces.get(&ifindex) {
-            Some(name) => Arc::clone(name),
-            None if ifindex == 0 => "".into(),
-            None => format!("if{ifindex}").into(),
-        }
-    }
-
-    fn verdict_of(&self, state: &FlowState) -> Verdict {
-        Verdict {
-            flow: state.flow,
-            verdict: state.verdict,
-            reason: shown_reason(state),
-            cause: state.cause,
-            next: state.next.clone(),
-            counts: state.counts,
-            first_seen: self.clock.to_utc(state.first_seen),
-            last_seen: self.clock.to_utc(state.last_seen),
-            interface: self.interface_name(state.ifindex),
-            src: self.names.source(state.flow.src_ip),
-            dst: self
-                .names
-                .destination(state.flow.dst_ip, state.flow.dst_port),
-            dns: dns_summary(state),
-        }
-    }
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
-}
-
-fn millis(d: Duration) -> String {
-    format!("{} ms", d.as_millis())
-}
-
-/// Returns the deadline to check when this SYN starts a new connection attempt.
-fn on_syn(state: &mut FlowState, now: Duration, syn_timeout: Duration) -> Option<Duration> {
-    match state.verdict {
-        // A retransmission of the current attempt.
-        VerdictKind::Pending if state.attempt_start.is_some() => {
-            state.attempt_syns += 1;
-            state.reason =
-                format!("{} SYNs sent, waiting for an answer", state.attempt_syns).into();
-            None
-        }
-        // Retransmissions after the timeout was declared keep the verdict.
-        VerdictKind::Timeout => {
-            state.attempt_syns += 1;
-            state.reason = timeout_reason(state, now).into();
-            None
-        }
-        // A first SYN, or a new attempt on a reused 5-tuple.
-        _ => {
-            state.verdict = VerdictKind::Pending;
-            state.attempt_start = Some(now);
-            state.attempt_syns = 1;
-            state.reason = "SYN sent, waiting for an answer".into();
-            Some(now + syn_timeout + SYN_RETRANSMISSION_SLACK)
-        }
-    }
-}
-
-fn timeout_reason(state: &FlowState, now: Duration) -> String {
-    let elapsed = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
-    let plural = if state.attempt_syns == 1 { "" } else { "s" };
-    format!(
-        "{} SYN{plural} in {} and no answer",
-        state.attempt_syns,
-        secs(elapsed)
-    )
-}
-
-fn on_syn_ack(state: &mut FlowState, now: Duration) {
-    if matches!(state.verdict, VerdictKind::Pending | VerdictKind::Timeout) {
-        let took = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
-        let slow = if state.verdict == VerdictKind::Timeout || state.attempt_syns > 1 {
-            format!(" (slow: {} SYNs)", state.attempt_syns)
-        } else {
-            String::new()
-        };
-        state.verdict = VerdictKind::Ok;
-        state.reason = format!("handshake completed in {}{slow}", millis(took)).into();
-    }
-}
-
-fn on_rst(state: &mut FlowState, now: Duration) {
-    match state.verdict {
-        VerdictKind::Pending | VerdictKind::Timeout if state.attempt_start.is_some() => {
-            let took = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
-            state.verdict = VerdictKind::Refused;
-            state.reason = format!("SYN answered by RST in {}", millis(took)).into();
-        }
-        VerdictKind::Refused | VerdictKind::Reset => {}
-        _ => {
-            state.verdict = VerdictKind::Reset;
-            state.reason = "connection reset by RST after the handshake".into();
-        }
-    }
-}
-
-fn on_icmp_unreachable(state: &mut FlowState) {
-    if state.verdict == VerdictKind::Ok && state.flow.protocol == Protocol::Tcp {
-        // An established connection: ICMP errors there are not a connect failure.
-        return;
-    }
-    state.verdict = VerdictKind::Unreachable;
-    state.reason = match state.flow.protocol {
-        Protocol::Tcp => "SYN answered by ICMP destination unreachable",
-        Protocol::Udp => "DNS query answered by ICMP destination unreachable",
-    }
-    .into();
-    state.dns.pending.clear();
-}
-
-fn on_dns_query(
-    state: &mut FlowState,
-    dns: &DnsPacket,
-    now: Duration,
-    dns_timeout: Duration,
-) -> Option<Duration> {
-    if state.dns.pending.iter().any(|q| q.id == dns.id) {
-        // A retransmission of a query still waiting.
-        return None;
-    }
-    if state.dns.pending.len() == MAX_PENDING_QUERIES {
-        state.dns.pending.remove(0);
-    }
-    state.dns.pending.push(PendingQuery {
-        id: dns.id,
-        qname: dns.qname.clone(),
-        qtype: dns.qtype.clone(),
-        sent: now,
-    });
-    state.verdict = VerdictKind::Pending;
-    state.reason = format!(
-        "DNS query for {} sent, waiting for an answer",
-        dns.qname.as_deref().unwrap_or("?")
-    )
-    .into();
-    Some(now + dns_timeout)
-}
-
-/// What an NXDOMAIN means for its flow, from the lookup it belongs to.
-enum NxdomainIs {
-    /// A search-path expansion: held until the lookup goes on or not (since when).
-    Held(Duration),
-    /// No failure: another name of its lookup exists (why, in words).
-    Expansion(String),
-    /// The lookup's failure.
-    Failure,
-}
-
-fn on_dns_response(state: &mut FlowState, dns: &DnsPacket, nxdomain: NxdomainIs) {
-    let query = state
-        .dns
-        .pending
-        .iter()
-        .position(|q| q.id == dns.id)
-        .map(|i| state.dns.pending.remove(i));
-    let qname = dns
-        .qname
-        .clone()
-        .or_else(|| query.as_ref().and_then(|q| q.qname.clone()))
-        .unwrap_or_else(|| "?".into());
-    let qtype = dns
-        .qtype
-        .clone()
-        .or_else(|| query.as_ref().and_then(|q| q.qtype.clone()))
-        .unwrap_or_else(|| "?".into());
-    let summary = DnsSummary {
-        id: dns.id,
-        qname,
-        qtype,
-        rcode: Some(rcode_name(dns.rcode)),
-    };
-    match (rcode_verdict(dns.rcode), nxdomain) {
-        (VerdictKind::Ok, _) => state.dns.success = Some(summary),
-        (VerdictKind::Nxdomain, NxdomainIs::Held(since)) => {
-            state.dns.held = Some(Box::new((summary, since)))
-        }
-        (VerdictKind::Nxdomain, NxdomainIs::Expansion(why)) => {
-            state.dns.expansion = Some(Box::new((summary, why)))
-        }
-        (failure, _) => state.dns.failure = Some((failure, summary)),
-    }
-    settle_dns(state);
-}
-
-fn rcode_verdict(rcode: ResponseCode) -> VerdictKind {
-    match rcode {
-        ResponseCode::NoError => VerdictKind::Ok,
-        ResponseCode::NXDomain => VerdictKind::Nxdomain,
-        ResponseCode::ServFail => VerdictKind::Servfail,
-        ResponseCode::Refused => VerdictKind::DnsRefused,
-        _ => VerdictKind::DnsError,
-    }
-}
-
-/// A DNS flow's verdict once no query is waiting: its failure if it had one, else OK.
-fn settle_dns(state: &mut FlowState) {
-    if !state.dns.pending.is_empty() {
-        return;
-    }
-    if let Some((summary, _)) = state.dns.held.as_deref() {
-        state.verdict = VerdictKind::Pending;
-        state.reason = format!(
-            "NXDOMAIN for {}, a search-path expansion: waiting to see whether the lookup goes on",
-            summary.qname
-        )
-        .into();
-        return;
-    }
-    if let Some((verdict, summary)) = &state.dns.failure {
-        state.verdict = *verdict;
-        state.reason = Arc::from(match verdict {
-            VerdictKind::Nxdomain => format!("{} does not exist (NXDOMAIN)", summary.qname),
-            VerdictKind::Servfail => format!("DNS server failed on {} (SERVFAIL)", summary.qname),
-            VerdictKind::DnsRefused => {
-                format!(
-                    "DNS server refused the query for {} (REFUSED)",
-                    summary.qname
-                )
-            }
-            VerdictKind::DnsTimeout => format!("no answer to the DNS query for {}", summary.qname),
-            _ => format!(
-                "DNS server answered {} with {}",
-                summary.qname,
-                summary.rcode.as_deref().unwrap_or("an error")
-            ),
-        });
-    } else if let Some(summary) = &state.dns.success {
-        state.verdict = VerdictKind::Ok;
-        state.reason = format!("{} {} answered (NOERROR)", summary.qname, summary.qtype).into();
-    } else if let Some((summary, why)) = state.dns.expansion.as_deref() {
-        state.verdict = VerdictKind::Ok;
-        state.reason = format!(
-            "NXDOMAIN for {} was a search-path expansion, not a failure: {why}",
-            summary.qname
-        )
-        .into();
-    }
 }
 
 /// Tells the node watch about a flow that reached a new final verdict.
@@ -1219,32 +1063,12 @@ fn node_datapath(incident: &Incident, node: Option<&Arc<str>>) -> diagnose::Diag
     }
 }
 
-/// A held NXDOMAIN whose lookup did not go on in time: the lookup failed on it, unless
-/// another of its names was answered.
-fn expire_held(state: &mut FlowState, search: &SearchPaths, now: Duration) -> bool {
-    match state.dns.held.as_deref() {
-        Some((_, since)) if now.saturating_sub(*since) >= SEARCH_WINDOW => {}
-        _ => return false,
-    }
-    let (summary, _) = *state.dns.held.take().expect("checked above");
-    match search.answered_in_lookup(state.flow.src_ip, &summary.qname) {
-        Some(name) => {
-            let why = format!("{name} was answered (NOERROR) in the same lookup");
-            state.dns.expansion = Some(Box::new((summary, why)));
-        }
-        None => state.dns.failure = Some((VerdictKind::Nxdomain, summary)),
-    }
-    settle_dns(state);
-    true
-}
-
 /// What explaining a failure reads besides the flow itself.
 struct Explainer<'a> {
     /// Names and interface names.
     journal: &'a Journal,
     search: &'a SearchPaths,
-    delivered: &'a delivered::Deliveries,
-    local: &'a LruCache<IpAddr, ()>,
+    pairing: &'a Pairing,
     node: Option<&'a Arc<str>>,
     /// A node-wide failure going on: timeouts are its, not their own.
     incident: Option<&'a Incident>,
@@ -1252,12 +1076,11 @@ struct Explainer<'a> {
 }
 
 impl<'a> Explainer<'a> {
-    fn new(journal: &'a Journal, context: &'a Context) -> Self {
+    fn new(journal: &'a Journal, context: &'a Context, pairing: &'a Pairing) -> Self {
         Self {
             journal,
             search: &context.search,
-            delivered: &context.delivered,
-            local: &context.local,
+            pairing,
             node: context.node_name.as_ref(),
             incident: context.node.current(),
             interner: &context.interner,
@@ -1300,6 +1123,23 @@ impl<'a> Explainer<'a> {
             self.set(state, Some(node_datapath(incident, self.node)));
             return;
         }
+        if state.verdict == VerdictKind::Timeout
+            && let Some(answered) = state.answered_at
+        {
+            let took = answered.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
+            self.set(
+                state,
+                Some(diagnose::Diagnosis {
+                    cause: Cause::LateAnswer,
+                    reason: format!(
+                        "the server answered after {}: slow to accept (accept queue full, CPU-starved or paused), or the client's connect timeout is shorter than the server's answer time",
+                        tcp::secs(took)
+                    ),
+                    next: Some(format!("ss -ltn 'sport = :{}'", state.flow.dst_port)),
+                }),
+            );
+            return;
+        }
         let snapshot = self.journal.names.snapshot();
         let view = &snapshot.cluster;
         let dns = dns_summary(state);
@@ -1326,11 +1166,14 @@ impl<'a> Explainer<'a> {
             // Only a timeout asks where the packets went.
             path: if state.verdict == VerdictKind::Timeout {
                 PathFacts {
-                    delivered: self.delivered(state),
-                    destination_local: self.destination_local(view, &state.flow),
-                    remote_client_via: (!self.is_local(view, &state.flow.src_ip))
-                        .then(|| self.journal.interface_name(state.ifindex))
-                        .filter(|name| !name.is_empty()),
+                    delivered: self.far_side(state, |far| far.syn_at),
+                    answer_lost: self.far_side(state, |far| far.syn_ack_at),
+                    destination_local: state.far.is_some()
+                        || self.destination_local(view, &state.flow),
+                    remote_client_via: (state.counted_at == Side::Server
+                        || !self.is_local(view, &state.flow.src_ip))
+                    .then(|| self.journal.interface_name(state.ifindex))
+                    .filter(|name| !name.is_empty()),
                     node: self.node.cloned(),
                 }
             } else {
@@ -1341,22 +1184,23 @@ impl<'a> Explainer<'a> {
         self.set(state, diagnosis);
     }
 
-    /// Where a SYN of this connection attempt entered a pod of this node, and through
-    /// which veth. A delivery older than the attempt was another connection's (the
-    /// client's port reused).
-    fn delivered(&self, state: &FlowState) -> Option<(std::net::SocketAddr, Arc<str>)> {
-        let flow = &state.flow;
-        let delivery = self
-            .delivered
-            .lookup(flow.protocol, flow.src_ip, flow.src_port)?;
+    /// Where the server's veth saw this attempt's SYN go in (or its SYN-ACK come out):
+    /// the backend and the veth. One older than the attempt was another connection's.
+    fn far_side(
+        &self,
+        state: &FlowState,
+        at: impl Fn(&FarSide) -> Option<Duration>,
+    ) -> Option<(std::net::SocketAddr, Arc<str>)> {
+        let far = state.far.as_deref()?;
         let attempt = state.attempt_start.unwrap_or(state.first_seen);
-        (delivery.at >= attempt)
-            .then(|| (delivery.dst, self.journal.interface_name(delivery.ifindex)))
+        at(far)
+            .filter(|seen| *seen >= attempt)
+            .map(|_| (far.backend, self.journal.interface_name(far.ifindex)))
     }
 
     /// A pod address of this node: seen leaving a veth here, or of a pod scheduled here.
     fn is_local(&self, view: &ClusterView, ip: &IpAddr) -> bool {
-        self.local.contains(ip)
+        self.pairing.is_local(ip)
             || view
                 .pod_by_ip
                 .get(ip)
@@ -1376,184 +1220,6 @@ impl<'a> Explainer<'a> {
             .all(|(pod, _)| pod.ips.iter().any(local))
     }
 }
-
-fn expire_syn(state: &mut FlowState, now: Duration, syn_timeout: Duration) -> bool {
-    let Some(start) = state.attempt_start else {
-        return false;
-    };
-    if state.verdict != VerdictKind::Pending
-        || now.saturating_sub(start) < syn_timeout + SYN_RETRANSMISSION_SLACK
-    {
-        return false;
-    }
-    state.verdict = VerdictKind::Timeout;
-    state.reason = timeout_reason(state, now).into();
-    true
-}
-
-fn expire_dns(state: &mut FlowState, now: Duration, dns_timeout: Duration) -> bool {
-    let (expired, waiting): (Vec<_>, Vec<_>) = state
-        .dns
-        .pending
-        .drain(..)
-        .partition(|q| now.saturating_sub(q.sent) >= dns_timeout);
-    state.dns.pending = waiting;
-    let Some(query) = expired.last() else {
-        return false;
-    };
-    state.dns.failure = Some((
-        VerdictKind::DnsTimeout,
-        DnsSummary {
-            id: query.id,
-            qname: query.qname.clone().unwrap_or_else(|| "?".into()),
-            qtype: query.qtype.clone().unwrap_or_else(|| "?".into()),
-            rcode: None,
-        },
-    ));
-    settle_dns(state);
-    true
-}
-
-fn dns_summary(state: &FlowState) -> Option<DnsSummary> {
-    if state.flow.protocol != Protocol::Udp {
-        return None;
-    }
-    if state.verdict == VerdictKind::Pending
-        && let Some(query) = state.dns.pending.last()
-    {
-        return Some(DnsSummary {
-            id: query.id,
-            qname: query.qname.clone().unwrap_or_else(|| "?".into()),
-            qtype: query.qtype.clone().unwrap_or_else(|| "?".into()),
-            rcode: None,
-        });
-    }
-    match (&state.dns.failure, &state.dns.success) {
-        (Some((_, summary)), _) if state.verdict.is_failure() => Some(summary.clone()),
-        (_, Some(summary)) => Some(summary.clone()),
-        (Some((_, summary)), None) => Some(summary.clone()),
-        (None, None) => state
-            .dns
-            .held
-            .as_deref()
-            .map(|(summary, _)| summary)
-            .or(state.dns.expansion.as_deref().map(|(summary, _)| summary))
-            .cloned(),
-    }
-}
-
-/// Applies what the kernel counted and the events never delivered. Returns whether
-/// anything was recovered.
-fn recover_lost(
-    state: &mut FlowState,
-    kernel: &FlowCounters,
-    at: Duration,
-    metrics: &Metrics,
-) -> bool {
-    let mut recovered = false;
-    let mut top_up = |agent: &mut u64, kernel: u64, kind: PacketKind| -> bool {
-        if kernel > *agent {
-            metrics.packets(kind, kernel - *agent);
-            *agent = kernel;
-            recovered = true;
-            true
-        } else {
-            false
-        }
-    };
-    let counts = &mut state.counts;
-    let syn = top_up(&mut counts.syn, kernel.syn, PacketKind::Syn);
-    let syn_ack = top_up(&mut counts.syn_ack, kernel.syn_ack, PacketKind::SynAck);
-    let rst = top_up(&mut counts.rst, kernel.rst, PacketKind::Rst);
-    let icmp = top_up(
-        &mut counts.icmp_unreachable,
-        kernel.icmp_unreachable,
-        PacketKind::IcmpUnreachable,
-    );
-    let queries = top_up(
-        &mut counts.dns_queries,
-        kernel.dns_queries,
-        PacketKind::DnsQuery,
-    );
-    let responses = top_up(
-        &mut counts.dns_responses,
-        kernel.dns_responses,
-        PacketKind::DnsResponse,
-    );
-    if syn && state.attempt_start.is_none() {
-        state.attempt_start = Some(Duration::from_nanos(kernel.first_seen_ns));
-        state.attempt_syns = kernel.syn;
-        // A SYN whose event was lost, of a connection already answered (its SYN-ACK, RST
-        // or ICMP came through): the answer stands, nothing is pending again.
-        let answered = counts.syn_ack > 0 || counts.rst > 0 || counts.icmp_unreachable > 0;
-        if !answered {
-            state.verdict = VerdictKind::Pending;
-        } else if state.verdict == VerdictKind::Reset && counts.syn_ack == 0 {
-            // The RST answered that SYN: refused, not an established connection reset.
-            state.verdict = VerdictKind::Refused;
-            state.reason = "SYN answered by RST".into();
-        }
-    }
-    if syn_ack {
-        on_syn_ack(state, at);
-    } else if rst {
-        on_rst(state, at);
-    } else if icmp {
-        on_icmp_unreachable(state);
-    } else if responses || queries {
-        if queries && state.dns.pending.is_empty() && kernel.dns_queries > kernel.dns_responses {
-            // A query whose event was lost: it waits, unnamed, for its answer or timeout.
-            state.dns.pending.push(PendingQuery {
-                id: 0,
-                qname: None,
-                qtype: None,
-                sent: Duration::from_nanos(kernel.first_seen_ns),
-            });
-            state.verdict = VerdictKind::Pending;
-        }
-        // The rcodes the kernel counted tell the worst outcome even without the names.
-        let failure = if kernel.dns_nxdomain > 0 {
-            Some(VerdictKind::Nxdomain)
-        } else if kernel.dns_servfail > 0 {
-            Some(VerdictKind::Servfail)
-        } else if kernel.dns_refused > 0 {
-            Some(VerdictKind::DnsRefused)
-        } else if kernel.dns_other_error > 0 {
-            Some(VerdictKind::DnsError)
-        } else {
-            None
-        };
-        if responses && counts_settled(&state.counts) {
-            state.dns.pending.clear();
-            let summary = DnsSummary {
-                id: 0,
-                qname: "?".into(),
-                qtype: "?".into(),
-                rcode: Some(failure.map_or("NOERROR", |v| v.as_str()).into()),
-            };
-            match failure {
-                Some(verdict) => state.dns.failure = Some((verdict, summary)),
-                None => state.dns.success = Some(summary),
-            }
-            settle_dns(state);
-        }
-    }
-    if recovered && state.reason.is_empty() {
-        state.reason = "recovered from the kernel's counters (events were lost)".into();
-    }
-    recovered
-}
-
-fn counts_settled(counts: &Counts) -> bool {
-    counts.dns_responses >= counts.dns_queries
-}
-
-mod node;
-mod search;
-
-use node::{Change, Incident, NodeWatch};
-pub use search::Chain;
-use search::SearchPaths;
 
 #[cfg(test)]
 mod tests;

@@ -16,22 +16,16 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use probe_ebpf::{
     CAPTURE_BYTES, Direction, EVENTS_RING_BYTES, EventKind, FLOW_COUNTS_ENTRIES, FlowCounters,
-    FlowKey, IPPROTO_TCP, IPPROTO_UDP, LOCAL_ENDPOINTS_ENTRIES, LOSS_COUNTERS, LossCounter,
-    PacketEvent, WIRE_VERSION,
+    FlowKey, HookKey, IPPROTO_TCP, IPPROTO_UDP, LOSS_COUNTERS, LossCounter, PacketEvent,
+    WIRE_VERSION,
 };
 
 #[map]
 static NETPROBE_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
 #[map]
-static NETPROBE_FLOW_COUNTS: LruHashMap<FlowKey, FlowCounters> =
+static NETPROBE_FLOW_COUNTS: LruHashMap<HookKey, FlowCounters> =
     LruHashMap::with_max_entries(FLOW_COUNTS_ENTRIES, 0);
-
-/// Addresses seen leaving a pod veth: the pods of this node. Lets the program count a
-/// flow between two local pods once (at the client's veth) instead of at both veths.
-#[map]
-static NETPROBE_LOCAL_ENDPOINTS: LruHashMap<[u8; 16], u32> =
-    LruHashMap::with_max_entries(LOCAL_ENDPOINTS_ENTRIES, 0);
 
 #[map]
 static NETPROBE_LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_COUNTERS, 0);
@@ -181,6 +175,8 @@ struct L3 {
     protocol: u8,
     /// Offset of the transport header.
     l4: usize,
+    /// Offset just past the IP packet, from its length field (Ethernet padding excluded).
+    end: usize,
 }
 
 /// What the packet means for a flow.
@@ -191,8 +187,6 @@ struct Interesting {
     src_port: u16,
     dst_port: u16,
     protocol: u8,
-    /// The packet goes server → client: the flow key is the reverse of what it carries.
-    reversed: bool,
     dns_rcode: u8,
 }
 
@@ -206,7 +200,7 @@ fn classify(ctx: &TcContext, direction: Direction) -> Result<(), ParseError> {
         IPPROTO_ICMPV6 => parse_icmp_unreachable(ctx, &l3, true)?,
         _ => return Err(ParseError::Uninteresting),
     };
-    record(ctx, direction, &l3, &interesting)
+    record(ctx, direction, &interesting)
 }
 
 #[inline(always)]
@@ -244,10 +238,12 @@ fn parse_l3(ctx: &TcContext) -> Result<L3, ParseError> {
                 },
                 protocol: ip[9],
                 l4: offset + header_len,
+                end: offset + usize::from(be16([ip[2], ip[3]])),
             })
         }
         ETH_P_IPV6 => {
             let ip = header::<8>(ctx, offset)?;
+            let end = offset + 40 + usize::from(be16([ip[4], ip[5]]));
             if ip[0] >> 4 != 6 {
                 return Err(ParseError::Uninteresting);
             }
@@ -288,6 +284,7 @@ fn parse_l3(ctx: &TcContext) -> Result<L3, ParseError> {
                 },
                 protocol: next,
                 l4,
+                end,
             })
         }
         _ => Err(ParseError::Uninteresting),
@@ -298,25 +295,30 @@ fn parse_l3(ctx: &TcContext) -> Result<L3, ParseError> {
 fn parse_tcp(ctx: &TcContext, l3: &L3) -> Result<Interesting, ParseError> {
     let tcp = header::<14>(ctx, l3.l4)?;
     let flags = tcp[13];
-    // The fast path: plain data and ACKs end here, before any port or map work.
-    if flags & (TCP_FLAG_SYN | TCP_FLAG_RST) == 0 {
-        return Err(ParseError::Uninteresting);
-    }
+    let (src_port, dst_port) = (be16([tcp[0], tcp[1]]), be16([tcp[2], tcp[3]]));
     let kind = if flags & TCP_FLAG_RST != 0 {
         EventKind::Rst
-    } else if flags & TCP_FLAG_ACK != 0 {
-        EventKind::SynAck
+    } else if flags & TCP_FLAG_SYN != 0 {
+        if flags & TCP_FLAG_ACK != 0 {
+            EventKind::SynAck
+        } else {
+            EventKind::Syn
+        }
+    } else if (src_port == DNS_PORT || dst_port == DNS_PORT)
+        && l3.end > l3.l4 + usize::from(tcp[12] >> 4) * 4
+    {
+        // DNS over TCP: a segment with payload (the data offset is in 32-bit words).
+        EventKind::DnsTcpSegment
     } else {
-        EventKind::Syn
+        // The fast path: plain data and ACKs end here, before any map work.
+        return Err(ParseError::Uninteresting);
     };
     Ok(Interesting {
         kind,
         addrs: l3.addrs,
-        src_port: be16([tcp[0], tcp[1]]),
-        dst_port: be16([tcp[2], tcp[3]]),
+        src_port,
+        dst_port,
         protocol: IPPROTO_TCP,
-        // A RST's orientation is decided against the flow table in `record`.
-        reversed: kind == EventKind::SynAck,
         dns_rcode: 0,
     })
 }
@@ -344,7 +346,6 @@ fn parse_dns(ctx: &TcContext, l3: &L3) -> Result<Interesting, ParseError> {
         src_port,
         dst_port,
         protocol: IPPROTO_UDP,
-        reversed: is_response,
         dns_rcode: if is_response { rcode } else { 0 },
     })
 }
@@ -369,6 +370,7 @@ fn parse_icmp_unreachable(ctx: &TcContext, l3: &L3, v6: bool) -> Result<Interest
             },
             protocol: ip[6],
             l4: inner + 40,
+            end: l3.end,
         }
     } else {
         if icmp_type != ICMP_DEST_UNREACH || code == ICMP_FRAG_NEEDED {
@@ -388,6 +390,7 @@ fn parse_icmp_unreachable(ctx: &TcContext, l3: &L3, v6: bool) -> Result<Interest
             },
             protocol: ip[9],
             l4: inner + header_len,
+            end: l3.end,
         }
     };
     if quoted.protocol != IPPROTO_TCP && quoted.protocol != IPPROTO_UDP {
@@ -406,96 +409,45 @@ fn parse_icmp_unreachable(ctx: &TcContext, l3: &L3, v6: bool) -> Result<Interest
         src_port,
         dst_port,
         protocol: quoted.protocol,
-        reversed: false,
         dns_rcode: 0,
     })
 }
 
+/// Counts the packet at its hook, on its tuple as on the wire, and hands it to userspace
+/// with the hook's counters.
 #[inline(always)]
-fn reverse(key: &mut FlowKey) {
-    core::mem::swap(&mut key.src_addr, &mut key.dst_addr);
-    core::mem::swap(&mut key.src_port, &mut key.dst_port);
-}
-
-/// Counts the packet on its flow and hands it to userspace, unless the other veth of a
-/// pod-to-pod flow on this node is the one that counts it.
-#[inline(always)]
-fn record(
-    ctx: &TcContext,
-    direction: Direction,
-    l3: &L3,
-    packet: &Interesting,
-) -> Result<(), ParseError> {
-    let mut key = FlowKey {
-        src_port: packet.src_port,
-        dst_port: packet.dst_port,
-        protocol: packet.protocol,
-        ..FlowKey::default()
+fn record(ctx: &TcContext, direction: Direction, packet: &Interesting) -> Result<(), ParseError> {
+    let mut key = HookKey {
+        tuple: FlowKey {
+            src_port: packet.src_port,
+            dst_port: packet.dst_port,
+            protocol: packet.protocol,
+            ..FlowKey::default()
+        },
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        direction: direction as u32,
     };
-    read_addr(ctx, packet.addrs.src, packet.addrs.v6, &mut key.src_addr)?;
-    read_addr(ctx, packet.addrs.dst, packet.addrs.v6, &mut key.dst_addr)?;
-    if packet.reversed {
-        reverse(&mut key);
-    } else if packet.kind == EventKind::Rst {
-        orient_rst(&mut key);
-    }
-
-    // The pod behind this veth: the sender of what leaves it, the receiver of what enters.
-    let mut pod_addr = [0u8; 16];
-    let pod_offset = match direction {
-        Direction::FromPod => l3.addrs.src,
-        Direction::ToPod => l3.addrs.dst,
-    };
-    read_addr(ctx, pod_offset, l3.addrs.v6, &mut pod_addr)?;
-    if direction == Direction::FromPod
-        && unsafe { NETPROBE_LOCAL_ENDPOINTS.get(&pod_addr) }.is_none()
-    {
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        let _ = NETPROBE_LOCAL_ENDPOINTS.insert(&pod_addr, &ifindex, 0);
-    }
-    // A flow between two pods of this node crosses two veths: it is counted at the
-    // client's, so it is one flow with one set of counts.
-    let kind = if pod_addr != key.src_addr
-        && unsafe { NETPROBE_LOCAL_ENDPOINTS.get(&key.src_addr) }.is_some()
-    {
-        // Except that a SYN entering the server pod is reported, uncounted: that it got
-        // this far tells a SYN dropped between the two pods from one the server received
-        // and left unanswered. Past the fast path: plain data never gets here (it left
-        // in `parse_tcp`).
-        if direction != Direction::ToPod || packet.kind != EventKind::Syn {
-            return Ok(());
-        }
-        EventKind::SynDelivered
-    } else {
-        packet.kind
-    };
-
+    read_addr(
+        ctx,
+        packet.addrs.src,
+        packet.addrs.v6,
+        &mut key.tuple.src_addr,
+    )?;
+    read_addr(
+        ctx,
+        packet.addrs.dst,
+        packet.addrs.v6,
+        &mut key.tuple.dst_addr,
+    )?;
     let now = unsafe { bpf_ktime_get_ns() };
-    if kind != EventKind::SynDelivered {
-        count(&key, kind, packet.dns_rcode, now);
-    }
+    let counters = count(&key, packet.kind, packet.dns_rcode, now);
     // One call site: `emit` is inlined, a second copy would double its instructions.
-    emit(ctx, direction, &key, kind, now);
+    emit(ctx, &key, packet.kind, now, counters);
     Ok(())
 }
 
-/// A RST can come from either end: count it on the flow the probe already knows, else
-/// take the end with the lower port for the server.
 #[inline(always)]
-fn orient_rst(key: &mut FlowKey) {
-    reverse(key);
-    if unsafe { NETPROBE_FLOW_COUNTS.get(&*key) }.is_some() {
-        return;
-    }
-    reverse(key);
-    if unsafe { NETPROBE_FLOW_COUNTS.get(&*key) }.is_some() || key.dst_port < key.src_port {
-        return;
-    }
-    reverse(key);
-}
-
-#[inline(always)]
-fn count(key: &FlowKey, kind: EventKind, rcode: u8, now: u64) {
+fn count(key: &HookKey, kind: EventKind, rcode: u8, now: u64) -> Option<*mut FlowCounters> {
     let counters = match NETPROBE_FLOW_COUNTS.get_ptr_mut(key) {
         Some(counters) => counters,
         None => {
@@ -509,11 +461,12 @@ fn count(key: &FlowKey, kind: EventKind, rcode: u8, now: u64) {
                 Some(counters) => counters,
                 None => {
                     add_to(LossCounter::CountsUpdate);
-                    return;
+                    return None;
                 }
             }
         }
     };
+    let pointer = counters;
     let counters = unsafe { &mut *counters };
     let field = match kind {
         EventKind::Syn => &mut counters.syn,
@@ -522,8 +475,7 @@ fn count(key: &FlowKey, kind: EventKind, rcode: u8, now: u64) {
         EventKind::IcmpUnreachable => &mut counters.icmp_unreachable,
         EventKind::DnsQuery => &mut counters.dns_queries,
         EventKind::DnsResponse => &mut counters.dns_responses,
-        // Never counted: see `record`.
-        EventKind::SynDelivered => return,
+        EventKind::DnsTcpSegment => &mut counters.dns_tcp_segments,
     };
     atomic_add(field);
     if kind == EventKind::DnsResponse {
@@ -537,6 +489,7 @@ fn count(key: &FlowKey, kind: EventKind, rcode: u8, now: u64) {
         }
     }
     counters.last_seen_ns = now;
+    Some(pointer)
 }
 
 #[inline(always)]
@@ -572,7 +525,13 @@ fn capture(ctx: &TcContext, data: &mut [u8; CAPTURE_BYTES]) -> u32 {
 }
 
 #[inline(always)]
-fn emit(ctx: &TcContext, direction: Direction, key: &FlowKey, kind: EventKind, now: u64) {
+fn emit(
+    ctx: &TcContext,
+    key: &HookKey,
+    kind: EventKind,
+    now: u64,
+    counters: Option<*mut FlowCounters>,
+) {
     let Some(mut entry) = NETPROBE_EVENTS.reserve::<PacketEvent>(0) else {
         add_to(LossCounter::RingFull);
         warn!(ctx, "ring buffer full: event of kind {} lost", kind as u32);
@@ -583,10 +542,14 @@ fn emit(ctx: &TcContext, direction: Direction, key: &FlowKey, kind: EventKind, n
         (*event).version = WIRE_VERSION;
         (*event).kind = kind as u32;
         (*event).timestamp_ns = now;
-        (*event).flow = *key;
-        (*event).ifindex = (*ctx.skb.skb).ifindex;
-        (*event).direction = direction as u32;
+        (*event).hook = *key;
         (*event).packet_len = ctx.len();
+        // A snapshot, not atomic as a whole: another CPU may count on the same hook
+        // meanwhile, which the agent sees as counts ahead, never behind.
+        (*event).counters = match counters {
+            Some(counters) => *counters,
+            None => FlowCounters::default(),
+        };
         (*event).captured_len = capture(ctx, &mut (*event).data);
     }
     entry.submit(0);
@@ -596,8 +559,8 @@ fn emit(ctx: &TcContext, direction: Direction, key: &FlowKey, kind: EventKind, n
         "event kind {} on ifindex {} ports {}->{}",
         kind as u32,
         unsafe { (*ctx.skb.skb).ifindex },
-        key.src_port,
-        key.dst_port
+        key.tuple.src_port,
+        key.tuple.dst_port
     );
 }
 

@@ -8,14 +8,13 @@
 /// Format version carried in every [`PacketEvent`]; the agent rejects other versions.
 /// A new [`EventKind`] is not a layout change: an agent that does not know its id counts
 /// it as an unknown kind and goes on.
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
 
 /// BPF ring buffer of [`PacketEvent`]s.
 pub const EVENTS_MAP: &str = "NETPROBE_EVENTS";
-/// LRU hash map [`FlowKey`] → [`FlowCounters`]: exact counts even when events are lost.
+/// LRU hash map [`HookKey`] → [`FlowCounters`]: what each hook saw of each tuple, exact
+/// even when events are lost.
 pub const FLOW_COUNTS_MAP: &str = "NETPROBE_FLOW_COUNTS";
-/// LRU hash map of IPs seen leaving a pod veth (16-byte address → ifindex).
-pub const LOCAL_ENDPOINTS_MAP: &str = "NETPROBE_LOCAL_ENDPOINTS";
 /// Per-CPU array of [`LossCounter`] slots: events the kernel could not hand over, and
 /// those it did.
 pub const LOSSES_MAP: &str = "NETPROBE_LOSSES";
@@ -35,7 +34,6 @@ pub const CAPTURE_BYTES: usize = 448;
 /// Default sizes; the agent may override them at load time.
 pub const EVENTS_RING_BYTES: u32 = 4 << 20;
 pub const FLOW_COUNTS_ENTRIES: u32 = 65_536;
-pub const LOCAL_ENDPOINTS_ENTRIES: u32 = 16_384;
 
 /// What made a packet interesting. Ids are fixed and never reused.
 #[repr(u32)]
@@ -47,13 +45,10 @@ pub enum EventKind {
     IcmpUnreachable = 4,
     DnsQuery = 5,
     DnsResponse = 6,
-    /// A SYN entering the server pod of a flow between two pods of this node, seen at the
-    /// server's veth after any Service DNAT: the SYN got there. Reported but never
-    /// counted (the flow is counted once, at the client's veth), so a SYN that timed out
-    /// can be told "dropped between the pods" from "reached the server, which stayed
-    /// silent". Its flow key is the packet's own tuple (client → server pod:targetPort),
-    /// its ifindex the server's veth.
-    SynDelivered = 7,
+    // 7 was `SynDelivered` (wire version 1): the agent now tells deliveries apart itself.
+    /// A TCP segment with payload to or from port 53: DNS over TCP (RFC 7766), framed by
+    /// the agent from the segments' sequence numbers.
+    DnsTcpSegment = 8,
 }
 
 /// An unknown event kind id came over the wire.
@@ -71,7 +66,7 @@ impl TryFrom<u32> for EventKind {
             4 => Self::IcmpUnreachable,
             5 => Self::DnsQuery,
             6 => Self::DnsResponse,
-            7 => Self::SynDelivered,
+            8 => Self::DnsTcpSegment,
             other => return Err(UnknownEventKind(other)),
         })
     }
@@ -106,8 +101,9 @@ impl TryFrom<u32> for Direction {
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
-/// A connection's 5-tuple, always oriented client → server (the side that sent the
-/// SYN or the DNS query is `src`). IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`).
+/// A 5-tuple. In the kernel's map and events it is as on the wire (`src` sent the packet;
+/// for an ICMP error, the tuple of the packet it quotes); the agent orients it client →
+/// server. IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FlowKey {
@@ -161,7 +157,20 @@ impl FlowKey {
     }
 }
 
-/// Per-flow packet counts kept by the kernel. Updated with atomic adds.
+/// Where the kernel counts: one hook of one interface, one tuple as that hook saw it. The
+/// kernel knows neither NAT nor which end is the client, so it counts raw and the agent
+/// orients and pairs (a same-node flow is seen at both pods' veths).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HookKey {
+    pub tuple: FlowKey,
+    /// `skb->ifindex` of the hook.
+    pub ifindex: u32,
+    /// [`Direction`] id.
+    pub direction: u32,
+}
+
+/// Per-hook packet counts kept by the kernel. Updated with atomic adds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowCounters {
@@ -175,6 +184,8 @@ pub struct FlowCounters {
     pub dns_servfail: u64,
     pub dns_refused: u64,
     pub dns_other_error: u64,
+    pub dns_tcp_segments: u64,
+    pub _reserved: u64,
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the first and latest counted packet.
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
@@ -204,16 +215,15 @@ pub struct PacketEvent {
     pub kind: u32,
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the packet was seen.
     pub timestamp_ns: u64,
-    /// The flow this packet was counted on (client → server).
-    pub flow: FlowKey,
-    /// Interface the packet was seen on (`skb->ifindex`).
-    pub ifindex: u32,
-    /// [`Direction`] id.
-    pub direction: u32,
+    /// Where the packet was counted: hook and tuple as on the wire.
+    pub hook: HookKey,
     /// Full length of the packet (`skb->len`).
     pub packet_len: u32,
     /// Bytes of `data` that hold packet bytes (≤ [`CAPTURE_BYTES`]).
     pub captured_len: u32,
+    /// The hook's counters just after this packet was counted: a gap from the last event
+    /// the agent read is exactly what it lost, with no timing guess.
+    pub counters: FlowCounters,
     /// Leading bytes of the packet, from the Ethernet header.
     pub data: [u8; CAPTURE_BYTES],
 }
@@ -223,6 +233,7 @@ mod user {
     // SAFETY: plain old data: repr(C), integer fields only, no implicit padding
     // (checked by the layout tests below).
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::HookKey {}
     unsafe impl aya::Pod for super::FlowCounters {}
     unsafe impl aya::Pod for super::PacketEvent {}
 }
@@ -236,10 +247,11 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);
-        assert_eq!(size_of::<FlowCounters>(), 12 * 8);
+        assert_eq!(size_of::<HookKey>(), size_of::<FlowKey>() + 4 + 4);
+        assert_eq!(size_of::<FlowCounters>(), 14 * 8);
         assert_eq!(
             size_of::<PacketEvent>(),
-            4 + 4 + 8 + size_of::<FlowKey>() + 4 * 4 + CAPTURE_BYTES
+            4 + 4 + 8 + size_of::<HookKey>() + 4 + 4 + size_of::<FlowCounters>() + CAPTURE_BYTES
         );
         assert_eq!(
             size_of::<PacketEvent>() % 8,
@@ -257,12 +269,13 @@ mod tests {
             EventKind::IcmpUnreachable,
             EventKind::DnsQuery,
             EventKind::DnsResponse,
-            EventKind::SynDelivered,
+            EventKind::DnsTcpSegment,
         ] {
             assert_eq!(EventKind::try_from(kind as u32), Ok(kind));
         }
         assert_eq!(EventKind::try_from(0), Err(UnknownEventKind(0)));
-        assert_eq!(EventKind::try_from(8), Err(UnknownEventKind(8)));
+        assert_eq!(EventKind::try_from(7), Err(UnknownEventKind(7)));
+        assert_eq!(EventKind::try_from(9), Err(UnknownEventKind(9)));
         assert_eq!(Direction::try_from(2), Err(UnknownDirection(2)));
     }
 

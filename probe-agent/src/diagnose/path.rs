@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     enrich::{ClusterView, PodRecord, TargetPort},
-    model::{Cause, Flow},
+    model::{Cause, Flow, Protocol},
 };
 
 /// What the probe saw of a flow on this node, beyond its own counts.
@@ -19,6 +19,9 @@ use crate::{
 pub struct PathFacts {
     /// A SYN of this connection entered a pod of this node: where, and through which veth.
     pub delivered: Option<(SocketAddr, Arc<str>)>,
+    /// The server answered this attempt (its SYN-ACK left its pod): where, through which
+    /// veth. The answer was lost on its way back.
+    pub answer_lost: Option<(SocketAddr, Arc<str>)>,
     /// The destination pod (every ready backend, for a Service) runs on this node.
     pub destination_local: bool,
     /// The client runs on another node: the SYNs counted were seen entering the server's
@@ -132,10 +135,37 @@ pub fn timeout(view: &ClusterView, flow: &Flow, facts: &PathFacts) -> Diagnosis 
             |pod| format!("pod {} ({at})", qualified(&pod.namespace, &pod.name)),
         )
     };
+    if flow.protocol == Protocol::Tcp && flow.dst_port == 53 && facts.delivered.is_none() {
+        return Diagnosis {
+            cause: Cause::DnsTcpBlocked,
+            reason: format!(
+                "DNS over TCP to {}:53 could not connect: a truncated answer's retry (or a resolver using TCP) is dropped; a NetworkPolicy or firewall that allows only UDP 53 is the usual cause{policy_note}",
+                flow.dst_ip
+            ),
+            next: Some(format!(
+                "dig +tcp @{} kubernetes.default.svc.cluster.local",
+                flow.dst_ip
+            )),
+        };
+    }
     let on_node = facts.node.as_deref().map_or_else(
         || "on the node".to_string(),
         |node| format!("on node {node}"),
     );
+    if let Some((at, interface)) = &facts.answer_lost {
+        return Diagnosis {
+            cause: Cause::DroppedBetween,
+            reason: format!(
+                "the server answered: its SYN-ACK left {} through {interface} but never reached the client's veth: dropped on the way back in the node (firewall rules, conntrack, the bridge){policy_note}",
+                server(*at)
+            ),
+            next: Some(format!(
+                "sudo nft list ruleset | grep -n -e {} -e {}",
+                at.ip(),
+                flow.src_ip
+            )),
+        };
+    }
     if let Some((at, interface)) = &facts.delivered {
         let next = netstat_command(view, at);
         return Diagnosis {

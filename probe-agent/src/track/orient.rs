@@ -1,0 +1,165 @@
+//! Orientation and pairing: which end of a connection sent a packet, which end's veth a
+//! hook is, and which connection a hook's view belongs to.
+//!
+//! The kernel counts what each hook saw as on the wire. A connection between two pods of
+//! this node is seen at both veths (at the server's after any Service DNAT or SNAT):
+//! here the two views become one connection, keyed by what the client asked for.
+
+use std::{net::IpAddr, num::NonZeroUsize};
+
+use lru::LruCache;
+use probe_ebpf::{Direction, EventKind, FlowKey};
+
+use crate::{decode::Packet, model::Flow};
+
+/// Which end of the connection sent the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender {
+    Client,
+    /// The server, or the network on its behalf (an ICMP error).
+    Server,
+}
+
+/// Which end's veth the hook is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// A packet as one hook saw its connection: the tuple oriented client → server.
+#[derive(Clone, Copy, Debug)]
+pub struct View {
+    pub key: FlowKey,
+    pub flow: Flow,
+    pub sender: Sender,
+    pub side: Side,
+}
+
+/// What the tracker knows to orient and pair views.
+pub struct Pairing {
+    /// Each view seen → the key of its connection.
+    views: LruCache<FlowKey, FlowKey>,
+    /// Client-side views by the client's own address and port: a server-side view of the
+    /// same client endpoint (after a DNAT) is the same connection.
+    by_client: LruCache<(u8, IpAddr, u16), FlowKey>,
+    /// Pod addresses of this node → the veth behind which each was seen.
+    local: LruCache<IpAddr, u32>,
+}
+
+/// Pod addresses of this node remembered.
+const LOCAL_ADDRESSES: usize = 65_536;
+
+impl Pairing {
+    pub fn new(flows: NonZeroUsize) -> Self {
+        Self {
+            views: LruCache::new(flows.saturating_mul(NonZeroUsize::new(2).expect("non-zero"))),
+            by_client: LruCache::new(flows),
+            local: LruCache::new(NonZeroUsize::new(LOCAL_ADDRESSES).expect("non-zero")),
+        }
+    }
+
+    /// Orients `packet`: its sender from its kind (a SYN or a query is the client's), or,
+    /// for a RST or a DNS-over-TCP segment, from the views already known.
+    pub fn orient(&self, packet: &Packet) -> View {
+        let tuple = packet.hook.tuple;
+        let sender = match packet.kind {
+            EventKind::Syn | EventKind::DnsQuery => Sender::Client,
+            EventKind::SynAck | EventKind::DnsResponse | EventKind::IcmpUnreachable => {
+                Sender::Server
+            }
+            EventKind::Rst | EventKind::DnsTcpSegment => {
+                if self.views.contains(&tuple) {
+                    Sender::Client
+                } else if self.views.contains(&tuple.reversed()) {
+                    Sender::Server
+                } else if packet.kind == EventKind::DnsTcpSegment {
+                    if tuple.dst_port == DNS_PORT {
+                        Sender::Client
+                    } else {
+                        Sender::Server
+                    }
+                } else if tuple.dst_port < tuple.src_port {
+                    // Unknown connection: the lower port is taken for the server's.
+                    Sender::Client
+                } else {
+                    Sender::Server
+                }
+            }
+        };
+        // An ICMP error's tuple is the quoted packet's, which the client sent.
+        let (key, flow) = match (packet.kind, sender) {
+            (EventKind::IcmpUnreachable, _) | (_, Sender::Client) => (tuple, packet.tuple),
+            (_, Sender::Server) => (tuple.reversed(), packet.tuple.reversed()),
+        };
+        // What leaves a pod was sent by it; what enters it, sent by the other end.
+        let side = match (packet.direction, sender) {
+            (Direction::FromPod, Sender::Client) | (Direction::ToPod, Sender::Server) => {
+                Side::Client
+            }
+            _ => Side::Server,
+        };
+        View {
+            key,
+            flow,
+            sender,
+            side,
+        }
+    }
+
+    /// The connection a view was seen as, if known.
+    pub fn connection_of(&mut self, view: &FlowKey) -> Option<FlowKey> {
+        self.views.get(view).copied()
+    }
+
+    /// Records that `view` is part of connection `connection`.
+    pub fn bind(&mut self, view: FlowKey, connection: FlowKey) {
+        self.views.put(view, connection);
+    }
+
+    /// Records a client-side view: the connection's own key.
+    pub fn client_view(&mut self, view: &View) {
+        self.views.put(view.key, view.key);
+        self.by_client.put(
+            (view.key.protocol, view.flow.src_ip, view.flow.src_port),
+            view.key,
+        );
+    }
+
+    /// The connection whose client side used this client address and port, if any.
+    pub fn by_client_endpoint(&self, flow: &Flow, protocol: u8) -> Option<FlowKey> {
+        self.by_client
+            .peek(&(protocol, flow.src_ip, flow.src_port))
+            .copied()
+    }
+
+    /// Remembers `packet`'s pod end as a pod of this node when the pod sent it.
+    pub fn learn_local(&mut self, packet: &Packet) {
+        if packet.direction == Direction::FromPod
+            && self.local.peek(&packet.pod) != Some(&packet.ifindex)
+        {
+            self.local.put(packet.pod, packet.ifindex);
+        }
+    }
+
+    /// A pod address of this node, by what left its veth.
+    pub fn is_local(&self, ip: &IpAddr) -> bool {
+        self.local.contains(ip)
+    }
+
+    /// Forgets the addresses seen behind a removed interface: a deleted pod's address may
+    /// be given to a pod of another node.
+    pub fn forget_interface(&mut self, ifindex: u32) {
+        let gone: Vec<IpAddr> = self
+            .local
+            .iter()
+            .filter(|(_, index)| **index == ifindex)
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in gone {
+            self.local.pop(&ip);
+        }
+    }
+}
+
+const DNS_PORT: u16 = 53;

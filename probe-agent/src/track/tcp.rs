@@ -1,0 +1,240 @@
+//! TCP handshakes → verdicts: the SYN, SYN-ACK, RST and ICMP errors of a connection
+//! attempt, told apart by sequence numbers and by which end sent them.
+
+use std::time::Duration;
+
+use probe_ebpf::EventKind;
+
+use super::{FlowState, SYN_RETRANSMISSION_SLACK, orient::Sender};
+use crate::{decode::TcpFacts, model::Protocol, model::VerdictKind};
+
+/// A client whose SYN-ACK came later than this, and that answered it with a bare RST,
+/// had given up: Linux's first SYN retransmission is due 1 s after the SYN (RFC 6298).
+const LATE_ANSWER: Duration = Duration::from_secs(1);
+
+/// RST flag; ACK flag (RFC 9293 §3.1).
+const TCP_ACK: u8 = 0x10;
+
+pub(super) fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+pub(super) fn millis(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+/// What a SYN is to the flow that has its 5-tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SynIs {
+    /// The first SYN, or a retransmission of the current attempt's (same ISN).
+    ThisConnection,
+    /// Another initial sequence number: a new connection on a reused 5-tuple.
+    NewConnection,
+}
+
+pub(super) fn syn_is(state: &FlowState, seq: Option<u32>) -> SynIs {
+    if state.attempt_start.is_none() {
+        return SynIs::ThisConnection;
+    }
+    match (state.isn, seq) {
+        (Some(isn), Some(seq)) if isn != seq => SynIs::NewConnection,
+        (Some(_), Some(_)) => SynIs::ThisConnection,
+        // Without sequence numbers: a SYN after the attempt was answered is a new one.
+        _ if !matches!(state.verdict, VerdictKind::Pending | VerdictKind::Timeout) => {
+            SynIs::NewConnection
+        }
+        _ => SynIs::ThisConnection,
+    }
+}
+
+/// Returns the deadline to check when this SYN starts the connection's attempt.
+pub(super) fn on_syn(
+    state: &mut FlowState,
+    seq: Option<u32>,
+    now: Duration,
+    syn_timeout: Duration,
+) -> Option<Duration> {
+    if state.attempt_start.is_some() {
+        // A retransmission (the same ISN), whatever the verdict: one that crossed the
+        // SYN-ACK starts no phantom attempt.
+        state.attempt_syns += 1;
+        match state.verdict {
+            VerdictKind::Pending => {
+                state.reason =
+                    format!("{} SYNs sent, waiting for an answer", state.attempt_syns).into();
+            }
+            VerdictKind::Timeout if state.answered_at.is_none() => {
+                state.reason = timeout_reason(state, now).into();
+            }
+            _ => {}
+        }
+        return None;
+    }
+    state.verdict = VerdictKind::Pending;
+    state.attempt_start = Some(now);
+    state.attempt_syns += 1;
+    state.isn = seq;
+    state.reason = "SYN sent, waiting for an answer".into();
+    if let Some(seq) = seq {
+        open_client_stream(state, seq);
+    }
+    // An answer read before this SYN answers it now, if it acknowledges this SYN.
+    if let Some((kind, ack, at)) = state.early_answer.take()
+        && seq.is_none_or(|seq| ack == seq.wrapping_add(1))
+    {
+        match kind {
+            EventKind::SynAck => on_syn_ack(state, Some(ack), at.max(now)),
+            _ => refused(state, at.max(now)),
+        }
+    }
+    Some(now + syn_timeout + SYN_RETRANSMISSION_SLACK)
+}
+
+fn open_client_stream(state: &mut FlowState, seq: u32) {
+    if state.flow.protocol == Protocol::Tcp && state.flow.dst_port == super::dns::DNS_PORT {
+        super::dns::open_stream(state, Sender::Client, seq.wrapping_add(1));
+    }
+}
+
+pub(super) fn timeout_reason(state: &FlowState, now: Duration) -> String {
+    let elapsed = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
+    let plural = if state.attempt_syns == 1 { "" } else { "s" };
+    format!(
+        "{} SYN{plural} in {} and no answer",
+        state.attempt_syns,
+        secs(elapsed)
+    )
+}
+
+/// A SYN-ACK answers the attempt whose ISN it acknowledges; one acknowledging another
+/// ISN answered an earlier connection on the same 5-tuple and changes nothing.
+pub(super) fn on_syn_ack(state: &mut FlowState, ack: Option<u32>, now: Duration) {
+    if state.attempt_start.is_none() {
+        if let Some(ack) = ack {
+            state.early_answer = Some((EventKind::SynAck, ack, now));
+        }
+        return;
+    }
+    if let (Some(isn), Some(ack)) = (state.isn, ack)
+        && ack != isn.wrapping_add(1)
+    {
+        return;
+    }
+    if matches!(state.verdict, VerdictKind::Pending | VerdictKind::Timeout) {
+        let took = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
+        let slow = if state.verdict == VerdictKind::Timeout || state.attempt_syns > 1 {
+            format!(" (slow: {} SYNs)", state.attempt_syns)
+        } else {
+            String::new()
+        };
+        state.verdict = VerdictKind::Ok;
+        state.answered_at = Some(now);
+        state.reason = format!("handshake completed in {}{slow}", millis(took)).into();
+    }
+}
+
+fn refused(state: &mut FlowState, now: Duration) {
+    let took = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
+    state.verdict = VerdictKind::Refused;
+    state.reason = format!("SYN answered by RST in {}", millis(took)).into();
+}
+
+/// A RST means what its sender makes it: the server refusing a SYN (REFUSED) or
+/// resetting a connection (RESET); the client aborting (ABORTED before any answer, no
+/// failure after the handshake) or answering a SYN-ACK that came after it gave up.
+pub(super) fn on_rst(state: &mut FlowState, sender: Sender, tcp: Option<&TcpFacts>, now: Duration) {
+    let in_handshake = state.attempt_start.is_some()
+        && matches!(state.verdict, VerdictKind::Pending | VerdictKind::Timeout);
+    match sender {
+        Sender::Server => match state.verdict {
+            _ if in_handshake => refused(state, now),
+            // A server RST before the SYN was read: it answers that SYN.
+            _ if state.attempt_start.is_none() && state.flow.protocol == Protocol::Tcp => {
+                if let Some(tcp) = tcp {
+                    state.early_answer = Some((EventKind::Rst, tcp.ack, now));
+                } else {
+                    refused(state, now);
+                }
+            }
+            VerdictKind::Refused | VerdictKind::Reset => {}
+            _ => {
+                state.verdict = VerdictKind::Reset;
+                state.reason = "the server reset the connection (RST after the handshake)".into();
+            }
+        },
+        Sender::Client => {
+            let bare = tcp.is_some_and(|tcp| tcp.flags & TCP_ACK == 0);
+            let start = state.attempt_start.unwrap_or(state.first_seen);
+            match state.verdict {
+                VerdictKind::Pending if state.attempt_start.is_some() => {
+                    state.verdict = VerdictKind::Aborted;
+                    state.reason = format!(
+                        "the client reset its connection attempt after {} SYN{} in {}, before any answer",
+                        state.attempt_syns,
+                        if state.attempt_syns == 1 { "" } else { "s" },
+                        millis(now.saturating_sub(start))
+                    )
+                    .into();
+                }
+                VerdictKind::Ok
+                    if bare
+                        && state
+                            .answered_at
+                            .is_some_and(|at| at.saturating_sub(start) >= LATE_ANSWER) =>
+                {
+                    let took = state.answered_at.unwrap_or(now).saturating_sub(start);
+                    state.verdict = VerdictKind::Timeout;
+                    state.reason = format!(
+                        "the SYN-ACK came {} after the first SYN, after the client had given up: its RST answered it",
+                        secs(took)
+                    )
+                    .into();
+                }
+                VerdictKind::Ok if state.answered_at.is_some() => {
+                    let took = state.answered_at.unwrap_or(now).saturating_sub(start);
+                    state.reason = if bare {
+                        format!(
+                            "handshake answered in {}; the client reset it at once (a half-open check)",
+                            millis(took)
+                        )
+                    } else {
+                        format!(
+                            "handshake completed in {}; the client then aborted the connection (RST)",
+                            millis(took)
+                        )
+                    }
+                    .into();
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+pub(super) fn on_icmp_unreachable(state: &mut FlowState) {
+    if state.verdict == VerdictKind::Ok && state.flow.protocol == Protocol::Tcp {
+        // An established connection: ICMP errors there are not a connect failure.
+        return;
+    }
+    state.verdict = VerdictKind::Unreachable;
+    state.reason = match state.flow.protocol {
+        Protocol::Tcp => "SYN answered by ICMP destination unreachable",
+        Protocol::Udp => "DNS query answered by ICMP destination unreachable",
+    }
+    .into();
+    state.dns.pending.clear();
+}
+
+pub(super) fn expire_syn(state: &mut FlowState, now: Duration, syn_timeout: Duration) -> bool {
+    let Some(start) = state.attempt_start else {
+        return false;
+    };
+    if state.verdict != VerdictKind::Pending
+        || now.saturating_sub(start) < syn_timeout + SYN_RETRANSMISSION_SLACK
+    {
+        return false;
+    }
+    state.verdict = VerdictKind::Timeout;
+    state.reason = timeout_reason(state, now).into();
+    true
+}
