@@ -178,6 +178,26 @@ impl Frame {
         )
     }
 
+    /// A TCP segment with sequence numbers and payload.
+    pub fn tcp_with(
+        &self,
+        src: SocketAddr,
+        dst: SocketAddr,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut segment = tcp_segment(src.port(), dst.port(), flags);
+        {
+            let mut tcp = MutableTcpPacket::new(&mut segment).expect("sized");
+            tcp.set_sequence(seq);
+            tcp.set_acknowledgement(ack);
+        }
+        segment.extend_from_slice(payload);
+        self.ip(src.ip(), dst.ip(), IpNextHeaderProtocols::Tcp, &segment)
+    }
+
     pub fn udp(&self, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
         self.ip(
             src.ip(),

@@ -515,7 +515,8 @@ pub fn rcode_name(rcode: ResponseCode) -> String {
         ResponseCode::NXDomain => "NXDOMAIN".into(),
         ResponseCode::NotImp => "NOTIMP".into(),
         ResponseCode::Refused => "REFUSED".into(),
-        ResponseCode::BADVERS => "BADVERS".into(),
+        // 16 is BADVERS in a message's rcode, BADSIG only in a TSIG record (RFC 6891).
+        ResponseCode::BADVERS | ResponseCode::BADSIG => "BADVERS".into(),
         ResponseCode::BADCOOKIE => "BADCOOKIE".into(),
         other => format!("RCODE{}", u16::from(other)),
     }
@@ -552,7 +553,7 @@ mod tests {
         let packet = decode(&event(EventKind::Syn, key, &frame)).unwrap();
         assert_eq!(packet.kind, EventKind::Syn);
         assert_eq!(
-            packet.flow.to_string(),
+            packet.tuple.to_string(),
             "10.244.0.5:41234 -> 10.96.45.123:8080 TCP"
         );
         assert_eq!(packet.monotonic, Duration::from_secs(5));
@@ -560,25 +561,25 @@ mod tests {
     }
 
     #[test]
-    fn syn_ack_is_counted_on_the_reversed_flow() {
+    fn a_syn_ack_keeps_its_tuple_as_on_the_wire() {
         let (client, server) = (addr("[fd00::5]:41234"), addr("[fd00::9]:443"));
         let frame = Frame {
             ipv6_hop_by_hop: true,
             ..Frame::default()
         }
         .tcp(server, client, TcpFlags::SYN | TcpFlags::ACK);
-        let key = craft::flow_key(IPPROTO_TCP, client, server);
+        let key = craft::flow_key(IPPROTO_TCP, server, client);
         let packet = decode(&event(EventKind::SynAck, key, &frame)).unwrap();
         assert_eq!(
-            packet.flow.to_string(),
-            "[fd00::5]:41234 -> [fd00::9]:443 TCP"
+            packet.tuple.to_string(),
+            "[fd00::9]:443 -> [fd00::5]:41234 TCP"
         );
-        // The same bytes claimed for the unreversed flow are a disagreement.
-        let wrong = craft::flow_key(IPPROTO_TCP, server, client);
+        // The kernel's tuple is as on the wire: the reversed one is a disagreement.
+        let wrong = craft::flow_key(IPPROTO_TCP, client, server);
         assert_eq!(
             decode(&event(EventKind::SynAck, wrong, &frame)),
             Err(DecodeError::Malformed(
-                "kernel flow does not match the packet's tuple"
+                "kernel tuple does not match the packet's"
             ))
         );
         assert_eq!(
@@ -607,7 +608,7 @@ mod tests {
             client,
             &craft::dns_response(4711, name, RecordType::AAAA, ResponseCode::NXDomain),
         );
-        let packet = decode(&event(EventKind::DnsResponse, key, &response)).unwrap();
+        let packet = decode(&event(EventKind::DnsResponse, key.reversed(), &response)).unwrap();
         let dns = packet.dns.unwrap();
         assert_eq!(
             (dns.id, dns.is_response, dns.rcode),
@@ -652,7 +653,7 @@ mod tests {
         let key = craft::flow_key(IPPROTO_TCP, client, service);
         let packet = decode(&event(EventKind::IcmpUnreachable, key, &frame)).unwrap();
         assert_eq!(
-            packet.flow.to_string(),
+            packet.tuple.to_string(),
             "10.244.0.5:40000 -> 10.96.0.30:80 TCP"
         );
     }
@@ -697,53 +698,46 @@ mod tests {
         );
     }
 
-    /// A SYN seen entering the server pod of a same-node flow: the SYN's own tuple, after
-    /// the Service DNAT, and only in the direction into the pod.
+    /// A DNS-over-TCP segment: the payload is kept with its sequence numbers; a bare
+    /// ACK on port 53 is nothing.
     #[test]
-    fn syn_delivered_is_a_syn_entering_a_pod_on_its_own_tuple() {
-        let (client, server) = (addr("10.244.0.5:41234"), addr("10.244.0.9:8080"));
-        let syn = Frame::plain().tcp(client, server, TcpFlags::SYN);
+    fn dns_over_tcp_segments_keep_their_payload() {
+        let (client, server) = (addr("10.244.0.5:41234"), addr("10.96.0.10:53"));
+        let query = craft::dns_query(9, "db.default.svc.cluster.local.", RecordType::A);
+        let mut payload = (query.len() as u16).to_be_bytes().to_vec();
+        payload.extend_from_slice(&query);
+        let frame = Frame::plain().tcp_with(client, server, TcpFlags::ACK | TcpFlags::PSH, 1001, 7, &payload);
         let key = craft::flow_key(IPPROTO_TCP, client, server);
-        let record = |kind, key, direction, frame: &[u8]| {
-            decode(&craft::wire_event(kind, key, direction, 7_000_000, frame))
-        };
-        let packet = record(EventKind::SynDelivered, key, Direction::ToPod, &syn).unwrap();
+        let packet = decode(&event(EventKind::DnsTcpSegment, key, &frame)).unwrap();
+        let tcp = packet.tcp.unwrap();
+        assert_eq!((tcp.seq, tcp.ack, tcp.payload_len), (1001, 7, payload.len() as u32));
+        assert_eq!(tcp.payload, payload);
+        let ack = Frame::plain().tcp(client, server, TcpFlags::ACK);
         assert_eq!(
-            (packet.kind, packet.direction),
-            (EventKind::SynDelivered, Direction::ToPod)
-        );
-        assert_eq!(
-            packet.flow.to_string(),
-            "10.244.0.5:41234 -> 10.244.0.9:8080 TCP"
-        );
-        assert_eq!(
-            record(EventKind::SynDelivered, key, Direction::FromPod, &syn),
-            Err(DecodeError::Malformed(
-                "a SYN delivery not seen entering a pod"
-            ))
-        );
-        let reversed = craft::flow_key(IPPROTO_TCP, server, client);
-        assert_eq!(
-            record(EventKind::SynDelivered, reversed, Direction::ToPod, &syn),
-            Err(DecodeError::Malformed(
-                "kernel flow does not match the packet's tuple"
-            ))
-        );
-        let syn_ack = Frame::plain().tcp(server, client, TcpFlags::SYN | TcpFlags::ACK);
-        assert_eq!(
-            record(
-                EventKind::SynDelivered,
-                reversed,
-                Direction::ToPod,
-                &syn_ack
-            ),
-            Err(DecodeError::Malformed(
-                "event kind does not match the packet"
-            ))
+            decode(&event(EventKind::DnsTcpSegment, key, &ack)),
+            Err(DecodeError::Malformed("event kind does not match the packet"))
         );
     }
 
-    /// The kind and 5-tuple the agent reads in `frame`, or why it reads nothing.
+    /// An EDNS extended rcode (RFC 6891 §6.1.3) is the full rcode: BADVERS is 16, not
+    /// NOERROR.
+    #[test]
+    fn edns_extended_rcodes_are_read_whole() {
+        use hickory_proto::op::{Edns, Message, Query};
+        use hickory_proto::rr::Name;
+        let mut message = Message::response(5, hickory_proto::op::OpCode::Query);
+        message.add_query(Query::query(Name::from_ascii("a.example.").unwrap(), RecordType::A));
+        message.metadata.response_code = ResponseCode::BADVERS;
+        let mut edns = Edns::new();
+        edns.set_rcode_high(ResponseCode::BADVERS.high());
+        message.edns = Some(edns);
+        let bytes = message.to_vec().unwrap();
+        let dns = decode_dns(&bytes).unwrap();
+        assert_eq!(u16::from(dns.rcode), 16);
+        assert_eq!(rcode_name(dns.rcode), "BADVERS");
+        assert_eq!(dns.qname.as_deref(), Some("a.example."));
+    }
+
     fn read(frame: &[u8]) -> Result<(EventKind, Flow), DecodeError> {
         let parsed = parse_packet(frame)?;
         let kind = event_kind(&parsed).ok_or(DecodeError::Malformed("not an event"))?;
@@ -927,7 +921,7 @@ mod tests {
         let key = craft::flow_key(IPPROTO_TCP, client, server);
         let packet = decode(&event(EventKind::Syn, key, &frame)).unwrap();
         assert_eq!(
-            packet.flow.to_string(),
+            packet.tuple.to_string(),
             "10.244.0.5:41000 -> [fd00::9]:80 TCP"
         );
     }

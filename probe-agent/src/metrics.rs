@@ -840,6 +840,7 @@ mod tests {
             src,
             dst,
             dns: None,
+            backend: None,
         }
     }
 
@@ -879,6 +880,7 @@ mod tests {
 # TYPE netprobe_packets counter
 netprobe_packets_total{kind=\"dns_query\"} 0
 netprobe_packets_total{kind=\"dns_response\"} 0
+netprobe_packets_total{kind=\"dns_tcp_segment\"} 0
 netprobe_packets_total{kind=\"icmp_unreachable\"} 0
 netprobe_packets_total{kind=\"rst\"} 0
 netprobe_packets_total{kind=\"syn\"} 0
@@ -929,7 +931,9 @@ netprobe_causes_total{cause=\"connection_reset\"} 0
 netprobe_causes_total{cause=\"destination_unreachable\"} 0
 netprobe_causes_total{cause=\"dns_no_answer\"} 0
 netprobe_causes_total{cause=\"dns_server_error\"} 0
+netprobe_causes_total{cause=\"dns_tcp_blocked\"} 0
 netprobe_causes_total{cause=\"dropped_between\"} 0
+netprobe_causes_total{cause=\"late_answer\"} 0
 netprobe_causes_total{cause=\"name_not_found\"} 0
 netprobe_causes_total{cause=\"network_policy\"} 0
 netprobe_causes_total{cause=\"no_answer\"} 0
@@ -975,6 +979,7 @@ netprobe_k8s_events_total{result=\"written\"} 0
             [
                 "netprobe_packets_total{kind=\"dns_query\"} 0",
                 "netprobe_packets_total{kind=\"dns_response\"} 0",
+                "netprobe_packets_total{kind=\"dns_tcp_segment\"} 0",
                 "netprobe_packets_total{kind=\"icmp_unreachable\"} 1",
                 "netprobe_packets_total{kind=\"rst\"} 0",
                 "netprobe_packets_total{kind=\"syn\"} 5",

@@ -550,6 +550,7 @@ pub(crate) mod fixtures {
             src: None,
             dst: None,
             dns: None,
+            backend: None,
         }
     }
 
@@ -782,6 +783,7 @@ mod tests {
                 "flow": {"protocol": "TCP", "src_ip": "10.244.1.5", "src_port": 41234,
                          "dst_ip": "10.96.45.123", "dst_port": 8080},
                 "verdict": "TIMEOUT",
+                "backend": null,
                 "cause": null,
                 "next": null,
                 "reason": "3 SYNs in 3.0s and no answer",

@@ -373,6 +373,7 @@ mod tests {
             src: pod("production", "checkout-api-5d4e3c2f-abc12"),
             dst: None,
             dns: None,
+            backend: None,
         }
     }
 

@@ -1,7 +1,7 @@
 use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
 
 use hickory_proto::op::ResponseCode;
-use probe_ebpf::{Direction, EventKind, FlowCounters, IPPROTO_TCP, IPPROTO_UDP};
+use probe_ebpf::{Direction, EventKind, FlowCounters, HookKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::{Clock, Tracker, TrackerConfig};
 use crate::{
@@ -45,15 +45,38 @@ fn packet(
 ) -> Packet {
     let client: SocketAddr = client.parse().unwrap();
     let server: SocketAddr = server.parse().unwrap();
-    let key = craft::flow_key(protocol, client, server);
+    // As the client's veth sees it: what the client sends leaves its pod, answers (and
+    // the server's RSTs, and ICMP errors quoting the client's packet) enter it.
+    let (src, dst, direction) = match kind {
+        EventKind::Syn | EventKind::DnsQuery => (client, server, Direction::FromPod),
+        EventKind::IcmpUnreachable => (client, server, Direction::ToPod),
+        _ => (server, client, Direction::ToPod),
+    };
+    let tuple = craft::flow_key(protocol, src, dst);
     Packet {
         kind,
-        direction: Direction::FromPod,
+        direction,
         ifindex: 7,
         monotonic: ms(at_ms),
-        flow: flow_from_key(&key).unwrap(),
-        key,
+        tuple: flow_from_key(&tuple).unwrap(),
+        hook: HookKey {
+            tuple,
+            ifindex: 7,
+            direction: direction as u32,
+        },
+        counters: FlowCounters::default(),
+        pod: client.ip(),
+        tcp: None,
         dns,
+    }
+}
+
+/// The kernel's counters at the client veth's outgoing hook for `key` (client → server).
+fn hook(key: probe_ebpf::FlowKey) -> HookKey {
+    HookKey {
+        tuple: key,
+        ifindex: 7,
+        direction: Direction::FromPod as u32,
     }
 }
 
@@ -62,6 +85,7 @@ fn dns(kind: EventKind, id: u16, qname: &str, rcode: ResponseCode, at_ms: u64) -
         id,
         is_response: kind == EventKind::DnsResponse,
         rcode,
+        truncated: false,
         qname: Some(qname.into()),
         qtype: Some("A".into()),
     };
@@ -347,28 +371,44 @@ fn limit_keeps_the_most_recent_oldest_first() {
 #[test]
 fn kernel_counts_recover_lost_events_without_double_counting() {
     let mut t = tracker();
-    t.on_packet(&tcp(EventKind::Syn, 1000));
+    // The SYN's event carries its hook's counters: the first SYN there.
+    let mut syn = tcp(EventKind::Syn, 1000);
+    syn.counters.syn = 1;
+    syn.counters.first_seen_ns = 1_000_000_000;
+    t.on_packet(&syn);
     let key = craft::flow_key(
         IPPROTO_TCP,
         CLIENT.parse().unwrap(),
         SERVER.parse().unwrap(),
     );
-    let kernel = FlowCounters {
+    let syns = FlowCounters {
         syn: 1,
-        rst: 1,
         first_seen_ns: 1_000_000_000,
+        last_seen_ns: 1_000_000_000,
+        ..FlowCounters::default()
+    };
+    // The server's RST, counted at the hook into the client's pod.
+    let rsts = FlowCounters {
+        rst: 1,
+        first_seen_ns: 1_001_000_000,
         last_seen_ns: 1_001_000_000,
         ..FlowCounters::default()
     };
-    // Too recent: the RST event may still be on its way.
-    t.reconcile([(key, kernel)], ms(1200));
+    let into_pod = HookKey {
+        tuple: key.reversed(),
+        ifindex: 7,
+        direction: Direction::ToPod as u32,
+    };
+    let kernel = [(hook(key), syns), (into_pod, rsts)];
+    // Not read up to the RST yet: its event may still be on its way.
+    t.reconcile(kernel, ms(1000), ms(1200));
     assert_eq!(only(&t).verdict, VerdictKind::Pending);
-    t.reconcile([(key, kernel)], ms(1600));
+    t.reconcile(kernel, ms(1600), ms(1600));
     let v = only(&t);
     assert_eq!(v.verdict, VerdictKind::Refused);
     assert_eq!((v.counts.syn, v.counts.rst), (1, 1));
     // Reconciling again changes nothing.
-    t.reconcile([(key, kernel)], ms(2000));
+    t.reconcile(kernel, ms(2000), ms(2000));
     assert_eq!(only(&t).counts.rst, 1);
 }
 
@@ -407,7 +447,7 @@ fn a_lost_syn_recovered_after_its_answer_keeps_the_answer() {
             last_seen_ns: 1_010_000_000,
             ..counters
         };
-        t.reconcile([(key, kernel)], ms(2000));
+        t.reconcile([(hook(key), kernel)], ms(2000), ms(2000));
         t.sweep(ms(10_000));
         let v = only(&t);
         assert_eq!(v.verdict, verdict, "{v:#?}");
@@ -435,13 +475,13 @@ fn kernel_counts_create_flows_whose_events_were_all_lost() {
         last_seen_ns: 1_002_000_000,
         ..FlowCounters::default()
     };
-    t.reconcile([(key, kernel)], ms(1700));
+    t.reconcile([(hook(key), kernel)], ms(1700), ms(1700));
     let v = only(&t);
     assert_eq!(v.verdict, VerdictKind::Nxdomain);
     assert_eq!((v.counts.dns_queries, v.counts.dns_responses), (2, 2));
     // Idle kernel entries the table no longer holds are not brought back.
     let mut t = tracker();
-    t.reconcile([(key, kernel)], ms(10_000));
+    t.reconcile([(hook(key), kernel)], ms(10_000), ms(10_000));
     assert!(t.verdicts(&|_| true, 100).is_empty());
 }
 
@@ -488,7 +528,7 @@ fn flows_known_only_from_kernel_counts_still_time_out() {
         last_seen_ns: 1_000_000_000,
         ..FlowCounters::default()
     };
-    t.reconcile([(tcp, syns), (dns, query)], ms(2600));
+    t.reconcile([(hook(tcp), syns), (hook(dns), query)], ms(2600), ms(2600));
     assert!(
         t.verdicts(&|_| true, 10)
             .iter()
@@ -577,9 +617,7 @@ fn dns_from(
 ) -> Packet {
     let mut p = dns(kind, id, qname, rcode, at_ms);
     let d = p.dns.take();
-    let mut p = packet(kind, IPPROTO_UDP, client, DNS, at_ms, d);
-    p.direction = Direction::FromPod;
-    p
+    packet(kind, IPPROTO_UDP, client, DNS, at_ms, d)
 }
 
 /// One lookup, glibc style: each name on its own socket, query then response.
