@@ -16,6 +16,7 @@ pub mod events;
 pub mod loader;
 pub mod metrics;
 pub mod model;
+pub mod nat;
 pub mod observe;
 pub mod privileges;
 pub mod run;

@@ -3,6 +3,7 @@
 //! Built only with `--features privileged-tests` (`cargo xtask test` does that).
 
 mod causes;
+mod conntrack;
 mod delivered;
 mod differential;
 mod e2e;
