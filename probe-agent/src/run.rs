@@ -148,7 +148,14 @@ pub async fn run(
         Arc::clone(&metrics),
     )
     .with_names(names.clone())
-    .with_node_name(Some(&node));
+    .with_node_name(Some(&node))
+    .with_conntrack(match crate::nat::Conntrack::open() {
+        Ok(conntrack) => Some(conntrack),
+        Err(err) => {
+            warn!("conntrack unavailable, connections through an SNAT are not paired: {err}");
+            None
+        }
+    });
     let (tracker, reports) = match cause_reports {
         Some((sender, reports)) => (tracker.with_cause_reports(sender), Some(reports)),
         None => (tracker, None),

@@ -303,6 +303,9 @@ pub struct Tracker {
     /// Last-seen time of the most recent flow evicted from the table: a kernel hook
     /// counting since before it may hold counts of an evicted flow.
     eviction_horizon: Duration,
+    /// The node's connection tracking: pairs a server-side view with its client's
+    /// across an SNAT (hairpin, NodePort), where the client's address was rewritten.
+    conntrack: Option<crate::nat::Conntrack>,
 }
 
 /// What the tracker knows beyond single flows: lookups in flight, this node's pods, and
@@ -375,12 +378,19 @@ impl Tracker {
             },
             newest_event: Duration::ZERO,
             eviction_horizon: Duration::ZERO,
+            conntrack: None,
         }
     }
 
     /// The Kubernetes node this tracker runs on: its pods are local ends of flows.
     pub fn with_node_name(mut self, node: Option<&str>) -> Self {
         self.context.node_name = node.filter(|n| !n.is_empty()).map(Arc::from);
+        self
+    }
+
+    /// Pairs the two views of a NATed connection through conntrack (see [`crate::nat`]).
+    pub fn with_conntrack(mut self, conntrack: Option<crate::nat::Conntrack>) -> Self {
+        self.conntrack = conntrack;
         self
     }
 
@@ -512,6 +522,15 @@ impl Tracker {
                 self.pairing
                     .by_client_endpoint(&view.flow, view.key.protocol)
                     .filter(|key| flows.contains(key))
+            })
+            .or_else(|| {
+                // SNAT: conntrack knows the client's own tuple from the server's answer.
+                let translation = self
+                    .conntrack
+                    .as_ref()?
+                    .by_reply(&view.flow.reversed())
+                    .ok()??;
+                Some(orient::key_of(&translation.original)).filter(|key| flows.contains(key))
             });
         let Some(connection) = connection else {
             // The client is not on this node: counted here, at the server's veth.

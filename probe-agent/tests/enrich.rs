@@ -17,7 +17,7 @@ use probe_agent::{
     model::{Endpoint, Verdict, VerdictKind},
     track::{Clock, Tracker, TrackerConfig},
 };
-use probe_ebpf::{Direction, EventKind, IPPROTO_TCP};
+use probe_ebpf::{Direction, EventKind, FlowCounters, HookKey, IPPROTO_TCP};
 use serde_json::json;
 
 mod common;
@@ -83,14 +83,28 @@ fn verdict_of(
     let client: SocketAddr = client.parse().unwrap();
     let server: SocketAddr = server.parse().unwrap();
     let key = craft::flow_key(IPPROTO_TCP, client, server);
-    let packet = |kind, at| Packet {
-        kind,
-        direction: Direction::FromPod,
-        ifindex: 7,
-        monotonic: Duration::from_millis(at),
-        flow: flow_from_key(&key).unwrap(),
-        key,
-        dns: None,
+    // As the client's veth sees them: its SYN going out, the answer coming in.
+    let packet = |kind, at| {
+        let (tuple, direction) = match kind {
+            EventKind::Syn => (key, Direction::FromPod),
+            _ => (key.reversed(), Direction::ToPod),
+        };
+        Packet {
+            kind,
+            direction,
+            ifindex: 7,
+            monotonic: Duration::from_millis(at),
+            tuple: flow_from_key(&tuple).unwrap(),
+            hook: HookKey {
+                tuple,
+                ifindex: 7,
+                direction: direction as u32,
+            },
+            counters: FlowCounters::default(),
+            pod: client.ip(),
+            tcp: None,
+            dns: None,
+        }
     };
     tracker.on_packet(&packet(EventKind::Syn, 1000));
     match answer {

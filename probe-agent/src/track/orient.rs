@@ -163,3 +163,22 @@ impl Pairing {
 }
 
 const DNS_PORT: u16 = 53;
+
+/// The kernel's key of an API flow (IPv4 as IPv4-mapped IPv6, as the kernel stores it).
+pub fn key_of(flow: &Flow) -> FlowKey {
+    let addr = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    FlowKey {
+        src_addr: addr(flow.src_ip),
+        dst_addr: addr(flow.dst_ip),
+        src_port: flow.src_port,
+        dst_port: flow.dst_port,
+        protocol: match flow.protocol {
+            crate::model::Protocol::Tcp => probe_ebpf::IPPROTO_TCP,
+            crate::model::Protocol::Udp => probe_ebpf::IPPROTO_UDP,
+        },
+        _pad: [0; 3],
+    }
+}

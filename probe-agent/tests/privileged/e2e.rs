@@ -376,9 +376,25 @@ fn connect_and_reset(pod: &Pod, to: SocketAddr) {
     });
 }
 
-/// RESET: an established connection torn down by a RST, over IPv4 and IPv6.
+/// Accepts one connection on `port` in `pod` and closes it with SO_LINGER 0: the server
+/// resets it.
+fn serve_one_and_reset(pod: &Pod, port: u16) -> std::thread::JoinHandle<()> {
+    let listener = pod.in_netns(move || TcpListener::bind(("::", port)).unwrap());
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let linger = nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &linger).unwrap();
+        drop(stream);
+    })
+}
+
+/// Who sent the RST decides: the server resetting an established connection is RESET;
+/// a client aborting its own (SO_LINGER 0, a pool closing) is no failure of the server.
 #[test]
-fn reset_after_the_handshake() {
+fn reset_after_the_handshake_is_the_senders() {
     let mut node = node("reset");
     let client = node.add_pod("client", "default", 5).unwrap();
     let server = node.add_pod("server", "default", 9).unwrap();
@@ -389,11 +405,33 @@ fn reset_after_the_handshake() {
         (IpAddr::from(server.ipv6), "v6"),
     ] {
         connect_and_reset(&client, sock(ip, 8080));
-        let reset = agent.settled(&format!("dst_ip={ip}"));
-        assert_eq!(reset.verdict, VerdictKind::Reset, "{family}");
-        assert_eq!(counts(&reset), (1, 1, 1, 0), "{family}");
-        assert_eq!(&*reset.interface, client.host_if);
+        let aborted = agent.settled(&format!("dst_ip={ip}&port=8080"));
+        assert_eq!(aborted.verdict, VerdictKind::Ok, "{family}: {aborted:#?}");
+        assert_eq!(aborted.cause, None, "{family}");
+        assert!(
+            aborted.reason.contains("the client then aborted the connection (RST)"),
+            "{family}: {}",
+            aborted.reason
+        );
+        assert_eq!(counts(&aborted), (1, 1, 1, 0), "{family}");
+        assert_eq!(&*aborted.interface, client.host_if);
     }
+    // The server resets: RESET, and one flow though both veths saw the RST.
+    let server_side = serve_one_and_reset(&server, 8081);
+    let to = sock(server.ipv4, 8081);
+    client.in_netns(move || {
+        use std::io::Read;
+        // The reset may come before connect returns: either way the handshake completed.
+        if let Ok(mut stream) = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+            let _ = stream.read(&mut [0; 1]);
+        }
+    });
+    server_side.join().unwrap();
+    let reset = agent.settled("port=8081");
+    assert_eq!(reset.verdict, VerdictKind::Reset, "{reset:#?}");
+    assert_eq!(reset.cause, Some(Cause::ConnectionReset));
+    assert_eq!(counts(&reset), (1, 1, 1, 0));
+    assert_eq!(&*reset.interface, client.host_if);
 }
 
 /// A DNS server answering by the first label of the name: `servfail.…` SERVFAIL,
