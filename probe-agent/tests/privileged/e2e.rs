@@ -435,15 +435,16 @@ fn reset_after_the_handshake_is_the_senders() {
 }
 
 /// A DNS server answering by the first label of the name: `servfail.…` SERVFAIL,
-/// `refused.…` REFUSED, `formerr.…` FORMERR, anything else NXDOMAIN. Runs in `pod`
+/// `refused.…` REFUSED, `formerr.…` FORMERR, `ok.…` NOERROR, anything else NXDOMAIN.
+/// Runs in `pod`
 /// (IPv4 and IPv6, port 53) until dropped.
-struct RcodeServer {
+pub(crate) struct RcodeServer {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RcodeServer {
-    fn start(pod: &Pod) -> Self {
+    pub(crate) fn start(pod: &Pod) -> Self {
         let socket = pod
             .in_netns(|| UdpSocket::bind("[::]:53"))
             .expect("bind :53");
@@ -475,6 +476,7 @@ impl RcodeServer {
                     "servfail" => ResponseCode::ServFail,
                     "refused" => ResponseCode::Refused,
                     "formerr" => ResponseCode::FormErr,
+                    "ok" => ResponseCode::NoError,
                     _ => ResponseCode::NXDomain,
                 };
                 let mut response =

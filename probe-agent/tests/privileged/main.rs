@@ -8,5 +8,6 @@ mod delivered;
 mod differential;
 mod e2e;
 mod kernel;
+mod real_traffic;
 mod resilience;
 mod security;

@@ -1,0 +1,245 @@
+//! Patterns real nodes carry that a lab script rarely does: a Service whose targetPort
+//! is above the ephemeral range, hairpin through a Service, a 5-tuple reused by a new
+//! connection, one DNS socket for many queries, DNS over TCP. One flow per connection,
+//! keyed by what the client asked for, with exact counts.
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{Name, RecordType},
+};
+use probe_agent::model::{Protocol, VerdictKind};
+use xtask::lab::{self, Proto};
+
+use crate::e2e::{Agent, RcodeServer, counts, node, sock};
+
+/// A Service 10.96.0.40:80 → pod:50051 (above every client port): one flow at the
+/// client's ClusterIP, its backend named, and a RST from the backend is one REFUSED
+/// flow, not a second one with the ends swapped at the server's veth.
+#[test]
+fn a_service_with_a_high_target_port_is_one_flow() {
+    let mut node = node("hiport");
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let server = node.add_pod("grpc", "default", 9).unwrap();
+    let _grpc = server.listen_tcp(50051).unwrap();
+    let vip: IpAddr = "10.96.0.40".parse().unwrap();
+    let closed: IpAddr = "10.96.0.41".parse().unwrap();
+    node.add_service(Proto::Tcp, vip, 80, sock(server.ipv4, 50051))
+        .unwrap();
+    node.add_service(Proto::Tcp, closed, 80, sock(server.ipv4, 50052))
+        .unwrap();
+    let agent = Agent::start(&node, &[]);
+
+    client
+        .connect_tcp(sock(vip, 80), Duration::from_secs(2))
+        .unwrap();
+    let ok = agent.settled(&format!("dst_ip={vip}"));
+    assert_eq!(ok.verdict, VerdictKind::Ok, "{ok:#?}");
+    assert_eq!(counts(&ok), (1, 1, 0, 0));
+    assert_eq!(ok.backend, Some(sock(server.ipv4, 50051)));
+    assert_eq!(&*ok.interface, client.host_if);
+
+    assert!(
+        client
+            .connect_tcp(sock(closed, 80), Duration::from_secs(2))
+            .is_err()
+    );
+    let refused = agent.settled(&format!("dst_ip={closed}"));
+    assert_eq!(refused.verdict, VerdictKind::Refused, "{refused:#?}");
+    assert_eq!(counts(&refused), (1, 0, 1, 0));
+    assert_eq!(refused.backend, Some(sock(server.ipv4, 50052)));
+    let all = agent.verdicts("protocol=tcp");
+    assert_eq!(all.len(), 2, "{all:#?}");
+}
+
+/// A pod reaching itself through its Service, masqueraded to the node (kube-proxy's
+/// hairpin): one flow, counted once, paired across the SNAT through conntrack.
+#[test]
+fn hairpin_through_a_service_is_one_flow() {
+    let mut node = node("hairpin");
+    let pod = node.add_pod("web", "default", 7).unwrap();
+    let _web = pod.listen_tcp(8080).unwrap();
+    let vip: IpAddr = "10.96.0.50".parse().unwrap();
+    node.add_service(Proto::Tcp, vip, 80, sock(pod.ipv4, 8080))
+        .unwrap();
+    node.nft(&format!(
+        "table ip hairpin {{\n chain post {{\n  type nat hook postrouting priority 100;\n  \
+         ip saddr {ip} ip daddr {ip} masquerade\n }}\n}}\n",
+        ip = pod.ipv4
+    ))
+    .unwrap();
+    let agent = Agent::start(&node, &[]);
+    pod.connect_tcp(sock(vip, 80), Duration::from_secs(2)).unwrap();
+    let ok = agent.settled(&format!("dst_ip={vip}"));
+    assert_eq!(ok.verdict, VerdictKind::Ok, "{ok:#?}");
+    assert_eq!(counts(&ok), (1, 1, 0, 0));
+    assert_eq!(ok.flow.src_ip, IpAddr::from(pod.ipv4));
+    assert_eq!(ok.backend, Some(sock(pod.ipv4, 8080)));
+    let all = agent.verdicts("protocol=tcp");
+    assert_eq!(all.len(), 1, "{all:#?}");
+}
+
+/// Two connections from one fixed source port (the first aborted, so no TIME_WAIT):
+/// the second is a new connection with its own counts and verdict, told by its ISN.
+#[test]
+fn a_reused_five_tuple_is_a_new_connection() {
+    let mut node = node("reuse");
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let server = node.add_pod("server", "default", 9).unwrap();
+    let _listener = server.listen_tcp(8080).unwrap();
+    let agent = Agent::start(&node, &[]);
+    let to = sock(server.ipv4, 8080);
+    let from = sock(client.ipv4, 41000);
+    for _ in 0..2 {
+        client.in_netns(move || {
+            let socket = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )
+            .unwrap();
+            socket.set_reuse_address(true).unwrap();
+            socket.bind(&from.into()).unwrap();
+            socket
+                .connect_timeout(&to.into(), Duration::from_secs(2))
+                .unwrap();
+            // Closed with a RST: the port is free at once for the next connection.
+            socket.set_linger(Some(Duration::ZERO)).unwrap();
+        });
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metric = agent
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("netprobe_verdicts_total{") && l.contains("verdict=\"OK\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum::<f64>();
+        if metric >= 2.0 {
+            assert_eq!(metric, 2.0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "OK counted {metric} times");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let flow = agent.settled("port=8080");
+    assert_eq!(flow.flow.src_port, 41000);
+    assert_eq!(flow.verdict, VerdictKind::Ok);
+    // The second connection's own counts: its SYN, SYN-ACK and the client's RST.
+    assert_eq!(counts(&flow), (1, 1, 1, 0), "{flow:#?}");
+}
+
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    message.to_vec().unwrap()
+}
+
+/// A resolver that keeps one socket (c-ares, a forwarder): SERVFAIL, then NOERROR on
+/// the same socket. Each query is judged on its own and the SERVFAIL is counted once.
+#[test]
+fn queries_on_one_socket_are_judged_one_by_one() {
+    let mut node = node("pooled");
+    let dns_pod = node.add_pod("dns", "kube-system", 10).unwrap();
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let _server = RcodeServer::start(&dns_pod);
+    let agent = Agent::start(&node, &[]);
+    let server = sock(dns_pod.ipv4, 53);
+    let answers = client.in_netns(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut rcodes = Vec::new();
+        for (id, name) in [(1, "servfail.example."), (2, "ok.example."), (3, "ok.example.")] {
+            socket.send_to(&query(id, name), server).unwrap();
+            let mut buf = [0u8; 512];
+            let (n, _) = socket.recv_from(&mut buf).unwrap();
+            rcodes.push(Message::from_vec(&buf[..n]).unwrap().metadata.response_code);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        rcodes
+    });
+    assert_eq!(
+        answers,
+        [
+            ResponseCode::ServFail,
+            ResponseCode::NoError,
+            ResponseCode::NoError
+        ]
+    );
+    let flow = agent.settled(&format!("dst_ip={}&protocol=udp", dns_pod.ipv4));
+    assert_eq!(flow.verdict, VerdictKind::Ok, "{flow:#?}");
+    assert_eq!((flow.counts.dns_queries, flow.counts.dns_responses), (3, 3));
+    let series = |verdict: &str| -> f64 {
+        agent
+            .metrics()
+            .lines()
+            .filter(|l| {
+                l.starts_with("netprobe_verdicts_total{")
+                    && l.contains(&format!("verdict=\"{verdict}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(series("SERVFAIL"), 1.0);
+    assert_eq!(series("OK"), 2.0);
+}
+
+/// `dig +tcp`: DNS over TCP is DNS, its messages framed from the segments: a NOERROR
+/// and an NXDOMAIN, each on its connection, with the name and rcode.
+#[test]
+fn dns_over_tcp_is_dns() {
+    let mut node = node("dnstcp");
+    let dns_pod = node.add_pod("coredns", "kube-system", 10).unwrap();
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let _dns = lab::start_dns(
+        &dns_pod,
+        &[("db.default.svc.cluster.local", "10.96.0.60".parse().unwrap())],
+    )
+    .unwrap();
+    let agent = Agent::start(&node, &[]);
+    let server: SocketAddr = sock(dns_pod.ipv4, 53);
+    for (name, rcode) in [
+        ("db.default.svc.cluster.local.", "NOERROR"),
+        ("nope.default.svc.cluster.local.", "NXDOMAIN"),
+    ] {
+        let out = client
+            .command("dig")
+            .args(["+tcp", "+tries=1", "+time=2", &format!("@{}", server.ip()), name, "A"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("status: {rcode}")), "{text}");
+        let expected = if rcode == "NOERROR" {
+            VerdictKind::Ok
+        } else {
+            VerdictKind::Nxdomain
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let flow = loop {
+            let found = agent
+                .verdicts("protocol=tcp&port=53")
+                .into_iter()
+                .find(|v| v.dns.as_ref().is_some_and(|d| d.qname == name));
+            if let Some(flow) = found.filter(|f| f.verdict == expected) {
+                break flow;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: {:#?}",
+                agent.verdicts("")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(flow.flow.protocol, Protocol::Tcp);
+        assert_eq!((flow.counts.dns_queries, flow.counts.dns_responses), (1, 1));
+        assert_eq!((flow.counts.syn, flow.counts.syn_ack), (1, 1));
+        assert_eq!(flow.dns.unwrap().rcode.as_deref(), Some(rcode));
+    }
+}
