@@ -1044,13 +1044,16 @@ fn node_outcome(
     before: VerdictKind,
     now: Duration,
 ) {
-    if state.verdict == before || !state.verdict.is_final() {
+    // Pod-pair TCP evidence only: pods whose DNS server is down are a DNS failure (their
+    // own cause), not a node outage.
+    if state.verdict == before
+        || !state.verdict.is_final()
+        || state.flow.protocol != Protocol::Tcp
+        || state.flow.dst_port == dns::DNS_PORT
+    {
         return;
     }
-    let failed = matches!(
-        state.verdict,
-        VerdictKind::Timeout | VerdictKind::DnsTimeout
-    );
+    let failed = state.verdict == VerdictKind::Timeout;
     // A timeout a NetworkPolicy explains is the policy's doing: no evidence either way
     // about the node's datapath (two clients denied by policy are no node outage).
     if failed && denied_by_policy(journal, &state.flow) {
