@@ -84,9 +84,10 @@ fn wire_records(flows: u32) -> Vec<Vec<u8>> {
         } else {
             (EventKind::Rst, TcpFlags::RST | TcpFlags::ACK)
         };
+        // Wire format 2: the tuple as on the wire, server → client for the answer.
         records.push(craft::wire_event(
             kind,
-            key,
+            craft::flow_key(IPPROTO_TCP, server, client),
             Direction::ToPod,
             t + 500,
             &Frame::plain().tcp(server, client, flags),

@@ -13,14 +13,19 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().expect("an address")
 }
 
-/// (name, kind, flow key, frame) for each kind of packet the kernel sends.
+/// (name, kind, flow key, frame) for each kind of packet the kernel sends: the key is
+/// the tuple as on the wire (for an ICMP error, the quoted packet's), as in wire format 2.
 fn packets() -> Vec<(&'static str, EventKind, probe_ebpf::FlowKey, Vec<u8>)> {
     let (client, server) = (addr("10.244.0.5:41234"), addr("10.96.45.123:8080"));
     let (client6, server6) = (addr("[fd00::5]:41000"), addr("[fd00::9]:443"));
     let (resolver, dns) = (addr("10.244.0.5:5353"), addr("10.96.0.10:53"));
     let tcp = craft::flow_key(IPPROTO_TCP, client, server);
     let tcp6 = craft::flow_key(IPPROTO_TCP, client6, server6);
+    let tcp_back = craft::flow_key(IPPROTO_TCP, server, client);
+    let tcp6_back = craft::flow_key(IPPROTO_TCP, server6, client6);
     let udp = craft::flow_key(IPPROTO_UDP, resolver, dns);
+    let udp_back = craft::flow_key(IPPROTO_UDP, dns, resolver);
+    let dns_tcp = craft::flow_key(IPPROTO_TCP, resolver, dns);
     let name = "paymnt-service.production.svc.cluster.local.";
     let quoted = Frame::plain().ipv4(
         "10.244.0.5".parse().unwrap(),
@@ -55,7 +60,7 @@ fn packets() -> Vec<(&'static str, EventKind, probe_ebpf::FlowKey, Vec<u8>)> {
         (
             "syn-ack-ipv6-hop-by-hop",
             EventKind::SynAck,
-            tcp6,
+            tcp6_back,
             Frame {
                 ipv6_hop_by_hop: true,
                 ..Frame::default()
@@ -65,7 +70,7 @@ fn packets() -> Vec<(&'static str, EventKind, probe_ebpf::FlowKey, Vec<u8>)> {
         (
             "rst-ack",
             EventKind::Rst,
-            tcp,
+            tcp_back,
             Frame::plain().tcp(server, client, TcpFlags::RST | TcpFlags::ACK),
         ),
         (
@@ -99,11 +104,28 @@ fn packets() -> Vec<(&'static str, EventKind, probe_ebpf::FlowKey, Vec<u8>)> {
         (
             "dns-nxdomain",
             EventKind::DnsResponse,
-            udp,
+            udp_back,
             Frame::plain().udp(
                 dns,
                 resolver,
                 &craft::dns_response(4711, name, RecordType::A, ResponseCode::NXDomain),
+            ),
+        ),
+        (
+            "dns-tcp-segment",
+            EventKind::DnsTcpSegment,
+            dns_tcp,
+            Frame::plain().tcp_with(
+                resolver,
+                dns,
+                TcpFlags::PSH | TcpFlags::ACK,
+                1001,
+                5001,
+                &[
+                    &(craft::dns_query(4712, name, RecordType::A).len() as u16).to_be_bytes()[..],
+                    &craft::dns_query(4712, name, RecordType::A),
+                ]
+                .concat(),
             ),
         ),
     ]

@@ -706,16 +706,28 @@ mod tests {
         let query = craft::dns_query(9, "db.default.svc.cluster.local.", RecordType::A);
         let mut payload = (query.len() as u16).to_be_bytes().to_vec();
         payload.extend_from_slice(&query);
-        let frame = Frame::plain().tcp_with(client, server, TcpFlags::ACK | TcpFlags::PSH, 1001, 7, &payload);
+        let frame = Frame::plain().tcp_with(
+            client,
+            server,
+            TcpFlags::ACK | TcpFlags::PSH,
+            1001,
+            7,
+            &payload,
+        );
         let key = craft::flow_key(IPPROTO_TCP, client, server);
         let packet = decode(&event(EventKind::DnsTcpSegment, key, &frame)).unwrap();
         let tcp = packet.tcp.unwrap();
-        assert_eq!((tcp.seq, tcp.ack, tcp.payload_len), (1001, 7, payload.len() as u32));
+        assert_eq!(
+            (tcp.seq, tcp.ack, tcp.payload_len),
+            (1001, 7, payload.len() as u32)
+        );
         assert_eq!(tcp.payload, payload);
         let ack = Frame::plain().tcp(client, server, TcpFlags::ACK);
         assert_eq!(
             decode(&event(EventKind::DnsTcpSegment, key, &ack)),
-            Err(DecodeError::Malformed("event kind does not match the packet"))
+            Err(DecodeError::Malformed(
+                "event kind does not match the packet"
+            ))
         );
     }
 
@@ -726,7 +738,10 @@ mod tests {
         use hickory_proto::op::{Edns, Message, Query};
         use hickory_proto::rr::Name;
         let mut message = Message::response(5, hickory_proto::op::OpCode::Query);
-        message.add_query(Query::query(Name::from_ascii("a.example.").unwrap(), RecordType::A));
+        message.add_query(Query::query(
+            Name::from_ascii("a.example.").unwrap(),
+            RecordType::A,
+        ));
         message.metadata.response_code = ResponseCode::BADVERS;
         let mut edns = Edns::new();
         edns.set_rcode_high(ResponseCode::BADVERS.high());

@@ -487,7 +487,7 @@ impl Tracker {
             state.counted_at = view.side;
         }
         // Losses before this packet, from its hook's counters.
-        let lost = state.kernel_seen.take(packet, horizon);
+        let lost = state.kernel_seen.take(packet, view.sender, horizon);
         if lost > 0 {
             self.journal.metrics.packets(packet.kind.into(), lost);
             recover::add_lost(&mut state.counts, packet.kind, lost);

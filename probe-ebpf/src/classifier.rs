@@ -294,6 +294,10 @@ fn parse_l3(ctx: &TcContext) -> Result<L3, ParseError> {
 #[inline(always)]
 fn parse_tcp(ctx: &TcContext, l3: &L3) -> Result<Interesting, ParseError> {
     let tcp = header::<14>(ctx, l3.l4)?;
+    // A data offset under 5 words is no TCP header (RFC 9293 §3.1).
+    if tcp[12] >> 4 < 5 {
+        return Err(ParseError::Uninteresting);
+    }
     let flags = tcp[13];
     let (src_port, dst_port) = (be16([tcp[0], tcp[1]]), be16([tcp[2], tcp[3]]));
     let kind = if flags & TCP_FLAG_RST != 0 {

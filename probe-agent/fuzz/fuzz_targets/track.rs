@@ -2,11 +2,16 @@
 //! payloads on port 53), some TCP and ICMP, with the clock moving and timeouts swept,
 //! then topped up from kernel counts as if some events had been lost.
 //!
+//! The kernel is modelled as wire format 2 has it: every packet counted raw at the hook
+//! that saw it (here the client's veth: what the client sends leaves it, the answers
+//! enter it), on its tuple as on the wire, each event carrying its hook's counters just
+//! after it.
+//!
 //! Checked after every input: nothing panics; every flow's counts are exactly the
-//! packets fed on its key (nothing lost, nothing counted twice, no flow confused with
-//! another); the Prometheus packet counters add up to the same; the event ring stays
+//! packets fed on its connection (nothing lost, nothing counted twice, no flow confused
+//! with another); the Prometheus packet counters add up to the same; the event ring stays
 //! within its capacity; once every timeout has passed no flow is left PENDING; and after
-//! reconciling with the kernel's counts, every count is exactly the kernel's.
+//! reconciling with the kernel's per-hook counts, every count is exactly the kernel's.
 #![no_main]
 
 use std::{
@@ -28,8 +33,8 @@ use probe_agent::{
     model::{Counts, VerdictKind},
     track::{Clock, Tracker, TrackerConfig},
 };
-use probe_agent_fuzz::kernel_key;
-use probe_ebpf::{Direction, EventKind, FlowCounters, FlowKey};
+use probe_agent_fuzz::{wire_hook, wire_key};
+use probe_ebpf::{Direction, EventKind, FlowCounters, FlowKey, HookKey};
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -51,7 +56,8 @@ enum Op {
         raw: Option<Vec<u8>>,
         after_ms: u16,
     },
-    /// A TCP segment with `flags`, client → server or back.
+    /// A TCP segment with `flags`, client → server or back (a SYN from the client is a
+    /// SYN, one from the server a SYN-ACK: every hook here is the client's veth).
     Tcp {
         flow: u8,
         flags: u8,
@@ -117,36 +123,77 @@ fn count_of(counts: &mut Counts, kind: EventKind) -> &mut u64 {
         EventKind::IcmpUnreachable => &mut counts.icmp_unreachable,
         EventKind::DnsQuery => &mut counts.dns_queries,
         EventKind::DnsResponse => &mut counts.dns_responses,
-        EventKind::SynDelivered => unreachable!("no flow counts SYN deliveries"),
+        EventKind::DnsTcpSegment => unreachable!("no DNS over TCP is fed"),
     }
 }
 
-/// The kernel's counters for what the tracker was fed, by key.
+fn counter_of(c: &mut FlowCounters, kind: EventKind) -> &mut u64 {
+    match kind {
+        EventKind::Syn => &mut c.syn,
+        EventKind::SynAck => &mut c.syn_ack,
+        EventKind::Rst => &mut c.rst,
+        EventKind::IcmpUnreachable => &mut c.icmp_unreachable,
+        EventKind::DnsQuery => &mut c.dns_queries,
+        EventKind::DnsResponse => &mut c.dns_responses,
+        EventKind::DnsTcpSegment => &mut c.dns_tcp_segments,
+    }
+}
+
+/// The connection (client → server) a packet of `kind` with tuple `tuple` (as on the
+/// wire) belongs to. Clients use ports 40000-40003, servers 53 and 80: a RST from the
+/// lower port is the server's.
+fn connection(kind: EventKind, tuple: &probe_agent::model::Flow) -> FlowKey {
+    let from_server = match kind {
+        EventKind::SynAck | EventKind::DnsResponse => true,
+        EventKind::Rst | EventKind::DnsTcpSegment => tuple.src_port < tuple.dst_port,
+        EventKind::Syn | EventKind::DnsQuery | EventKind::IcmpUnreachable => false,
+    };
+    if from_server {
+        wire_key(&tuple.reversed())
+    } else {
+        wire_key(tuple)
+    }
+}
+
+/// What the kernel counted at each hook, and what the tracker must count per connection.
 #[derive(Default)]
 struct Kernel {
-    flows: HashMap<FlowKey, FlowCounters>,
+    hooks: HashMap<HookKey, FlowCounters>,
+    /// Each hook's connection.
+    connection: HashMap<HookKey, FlowKey>,
+    flows: HashMap<FlowKey, Counts>,
 }
 
 impl Kernel {
-    fn count(&mut self, key: &FlowKey, kind: EventKind, rcode: Option<ResponseCode>, n: u64) {
-        let c = self.flows.entry(*key).or_default();
-        let field = match kind {
-            EventKind::Syn => &mut c.syn,
-            EventKind::SynAck => &mut c.syn_ack,
-            EventKind::Rst => &mut c.rst,
-            EventKind::IcmpUnreachable => &mut c.icmp_unreachable,
-            EventKind::DnsQuery => &mut c.dns_queries,
-            EventKind::DnsResponse => &mut c.dns_responses,
-            EventKind::SynDelivered => return,
-        };
-        *field += n;
-        match rcode.map(u16::from) {
-            None | Some(0) => {}
-            Some(2) => c.dns_servfail += n,
-            Some(3) => c.dns_nxdomain += n,
-            Some(5) => c.dns_refused += n,
-            Some(_) => c.dns_other_error += n,
+    /// Counts `n` packets of `kind` at `hook` (of connection `key`) at time `at`; returns
+    /// the hook's counters after them.
+    fn count(
+        &mut self,
+        hook: HookKey,
+        key: FlowKey,
+        kind: EventKind,
+        rcode: Option<ResponseCode>,
+        n: u64,
+        at: Duration,
+    ) -> FlowCounters {
+        self.connection.insert(hook, key);
+        *count_of(self.flows.entry(key).or_default(), kind) += n;
+        let c = self.hooks.entry(hook).or_insert_with(|| FlowCounters {
+            first_seen_ns: at.as_nanos() as u64,
+            ..FlowCounters::default()
+        });
+        *counter_of(c, kind) += n;
+        if kind == EventKind::DnsResponse {
+            match rcode.map(u16::from) {
+                None | Some(0) => {}
+                Some(2) => c.dns_servfail += n,
+                Some(3) => c.dns_nxdomain += n,
+                Some(5) => c.dns_refused += n,
+                Some(_) => c.dns_other_error += n,
+            }
         }
+        c.last_seen_ns = c.last_seen_ns.max(at.as_nanos() as u64);
+        *c
     }
 }
 
@@ -161,17 +208,6 @@ fn ip_packet(
         (IpAddr::V4(s), IpAddr::V4(d)) => Frame::plain().ipv4(s, d, protocol, payload),
         (IpAddr::V6(s), IpAddr::V6(d)) => Frame::plain().ipv6(s, d, protocol, payload),
         _ => unreachable!("one family per flow"),
-    }
-}
-
-fn counts(c: &FlowCounters) -> Counts {
-    Counts {
-        syn: c.syn,
-        syn_ack: c.syn_ack,
-        rst: c.rst,
-        icmp_unreachable: c.icmp_unreachable,
-        dns_queries: c.dns_queries,
-        dns_responses: c.dns_responses,
     }
 }
 
@@ -192,9 +228,9 @@ fn packets_total(metrics: &Metrics) -> Counts {
             "icmp_unreachable" => EventKind::IcmpUnreachable,
             "dns_query" => EventKind::DnsQuery,
             "dns_response" => EventKind::DnsResponse,
-            // Not a flow's packet, and none is fed here.
-            "syn_delivered" => {
-                assert_eq!(value, 0, "SYN deliveries counted");
+            // None is fed here.
+            "dns_tcp_segment" => {
+                assert_eq!(value, 0, "DNS-over-TCP segments counted");
                 continue;
             }
             other => panic!("unknown packet kind {other}"),
@@ -218,17 +254,17 @@ fn sum(all: impl Iterator<Item = Counts>) -> Counts {
 
 const EVENT_CAPACITY: usize = 16;
 
-/// Every flow's counts equal the kernel's for its key, and no other flow exists.
+/// Every flow's counts equal the kernel's for its connection, and no other flow exists.
 fn assert_counts_match(tracker: &Tracker, kernel: &Kernel, when: &str) {
     let verdicts = tracker.verdicts(&|_| true, tracker.flows_tracked().max(1));
     assert_eq!(verdicts.len(), kernel.flows.len(), "{when}: flows tracked");
-    for (key, counters) in &kernel.flows {
+    for (key, counts) in &kernel.flows {
         let flow = decode::flow_from_key(key).expect("TCP or UDP");
         let verdict = verdicts
             .iter()
             .find(|v| v.flow == flow)
             .unwrap_or_else(|| panic!("{when}: no verdict for {flow}"));
-        assert_eq!(verdict.counts, counts(counters), "{when}: counts of {flow}");
+        assert_eq!(verdict.counts, *counts, "{when}: counts of {flow}");
     }
     assert!(tracker.events(&|_| true, EVENT_CAPACITY + 1).len() <= EVENT_CAPACITY);
 }
@@ -310,15 +346,27 @@ fuzz_target!(|input: Input| {
                 after_ms,
             } => {
                 let (client, _, server) = client(*flow);
+                let syn = craft::TcpFlags::SYN;
+                let ack = craft::TcpFlags::ACK;
                 if *to_client {
+                    let flags = if flags & syn != 0 {
+                        flags | ack
+                    } else {
+                        *flags
+                    };
                     (
-                        Frame::plain().tcp(server, client, *flags),
+                        Frame::plain().tcp(server, client, flags),
                         Direction::ToPod,
                         after_ms,
                     )
                 } else {
+                    let flags = if flags & syn != 0 {
+                        flags & !ack
+                    } else {
+                        *flags
+                    };
                     (
-                        Frame::plain().tcp(client, server, *flags),
+                        Frame::plain().tcp(client, server, flags),
                         Direction::FromPod,
                         after_ms,
                     )
@@ -362,20 +410,22 @@ fuzz_target!(|input: Input| {
             continue;
         };
         let tuple = parsed.tuple.expect("a tuple");
-        let key = kernel_key(kind, &tuple, tuple.src_port < tuple.dst_port);
-        let record = craft::wire_event(kind, key, direction, now.as_nanos() as u64, &frame);
-        let packet = decode::decode(&record).expect("the kernel's record decodes");
+        let hook = wire_hook(&tuple, direction);
+        let record = craft::wire_event(kind, hook.tuple, direction, now.as_nanos() as u64, &frame);
+        let mut packet = decode::decode(&record).expect("the kernel's record decodes");
+        assert_eq!(packet.hook, hook);
         let rcode = packet
             .dns
             .as_ref()
             .filter(|d| d.is_response)
             .map(|d| d.rcode);
-        kernel.count(&key, kind, rcode, 1);
+        // The kernel's counters just after this packet, as its event carries them.
+        packet.counters = kernel.count(hook, connection(kind, &tuple), kind, rcode, 1, now);
         tracker.on_packet(&packet);
     }
 
     assert_counts_match(&tracker, &kernel, "after the events");
-    let fed = sum(kernel.flows.values().map(counts));
+    let fed = sum(kernel.flows.values().copied());
     assert_eq!(packets_total(&metrics), fed, "netprobe_packets_total");
 
     // Every deadline is past.
@@ -383,60 +433,66 @@ fuzz_target!(|input: Input| {
     tracker.sweep(now);
     assert_nothing_pending(&tracker, "after the events");
 
-    // The kernel counted more than the events brought.
-    let keys: Vec<FlowKey> = kernel.flows.keys().copied().collect();
-    if !keys.is_empty() {
+    // The kernel counted more than the events brought: more packets of a kind a hook
+    // counts (a hook sees one direction of one connection).
+    let hooks: Vec<HookKey> = {
+        let mut hooks: Vec<HookKey> = kernel.hooks.keys().copied().collect();
+        hooks.sort_by_key(|h| {
+            (
+                h.tuple.src_addr,
+                h.tuple.dst_addr,
+                h.tuple.src_port,
+                h.tuple.dst_port,
+                h.tuple.protocol,
+                h.direction,
+            )
+        });
+        hooks
+    };
+    if !hooks.is_empty() {
         for &(flow, counter, n) in &input.lost {
-            let key = keys[usize::from(flow) % keys.len()];
+            let hook = hooks[usize::from(flow) % hooks.len()];
             let n = u64::from(n % 4);
-            let (kind, rcode) = if key.protocol == probe_ebpf::IPPROTO_TCP {
-                match counter % 4 {
-                    0 => (EventKind::Syn, None),
-                    1 => (EventKind::SynAck, None),
-                    2 => (EventKind::Rst, None),
-                    _ => (EventKind::IcmpUnreachable, None),
-                }
-            } else {
-                let response = |rcode| (EventKind::DnsResponse, Some(rcode));
-                match counter % 7 {
-                    0 => (EventKind::IcmpUnreachable, None),
-                    1 => (EventKind::DnsQuery, None),
-                    2 => response(ResponseCode::NoError),
-                    3 => response(ResponseCode::NXDomain),
-                    4 => response(ResponseCode::ServFail),
-                    5 => response(ResponseCode::Refused),
-                    _ => response(ResponseCode::FormErr),
-                }
+            let mut current = kernel.hooks[&hook];
+            let kinds: Vec<EventKind> = [
+                EventKind::Syn,
+                EventKind::SynAck,
+                EventKind::Rst,
+                EventKind::IcmpUnreachable,
+                EventKind::DnsQuery,
+                EventKind::DnsResponse,
+            ]
+            .into_iter()
+            .filter(|&kind| *counter_of(&mut current, kind) > 0)
+            .collect();
+            let Some(&kind) = kinds.get(usize::from(counter) % kinds.len().max(1)) else {
+                continue;
             };
-            kernel.count(&key, kind, rcode, n);
+            let rcode = (kind == EventKind::DnsResponse).then(|| match counter / 8 % 5 {
+                0 => ResponseCode::NoError,
+                1 => ResponseCode::NXDomain,
+                2 => ResponseCode::ServFail,
+                3 => ResponseCode::Refused,
+                _ => ResponseCode::FormErr,
+            });
+            let key = kernel.connection[&hook];
+            kernel.count(hook, key, kind, rcode, n, now);
         }
     }
-    let last_seen = now.as_nanos() as u64;
-    let counters: Vec<(FlowKey, FlowCounters)> = kernel
-        .flows
-        .iter()
-        .map(|(key, c)| {
-            (
-                *key,
-                FlowCounters {
-                    first_seen_ns: 1_000_000_000_000,
-                    last_seen_ns: last_seen,
-                    ..*c
-                },
-            )
-        })
-        .collect();
+    let counters: Vec<(HookKey, FlowCounters)> =
+        kernel.hooks.iter().map(|(hook, c)| (*hook, *c)).collect();
     now += Duration::from_secs(1);
-    tracker.reconcile(counters.iter().copied(), now);
+    // Read up to now: every count is past the last event read.
+    tracker.reconcile(counters.iter().copied(), now, now);
     assert_counts_match(&tracker, &kernel, "after reconciling");
-    let counted = sum(kernel.flows.values().map(counts));
+    let counted = sum(kernel.flows.values().copied());
     assert_eq!(
         packets_total(&metrics),
         counted,
         "netprobe_packets_total after reconciling"
     );
     // Reconciling again changes nothing.
-    tracker.reconcile(counters.iter().copied(), now);
+    tracker.reconcile(counters.iter().copied(), now, now);
     assert_counts_match(&tracker, &kernel, "after reconciling twice");
 
     now += Duration::from_secs(3600);

@@ -1,4 +1,4 @@
-//! What the fuzz targets share: flow keys oriented the kernel's way, and the checks on a
+//! What the fuzz targets share: flow keys as the kernel writes them, and the checks on a
 //! parsed API query.
 
 use std::net::SocketAddr;
@@ -9,30 +9,30 @@ use probe_agent::{
     model::{Flow, FlowEvent, FlowEventKind, Protocol, Verdict, VerdictKind},
     serve::{Filter, MAX_LIMIT, parameter_names},
 };
-use probe_ebpf::{EventKind, FlowKey, IPPROTO_TCP, IPPROTO_UDP};
+use probe_ebpf::{Direction, FlowKey, HookKey, IPPROTO_TCP, IPPROTO_UDP};
 
-/// The flow key the kernel counts a packet of `kind` with 5-tuple `tuple` on: the
-/// client → server orientation (a SYN-ACK or DNS response goes server → client; a RST
-/// goes either way, `rst_reversed` picks).
-pub fn kernel_key(kind: EventKind, tuple: &Flow, rst_reversed: bool) -> FlowKey {
+/// The ifindex `craft::wire_event` puts in its records.
+pub const CRAFT_IFINDEX: u32 = 7;
+
+/// The flow key the kernel writes for a packet with 5-tuple `tuple` (wire format 2): the
+/// tuple as on the wire, `src` the sender (for an ICMP error, the quoted packet's).
+pub fn wire_key(tuple: &Flow) -> FlowKey {
     let protocol = match tuple.protocol {
         Protocol::Tcp => IPPROTO_TCP,
         Protocol::Udp => IPPROTO_UDP,
     };
     let src = SocketAddr::new(tuple.src_ip, tuple.src_port);
     let dst = SocketAddr::new(tuple.dst_ip, tuple.dst_port);
-    let reversed = match kind {
-        EventKind::SynAck | EventKind::DnsResponse => true,
-        EventKind::Rst => rst_reversed,
-        EventKind::Syn
-        | EventKind::SynDelivered
-        | EventKind::DnsQuery
-        | EventKind::IcmpUnreachable => false,
-    };
-    if reversed {
-        craft::flow_key(protocol, dst, src)
-    } else {
-        craft::flow_key(protocol, src, dst)
+    craft::flow_key(protocol, src, dst)
+}
+
+/// Where the kernel counts such a packet seen at `direction` of a `craft::wire_event`
+/// interface.
+pub fn wire_hook(tuple: &Flow, direction: Direction) -> HookKey {
+    HookKey {
+        tuple: wire_key(tuple),
+        ifindex: CRAFT_IFINDEX,
+        direction: direction as u32,
     }
 }
 
@@ -116,5 +116,6 @@ fn sample_verdict() -> Verdict {
         src: endpoint("production", "checkout-api-5d4e3c2f-abc12"),
         dst: endpoint("kube-system", "coredns-0"),
         dns: None,
+        backend: Some("10.244.2.9:8443".parse().expect("an address")),
     }
 }

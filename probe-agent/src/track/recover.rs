@@ -18,42 +18,42 @@ use crate::{
     model::{Counts, DnsSummary, VerdictKind},
 };
 
-/// The kernel counts last seen for a flow at the hooks it is counted at, one per kind
-/// (each kind is counted at one hook of the flow's veth).
+/// The kernel counts last seen for a flow at the hooks it is counted at, per kind and,
+/// for what both ends send (RSTs, DNS-over-TCP segments), per sender: each is one hook.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Seen {
     syn: u64,
     syn_ack: u64,
-    rst: u64,
+    rst: [u64; 2],
     icmp_unreachable: u64,
     dns_queries: u64,
     dns_responses: u64,
-    dns_tcp_segments: u64,
+    dns_tcp_segments: [u64; 2],
 }
 
 impl Seen {
-    fn field(&mut self, kind: EventKind) -> &mut u64 {
+    fn field(&mut self, kind: EventKind, sender: Sender) -> &mut u64 {
         match kind {
             EventKind::Syn => &mut self.syn,
             EventKind::SynAck => &mut self.syn_ack,
-            EventKind::Rst => &mut self.rst,
+            EventKind::Rst => &mut self.rst[sender as usize],
             EventKind::IcmpUnreachable => &mut self.icmp_unreachable,
             EventKind::DnsQuery => &mut self.dns_queries,
             EventKind::DnsResponse => &mut self.dns_responses,
-            EventKind::DnsTcpSegment => &mut self.dns_tcp_segments,
+            EventKind::DnsTcpSegment => &mut self.dns_tcp_segments[sender as usize],
         }
     }
 
     /// Takes in `packet`'s counters; returns how many packets of its kind were lost
     /// before it. A hook counting since before `horizon` (when flows were last evicted)
     /// may hold an evicted flow's counts: its first event recovers nothing.
-    pub fn take(&mut self, packet: &Packet, horizon: Duration) -> u64 {
+    pub fn take(&mut self, packet: &Packet, sender: Sender, horizon: Duration) -> u64 {
         let kernel = kernel_count(&packet.counters, packet.kind);
         // No counters (the kernel's map was full): nothing is known.
         if kernel == 0 {
             return 0;
         }
-        let seen = self.field(packet.kind);
+        let seen = self.field(packet.kind, sender);
         let lost = if *seen == 0 {
             let counting_since = Duration::from_nanos(packet.counters.first_seen_ns);
             if counting_since < horizon {
@@ -109,7 +109,7 @@ pub fn recover_lost(
     let counts = &mut state.counts;
     let mut top_up = |kind: EventKind, packet_kind: PacketKind| -> bool {
         let kernel = kernel_count(kernel, kind);
-        let seen = seen.field(kind);
+        let seen = seen.field(kind, sender);
         if kernel > *seen {
             let lost = kernel - *seen;
             metrics.packets(packet_kind, lost);

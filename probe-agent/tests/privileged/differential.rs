@@ -4,12 +4,13 @@
 //!
 //! - the kernel passes it on unchanged (TC_ACT_UNSPEC, data out = data in);
 //! - the kernel sends an event exactly when the agent reads a verdict-relevant packet,
-//!   of the same kind, on the flow key the agent's reading gives (oriented client →
-//!   server; a RST by the kernel's rule against the flows it knows), and the agent
-//!   decodes that event (`decode::decode`, the production path) to the same flow;
-//! - the kernel's per-flow counters are exactly the events it sent, by kind and by DNS
-//!   rcode (the agent's reading of the rcode), checked after each event and in full at
-//!   the end.
+//!   of the same kind, at the hook it ran at, on the tuple the agent reads as on the
+//!   wire (for an ICMP error, the quoted packet's: wire format 2, no orientation in the
+//!   kernel), and the agent decodes that event (`decode::decode`, the production path)
+//!   to the same kind, tuple and hook;
+//! - the kernel's per-hook counters are exactly the events it sent, by kind and by DNS
+//!   rcode (the agent's reading of the rcode), checked after each event (the event's
+//!   own counters are the map's entry just after it) and in full at the end.
 //!
 //! Where the two legitimately differ, the rule is written out below (`Rule`) and each
 //! case is counted; anything else fails the test with the packet in hex. The PRNG seed is
@@ -36,7 +37,7 @@ use probe_agent::{
     model::{Flow, Protocol},
 };
 use probe_ebpf::{
-    CAPTURE_BYTES, Direction, EGRESS_PROGRAM, EventKind, FlowCounters, FlowKey, INGRESS_PROGRAM,
+    CAPTURE_BYTES, Direction, EGRESS_PROGRAM, EventKind, FlowCounters, HookKey, INGRESS_PROGRAM,
     IPPROTO_TCP, IPPROTO_UDP, LossCounter, PacketEvent,
 };
 
@@ -50,7 +51,7 @@ const LOOPBACK_IFINDEX: u32 = 1;
 /// TC_ACT_UNSPEC (-1), also TCX_NEXT: "carry on with the next program".
 const PASS_ON: u32 = u32::MAX;
 const ETH_HLEN: usize = 14;
-/// Room for every flow a run of `packets` can create (about 3 in 10 packets start a
+/// Room for every hook a run of `packets` can count at (about 3 in 10 packets start a
 /// new one), so that no LRU eviction blurs the counts.
 fn flow_entries(packets: usize) -> u32 {
     (packets / 2).max(1 << 16).next_power_of_two() as u32
@@ -146,8 +147,8 @@ const EXTENSIONS: &[IpNextHeaderProtocol] = &[
     IpNextHeaderProtocols::Ah,
 ];
 
-/// Addresses from a small pool, so that flows repeat (RST orientation against known
-/// flows, counts adding up), sometimes anything.
+/// Addresses from a small pool, so that tuples repeat (counts adding up at a hook),
+/// sometimes anything.
 fn address(rng: &mut Rng, v6: bool) -> IpAddr {
     if v6 {
         if rng.one_in(5) {
@@ -256,15 +257,36 @@ fn base_frame(rng: &mut Rng) -> Vec<u8> {
     let v6 = rng.one_in(2);
     let frame = shape(rng);
     let mut bytes = match rng.below(100) {
-        // TCP handshakes, resets, data.
+        // TCP handshakes, resets, data; to or from port 53 with payload at times (DNS
+        // over TCP).
         0..35 => {
-            let (src, dst) = ends(rng, v6);
+            let (mut src, mut dst) = ends(rng, v6);
             let flags = if rng.one_in(10) {
                 rng.byte()
             } else {
                 rng.pick(TCP_FLAGS)
             };
-            frame.tcp(src, dst, flags)
+            if rng.one_in(4) {
+                if rng.one_in(2) {
+                    dst.set_port(53);
+                } else {
+                    src.set_port(53);
+                }
+            }
+            if rng.one_in(3) {
+                let payload = if rng.one_in(2) {
+                    let mut framed = dns_message(rng);
+                    let len = (framed.len() as u16).to_be_bytes();
+                    framed.splice(0..0, len);
+                    framed
+                } else {
+                    rng.bytes(0, 40)
+                };
+                let (seq, ack) = (rng.next() as u32, rng.next() as u32);
+                frame.tcp_with(src, dst, flags, seq, ack, &payload)
+            } else {
+                frame.tcp(src, dst, flags)
+            }
         }
         // DNS to or from port 53 (a query, a response, or garbage).
         35..60 => {
@@ -451,7 +473,7 @@ impl Rule {
 }
 
 /// The kernel's counters that the test predicts.
-fn predicted(counters: &FlowCounters) -> [u64; 10] {
+fn predicted(counters: &FlowCounters) -> [u64; 12] {
     [
         counters.syn,
         counters.syn_ack,
@@ -463,27 +485,27 @@ fn predicted(counters: &FlowCounters) -> [u64; 10] {
         counters.dns_servfail,
         counters.dns_refused,
         counters.dns_other_error,
+        counters.dns_tcp_segments,
+        counters._reserved,
     ]
 }
 
-/// The kernel's flow counters as the events say they must be.
+/// The kernel's per-hook counters as the events say they must be.
 #[derive(Default)]
 struct Model {
-    flows: HashMap<FlowKey, FlowCounters>,
+    hooks: HashMap<HookKey, FlowCounters>,
 }
 
 impl Model {
-    fn count(&mut self, key: FlowKey, kind: EventKind, rcode: Option<ResponseCode>) {
-        let c = self.flows.entry(key).or_default();
+    fn count(&mut self, key: HookKey, kind: EventKind, rcode: Option<ResponseCode>) {
+        let c = self.hooks.entry(key).or_default();
         match kind {
             EventKind::Syn => c.syn += 1,
             EventKind::SynAck => c.syn_ack += 1,
             EventKind::Rst => c.rst += 1,
             EventKind::IcmpUnreachable => c.icmp_unreachable += 1,
             EventKind::DnsQuery => c.dns_queries += 1,
-            // Never counted by the kernel (and never sent here: local endpoints are
-            // forgotten after each packet).
-            EventKind::SynDelivered => {}
+            EventKind::DnsTcpSegment => c.dns_tcp_segments += 1,
             EventKind::DnsResponse => {
                 c.dns_responses += 1;
                 // RFC 1035 §4.1.1 / RFC 6895 §2.3 rcodes, as the kernel sorts them.
@@ -498,33 +520,20 @@ impl Model {
         }
     }
 
-    /// The key the kernel counts a packet of `kind` with 5-tuple `tuple` on: client →
-    /// server. A RST counts on the flow the kernel already knows (the reverse first),
-    /// else the end with the lower port is taken for the server.
-    fn key(&self, kind: EventKind, tuple: &Flow) -> FlowKey {
+    /// Where the kernel counts a packet with 5-tuple `tuple` (the agent's reading, as on
+    /// the wire; for an ICMP error, the quoted packet's) seen at `direction`: that tuple
+    /// at that hook, whatever the kind. Every hook that sees a packet counts it.
+    fn key(tuple: &Flow, direction: Direction) -> HookKey {
         let protocol = match tuple.protocol {
             Protocol::Tcp => IPPROTO_TCP,
             Protocol::Udp => IPPROTO_UDP,
         };
         let src = SocketAddr::new(tuple.src_ip, tuple.src_port);
         let dst = SocketAddr::new(tuple.dst_ip, tuple.dst_port);
-        let forward = craft::flow_key(protocol, src, dst);
-        let reverse = craft::flow_key(protocol, dst, src);
-        match kind {
-            EventKind::Syn
-            | EventKind::SynDelivered
-            | EventKind::DnsQuery
-            | EventKind::IcmpUnreachable => forward,
-            EventKind::SynAck | EventKind::DnsResponse => reverse,
-            EventKind::Rst => {
-                if self.flows.contains_key(&reverse) {
-                    reverse
-                } else if self.flows.contains_key(&forward) || tuple.dst_port < tuple.src_port {
-                    forward
-                } else {
-                    reverse
-                }
-            }
+        HookKey {
+            tuple: craft::flow_key(protocol, src, dst),
+            ifindex: LOOPBACK_IFINDEX,
+            direction: direction as u32,
         }
     }
 }
@@ -549,7 +558,7 @@ fn kind_name(kind: EventKind) -> &'static str {
         EventKind::IcmpUnreachable => "ICMP unreachable",
         EventKind::DnsQuery => "DNS query",
         EventKind::DnsResponse => "DNS response",
-        EventKind::SynDelivered => "SYN delivered",
+        EventKind::DnsTcpSegment => "DNS-over-TCP segment",
     }
 }
 
@@ -597,7 +606,7 @@ impl Probe {
         Ok(events)
     }
 
-    fn counters(&self, key: &FlowKey) -> Option<FlowCounters> {
+    fn counters(&self, key: &HookKey) -> Option<FlowCounters> {
         self.maps.flow_counts.get(key, 0).ok()
     }
 
@@ -631,21 +640,20 @@ fn refusable(frame: &[u8]) -> bool {
 }
 
 /// Compares the kernel's event for `frame` with the agent's reading of it. Returns the
-/// kind and key to count it on, and the rule the two differ by, if any.
+/// kind and hook to count it on, and the rule the two differ by, if any.
 fn compare_event(
     frame: &[u8],
     record: &[u8],
     direction: Direction,
     parsed: &Result<ParsedPacket, DecodeError>,
-    model: &Model,
-) -> Result<(EventKind, FlowKey, Option<Rule>), String> {
+) -> Result<(EventKind, HookKey, Option<Rule>), String> {
     let event = header(record);
     let kernel_kind = EventKind::try_from(event.kind)
         .map_err(|_| format!("unknown event kind {}", event.kind))?;
-    if event.direction != direction as u32 || event.ifindex != LOOPBACK_IFINDEX {
+    if event.hook.direction != direction as u32 || event.hook.ifindex != LOOPBACK_IFINDEX {
         return Err(format!(
             "direction {} / ifindex {} in the event",
-            event.direction, event.ifindex
+            event.hook.direction, event.hook.ifindex
         ));
     }
     // What the agent reads, by the rules where the two may differ.
@@ -655,7 +663,7 @@ fn compare_event(
             if *parsed == Err(DecodeError::Malformed("truncated TCP header"))
                 && matches!(
                     kernel_kind,
-                    EventKind::Syn | EventKind::SynAck | EventKind::Rst
+                    EventKind::Syn | EventKind::SynAck | EventKind::Rst | EventKind::DnsTcpSegment
                 ) =>
         {
             let padded = [frame, &[0u8; 6]].concat();
@@ -671,7 +679,7 @@ fn compare_event(
             return Err(format!(
                 "the kernel sent a {} on {:?}; {why}",
                 kind_name(kernel_kind),
-                decode::flow_from_key(&event.flow)
+                decode::flow_from_key(&event.hook.tuple)
             ));
         }
     };
@@ -682,18 +690,23 @@ fn compare_event(
             kind_name(kind)
         ));
     }
-    let key = model.key(kind, &tuple);
-    if event.flow != key {
+    let key = Model::key(&tuple, direction);
+    if event.hook != key {
         return Err(format!(
-            "{}: kernel key {:?}, agent key {:?}",
+            "{}: kernel tuple {:?}, agent tuple {:?}",
             kind_name(kind),
-            decode::flow_from_key(&event.flow),
-            decode::flow_from_key(&key)
+            decode::flow_from_key(&event.hook.tuple),
+            decode::flow_from_key(&key.tuple)
         ));
     }
-    // The production path: the agent decodes the event to the same flow.
+    // The production path: the agent decodes the event to the same kind, tuple and hook.
     let rule = match decode::decode(record) {
-        Ok(packet) if (packet.kind, Ok(packet.flow)) == (kind, decode::flow_from_key(&key)) => rule,
+        Ok(packet)
+            if (packet.kind, Ok(packet.tuple), packet.hook)
+                == (kind, decode::flow_from_key(&key.tuple), key) =>
+        {
+            rule
+        }
         Ok(packet) => return Err(format!("decoded as {packet:?}")),
         Err(_) if rule == Some(Rule::ShortTcpHeader) => rule,
         Err(_)
@@ -713,10 +726,10 @@ fn compare_event(
 }
 
 /// Takes the kernel's counts of `key` into the model.
-fn resync(model: &mut Model, probe: &Probe, key: &FlowKey) {
+fn resync(model: &mut Model, probe: &Probe, key: &HookKey) {
     match probe.counters(key) {
-        Some(counters) => model.flows.insert(*key, counters),
-        None => model.flows.remove(key),
+        Some(counters) => model.hooks.insert(*key, counters),
+        None => model.hooks.remove(key),
     };
 }
 
@@ -773,13 +786,6 @@ fn kernel_and_agent_agree_on_random_and_mutated_packets() {
             fail(format!("{} events for one packet", events.len()));
             continue;
         }
-        if direction == Direction::FromPod && !events.is_empty() {
-            // The program learnt the sender as a pod of this node. Forget it, so that
-            // no later packet is left to the "other veth" of a pod-to-pod flow (that
-            // logic has its own test in kernel.rs): here every packet counts where seen.
-            loader::forget_local_endpoints(&mut probe.ebpf, LOOPBACK_IFINDEX).unwrap();
-        }
-
         let parsed = decode::parse_packet(&frame);
         let agent = reading(&parsed);
         let Some(record) = events.first() else {
@@ -794,7 +800,7 @@ fn kernel_and_agent_agree_on_random_and_mutated_packets() {
         };
 
         let event = header(record);
-        match compare_event(&frame, record, direction, &parsed, &model) {
+        match compare_event(&frame, record, direction, &parsed) {
             Ok((kind, key, rule)) => {
                 match rule {
                     Some(rule) => *ruled.entry(rule).or_default() += 1,
@@ -812,13 +818,21 @@ fn kernel_and_agent_agree_on_random_and_mutated_packets() {
                     .filter(|_| kind == EventKind::DnsResponse)
                     .map(|dns| dns.rcode);
                 model.count(key, kind, rcode);
-                let expected = predicted(&model.flows[&key]);
+                let expected = predicted(&model.hooks[&key]);
                 match probe.counters(&key) {
+                    // The event carries the hook's counters just after this packet: the
+                    // map's entry, as nothing has run since.
+                    Some(counters) if counters != event.counters => fail(format!(
+                        "{}: the event's counters {:?} are not its hook's {:?}",
+                        kind_name(kind),
+                        event.counters,
+                        counters
+                    )),
                     Some(counters) if predicted(&counters) == expected => {}
                     other => {
                         fail(format!(
-                            "counters of {:?}: kernel {:?}, expected {expected:?}",
-                            decode::flow_from_key(&key),
+                            "counters of {:?} at {direction:?}: kernel {:?}, expected {expected:?}",
+                            decode::flow_from_key(&key.tuple),
                             other.as_ref().map(predicted)
                         ));
                         resync(&mut model, &probe, &key);
@@ -829,39 +843,40 @@ fn kernel_and_agent_agree_on_random_and_mutated_packets() {
                 fail(why);
                 // One disagreement is reported once: the flow's counts are taken as the
                 // kernel has them from here on.
-                resync(&mut model, &probe, &event.flow);
+                resync(&mut model, &probe, &event.hook);
             }
         }
     }
     let elapsed = started.elapsed();
 
-    // Every flow the kernel counts is one the events announced, with the same counts.
-    let kernel: Vec<(FlowKey, FlowCounters)> = probe
+    // Every hook the kernel counts at is one the events announced, with the same counts.
+    let kernel: Vec<(HookKey, FlowCounters)> = probe
         .maps
         .flow_counts
         .iter()
         .map(|entry| entry.expect("read a flow counter"))
         .collect();
     for (key, counters) in &kernel {
-        match model.flows.get(key) {
+        match model.hooks.get(key) {
             Some(expected) if predicted(expected) == predicted(counters) => {}
             expected => {
                 failed += 1;
                 failures.push(format!(
-                    "end of run: kernel counts {:?} on {:?}, expected {:?}",
+                    "end of run: kernel counts {:?} on {:?} at direction {}, expected {:?}",
                     predicted(counters),
-                    decode::flow_from_key(key),
+                    decode::flow_from_key(&key.tuple),
+                    key.direction,
                     expected.map(predicted)
                 ));
             }
         }
     }
-    if kernel.len() != model.flows.len() {
+    if kernel.len() != model.hooks.len() {
         failed += 1;
         failures.push(format!(
-            "end of run: the kernel counts {} flows, the events announced {}",
+            "end of run: the kernel counts at {} hooks, the events announced {}",
             kernel.len(),
-            model.flows.len()
+            model.hooks.len()
         ));
     }
     let lost = (
@@ -874,7 +889,7 @@ fn kernel_and_agent_agree_on_random_and_mutated_packets() {
     }
 
     eprintln!(
-        "differential: {packets} packets in {:.1} s ({:.0}/s), {} flows counted",
+        "differential: {packets} packets in {:.1} s ({:.0}/s), {} hook tuples counted",
         elapsed.as_secs_f64(),
         packets as f64 / elapsed.as_secs_f64(),
         kernel.len()

@@ -1,5 +1,10 @@
 //! The real kernel program under BPF_PROG_TEST_RUN: crafted and malformed packets in,
-//! return code, ring-buffer events and per-flow counters checked exactly.
+//! return code, ring-buffer events and per-hook counters checked exactly.
+//!
+//! The kernel counts raw (wire format 2): each packet on its tuple as on the wire (for
+//! an ICMP error, the quoted packet's), at the hook that saw it, and reports it at every
+//! hook that sees it. Every event's counters are checked against the map's entry for its
+//! hook right after the packet ran.
 
 use std::net::SocketAddr;
 
@@ -15,8 +20,8 @@ use probe_agent::{
     loader::{self, LoadOptions, ProbeMaps},
 };
 use probe_ebpf::{
-    Direction, EGRESS_PROGRAM, EMPTY_PROGRAM, EventKind, FlowCounters, FlowKey, INGRESS_PROGRAM,
-    IPPROTO_TCP, IPPROTO_UDP, LOCAL_ENDPOINTS_MAP, LossCounter,
+    Direction, EGRESS_PROGRAM, EMPTY_PROGRAM, EventKind, FlowCounters, FlowKey, HookKey,
+    INGRESS_PROGRAM, IPPROTO_TCP, IPPROTO_UDP, LossCounter, PacketEvent,
 };
 
 /// BPF_PROG_TEST_RUN runs programs on packets from the loopback device.
@@ -28,6 +33,10 @@ const PASS_ON: u32 = u32::MAX;
 struct Kernel {
     ebpf: Ebpf,
     maps: ProbeMaps,
+    /// Read the ring after each packet and check each event's counters against the map
+    /// (off to let the ring fill up).
+    drain_each: bool,
+    read: Vec<Vec<u8>>,
 }
 
 impl Kernel {
@@ -38,7 +47,12 @@ impl Kernel {
     fn load_with(options: LoadOptions) -> Self {
         let mut ebpf = loader::load(options).expect("load the kernel program");
         let maps = loader::take_maps(&mut ebpf).expect("maps");
-        Self { ebpf, maps }
+        Self {
+            ebpf,
+            maps,
+            drain_each: true,
+            read: Vec::new(),
+        }
     }
 
     /// Runs `frame` through the program at `hook` and asserts it is passed on.
@@ -58,6 +72,30 @@ impl Kernel {
             frame,
             "packet unchanged"
         );
+        if self.drain_each {
+            let fresh = self.drain();
+            assert!(fresh.len() <= 1, "one event per packet and hook: {fresh:?}");
+            for record in &fresh {
+                let event = header(record);
+                // The snapshot taken just after the increment: the map's entry for the
+                // hook, as nothing else has run since.
+                let entry = self
+                    .counts(&event.hook)
+                    .expect("an event's hook is counted");
+                assert_eq!(event.counters, entry, "the event's counters are its hook's");
+                assert_eq!(event.counters.last_seen_ns, event.timestamp_ns);
+                assert!(event.counters.first_seen_ns <= event.counters.last_seen_ns);
+            }
+            self.read.extend(fresh);
+        }
+    }
+
+    fn drain(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(item) = self.maps.events.next() {
+            out.push(item.to_vec());
+        }
+        out
     }
 
     fn leaving_pod(&mut self, frame: &[u8]) {
@@ -68,15 +106,14 @@ impl Kernel {
         self.run(EGRESS_PROGRAM, frame);
     }
 
+    /// Every event emitted since the last call.
     fn raw_events(&mut self) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        while let Some(item) = self.maps.events.next() {
-            out.push(item.to_vec());
-        }
+        let mut out = std::mem::take(&mut self.read);
+        out.extend(self.drain());
         out
     }
 
-    /// Every event emitted so far, decoded (a decode failure fails the test).
+    /// Every event emitted since the last call, decoded (a decode failure fails the test).
     fn events(&mut self) -> Vec<Packet> {
         self.raw_events()
             .iter()
@@ -84,10 +121,11 @@ impl Kernel {
             .collect()
     }
 
-    fn counts(&self, key: &FlowKey) -> Option<FlowCounters> {
-        self.maps.flow_counts.get(key, 0).ok()
+    fn counts(&self, hook: &HookKey) -> Option<FlowCounters> {
+        self.maps.flow_counts.get(hook, 0).ok()
     }
 
+    /// Hooks with counts.
     fn flows(&self) -> usize {
         self.maps.flow_counts.keys().filter_map(Result::ok).count()
     }
@@ -97,37 +135,91 @@ impl Kernel {
     }
 }
 
+/// The record's header as the kernel wrote it.
+fn header(record: &[u8]) -> PacketEvent {
+    assert_eq!(
+        record.len(),
+        size_of::<PacketEvent>(),
+        "one record per event"
+    );
+    // SAFETY: the length is checked; PacketEvent is plain integers (aya::Pod), valid for
+    // any bytes, and read_unaligned has no alignment needs.
+    unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<PacketEvent>()) }
+}
+
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn tcp_key(client: SocketAddr, server: SocketAddr) -> FlowKey {
-    craft::flow_key(IPPROTO_TCP, client, server)
+/// The TCP tuple as on the wire: `src` sent the packet.
+fn tcp_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
+    craft::flow_key(IPPROTO_TCP, src, dst)
+}
+
+/// Where the program under test counts `tuple` at `direction` (BPF_PROG_TEST_RUN: the
+/// loopback device stands for every veth).
+fn at(direction: Direction, tuple: FlowKey) -> HookKey {
+    HookKey {
+        tuple,
+        ifindex: LOOPBACK_IFINDEX,
+        direction: direction as u32,
+    }
+}
+
+/// Leaving a pod (ingress of its veth), sent `src` → `dst`.
+fn from_pod(src: SocketAddr, dst: SocketAddr) -> HookKey {
+    at(Direction::FromPod, tcp_key(src, dst))
+}
+
+/// Entering a pod (egress of its veth), sent `src` → `dst`.
+fn to_pod(src: SocketAddr, dst: SocketAddr) -> HookKey {
+    at(Direction::ToPod, tcp_key(src, dst))
 }
 
 fn counts(syn: u64, syn_ack: u64, rst: u64, icmp: u64) -> impl Fn(&FlowCounters) -> bool {
     move |c| (c.syn, c.syn_ack, c.rst, c.icmp_unreachable) == (syn, syn_ack, rst, icmp)
 }
 
+fn kinds(events: &[Packet]) -> Vec<EventKind> {
+    events.iter().map(|e| e.kind).collect()
+}
+
 #[test]
-fn syn_and_syn_ack_are_one_flow_counted_at_the_client_veth() {
+fn syn_and_syn_ack_are_counted_raw_at_their_hooks() {
     let mut k = Kernel::load();
     let (client, server) = (addr("10.244.0.5:41234"), addr("10.96.45.123:8080"));
     k.leaving_pod(&Frame::plain().tcp(client, server, TcpFlags::SYN));
     k.entering_pod(&Frame::plain().tcp(server, client, TcpFlags::SYN | TcpFlags::ACK));
     let events = k.events();
-    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, [EventKind::Syn, EventKind::SynAck]);
-    for event in &events {
-        assert_eq!(
-            event.flow.to_string(),
-            "10.244.0.5:41234 -> 10.96.45.123:8080 TCP"
-        );
-    }
-    let c = k.counts(&tcp_key(client, server)).expect("counted");
-    assert!(counts(1, 1, 0, 0)(&c), "{c:?}");
-    assert!(c.first_seen_ns > 0 && c.last_seen_ns >= c.first_seen_ns);
-    assert_eq!(k.flows(), 1);
+    assert_eq!(kinds(&events), [EventKind::Syn, EventKind::SynAck]);
+    // As on the wire: no orientation in the kernel.
+    assert_eq!(
+        events[0].tuple.to_string(),
+        "10.244.0.5:41234 -> 10.96.45.123:8080 TCP"
+    );
+    assert_eq!(
+        events[1].tuple.to_string(),
+        "10.96.45.123:8080 -> 10.244.0.5:41234 TCP"
+    );
+    assert_eq!(events[0].hook, from_pod(client, server));
+    assert_eq!(events[1].hook, to_pod(server, client));
+    assert_eq!(
+        (events[0].direction, events[1].direction),
+        (Direction::FromPod, Direction::ToPod)
+    );
+    // The pod end at each hook: the sender leaving, the receiver entering.
+    assert_eq!(events[0].pod, client.ip());
+    assert_eq!(events[1].pod, client.ip());
+    assert!(events.iter().all(|e| e.ifindex == LOOPBACK_IFINDEX));
+    let syn = k.counts(&from_pod(client, server)).expect("SYN counted");
+    assert!(counts(1, 0, 0, 0)(&syn), "{syn:?}");
+    assert!(syn.first_seen_ns > 0 && syn.last_seen_ns >= syn.first_seen_ns);
+    let syn_ack = k.counts(&to_pod(server, client)).expect("SYN-ACK counted");
+    assert!(counts(0, 1, 0, 0)(&syn_ack), "{syn_ack:?}");
+    assert_eq!(events[1].counters, syn_ack);
+    assert!(k.counts(&from_pod(server, client)).is_none());
+    assert!(k.counts(&to_pod(client, server)).is_none());
+    assert_eq!(k.flows(), 2);
 }
 
 #[test]
@@ -141,6 +233,8 @@ fn plain_data_acks_and_fins_cost_nothing() {
     ] {
         k.leaving_pod(&Frame::plain().tcp(client, server, flags));
         k.entering_pod(&Frame::plain().tcp(server, client, flags));
+        // Data on a port that is not DNS.
+        k.leaving_pod(&Frame::plain().tcp_with(client, server, flags, 1, 1, b"GET / HTTP/1.1"));
     }
     // UDP that is not DNS.
     k.leaving_pod(&Frame::plain().udp(client, addr("10.96.0.1:4789"), &[0; 32]));
@@ -149,17 +243,21 @@ fn plain_data_acks_and_fins_cost_nothing() {
 }
 
 #[test]
-fn rst_answering_a_syn_counts_on_the_syn_flow() {
+fn rst_is_counted_on_its_own_tuple_at_its_hook() {
     let mut k = Kernel::load();
     let (client, server) = (addr("10.244.0.5:40000"), addr("10.244.0.9:9090"));
     k.leaving_pod(&Frame::plain().tcp(client, server, TcpFlags::SYN));
     k.entering_pod(&Frame::plain().tcp(server, client, TcpFlags::RST | TcpFlags::ACK));
-    let kinds: Vec<EventKind> = k.events().iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, [EventKind::Syn, EventKind::Rst]);
-    assert!(counts(1, 0, 1, 0)(
-        &k.counts(&tcp_key(client, server)).unwrap()
+    let events = k.events();
+    assert_eq!(kinds(&events), [EventKind::Syn, EventKind::Rst]);
+    assert_eq!(events[1].hook, to_pod(server, client));
+    assert!(counts(1, 0, 0, 0)(
+        &k.counts(&from_pod(client, server)).unwrap()
     ));
-    assert_eq!(k.flows(), 1);
+    assert!(counts(0, 0, 1, 0)(
+        &k.counts(&to_pod(server, client)).unwrap()
+    ));
+    assert_eq!(k.flows(), 2);
 }
 
 #[test]
@@ -175,11 +273,18 @@ fn ipv6_with_extension_headers() {
     let events = k.events();
     assert_eq!(events.len(), 2);
     assert_eq!(
-        events[0].flow.to_string(),
+        events[0].tuple.to_string(),
         "[fd00:10:244::5]:41000 -> [fd00:10:96::20]:80 TCP"
     );
-    assert!(counts(1, 1, 0, 0)(
-        &k.counts(&tcp_key(client, server)).unwrap()
+    assert_eq!(
+        events[1].tuple.to_string(),
+        "[fd00:10:96::20]:80 -> [fd00:10:244::5]:41000 TCP"
+    );
+    assert!(counts(1, 0, 0, 0)(
+        &k.counts(&from_pod(client, server)).unwrap()
+    ));
+    assert!(counts(0, 1, 0, 0)(
+        &k.counts(&to_pod(server, client)).unwrap()
     ));
 }
 
@@ -208,9 +313,15 @@ fn vlan_tags_and_ipv4_options_are_stepped_over() {
     assert!(
         events
             .iter()
-            .all(|e| e.flow.to_string() == "10.244.0.5:1111 -> 10.244.0.9:2222 TCP")
+            .all(|e| e.tuple.to_string() == "10.244.0.5:1111 -> 10.244.0.9:2222 TCP")
     );
-    assert_eq!(k.counts(&tcp_key(client, server)).unwrap().syn, 3);
+    let syns: Vec<u64> = events.iter().map(|e| e.counters.syn).collect();
+    assert_eq!(
+        syns,
+        [1, 2, 3],
+        "each event carries the count just after it"
+    );
+    assert_eq!(k.counts(&from_pod(client, server)).unwrap().syn, 3);
 }
 
 #[test]
@@ -230,7 +341,7 @@ fn only_first_fragments_are_read() {
     };
     k.leaving_pod(&first.tcp(client, server, TcpFlags::SYN));
     assert_eq!(k.events().len(), 1);
-    assert_eq!(k.counts(&tcp_key(client, server)).unwrap().syn, 1);
+    assert_eq!(k.counts(&from_pod(client, server)).unwrap().syn, 1);
 }
 
 /// An ICMP error quoting a later fragment was counted on "ports" read from the
@@ -256,7 +367,7 @@ fn icmp_unreachable_quoting_a_later_fragment_is_not_counted() {
 }
 
 #[test]
-fn icmp_unreachable_counts_on_the_quoted_flow() {
+fn icmp_unreachable_counts_on_the_quoted_tuple() {
     let mut k = Kernel::load();
     let (client, service) = (addr("10.244.0.5:40000"), addr("10.96.0.30:80"));
     k.leaving_pod(&Frame::plain().tcp(client, service, TcpFlags::SYN));
@@ -271,11 +382,18 @@ fn icmp_unreachable_counts_on_the_quoted_flow() {
     k.entering_pod(&Frame::plain().icmp_unreachable(router, pod, 3, &quoted));
     // "Fragmentation needed" is path-MTU discovery, not a failure.
     k.entering_pod(&Frame::plain().icmp_unreachable(router, pod, 4, &quoted));
-    let kinds: Vec<EventKind> = k.events().iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, [EventKind::Syn, EventKind::IcmpUnreachable]);
-    assert!(counts(1, 0, 0, 1)(
-        &k.counts(&tcp_key(client, service)).unwrap()
+    let events = k.events();
+    assert_eq!(kinds(&events), [EventKind::Syn, EventKind::IcmpUnreachable]);
+    // The quoted packet's tuple (client → server), at the hook the error entered by.
+    assert_eq!(events[1].hook, to_pod(client, service));
+    assert_eq!(events[1].pod, pod);
+    assert!(counts(1, 0, 0, 0)(
+        &k.counts(&from_pod(client, service)).unwrap()
     ));
+    assert!(counts(0, 0, 0, 1)(
+        &k.counts(&to_pod(client, service)).unwrap()
+    ));
+    assert_eq!(k.flows(), 2);
 
     // ICMPv6 destination unreachable.
     let (client6, service6) = (addr("[fd00:10:244::5]:40001"), addr("[fd00:10:96::30]:80"));
@@ -294,11 +412,11 @@ fn icmp_unreachable_counts_on_the_quoted_flow() {
     let events = k.events();
     assert_eq!(events.len(), 1);
     assert_eq!(
-        events[0].flow.to_string(),
+        events[0].tuple.to_string(),
         "[fd00:10:244::5]:40001 -> [fd00:10:96::30]:80 TCP"
     );
     assert!(counts(0, 0, 0, 1)(
-        &k.counts(&tcp_key(client6, service6)).unwrap()
+        &k.counts(&to_pod(client6, service6)).unwrap()
     ));
 }
 
@@ -324,9 +442,8 @@ fn dns_queries_and_responses_are_counted_with_their_rcodes() {
         &craft::dns_response(4712, name, RecordType::AAAA, ResponseCode::ServFail),
     ));
     let events = k.events();
-    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
     assert_eq!(
-        kinds,
+        kinds(&events),
         [
             EventKind::DnsQuery,
             EventKind::DnsResponse,
@@ -339,9 +456,20 @@ fn dns_queries_and_responses_are_counted_with_their_rcodes() {
         (response.id, response.rcode),
         (4711, ResponseCode::NXDomain)
     );
+    assert!(!response.truncated);
     assert_eq!(response.qname.as_deref(), Some(name));
+    let queries = k
+        .counts(&at(
+            Direction::FromPod,
+            craft::flow_key(IPPROTO_UDP, client, dns),
+        ))
+        .unwrap();
+    assert_eq!((queries.dns_queries, queries.dns_responses), (2, 0));
     let c = k
-        .counts(&craft::flow_key(IPPROTO_UDP, client, dns))
+        .counts(&at(
+            Direction::ToPod,
+            craft::flow_key(IPPROTO_UDP, dns, client),
+        ))
         .unwrap();
     assert_eq!(
         (
@@ -351,8 +479,10 @@ fn dns_queries_and_responses_are_counted_with_their_rcodes() {
             c.dns_servfail,
             c.dns_refused
         ),
-        (2, 2, 1, 1, 0)
+        (0, 2, 1, 1, 0)
     );
+    assert_eq!(events[3].counters, c);
+    assert_eq!(k.flows(), 2);
 }
 
 #[test]
@@ -374,11 +504,125 @@ fn garbage_dns_is_counted_by_header_and_short_payloads_are_ignored() {
         (0x1234, false, None)
     );
     assert_eq!(
-        k.counts(&craft::flow_key(IPPROTO_UDP, client, dns))
-            .unwrap()
-            .dns_queries,
+        k.counts(&at(
+            Direction::FromPod,
+            craft::flow_key(IPPROTO_UDP, client, dns)
+        ))
+        .unwrap()
+        .dns_queries,
         1
     );
+}
+
+/// DNS over TCP (RFC 7766): a segment with payload to or from port 53 is reported as a
+/// DnsTcpSegment and counted in `dns_tcp_segments`; a segment without payload (a pure
+/// ACK, Ethernet padding aside) costs nothing, and SYN or RST flags make it a SYN or RST.
+#[test]
+fn dns_over_tcp_segments_with_payload_are_reported() {
+    let mut k = Kernel::load();
+    let (client, dns) = (addr("10.244.0.5:40053"), addr("10.96.0.10:53"));
+    let name = "paymnt-service.production.svc.cluster.local.";
+    let framed = |message: Vec<u8>| {
+        let mut bytes = (message.len() as u16).to_be_bytes().to_vec();
+        bytes.extend(message);
+        bytes
+    };
+    let query = framed(craft::dns_query(7, name, RecordType::A));
+    let response = framed(craft::dns_response(
+        7,
+        name,
+        RecordType::A,
+        ResponseCode::NXDomain,
+    ));
+    let push = TcpFlags::PSH | TcpFlags::ACK;
+
+    // Pure ACKs to and from port 53, one padded to the Ethernet minimum: no payload.
+    k.leaving_pod(&Frame::plain().tcp_with(client, dns, TcpFlags::ACK, 1001, 5001, &[]));
+    k.entering_pod(&Frame::plain().tcp_with(dns, client, TcpFlags::ACK, 5001, 1001, &[]));
+    let mut padded = Frame::plain().tcp_with(client, dns, TcpFlags::ACK, 1001, 5001, &[]);
+    padded.resize(60, 0);
+    k.leaving_pod(&padded);
+    assert!(k.raw_events().is_empty(), "no payload, no event");
+    assert_eq!(k.flows(), 0);
+
+    // The query in two segments, then the answer.
+    k.leaving_pod(&Frame::plain().tcp_with(client, dns, push, 1001, 5001, &query[..2]));
+    k.leaving_pod(&Frame::plain().tcp_with(client, dns, push, 1003, 5001, &query[2..]));
+    k.entering_pod(&Frame::plain().tcp_with(
+        dns,
+        client,
+        push,
+        5001,
+        1001 + query.len() as u32,
+        &response,
+    ));
+    // A FIN with the last bytes is still a segment with payload.
+    k.leaving_pod(&Frame::plain().tcp_with(
+        client,
+        dns,
+        TcpFlags::FIN | TcpFlags::ACK,
+        1001 + query.len() as u32,
+        5001,
+        &[0, 0],
+    ));
+    let events = k.events();
+    assert_eq!(kinds(&events), [EventKind::DnsTcpSegment; 4]);
+    let request_hook = at(Direction::FromPod, tcp_key(client, dns));
+    let answer_hook = at(Direction::ToPod, tcp_key(dns, client));
+    assert_eq!(
+        events.iter().map(|e| e.hook).collect::<Vec<_>>(),
+        [request_hook, request_hook, answer_hook, request_hook]
+    );
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e.counters.dns_tcp_segments)
+            .collect::<Vec<_>>(),
+        [1, 2, 1, 3]
+    );
+    let first = events[0].tcp.as_ref().expect("TCP facts");
+    assert_eq!((first.seq, first.ack, first.flags), (1001, 5001, push));
+    assert_eq!(first.payload_len, 2);
+    assert_eq!(first.payload, &query[..2]);
+    let answer = events[2].tcp.as_ref().expect("TCP facts");
+    assert_eq!(answer.payload, response);
+    assert_eq!(answer.payload_len, response.len() as u32);
+    assert!(
+        events[2].dns.is_none(),
+        "framed by the agent, not per segment"
+    );
+    let c = k.counts(&request_hook).unwrap();
+    assert_eq!(
+        c,
+        FlowCounters {
+            dns_tcp_segments: 3,
+            first_seen_ns: c.first_seen_ns,
+            last_seen_ns: c.last_seen_ns,
+            ..FlowCounters::default()
+        },
+        "only dns_tcp_segments"
+    );
+    assert_eq!(k.counts(&answer_hook).unwrap().dns_tcp_segments, 1);
+    assert_eq!(k.flows(), 2);
+
+    // SYN and RST flags win over the payload; data on another port is no DNS.
+    k.leaving_pod(&Frame::plain().tcp_with(client, dns, TcpFlags::SYN, 1000, 0, b"xx"));
+    k.entering_pod(&Frame::plain().tcp_with(
+        dns,
+        client,
+        TcpFlags::RST | TcpFlags::ACK,
+        0,
+        1001,
+        b"yy",
+    ));
+    k.leaving_pod(&Frame::plain().tcp_with(client, addr("10.96.0.10:5353"), push, 1, 1, &query));
+    let events = k.events();
+    assert_eq!(kinds(&events), [EventKind::Syn, EventKind::Rst]);
+    let c = k.counts(&request_hook).unwrap();
+    assert_eq!((c.syn, c.dns_tcp_segments), (1, 3));
+    let c = k.counts(&answer_hook).unwrap();
+    assert_eq!((c.rst, c.dns_tcp_segments), (1, 1));
+    assert_eq!(k.flows(), 2);
 }
 
 #[test]
@@ -423,8 +667,12 @@ fn truncated_runt_and_non_ip_frames_pass_untouched() {
     );
 }
 
+/// A connection between two pods of one node passes four hooks: the client's veth
+/// (ingress: the SYN leaves; egress: the SYN-ACK enters) and the server's (egress: the
+/// SYN enters; ingress: the SYN-ACK leaves). The kernel reports and counts it at each,
+/// on the tuple as on the wire; pairing the two views is the agent's work.
 #[test]
-fn pod_to_pod_on_one_node_is_one_flow_with_one_set_of_counts() {
+fn pod_to_pod_on_one_node_is_counted_at_every_hook() {
     let mut k = Kernel::load();
     let (client, server) = (addr("10.244.0.5:43000"), addr("10.244.0.9:5432"));
     let syn = Frame::plain().tcp(client, server, TcpFlags::SYN);
@@ -433,57 +681,71 @@ fn pod_to_pod_on_one_node_is_one_flow_with_one_set_of_counts() {
     k.entering_pod(&syn); // enters the server's veth
     k.leaving_pod(&syn_ack); // leaves the server's veth
     k.entering_pod(&syn_ack); // enters the client's veth
-    let kinds: Vec<EventKind> = k.events().iter().map(|e| e.kind).collect();
-    // The SYN entering the server pod is reported as delivered, and not counted.
+    let events = k.events();
     assert_eq!(
-        kinds,
-        [EventKind::Syn, EventKind::SynDelivered, EventKind::SynAck]
+        kinds(&events),
+        [
+            EventKind::Syn,
+            EventKind::Syn,
+            EventKind::SynAck,
+            EventKind::SynAck
+        ]
     );
-    assert!(counts(1, 1, 0, 0)(
-        &k.counts(&tcp_key(client, server)).unwrap()
-    ));
-    assert_eq!(k.flows(), 1);
+    let hooks = [
+        from_pod(client, server),
+        to_pod(client, server),
+        from_pod(server, client),
+        to_pod(server, client),
+    ];
+    assert_eq!(events.iter().map(|e| e.hook).collect::<Vec<_>>(), hooks);
+    // The pod end at each hook: client, server, server, client.
+    assert_eq!(
+        events.iter().map(|e| e.pod).collect::<Vec<_>>(),
+        [client.ip(), server.ip(), server.ip(), client.ip()]
+    );
+    assert!(counts(1, 0, 0, 0)(&k.counts(&hooks[0]).unwrap()));
+    assert!(counts(1, 0, 0, 0)(&k.counts(&hooks[1]).unwrap()));
+    assert!(counts(0, 1, 0, 0)(&k.counts(&hooks[2]).unwrap()));
+    assert!(counts(0, 1, 0, 0)(&k.counts(&hooks[3]).unwrap()));
+    assert_eq!(k.flows(), 4);
 
-    // Once the client's veth is gone its address is forgotten (it may be reused by a
-    // pod elsewhere), and a later SYN from it counts where it is seen.
-    let forgotten = loader::forget_local_endpoints(&mut k.ebpf, LOOPBACK_IFINDEX).unwrap();
-    assert_eq!(forgotten, 2, "client and server addresses");
-    let reused = addr("10.244.0.5:43001");
-    k.entering_pod(&Frame::plain().tcp(reused, server, TcpFlags::SYN));
-    assert!(counts(1, 0, 0, 0)(
-        &k.counts(&tcp_key(reused, server)).unwrap()
-    ));
+    // A retransmitted SYN is counted again at both veths.
+    k.leaving_pod(&syn);
+    k.entering_pod(&syn);
+    let events = k.events();
+    assert_eq!(
+        events.iter().map(|e| e.counters.syn).collect::<Vec<_>>(),
+        [2, 2]
+    );
+    assert_eq!(k.flows(), 4);
 
     // A client off the node is seen only at the server's veth, and counted there.
     let remote = addr("192.0.2.77:50000");
     k.entering_pod(&Frame::plain().tcp(remote, server, TcpFlags::SYN));
     k.leaving_pod(&Frame::plain().tcp(server, remote, TcpFlags::SYN | TcpFlags::ACK));
-    assert!(counts(1, 1, 0, 0)(
-        &k.counts(&tcp_key(remote, server)).unwrap()
+    assert_eq!(kinds(&k.events()), [EventKind::Syn, EventKind::SynAck]);
+    assert!(counts(1, 0, 0, 0)(
+        &k.counts(&to_pod(remote, server)).unwrap()
     ));
+    assert!(counts(0, 1, 0, 0)(
+        &k.counts(&from_pod(server, remote)).unwrap()
+    ));
+    assert_eq!(k.flows(), 6);
 }
 
-/// A SYN between two pods of this node that reaches the server's veth is reported there
-/// (`SynDelivered`: the packet's own tuple, after the Service DNAT, and the server veth's
-/// ifindex) without being counted: the flow keeps exactly the counts of its client's veth.
+/// A SYN between two pods of this node that reaches the server's veth is an ordinary
+/// SYN event there (the wire format 1 `SynDelivered` is gone): direction ToPod, the
+/// packet's own tuple after the Service DNAT, the server veth's ifindex, counted at that
+/// hook. What else the server's veth sees of the flow is reported as anywhere else.
 #[test]
-fn a_syn_reaching_the_server_pod_is_reported_not_counted() {
+fn a_syn_reaching_the_server_pod_is_a_plain_syn_at_its_veth() {
     let mut k = Kernel::load();
     let (client, service, pod) = (
         addr("10.244.0.5:43000"),
         addr("10.96.0.20:80"),
         addr("10.244.0.9:8080"),
     );
-    // Before the client is known as a pod of this node, a SYN entering the server pod
-    // is counted there, as one from off the node is.
-    let early = addr("10.244.0.5:42999");
-    k.entering_pod(&Frame::plain().tcp(early, pod, TcpFlags::SYN));
-    let kinds: Vec<EventKind> = k.events().iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, [EventKind::Syn]);
-    assert!(counts(1, 0, 0, 0)(&k.counts(&tcp_key(early, pod)).unwrap()));
-
-    // Through a Service: the client's veth sees the ClusterIP, the server's the pod. The
-    // client's veth learns the client from its first SYN.
+    // Through a Service: the client's veth sees the ClusterIP, the server's the pod.
     let syn = Frame::plain().tcp(client, service, TcpFlags::SYN);
     let delivered = Frame::plain().tcp(client, pod, TcpFlags::SYN);
     for _ in 0..3 {
@@ -491,30 +753,42 @@ fn a_syn_reaching_the_server_pod_is_reported_not_counted() {
         k.entering_pod(&delivered);
     }
     let events = k.events();
-    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, [EventKind::Syn, EventKind::SynDelivered].repeat(3));
-    for pair in events.chunks(2) {
+    assert_eq!(kinds(&events), [EventKind::Syn; 6]);
+    for (i, pair) in events.chunks(2).enumerate() {
+        let n = i as u64 + 1;
         assert_eq!(
-            pair[0].flow.to_string(),
+            pair[0].tuple.to_string(),
             "10.244.0.5:43000 -> 10.96.0.20:80 TCP"
         );
+        assert_eq!(pair[0].direction, Direction::FromPod);
+        assert_eq!(pair[0].hook, from_pod(client, service));
+        assert_eq!(pair[0].counters.syn, n);
         assert_eq!(
-            pair[1].flow.to_string(),
+            pair[1].tuple.to_string(),
             "10.244.0.5:43000 -> 10.244.0.9:8080 TCP"
         );
         assert_eq!(pair[1].direction, Direction::ToPod);
         assert_eq!(pair[1].ifindex, LOOPBACK_IFINDEX);
+        assert_eq!(pair[1].hook, to_pod(client, pod));
+        assert_eq!(
+            pair[1].pod,
+            pod.ip(),
+            "the server pod is the hook's pod end"
+        );
+        assert_eq!(pair[1].counters.syn, n);
+        let tcp = pair[1].tcp.as_ref().expect("TCP facts");
+        assert_eq!(tcp.flags, TcpFlags::SYN);
     }
     assert!(counts(3, 0, 0, 0)(
-        &k.counts(&tcp_key(client, service)).unwrap()
+        &k.counts(&from_pod(client, service)).unwrap()
     ));
-    assert!(k.counts(&tcp_key(client, pod)).is_none(), "never counted");
+    assert!(counts(3, 0, 0, 0)(&k.counts(&to_pod(client, pod)).unwrap()));
     assert_eq!(k.flows(), 2);
-    assert_eq!(k.losses(LossCounter::Submitted), 1 + 6);
+    assert_eq!(k.losses(LossCounter::Submitted), 6);
 
-    // Nothing else of the flow is reported at the server's veth: what else enters the
-    // server pod (a RST, data, a FIN) nor what leaves it (the SYN-ACK). The client's
-    // veth counts the SYN-ACK as ever.
+    // What else enters the server pod: a RST is reported and counted there, data and a
+    // FIN without payload cost nothing. What leaves it (the SYN-ACK, on the pod's own
+    // tuple) is reported at the server's veth; the client's veth sees the ClusterIP's.
     for flags in [
         TcpFlags::RST,
         TcpFlags::ACK | TcpFlags::PSH,
@@ -523,48 +797,61 @@ fn a_syn_reaching_the_server_pod_is_reported_not_counted() {
         k.entering_pod(&Frame::plain().tcp(client, pod, flags));
     }
     k.leaving_pod(&Frame::plain().tcp(pod, client, TcpFlags::SYN | TcpFlags::ACK));
-    assert!(k.raw_events().is_empty());
     k.entering_pod(&Frame::plain().tcp(service, client, TcpFlags::SYN | TcpFlags::ACK));
-    let kinds: Vec<EventKind> = k.events().iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, [EventKind::SynAck]);
-    assert!(counts(3, 1, 0, 0)(
-        &k.counts(&tcp_key(client, service)).unwrap()
+    let events = k.events();
+    assert_eq!(
+        kinds(&events),
+        [EventKind::Rst, EventKind::SynAck, EventKind::SynAck]
+    );
+    assert_eq!(
+        events.iter().map(|e| e.hook).collect::<Vec<_>>(),
+        [
+            to_pod(client, pod),
+            from_pod(pod, client),
+            to_pod(service, client)
+        ]
+    );
+    assert!(counts(3, 0, 1, 0)(&k.counts(&to_pod(client, pod)).unwrap()));
+    assert!(counts(0, 1, 0, 0)(
+        &k.counts(&from_pod(pod, client)).unwrap()
     ));
-    assert_eq!(k.flows(), 2);
+    assert!(counts(0, 1, 0, 0)(
+        &k.counts(&to_pod(service, client)).unwrap()
+    ));
+    assert!(counts(3, 0, 0, 0)(
+        &k.counts(&from_pod(client, service)).unwrap()
+    ));
+    assert_eq!(k.flows(), 4);
 
-    // IPv6, with the client put in the local endpoints map by hand (as the client's
-    // veth would have on its first packet).
+    // IPv6: the same, with nothing learnt beforehand (the kernel keeps no endpoints).
     let (client6, pod6) = (
         addr("[fd00:10:244::5]:43001"),
         addr("[fd00:10:244::9]:8080"),
     );
-    let key6 = tcp_key(client6, pod6);
-    let map = k
-        .ebpf
-        .map_mut(LOCAL_ENDPOINTS_MAP)
-        .expect("local endpoints");
-    let mut local: aya::maps::HashMap<_, [u8; 16], u32> =
-        aya::maps::HashMap::try_from(map).unwrap();
-    local.insert(key6.src_addr, 42, 0).unwrap();
     k.entering_pod(&Frame::plain().tcp(client6, pod6, TcpFlags::SYN));
     let events = k.events();
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].kind, EventKind::SynDelivered);
+    assert_eq!(kinds(&events), [EventKind::Syn]);
     assert_eq!(
-        events[0].flow.to_string(),
+        events[0].tuple.to_string(),
         "[fd00:10:244::5]:43001 -> [fd00:10:244::9]:8080 TCP"
     );
-    assert!(k.counts(&key6).is_none());
-    assert_eq!(k.flows(), 2);
+    assert_eq!(events[0].direction, Direction::ToPod);
+    assert_eq!(events[0].pod, pod6.ip());
+    assert!(counts(1, 0, 0, 0)(
+        &k.counts(&to_pod(client6, pod6)).unwrap()
+    ));
+    assert_eq!(k.flows(), 5);
 }
 
 #[test]
 fn a_full_ring_buffer_is_counted_and_the_counters_stay_exact() {
-    // One page: room for 7 records of 560 bytes (8-byte header + 552-byte event).
+    // One page: room for 6 records of 640 bytes (8-byte header + 632-byte event).
+    assert_eq!(size_of::<PacketEvent>(), 632);
     let mut k = Kernel::load_with(LoadOptions {
         events_ring_bytes: 4096,
         ..LoadOptions::default()
     });
+    k.drain_each = false;
     let server = addr("10.96.0.20:80");
     for port in 0..20u16 {
         let client = SocketAddr::new("10.244.0.5".parse().unwrap(), 30000 + port);
@@ -572,9 +859,16 @@ fn a_full_ring_buffer_is_counted_and_the_counters_stay_exact() {
     }
     let emitted = k.raw_events().len() as u64;
     let lost = k.losses(LossCounter::RingFull);
-    assert_eq!(emitted, 7);
-    assert_eq!(lost, 13);
+    assert_eq!(emitted, 6);
+    assert_eq!(lost, 14);
+    assert_eq!(k.losses(LossCounter::Submitted), 6);
     assert_eq!(k.flows(), 20, "counts survive a full ring");
+    for port in 0..20u16 {
+        let client = SocketAddr::new("10.244.0.5".parse().unwrap(), 30000 + port);
+        assert!(counts(1, 0, 0, 0)(
+            &k.counts(&from_pod(client, server)).unwrap()
+        ));
+    }
     assert_eq!(k.losses(LossCounter::CountsUpdate), 0);
 }
 
