@@ -184,6 +184,10 @@ struct DnsState {
     expansion: Option<Box<(DnsSummary, String)>>,
     /// DNS over TCP: the client's and the server's byte streams, framed into messages.
     streams: Option<Box<[Option<dns_stream::DnsStream>; 2]>>,
+    /// A truncated UDP answer (TC) waiting for the client's retry over TCP, since when.
+    truncated: Option<Box<(DnsSummary, Duration)>>,
+    /// That retry failed: the lookup's failure is DNS over TCP's.
+    tcp_retry_failed: bool,
 }
 
 /// Caps the queries remembered per flow: a flood of ids on one tuple stays bounded.
@@ -306,7 +310,13 @@ pub struct Tracker {
     /// The node's connection tracking: pairs a server-side view with its client's
     /// across an SNAT (hairpin, NodePort), where the client's address was rewritten.
     conntrack: Option<crate::nat::Conntrack>,
+    /// UDP lookups whose answer was truncated, by (client, server, name): their retry
+    /// over TCP settles them.
+    retries: LruCache<(IpAddr, IpAddr, String), (FlowKey, u64)>,
 }
+
+/// Truncated lookups waiting for their TCP retry, at most.
+const TRUNCATED_LOOKUPS: usize = 4096;
 
 /// What the tracker knows beyond single flows: lookups in flight, this node's pods, and
 /// node-wide failures. Read to explain a failure.
@@ -379,6 +389,7 @@ impl Tracker {
             newest_event: Duration::ZERO,
             eviction_horizon: Duration::ZERO,
             conntrack: None,
+            retries: LruCache::new(NonZeroUsize::new(TRUNCATED_LOOKUPS).expect("non-zero")),
         }
     }
 
@@ -636,8 +647,11 @@ impl Tracker {
         };
         state.last_seen = state.last_seen.max(now);
         let before = state.verdict;
+        let was_truncated = state.dns.truncated.is_some();
         metrics.packets(packet.kind.into(), 1);
         let mut deadlines = Vec::new();
+        // Answers over TCP, for the truncated UDP lookups they retry.
+        let mut tcp_answers = Vec::new();
         let tcp = packet.tcp.as_ref();
         match packet.kind {
             EventKind::Syn => {
@@ -699,10 +713,25 @@ impl Tracker {
                             now,
                             dns_timeout,
                         ));
+                        if dns.is_response {
+                            tcp_answers.push(dns);
+                        }
                     }
                 }
             }
         }
+        if !was_truncated && let Some((summary, _)) = state.dns.truncated.as_deref() {
+            self.retries.put(
+                (
+                    state.flow.src_ip,
+                    state.flow.dst_ip,
+                    summary.qname.to_ascii_lowercase(),
+                ),
+                (key, state.generation),
+            );
+            deadlines.push(now + dns_timeout);
+        }
+        let (client, server) = (state.flow.src_ip, state.flow.dst_ip);
         for at in deadlines {
             self.deadlines.push(Reverse(Deadline {
                 at,
@@ -717,6 +746,70 @@ impl Tracker {
             for (key, generation) in released {
                 self.release_expansion(key, generation, &next, now);
             }
+        }
+        for dns in tcp_answers {
+            let Some(qname) = dns.qname.as_deref() else {
+                continue;
+            };
+            if let Some(lookup) = self
+                .retries
+                .pop(&(client, server, qname.to_ascii_lowercase()))
+            {
+                self.settle_retry(lookup, dns::Retry::Answered(dns.clone()), now);
+            }
+        }
+        self.tcp_retry_failed(key, before, now);
+    }
+
+    /// A DNS-over-TCP connection that could not be made fails the truncated lookups of
+    /// its client to that server.
+    fn tcp_retry_failed(&mut self, key: FlowKey, before: VerdictKind, now: Duration) {
+        let Some(state) = self.flows.peek(&key) else {
+            return;
+        };
+        let how = match state.verdict {
+            VerdictKind::Timeout => "got no answer to its SYN",
+            VerdictKind::Refused => "was refused (RST)",
+            VerdictKind::Unreachable => "was answered by ICMP unreachable",
+            _ => return,
+        };
+        if state.verdict == before
+            || state.flow.protocol != Protocol::Tcp
+            || state.flow.dst_port != dns::DNS_PORT
+        {
+            return;
+        }
+        let (client, server) = (state.flow.src_ip, state.flow.dst_ip);
+        let failed: Vec<_> = self
+            .retries
+            .iter()
+            .filter(|((c, s, _), _)| *c == client && *s == server)
+            .map(|(name, lookup)| (name.clone(), *lookup))
+            .collect();
+        for (name, lookup) in failed {
+            self.retries.pop(&name);
+            self.settle_retry(lookup, dns::Retry::Failed(how), now);
+        }
+    }
+
+    /// Settles a truncated UDP lookup from its TCP retry.
+    fn settle_retry(
+        &mut self,
+        (key, generation): (FlowKey, u64),
+        retry: dns::Retry,
+        now: Duration,
+    ) {
+        let Some(state) = self.flows.peek_mut(&key) else {
+            return;
+        };
+        if state.generation != generation {
+            return;
+        }
+        let before = state.verdict;
+        if dns::retried_over_tcp(state, retry, now) {
+            Explainer::new(&self.journal, &self.context, &self.pairing).refresh(state, before);
+            self.journal
+                .record(state, before, FlowEventKind::DnsResponse, now);
         }
     }
 
@@ -828,6 +921,9 @@ impl Tracker {
                 Explainer::new(&self.journal, &self.context, &self.pairing).refresh(state, before);
                 self.journal
                     .record(state, before, FlowEventKind::Timeout, now);
+                if syn {
+                    self.tcp_retry_failed(key, before, now);
+                }
             }
         }
         let change = self.context.node.evaluate(now);
@@ -1143,6 +1239,21 @@ impl<'a> Explainer<'a> {
             && !denied_by_policy(self.journal, &state.flow)
         {
             self.set(state, Some(node_datapath(incident, self.node)));
+            return;
+        }
+        if state.dns.tcp_retry_failed {
+            let server = state.flow.dst_ip;
+            let qname = dns_summary(state).map_or_else(|| "?".to_string(), |d| d.qname);
+            self.set(
+                state,
+                Some(diagnose::Diagnosis {
+                    cause: Cause::DnsTcpBlocked,
+                    reason: format!(
+                        "the answer did not fit in UDP and the client could not retry over TCP to {server}:53: a NetworkPolicy or firewall that allows only UDP 53 is the usual cause"
+                    ),
+                    next: Some(format!("dig +tcp @{server} {qname}")),
+                }),
+            );
             return;
         }
         if state.verdict == VerdictKind::Timeout

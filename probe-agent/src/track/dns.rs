@@ -93,7 +93,7 @@ pub(super) fn dns_message(
         }
         (false, None) => NxdomainIs::Failure,
     };
-    on_dns_response(state, dns, nxdomain);
+    on_dns_response(state, dns, nxdomain, now);
     if expansion && let Some(qname) = &dns.qname {
         search.hold(client, qname, (key, state.generation), now);
         return vec![now + SEARCH_WINDOW];
@@ -146,7 +146,12 @@ pub(super) enum NxdomainIs {
     Failure,
 }
 
-pub(super) fn on_dns_response(state: &mut FlowState, dns: &DnsPacket, nxdomain: NxdomainIs) {
+pub(super) fn on_dns_response(
+    state: &mut FlowState,
+    dns: &DnsPacket,
+    nxdomain: NxdomainIs,
+    now: Duration,
+) {
     let query = state
         .dns
         .pending
@@ -169,6 +174,12 @@ pub(super) fn on_dns_response(state: &mut FlowState, dns: &DnsPacket, nxdomain: 
         qtype,
         rcode: Some(rcode_name(dns.rcode)),
     };
+    if dns.truncated && state.flow.protocol == Protocol::Udp {
+        // The answer did not fit: the lookup's verdict is its retry's over TCP.
+        state.dns.truncated = Some(Box::new((summary, now)));
+        settle_dns(state);
+        return;
+    }
     match (rcode_verdict(dns.rcode), nxdomain) {
         (VerdictKind::Ok, _) => state.dns.success = Some(summary),
         (VerdictKind::Nxdomain, NxdomainIs::Held(since)) => {
@@ -195,6 +206,15 @@ fn rcode_verdict(rcode: ResponseCode) -> VerdictKind {
 /// A DNS flow's verdict once no query is waiting: its failure if it had one, else OK.
 pub(super) fn settle_dns(state: &mut FlowState) {
     if !state.dns.pending.is_empty() {
+        return;
+    }
+    if let Some((summary, _)) = state.dns.truncated.as_deref() {
+        state.verdict = VerdictKind::Pending;
+        state.reason = format!(
+            "the answer for {} was truncated (TC): waiting for the client's retry over TCP",
+            summary.qname
+        )
+        .into();
         return;
     }
     if let Some((summary, _)) = state.dns.held.as_deref() {
@@ -256,7 +276,54 @@ pub(super) fn expire_held(state: &mut FlowState, search: &SearchPaths, now: Dura
     true
 }
 
+/// What the TCP retry of a truncated UDP answer came to.
+pub(super) enum Retry {
+    /// Its answer, with the rcode that is now the lookup's.
+    Answered(DnsPacket),
+    /// The connection failed (TIMEOUT, REFUSED, UNREACHABLE), or nothing came in time.
+    Failed(&'static str),
+}
+
+/// Settles a flow whose UDP answer was truncated, from its retry over TCP. Returns
+/// whether it was waiting for one.
+pub(super) fn retried_over_tcp(state: &mut FlowState, retry: Retry, now: Duration) -> bool {
+    let Some((summary, _)) = state.dns.truncated.take().map(|held| *held) else {
+        return false;
+    };
+    match retry {
+        Retry::Answered(dns) => {
+            let dns = DnsPacket {
+                id: summary.id,
+                truncated: false,
+                ..dns
+            };
+            on_dns_response(state, &dns, NxdomainIs::Failure, now);
+            state.reason =
+                format!("{}, over TCP after a truncated UDP answer", state.reason).into();
+        }
+        Retry::Failed(how) => {
+            state.dns.tcp_retry_failed = true;
+            state.dns.failure = Some((VerdictKind::DnsTimeout, summary.clone()));
+            settle_dns(state);
+            state.reason = format!(
+                "the UDP answer for {} was truncated (TC) and its retry over TCP {how}",
+                summary.qname
+            )
+            .into();
+        }
+    }
+    true
+}
+
 pub(super) fn expire_dns(state: &mut FlowState, now: Duration, dns_timeout: Duration) -> bool {
+    if state
+        .dns
+        .truncated
+        .as_deref()
+        .is_some_and(|(_, since)| now.saturating_sub(*since) >= dns_timeout)
+    {
+        return retried_over_tcp(state, Retry::Failed("got no answer"), now);
+    }
     let (expired, waiting): (Vec<_>, Vec<_>) = state
         .dns
         .pending

@@ -12,7 +12,7 @@ use hickory_proto::{
     op::{Message, MessageType, OpCode, Query, ResponseCode},
     rr::{Name, RecordType},
 };
-use probe_agent::model::{Protocol, VerdictKind};
+use probe_agent::model::{Cause, Protocol, VerdictKind};
 use xtask::lab::{self, Proto};
 
 use crate::e2e::{Agent, RcodeServer, counts, node, sock};
@@ -73,7 +73,8 @@ fn hairpin_through_a_service_is_one_flow() {
     ))
     .unwrap();
     let agent = Agent::start(&node, &[]);
-    pod.connect_tcp(sock(vip, 80), Duration::from_secs(2)).unwrap();
+    pod.connect_tcp(sock(vip, 80), Duration::from_secs(2))
+        .unwrap();
     let ok = agent.settled(&format!("dst_ip={vip}"));
     assert_eq!(ok.verdict, VerdictKind::Ok, "{ok:#?}");
     assert_eq!(counts(&ok), (1, 1, 0, 0));
@@ -123,7 +124,10 @@ fn a_reused_five_tuple_is_a_new_connection() {
             assert_eq!(metric, 2.0);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "OK counted {metric} times");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "OK counted {metric} times"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let flow = agent.settled("port=8080");
@@ -156,7 +160,11 @@ fn queries_on_one_socket_are_judged_one_by_one() {
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
         let mut rcodes = Vec::new();
-        for (id, name) in [(1, "servfail.example."), (2, "ok.example."), (3, "ok.example.")] {
+        for (id, name) in [
+            (1, "servfail.example."),
+            (2, "ok.example."),
+            (3, "ok.example."),
+        ] {
             socket.send_to(&query(id, name), server).unwrap();
             let mut buf = [0u8; 512];
             let (n, _) = socket.recv_from(&mut buf).unwrap();
@@ -200,7 +208,10 @@ fn dns_over_tcp_is_dns() {
     let client = node.add_pod("client", "default", 5).unwrap();
     let _dns = lab::start_dns(
         &dns_pod,
-        &[("db.default.svc.cluster.local", "10.96.0.60".parse().unwrap())],
+        &[(
+            "db.default.svc.cluster.local",
+            "10.96.0.60".parse().unwrap(),
+        )],
     )
     .unwrap();
     let agent = Agent::start(&node, &[]);
@@ -211,7 +222,14 @@ fn dns_over_tcp_is_dns() {
     ] {
         let out = client
             .command("dig")
-            .args(["+tcp", "+tries=1", "+time=2", &format!("@{}", server.ip()), name, "A"])
+            .args([
+                "+tcp",
+                "+tries=1",
+                "+time=2",
+                &format!("@{}", server.ip()),
+                name,
+                "A",
+            ])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -242,4 +260,127 @@ fn dns_over_tcp_is_dns() {
         assert_eq!((flow.counts.syn, flow.counts.syn_ack), (1, 1));
         assert_eq!(flow.dns.unwrap().rcode.as_deref(), Some(rcode));
     }
+}
+
+/// A pod's resolv.conf, as `ip netns exec` shows it to programs run in the pod.
+fn set_resolv_conf(pod: &lab::Pod, options: &str) {
+    let path = std::path::Path::new(lab::ETC_NETNS_DIR)
+        .join(&pod.netns)
+        .join("resolv.conf");
+    std::fs::write(
+        path,
+        format!(
+            "nameserver {}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions {options}\n",
+            lab::DEFAULT_DNS
+        ),
+    )
+    .unwrap();
+}
+
+/// A DNS server behind the kube-dns ClusterIP (UDP and TCP) answering `big.default…`
+/// with 40 A records: more than fits in 512 bytes of UDP.
+fn dns_with_a_big_answer(node: &mut lab::Node) -> (lab::DnsServer, lab::Pod) {
+    let dns_pod = node.add_pod("coredns", "kube-system", 10).unwrap();
+    let records: Vec<(&str, IpAddr)> = (1..=40)
+        .map(|i| {
+            (
+                "big.default.svc.cluster.local",
+                IpAddr::from([10, 1, 0, i as u8]),
+            )
+        })
+        .collect();
+    let server = lab::start_dns(&dns_pod, &records).unwrap();
+    let vip: IpAddr = lab::DEFAULT_DNS.into();
+    node.add_service(Proto::Udp, vip, 53, sock(dns_pod.ipv4, 53))
+        .unwrap();
+    node.add_service(Proto::Tcp, vip, 53, sock(dns_pod.ipv4, 53))
+        .unwrap();
+    (server, dns_pod)
+}
+
+fn getent(pod: &lab::Pod, name: &str) -> std::process::Output {
+    pod.command("getent")
+        .args(["ahostsv4", name])
+        .output()
+        .unwrap()
+}
+
+/// glibc with an answer too big for UDP: TC, then the same query over TCP. The UDP
+/// lookup is no final OK on its own: its verdict is its retry's.
+#[test]
+fn glibc_retries_a_truncated_answer_over_tcp() {
+    let mut node = node("tcfall");
+    let (_dns, _) = dns_with_a_big_answer(&mut node);
+    let client = node.add_pod("client", "default", 5).unwrap();
+    set_resolv_conf(&client, "ndots:5 timeout:1 attempts:1");
+    let agent = Agent::start(&node, &[]);
+    let out = getent(&client, "big.default.svc.cluster.local.");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 40 * 3);
+    let udp = agent.settled("protocol=udp&port=53");
+    assert_eq!(udp.verdict, VerdictKind::Ok, "{udp:#?}");
+    assert!(
+        udp.reason
+            .ends_with("over TCP after a truncated UDP answer"),
+        "{}",
+        udp.reason
+    );
+    let tcp = agent.settled("protocol=tcp&port=53");
+    assert_eq!(tcp.verdict, VerdictKind::Ok, "{tcp:#?}");
+    assert_eq!((tcp.counts.dns_queries, tcp.counts.dns_responses), (1, 1));
+    let dns = tcp.dns.unwrap();
+    assert_eq!(
+        (dns.qname.as_str(), dns.rcode.as_deref()),
+        ("big.default.svc.cluster.local.", Some("NOERROR"))
+    );
+}
+
+/// The same lookup where only UDP 53 is allowed (a very common policy mistake): the
+/// retry over TCP cannot connect, and the lookup fails with that cause.
+#[test]
+fn a_truncated_answer_whose_tcp_retry_is_blocked_fails_the_lookup() {
+    let mut node = node("tcblock");
+    let (_dns, _) = dns_with_a_big_answer(&mut node);
+    let client = node.add_pod("client", "default", 5).unwrap();
+    set_resolv_conf(&client, "ndots:5 timeout:1 attempts:1");
+    node.drop_traffic(Proto::Tcp, Some(client.ipv4.into()), None, Some(53))
+        .unwrap();
+    // glibc's connect over TCP has no timeout of its own: the kernel's SYN retries bound it.
+    client.in_netns(|| std::fs::write("/proc/sys/net/ipv4/tcp_syn_retries", "1").unwrap());
+    let agent = Agent::start(&node, &[]);
+    let out = getent(&client, "big.default.svc.cluster.local.");
+    assert!(!out.status.success(), "{out:?}");
+    let udp = agent.settled("protocol=udp&port=53");
+    assert_eq!(udp.verdict, VerdictKind::DnsTimeout, "{udp:#?}");
+    assert_eq!(udp.cause, Some(Cause::DnsTcpBlocked), "{udp:#?}");
+    assert!(
+        udp.reason
+            .contains("was truncated (TC) and its retry over TCP"),
+        "{}",
+        udp.reason
+    );
+    let tcp = agent.settled("protocol=tcp&port=53");
+    assert_eq!(tcp.verdict, VerdictKind::Timeout, "{tcp:#?}");
+    assert_eq!(tcp.cause, Some(Cause::DnsTcpBlocked), "{tcp:#?}");
+}
+
+/// glibc `options use-vc`: every query over TCP, judged as DNS.
+#[test]
+fn glibc_use_vc_is_dns_over_tcp() {
+    let mut node = node("usevc");
+    let (_dns, _) = dns_with_a_big_answer(&mut node);
+    let client = node.add_pod("client", "default", 5).unwrap();
+    set_resolv_conf(&client, "ndots:5 timeout:1 attempts:1 use-vc");
+    let agent = Agent::start(&node, &[]);
+    let out = getent(&client, "big.default.svc.cluster.local.");
+    assert!(out.status.success(), "{out:?}");
+    let tcp = agent.settled("protocol=tcp&port=53");
+    assert_eq!(tcp.verdict, VerdictKind::Ok, "{tcp:#?}");
+    assert_eq!(tcp.counts.dns_responses, tcp.counts.dns_queries);
+    assert!(tcp.counts.dns_queries >= 1);
+    assert_eq!(
+        tcp.dns.unwrap().qname.as_str(),
+        "big.default.svc.cluster.local."
+    );
+    assert!(agent.verdicts("protocol=udp").is_empty());
 }
