@@ -1140,3 +1140,154 @@ fn timeouts_of_a_node_outage_are_reported_as_the_outage_not_one_by_one() {
         "{causes:?}"
     );
 }
+
+/// A TCP packet at the client's veth with sequence numbers: sent by the client (leaving
+/// its pod) or by the server (entering it).
+fn tcp_seq(kind: EventKind, at_ms: u64, seq: u32, ack: u32, by_client: bool, flags: u8) -> Packet {
+    let mut p = tcp(kind, at_ms);
+    if by_client {
+        let key = craft::flow_key(
+            IPPROTO_TCP,
+            CLIENT.parse().unwrap(),
+            SERVER.parse().unwrap(),
+        );
+        p.tuple = flow_from_key(&key).unwrap();
+        p.hook = hook(key);
+        p.direction = Direction::FromPod;
+    }
+    p.tcp = Some(crate::decode::TcpFacts {
+        seq,
+        ack,
+        flags,
+        payload_len: 0,
+        payload: Vec::new(),
+    });
+    p
+}
+
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+#[test]
+fn a_syn_ack_read_before_its_syn_answers_it() {
+    let mut t = tracker();
+    t.on_packet(&tcp_seq(
+        EventKind::SynAck,
+        1001,
+        9000,
+        1001,
+        false,
+        SYN | ACK,
+    ));
+    t.on_packet(&tcp_seq(EventKind::Syn, 1000, 1000, 0, true, SYN));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Ok, "{v:#?}");
+    assert_eq!((v.counts.syn, v.counts.syn_ack), (1, 1));
+    t.sweep(ms(10_000));
+    assert_eq!(only(&t).verdict, VerdictKind::Ok);
+}
+
+#[test]
+fn a_retransmitted_syn_crossing_the_syn_ack_starts_no_attempt() {
+    let mut t = tracker();
+    t.on_packet(&tcp_seq(EventKind::Syn, 1000, 1000, 0, true, SYN));
+    t.on_packet(&tcp_seq(
+        EventKind::SynAck,
+        2001,
+        9000,
+        1001,
+        false,
+        SYN | ACK,
+    ));
+    // The client's retransmission, sent before the SYN-ACK reached it.
+    t.on_packet(&tcp_seq(EventKind::Syn, 2002, 1000, 0, true, SYN));
+    t.sweep(ms(10_000));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Ok, "{v:#?}");
+    assert_eq!((v.counts.syn, v.counts.syn_ack), (2, 1));
+}
+
+#[test]
+fn a_syn_with_another_isn_is_a_new_connection_with_its_own_counts() {
+    let metrics = Arc::new(Metrics::new(2000));
+    let mut t = Tracker::new(TrackerConfig::default(), Clock::new(), Arc::clone(&metrics));
+    t.on_packet(&tcp_seq(EventKind::Syn, 1000, 1000, 0, true, SYN));
+    t.on_packet(&tcp_seq(
+        EventKind::SynAck,
+        1001,
+        9000,
+        1001,
+        false,
+        SYN | ACK,
+    ));
+    t.on_packet(&tcp_seq(EventKind::Syn, 1500, 5000, 0, true, SYN));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Pending);
+    assert_eq!((v.counts.syn, v.counts.syn_ack), (1, 0));
+    // A late SYN-ACK of the first connection answers nothing of the second.
+    t.on_packet(&tcp_seq(
+        EventKind::SynAck,
+        1501,
+        9000,
+        1001,
+        false,
+        SYN | ACK,
+    ));
+    assert_eq!(only(&t).verdict, VerdictKind::Pending);
+    t.on_packet(&tcp_seq(
+        EventKind::SynAck,
+        1502,
+        7000,
+        5001,
+        false,
+        SYN | ACK,
+    ));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Ok);
+    assert_eq!((v.counts.syn, v.counts.syn_ack), (1, 2));
+    assert!(
+        metrics
+            .encode()
+            .lines()
+            .any(|l| l.starts_with("netprobe_verdicts_total{")
+                && l.contains("verdict=\"OK\"")
+                && l.ends_with(" 2")),
+        "{}",
+        metrics.encode()
+    );
+}
+
+#[test]
+fn a_client_resetting_its_own_attempt_is_aborted_not_refused() {
+    let mut t = tracker();
+    t.on_packet(&tcp_seq(EventKind::Syn, 1000, 1000, 0, true, SYN));
+    t.on_packet(&tcp_seq(EventKind::Rst, 1300, 1001, 0, true, RST));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Aborted, "{v:#?}");
+    assert_eq!(v.cause, None);
+    assert_eq!(
+        &*v.reason,
+        "the client reset its connection attempt after 1 SYN in 300 ms, before any answer"
+    );
+    // The server refusing is another matter.
+    let mut t = tracker();
+    t.on_packet(&tcp_seq(EventKind::Syn, 1000, 1000, 0, true, SYN));
+    t.on_packet(&tcp_seq(EventKind::Rst, 1001, 0, 1001, false, RST | ACK));
+    assert_eq!(only(&t).verdict, VerdictKind::Refused);
+}
+
+#[test]
+fn the_wall_clock_follows_a_step() {
+    let mut clock = Clock::new();
+    let before = clock.to_utc(Duration::ZERO);
+    clock.epoch -= chrono::Duration::hours(1);
+    assert!(clock.to_utc(Duration::ZERO) < before);
+    clock.resync();
+    assert!(
+        (clock.to_utc(Duration::ZERO) - before)
+            .num_milliseconds()
+            .abs()
+            < 1000
+    );
+}

@@ -384,3 +384,118 @@ fn glibc_use_vc_is_dns_over_tcp() {
     );
     assert!(agent.verdicts("protocol=udp").is_empty());
 }
+
+/// Polls until the flow of `query` has `cause`.
+fn wait_for_cause(agent: &Agent, query: &str, cause: Cause) -> probe_agent::model::Verdict {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(v) = agent
+            .verdicts(query)
+            .into_iter()
+            .find(|v| v.cause == Some(cause))
+        {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {cause:?} for {query}: {:#?}",
+            agent.verdicts(query)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The server answers but its SYN-ACKs are dropped on the way back: not a silent server
+/// but an answer lost between the veths. Once the drop is lifted, the server's
+/// retransmitted SYN-ACK reaches a client that gave up, whose bare RST answers it: a late
+/// answer, told apart from a refusal.
+#[test]
+fn a_lost_syn_ack_and_then_a_late_one() {
+    let mut node = node("lostsa");
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let server = node.add_pod("server", "default", 9).unwrap();
+    let _listener = server.listen_tcp(8080).unwrap();
+    node.nft(&format!(
+        "table inet lostsa {{\n chain forward {{\n  type filter hook forward priority -10;\n  \
+         ip saddr {} tcp sport 8080 tcp flags & (syn | ack) == syn | ack drop\n }}\n}}\n",
+        server.ipv4
+    ))
+    .unwrap();
+    let agent = Agent::start(&node, &[]);
+    assert!(
+        client
+            .connect_tcp(sock(server.ipv4, 8080), Duration::from_millis(1500))
+            .is_err()
+    );
+    let lost = wait_for_cause(&agent, "port=8080", Cause::DroppedBetween);
+    assert_eq!(lost.verdict, VerdictKind::Timeout);
+    assert!(
+        lost.reason.contains("its SYN-ACK left pod")
+            || lost.reason.contains("its SYN-ACK left 10.244.0.9"),
+        "{}",
+        lost.reason
+    );
+    assert_eq!(
+        lost.counts.syn_ack, 0,
+        "the client's veth never saw an answer"
+    );
+    assert_eq!(lost.backend, Some(sock(server.ipv4, 8080)));
+    node.nft("delete table inet lostsa\n").unwrap();
+    let late = wait_for_cause(&agent, "port=8080", Cause::LateAnswer);
+    assert_eq!(late.verdict, VerdictKind::Timeout, "{late:#?}");
+    assert!(
+        late.counts.syn_ack >= 1 && late.counts.rst == 1,
+        "{late:#?}"
+    );
+    assert!(
+        late.reason.contains("after the client had given up"),
+        "{}",
+        late.reason
+    );
+    assert_eq!(agent.verdicts("port=8080").len(), 1);
+}
+
+/// Four pods whose DNS server is down: each lookup is a DNS failure with a DNS cause,
+/// and no node-wide outage is made of them (DNS is no pod-pair TCP evidence).
+#[test]
+fn a_dns_server_down_for_several_pods_is_no_node_outage() {
+    let mut node = node("dnsdown");
+    let clients: Vec<lab::Pod> = (0..4)
+        .map(|i| {
+            node.add_pod(&format!("client{i}"), "default", 20 + i)
+                .unwrap()
+        })
+        .collect();
+    // The kube-dns ClusterIP leads nowhere: nothing answers.
+    let agent = Agent::start(&node, &[]);
+    for client in &clients {
+        let _ = client.dns_query(
+            sock(lab::DEFAULT_DNS, 53),
+            "db.default.svc.cluster.local.",
+            lab::QueryType::A,
+            Duration::from_millis(300),
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let failed = loop {
+        let failed = agent.verdicts("verdict=DNS_TIMEOUT");
+        if failed.len() == clients.len() {
+            break failed;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:#?}",
+            agent.verdicts("")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for v in &failed {
+        assert_eq!(v.cause, Some(Cause::DnsNoAnswer), "{v:#?}");
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        node: Vec<serde_json::Value>,
+    }
+    let body: Body = agent.get("/v1/verdicts");
+    assert!(body.node.is_empty(), "{:#?}", body.node);
+}
