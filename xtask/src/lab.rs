@@ -16,6 +16,7 @@
 //! Everything is done with `ip` and `nft`, so what a test builds can be inspected (and
 //! reproduced) by hand. [`Node`]'s `Drop` removes what it created, even after a panic.
 
+mod capture;
 mod dns;
 pub mod nft;
 mod node;
@@ -30,6 +31,7 @@ use std::{
 
 use anyhow::Result;
 
+pub use capture::Capture;
 pub use dns::{DnsReply, DnsServer, QueryType, start_dns};
 pub use nft::Proto;
 pub use node::{Listener, Node, Pod};

@@ -27,6 +27,7 @@ pub const PACKAGES: &[&str] = &[
     "curl",         // HTTP clients in the demo, API examples
     "iperf3",       // throughput benchmark
     "hping3",       // SYN flood in the agent's privileged tests (SIGTERM under load)
+    "tshark",       // the oracle for what a veth carried, in the lab tests
     // `cargo xtask check-manifests` / `check-monitoring`: promtool checks and unit-tests the
     // alerts, prometheus scrapes the demo's agent. (On a machine with systemd the package
     // also starts a prometheus service on :9090; the checks use their own, on a free port.)

@@ -13,7 +13,7 @@ use hickory_proto::{
     rr::{Name, RecordType},
 };
 use probe_agent::model::{Cause, Protocol, VerdictKind};
-use xtask::lab::{self, Proto};
+use xtask::lab::{self, Capture, Proto};
 
 use crate::e2e::{Agent, RcodeServer, counts, node, sock};
 
@@ -33,6 +33,7 @@ fn a_service_with_a_high_target_port_is_one_flow() {
     node.add_service(Proto::Tcp, closed, 80, sock(server.ipv4, 50052))
         .unwrap();
     let agent = Agent::start(&node, &[]);
+    let capture = Capture::on_pod_veth(&node, &client).unwrap();
 
     client
         .connect_tcp(sock(vip, 80), Duration::from_secs(2))
@@ -40,6 +41,17 @@ fn a_service_with_a_high_target_port_is_one_flow() {
     let ok = agent.settled(&format!("dst_ip={vip}"));
     assert_eq!(ok.verdict, VerdictKind::Ok, "{ok:#?}");
     assert_eq!(counts(&ok), (1, 1, 0, 0));
+    // What the client's veth carried, by tshark.
+    let carried = capture
+        .finish(&[
+            &format!("ip.dst == {vip} && tcp.flags.syn == 1 && tcp.flags.ack == 0"),
+            &format!("ip.src == {vip} && tcp.flags.syn == 1 && tcp.flags.ack == 1"),
+        ])
+        .unwrap();
+    assert_eq!(
+        carried,
+        [ok.counts.syn as usize, ok.counts.syn_ack as usize]
+    );
     assert_eq!(ok.backend, Some(sock(server.ipv4, 50051)));
     assert_eq!(&*ok.interface, client.host_if);
 
@@ -73,11 +85,22 @@ fn hairpin_through_a_service_is_one_flow() {
     ))
     .unwrap();
     let agent = Agent::start(&node, &[]);
+    let capture = Capture::on_pod_veth(&node, &pod).unwrap();
     pod.connect_tcp(sock(vip, 80), Duration::from_secs(2))
         .unwrap();
     let ok = agent.settled(&format!("dst_ip={vip}"));
     assert_eq!(ok.verdict, VerdictKind::Ok, "{ok:#?}");
     assert_eq!(counts(&ok), (1, 1, 0, 0));
+    // The pod's veth carried the SYN twice (out to the ClusterIP, back in masqueraded),
+    // and the SYN-ACK twice: one connection, counted once.
+    let carried = capture
+        .finish(&[
+            "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+            &format!("ip.dst == {vip} && tcp.flags.syn == 1 && tcp.flags.ack == 0"),
+            "tcp.flags.syn == 1 && tcp.flags.ack == 1",
+        ])
+        .unwrap();
+    assert_eq!(carried, [2, 1, 2]);
     assert_eq!(ok.flow.src_ip, IpAddr::from(pod.ipv4));
     assert_eq!(ok.backend, Some(sock(pod.ipv4, 8080)));
     let all = agent.verdicts("protocol=tcp");
@@ -93,6 +116,7 @@ fn a_reused_five_tuple_is_a_new_connection() {
     let server = node.add_pod("server", "default", 9).unwrap();
     let _listener = server.listen_tcp(8080).unwrap();
     let agent = Agent::start(&node, &[]);
+    let capture = Capture::on_pod_veth(&node, &client).unwrap();
     let to = sock(server.ipv4, 8080);
     let from = sock(client.ipv4, 41000);
     for _ in 0..2 {
@@ -135,6 +159,15 @@ fn a_reused_five_tuple_is_a_new_connection() {
     assert_eq!(flow.verdict, VerdictKind::Ok);
     // The second connection's own counts: its SYN, SYN-ACK and the client's RST.
     assert_eq!(counts(&flow), (1, 1, 1, 0), "{flow:#?}");
+    // Two of each on the wire, two distinct initial sequence numbers.
+    let carried = capture
+        .finish(&[
+            "tcp.srcport == 41000 && tcp.flags.syn == 1 && tcp.flags.ack == 0",
+            "tcp.dstport == 41000 && tcp.flags.syn == 1 && tcp.flags.ack == 1",
+            "tcp.srcport == 41000 && tcp.flags.reset == 1",
+        ])
+        .unwrap();
+    assert_eq!(carried, [2, 2, 2]);
 }
 
 fn query(id: u16, name: &str) -> Vec<u8> {
@@ -422,6 +455,7 @@ fn a_lost_syn_ack_and_then_a_late_one() {
     ))
     .unwrap();
     let agent = Agent::start(&node, &[]);
+    let capture = Capture::on_pod_veth(&node, &client).unwrap();
     assert!(
         client
             .connect_tcp(sock(server.ipv4, 8080), Duration::from_millis(1500))
@@ -453,6 +487,23 @@ fn a_lost_syn_ack_and_then_a_late_one() {
         late.reason
     );
     assert_eq!(agent.verdicts("port=8080").len(), 1);
+    let carried = capture
+        .finish(&[
+            "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+            "tcp.flags.syn == 1 && tcp.flags.ack == 1",
+            "tcp.flags.reset == 1",
+        ])
+        .unwrap();
+    let late = agent.settled("port=8080");
+    assert_eq!(
+        carried,
+        [
+            late.counts.syn as usize,
+            late.counts.syn_ack as usize,
+            late.counts.rst as usize
+        ],
+        "{late:#?}"
+    );
 }
 
 /// Four pods whose DNS server is down: each lookup is a DNS failure with a DNS cause,
