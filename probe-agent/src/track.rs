@@ -732,6 +732,9 @@ impl Tracker {
             deadlines.push(now + dns_timeout);
         }
         let (client, server) = (state.flow.src_ip, state.flow.dst_ip);
+        if state.early_answer.is_some() && state.attempt_start.is_none() {
+            deadlines.push(now + tcp::EARLY_ANSWER_WAIT);
+        }
         for at in deadlines {
             self.deadlines.push(Reverse(Deadline {
                 at,
@@ -913,7 +916,8 @@ impl Tracker {
             let before = state.verdict;
             // Each runs: any may have expired (DNS over TCP has a handshake and queries).
             let syn = state.flow.protocol == Protocol::Tcp
-                && expire_syn(state, now, self.config.syn_timeout);
+                && (expire_syn(state, now, self.config.syn_timeout)
+                    | tcp::expire_early_answer(state, now));
             let held = expire_held(state, &self.context.search, now);
             let expired = expire_dns(state, now, self.config.dns_timeout) | held | syn;
             if expired {
@@ -952,9 +956,23 @@ impl Tracker {
             if last_seen > read_up_to {
                 continue;
             }
-            let Some((key, sender)) = self.orient_hook(&hook, &counters) else {
-                continue;
-            };
+            for (key, sender, counters) in self.orient_hook(&hook, &counters) {
+                self.recover(key, sender, &counters, hook.ifindex, now);
+            }
+        }
+    }
+
+    /// Applies what one hook counted for connection `key` and its events never brought.
+    fn recover(
+        &mut self,
+        key: FlowKey,
+        sender: Sender,
+        counters: &FlowCounters,
+        ifindex: u32,
+        now: Duration,
+    ) {
+        let last_seen = Duration::from_nanos(counters.last_seen_ns);
+        {
             if !self.flows.contains(&key) {
                 // Created by events that were all lost. Only recent activity brings a
                 // flow back, and only one that cannot be an evicted flow's counts.
@@ -962,10 +980,10 @@ impl Tracker {
                 if now.saturating_sub(last_seen) > RECOVERY_WINDOW
                     || first_seen < self.eviction_horizon
                 {
-                    continue;
+                    return;
                 }
                 let Ok(flow) = flow_from_key(&key) else {
-                    continue;
+                    return;
                 };
                 flow_entry(
                     &mut self.flows,
@@ -973,13 +991,13 @@ impl Tracker {
                     &key,
                     flow,
                     first_seen,
-                    hook.ifindex,
+                    ifindex,
                 );
             }
             let state = self.flows.peek_mut(&key).expect("present");
             let before = state.verdict;
             let recovered =
-                recover::recover_lost(state, &counters, sender, last_seen, &self.journal.metrics);
+                recover::recover_lost(state, counters, sender, last_seen, &self.journal.metrics);
             if recovered {
                 state.last_seen = state.last_seen.max(last_seen);
                 // A recovered flow still waiting gets its timeout like any other.
@@ -1009,41 +1027,93 @@ impl Tracker {
         }
     }
 
-    /// The connection a kernel hook's counters belong to, when they are counted there
-    /// (not the far side of a connection counted at the client's veth), and who sent them.
+    /// What a kernel hook's counters hold for each connection they belong to: a hook
+    /// sees one direction of a tuple, so what the client sent (SYNs, queries) is the
+    /// tuple's connection, what the server sent (SYN-ACKs, responses) the reversed
+    /// tuple's, and an ICMP error the quoted tuple's. Only where the connection is counted
+    /// (not the far side of one counted at the client's veth); with who sent them.
     fn orient_hook(
         &mut self,
         hook: &HookKey,
         counters: &FlowCounters,
-    ) -> Option<(FlowKey, Sender)> {
+    ) -> Vec<(FlowKey, Sender, FlowCounters)> {
         let tuple = hook.tuple;
-        let (key, sender) = if counters.syn > 0 || counters.dns_queries > 0 {
-            (tuple, Sender::Client)
-        } else if counters.icmp_unreachable > 0 {
-            (tuple, Sender::Server)
-        } else if counters.syn_ack > 0 || counters.dns_responses > 0 {
-            (tuple.reversed(), Sender::Server)
-        } else if self.pairing.connection_of(&tuple).is_some() {
-            (tuple, Sender::Client)
-        } else if self.pairing.connection_of(&tuple.reversed()).is_some() {
-            (tuple.reversed(), Sender::Server)
-        } else {
-            return None;
+        let times = FlowCounters {
+            first_seen_ns: counters.first_seen_ns,
+            last_seen_ns: counters.last_seen_ns,
+            ..FlowCounters::default()
         };
+        let mut client = FlowCounters {
+            syn: counters.syn,
+            dns_queries: counters.dns_queries,
+            ..times
+        };
+        let icmp = FlowCounters {
+            icmp_unreachable: counters.icmp_unreachable,
+            ..times
+        };
+        let mut server = FlowCounters {
+            syn_ack: counters.syn_ack,
+            dns_responses: counters.dns_responses,
+            dns_nxdomain: counters.dns_nxdomain,
+            dns_servfail: counters.dns_servfail,
+            dns_refused: counters.dns_refused,
+            dns_other_error: counters.dns_other_error,
+            ..times
+        };
+        // Both ends send RSTs and DNS-over-TCP segments: the connection known decides.
+        let from_client = if self.pairing.connection_of(&tuple).is_some() {
+            true
+        } else if self.pairing.connection_of(&tuple.reversed()).is_some() {
+            false
+        } else {
+            tuple.dst_port < tuple.src_port
+        };
+        let either = if from_client {
+            &mut client
+        } else {
+            &mut server
+        };
+        either.rst = counters.rst;
+        either.dns_tcp_segments = counters.dns_tcp_segments;
         let from_pod = hook.direction == probe_ebpf::Direction::FromPod as u32;
-        let client_side = from_pod == (sender == Sender::Client);
-        if client_side {
-            return Some((key, sender));
-        }
-        // The server's veth: counted here only for a connection whose client is elsewhere.
-        match self.pairing.connection_of(&key) {
-            Some(connection) => self
-                .flows
-                .peek(&connection)
-                .filter(|state| state.counted_at == Side::Server)
-                .map(|_| (connection, sender)),
-            None => Some((key, sender)),
-        }
+        [
+            (tuple, Sender::Client, client),
+            (tuple, Sender::Server, icmp),
+            (tuple.reversed(), Sender::Server, server),
+        ]
+        .into_iter()
+        .filter(|(_, _, counts)| {
+            counts.syn
+                + counts.syn_ack
+                + counts.rst
+                + counts.icmp_unreachable
+                + counts.dns_queries
+                + counts.dns_responses
+                > 0
+        })
+        .filter_map(|(key, sender, counts)| {
+            // An ICMP error enters the client's pod; anything else leaves its sender's.
+            let client_side = if counts.icmp_unreachable > 0 {
+                !from_pod
+            } else {
+                from_pod == (sender == Sender::Client)
+            };
+            if client_side {
+                return Some((key, sender, counts));
+            }
+            // The server's veth: counted here only for a connection whose client is
+            // elsewhere.
+            match self.pairing.connection_of(&key) {
+                Some(connection) => self
+                    .flows
+                    .peek(&connection)
+                    .filter(|state| state.counted_at == Side::Server)
+                    .map(|_| (connection, sender, counts)),
+                None => Some((key, sender, counts)),
+            }
+        })
+        .collect()
     }
 
     /// Verdicts accepted by `keep`: the `limit` most recently seen, oldest first.

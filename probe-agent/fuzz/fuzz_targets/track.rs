@@ -159,8 +159,6 @@ fn connection(kind: EventKind, tuple: &probe_agent::model::Flow) -> FlowKey {
 #[derive(Default)]
 struct Kernel {
     hooks: HashMap<HookKey, FlowCounters>,
-    /// Each hook's connection.
-    connection: HashMap<HookKey, FlowKey>,
     flows: HashMap<FlowKey, Counts>,
 }
 
@@ -176,7 +174,6 @@ impl Kernel {
         n: u64,
         at: Duration,
     ) -> FlowCounters {
-        self.connection.insert(hook, key);
         *count_of(self.flows.entry(key).or_default(), kind) += n;
         let c = self.hooks.entry(hook).or_insert_with(|| FlowCounters {
             first_seen_ns: at.as_nanos() as u64,
@@ -228,9 +225,9 @@ fn packets_total(metrics: &Metrics) -> Counts {
             "icmp_unreachable" => EventKind::IcmpUnreachable,
             "dns_query" => EventKind::DnsQuery,
             "dns_response" => EventKind::DnsResponse,
-            // None is fed here.
-            "dns_tcp_segment" => {
-                assert_eq!(value, 0, "DNS-over-TCP segments counted");
+            // None is fed here: every hook is the client's veth.
+            "dns_tcp_segment" | "syn_delivered" => {
+                assert_eq!(value, 0, "{kind} counted");
                 continue;
             }
             other => panic!("unknown packet kind {other}"),
@@ -475,8 +472,10 @@ fuzz_target!(|input: Input| {
                 3 => ResponseCode::Refused,
                 _ => ResponseCode::FormErr,
             });
-            let key = kernel.connection[&hook];
-            kernel.count(hook, key, kind, rcode, n, now);
+            // Each kind is the connection of its sender: a hook's queries and the
+            // responses a client sent through it are two connections.
+            let tuple = decode::flow_from_key(&hook.tuple).expect("TCP or UDP");
+            kernel.count(hook, connection(kind, &tuple), kind, rcode, n, now);
         }
     }
     let counters: Vec<(HookKey, FlowCounters)> =

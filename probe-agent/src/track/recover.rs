@@ -131,6 +131,12 @@ pub fn recover_lost(
     if syn && state.attempt_start.is_none() {
         state.attempt_start = Some(Duration::from_nanos(kernel.first_seen_ns));
         state.attempt_syns = counts.syn;
+        // An answer that waited for this SYN answers it.
+        match state.early_answer.take() {
+            Some((EventKind::SynAck, ack, at)) => on_syn_ack(state, Some(ack), at),
+            Some((_, _, at)) => super::tcp::refused(state, at),
+            None => {}
+        }
         // A SYN whose event was lost, of a connection already answered (its SYN-ACK, RST
         // or ICMP came through): the answer stands, nothing is pending again.
         let answered = counts.syn_ack > 0 || counts.rst > 0 || counts.icmp_unreachable > 0;

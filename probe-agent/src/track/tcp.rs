@@ -12,8 +12,12 @@ use crate::{decode::TcpFacts, model::Protocol, model::VerdictKind};
 /// had given up: Linux's first SYN retransmission is due 1 s after the SYN (RFC 6298).
 const LATE_ANSWER: Duration = Duration::from_secs(1);
 
-/// RST flag; ACK flag (RFC 9293 §3.1).
+/// ACK flag (RFC 9293 §3.1).
 const TCP_ACK: u8 = 0x10;
+
+/// How long an answer read before its SYN waits for it: the two hooks' events are
+/// microseconds apart; past this, the SYN was not seen and the answer stands alone.
+pub(super) const EARLY_ANSWER_WAIT: Duration = Duration::from_millis(200);
 
 pub(super) fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
@@ -109,10 +113,10 @@ pub(super) fn timeout_reason(state: &FlowState, now: Duration) -> String {
 /// A SYN-ACK answers the attempt whose ISN it acknowledges; one acknowledging another
 /// ISN answered an earlier connection on the same 5-tuple and changes nothing.
 pub(super) fn on_syn_ack(state: &mut FlowState, ack: Option<u32>, now: Duration) {
-    if state.attempt_start.is_none() {
-        if let Some(ack) = ack {
-            state.early_answer = Some((EventKind::SynAck, ack, now));
-        }
+    if state.attempt_start.is_none()
+        && let Some(ack) = ack
+    {
+        state.early_answer = Some((EventKind::SynAck, ack, now));
         return;
     }
     if let (Some(isn), Some(ack)) = (state.isn, ack)
@@ -133,7 +137,7 @@ pub(super) fn on_syn_ack(state: &mut FlowState, ack: Option<u32>, now: Duration)
     }
 }
 
-fn refused(state: &mut FlowState, now: Duration) {
+pub(super) fn refused(state: &mut FlowState, now: Duration) {
     let took = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
     state.verdict = VerdictKind::Refused;
     state.reason = format!("SYN answered by RST in {}", millis(took)).into();
@@ -205,6 +209,11 @@ pub(super) fn on_rst(state: &mut FlowState, sender: Sender, tcp: Option<&TcpFact
                     }
                     .into();
                 }
+                // No start seen: the client's own reset of a connection, no failure.
+                VerdictKind::Pending => {
+                    state.verdict = VerdictKind::Aborted;
+                    state.reason = "the client reset a connection whose start was not seen".into();
+                }
                 _ => {}
             }
         }
@@ -223,6 +232,27 @@ pub(super) fn on_icmp_unreachable(state: &mut FlowState) {
     }
     .into();
     state.dns.pending.clear();
+}
+
+/// An answer whose SYN never came: judged on its own, as a SYN-ACK (OK) or a RST of a
+/// connection not seen starting (RESET).
+pub(super) fn expire_early_answer(state: &mut FlowState, now: Duration) -> bool {
+    let Some((kind, _, at)) = state.early_answer else {
+        return false;
+    };
+    if state.attempt_start.is_some() || now.saturating_sub(at) < EARLY_ANSWER_WAIT {
+        return false;
+    }
+    state.early_answer = None;
+    if kind == EventKind::SynAck {
+        state.verdict = VerdictKind::Ok;
+        state.answered_at = Some(at);
+        state.reason = "SYN-ACK seen, its SYN was not".into();
+    } else {
+        state.verdict = VerdictKind::Reset;
+        state.reason = "the server reset a connection whose start was not seen".into();
+    }
+    true
 }
 
 pub(super) fn expire_syn(state: &mut FlowState, now: Duration, syn_timeout: Duration) -> bool {

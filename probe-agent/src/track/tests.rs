@@ -419,35 +419,27 @@ fn a_lost_syn_recovered_after_its_answer_keeps_the_answer() {
         CLIENT.parse().unwrap(),
         SERVER.parse().unwrap(),
     );
-    for (answer, counters, verdict) in [
-        (
-            EventKind::SynAck,
-            FlowCounters {
-                syn: 1,
-                syn_ack: 1,
-                ..FlowCounters::default()
-            },
-            VerdictKind::Ok,
-        ),
-        (
-            EventKind::Rst,
-            FlowCounters {
-                syn: 1,
-                rst: 1,
-                ..FlowCounters::default()
-            },
-            VerdictKind::Refused,
-        ),
+    for (answer, verdict) in [
+        (EventKind::SynAck, VerdictKind::Ok),
+        (EventKind::Rst, VerdictKind::Refused),
     ] {
-        // The SYN's event was dropped (a full queue under a flood), its answer's was not.
+        // The SYN's event was dropped (a full queue under a flood), its answer's was not:
+        // it carries its hook's counters (the first answer there).
         let mut t = tracker();
-        t.on_packet(&tcp(answer, 1010));
-        let kernel = FlowCounters {
+        let mut packet = tcp(answer, 1010);
+        match answer {
+            EventKind::SynAck => packet.counters.syn_ack = 1,
+            _ => packet.counters.rst = 1,
+        }
+        packet.counters.first_seen_ns = 1_010_000_000;
+        t.on_packet(&packet);
+        let syns = FlowCounters {
+            syn: 1,
             first_seen_ns: 1_000_000_000,
-            last_seen_ns: 1_010_000_000,
-            ..counters
+            last_seen_ns: 1_000_000_000,
+            ..FlowCounters::default()
         };
-        t.reconcile([(hook(key), kernel)], ms(2000), ms(2000));
+        t.reconcile([(hook(key), syns)], ms(2000), ms(2000));
         t.sweep(ms(10_000));
         let v = only(&t);
         assert_eq!(v.verdict, verdict, "{v:#?}");
@@ -467,21 +459,32 @@ fn kernel_counts_create_flows_whose_events_were_all_lost() {
         "10.244.0.5:5353".parse().unwrap(),
         DNS.parse().unwrap(),
     );
-    let kernel = FlowCounters {
+    let queries = FlowCounters {
         dns_queries: 2,
+        first_seen_ns: 1_000_000_000,
+        last_seen_ns: 1_001_000_000,
+        ..FlowCounters::default()
+    };
+    let responses = FlowCounters {
         dns_responses: 2,
         dns_nxdomain: 2,
-        first_seen_ns: 1_000_000_000,
+        first_seen_ns: 1_000_500_000,
         last_seen_ns: 1_002_000_000,
         ..FlowCounters::default()
     };
-    t.reconcile([(hook(key), kernel)], ms(1700), ms(1700));
+    let into_pod = HookKey {
+        tuple: key.reversed(),
+        ifindex: 7,
+        direction: Direction::ToPod as u32,
+    };
+    let kernel = [(hook(key), queries), (into_pod, responses)];
+    t.reconcile(kernel, ms(1700), ms(1700));
     let v = only(&t);
     assert_eq!(v.verdict, VerdictKind::Nxdomain);
     assert_eq!((v.counts.dns_queries, v.counts.dns_responses), (2, 2));
     // Idle kernel entries the table no longer holds are not brought back.
     let mut t = tracker();
-    t.reconcile([(hook(key), kernel)], ms(10_000), ms(10_000));
+    t.reconcile(kernel, ms(10_000), ms(10_000));
     assert!(t.verdicts(&|_| true, 100).is_empty());
 }
 
@@ -1290,4 +1293,31 @@ fn the_wall_clock_follows_a_step() {
             .abs()
             < 1000
     );
+}
+
+/// Found by the track fuzz target: a RST or SYN-ACK whose SYN never comes waits for it
+/// only briefly, then is judged alone, never left PENDING.
+#[test]
+fn an_answer_whose_syn_never_comes_is_judged_alone() {
+    let mut t = tracker();
+    t.on_packet(&tcp_seq(EventKind::Rst, 1000, 0, 1001, false, RST | ACK));
+    assert_eq!(only(&t).verdict, VerdictKind::Pending);
+    t.sweep(ms(1100));
+    assert_eq!(only(&t).verdict, VerdictKind::Pending);
+    t.sweep(ms(1200));
+    let v = only(&t);
+    assert_eq!(v.verdict, VerdictKind::Reset, "{v:#?}");
+    assert_eq!(v.counts.rst, 1);
+
+    let mut t = tracker();
+    t.on_packet(&tcp_seq(
+        EventKind::SynAck,
+        1000,
+        9000,
+        1001,
+        false,
+        SYN | ACK,
+    ));
+    t.sweep(ms(1200));
+    assert_eq!(only(&t).verdict, VerdictKind::Ok);
 }

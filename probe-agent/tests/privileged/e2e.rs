@@ -409,7 +409,9 @@ fn reset_after_the_handshake_is_the_senders() {
         assert_eq!(aborted.verdict, VerdictKind::Ok, "{family}: {aborted:#?}");
         assert_eq!(aborted.cause, None, "{family}");
         assert!(
-            aborted.reason.contains("the client then aborted the connection (RST)"),
+            aborted
+                .reason
+                .contains("the client then aborted the connection (RST)"),
             "{family}: {}",
             aborted.reason
         );
