@@ -544,6 +544,28 @@ impl Tracker {
                 Some(orient::key_of(&translation.original)).filter(|key| flows.contains(key))
             });
         let Some(connection) = connection else {
+            if self.pairing.is_local(&view.flow.src_ip) && view.flow.src_ip != packet.pod {
+                // The client is a pod here whose side was not read (its events lost under
+                // a flood): the flow is still the client's, recovered from its veth's
+                // counters; this packet is its far side.
+                let state = flow_entry(
+                    &mut self.flows,
+                    &mut self.next_generation,
+                    &view.key,
+                    view.flow,
+                    packet.monotonic,
+                    0,
+                );
+                state.counted_at = Side::Client;
+                state.far = Some(Box::new(FarSide {
+                    ifindex: packet.ifindex,
+                    backend: std::net::SocketAddr::new(view.flow.dst_ip, view.flow.dst_port),
+                    syn_at: None,
+                    syn_ack_at: None,
+                }));
+                self.pairing.bind(view.key, view.key);
+                return (view.key, false);
+            }
             // The client is not on this node: counted here, at the server's veth.
             self.pairing.bind(view.key, view.key);
             return (view.key, true);

@@ -53,7 +53,9 @@ const LOCAL_ADDRESSES: usize = 65_536;
 impl Pairing {
     pub fn new(flows: NonZeroUsize) -> Self {
         Self {
-            views: LruCache::new(flows.saturating_mul(NonZeroUsize::new(2).expect("non-zero"))),
+            // One view per flow mostly (the server side of a flow counted at the client's
+            // is the second); an evicted view is found again by the client's endpoint.
+            views: LruCache::new(flows),
             by_client: LruCache::new(flows),
             local: LruCache::new(NonZeroUsize::new(LOCAL_ADDRESSES).expect("non-zero")),
         }
