@@ -269,6 +269,18 @@ struct FarSide {
     syn_ack_at: Option<Duration>,
 }
 
+impl FarSide {
+    /// The server's veth `ifindex`, as its view of the connection shows the server.
+    fn seen_at(ifindex: u32, view: &View) -> Box<Self> {
+        Box::new(Self {
+            ifindex,
+            backend: std::net::SocketAddr::new(view.flow.dst_ip, view.flow.dst_port),
+            syn_at: None,
+            syn_ack_at: None,
+        })
+    }
+}
+
 /// A verdict with its place in recency order: (last_seen, first_seen, generation).
 struct Ranked((Duration, Duration, u64), Verdict);
 
@@ -557,12 +569,7 @@ impl Tracker {
                     0,
                 );
                 state.counted_at = Side::Client;
-                state.far = Some(Box::new(FarSide {
-                    ifindex: packet.ifindex,
-                    backend: std::net::SocketAddr::new(view.flow.dst_ip, view.flow.dst_port),
-                    syn_at: None,
-                    syn_ack_at: None,
-                }));
+                state.far = Some(FarSide::seen_at(packet.ifindex, view));
                 self.pairing.bind(view.key, view.key);
                 return (view.key, false);
             }
@@ -576,12 +583,7 @@ impl Tracker {
         }
         self.pairing.bind(view.key, connection);
         if state.far.is_none() {
-            state.far = Some(Box::new(FarSide {
-                ifindex: packet.ifindex,
-                backend: std::net::SocketAddr::new(view.flow.dst_ip, view.flow.dst_port),
-                syn_at: None,
-                syn_ack_at: None,
-            }));
+            state.far = Some(FarSide::seen_at(packet.ifindex, view));
         }
         (connection, false)
     }
@@ -601,14 +603,9 @@ impl Tracker {
         let Some(state) = self.flows.peek_mut(&key) else {
             return;
         };
-        let far = state.far.get_or_insert_with(|| {
-            Box::new(FarSide {
-                ifindex: packet.ifindex,
-                backend: std::net::SocketAddr::new(view.flow.dst_ip, view.flow.dst_port),
-                syn_at: None,
-                syn_ack_at: None,
-            })
-        });
+        let far = state
+            .far
+            .get_or_insert_with(|| FarSide::seen_at(packet.ifindex, view));
         match packet.kind {
             EventKind::Syn => {
                 far.syn_at = Some(now);
@@ -994,58 +991,55 @@ impl Tracker {
         now: Duration,
     ) {
         let last_seen = Duration::from_nanos(counters.last_seen_ns);
-        {
-            if !self.flows.contains(&key) {
-                // Created by events that were all lost. Only recent activity brings a
-                // flow back, and only one that cannot be an evicted flow's counts.
-                let first_seen = Duration::from_nanos(counters.first_seen_ns);
-                if now.saturating_sub(last_seen) > RECOVERY_WINDOW
-                    || first_seen < self.eviction_horizon
-                {
-                    return;
-                }
-                let Ok(flow) = flow_from_key(&key) else {
-                    return;
+        if !self.flows.contains(&key) {
+            // Created by events that were all lost. Only recent activity brings a
+            // flow back, and only one that cannot be an evicted flow's counts.
+            let first_seen = Duration::from_nanos(counters.first_seen_ns);
+            if now.saturating_sub(last_seen) > RECOVERY_WINDOW || first_seen < self.eviction_horizon
+            {
+                return;
+            }
+            let Ok(flow) = flow_from_key(&key) else {
+                return;
+            };
+            flow_entry(
+                &mut self.flows,
+                &mut self.next_generation,
+                &key,
+                flow,
+                first_seen,
+                ifindex,
+            );
+        }
+        let state = self.flows.peek_mut(&key).expect("present");
+        let before = state.verdict;
+        let recovered =
+            recover::recover_lost(state, counters, sender, last_seen, &self.journal.metrics);
+        if recovered {
+            state.last_seen = state.last_seen.max(last_seen);
+            // A recovered flow still waiting gets its timeout like any other.
+            if state.verdict == VerdictKind::Pending {
+                let (start, timeout) = match state.flow.protocol {
+                    Protocol::Tcp => (
+                        state.attempt_start,
+                        self.config.syn_timeout + SYN_RETRANSMISSION_SLACK,
+                    ),
+                    Protocol::Udp => (
+                        state.dns.pending.first().map(|q| q.sent),
+                        self.config.dns_timeout,
+                    ),
                 };
-                flow_entry(
-                    &mut self.flows,
-                    &mut self.next_generation,
-                    &key,
-                    flow,
-                    first_seen,
-                    ifindex,
-                );
-            }
-            let state = self.flows.peek_mut(&key).expect("present");
-            let before = state.verdict;
-            let recovered =
-                recover::recover_lost(state, counters, sender, last_seen, &self.journal.metrics);
-            if recovered {
-                state.last_seen = state.last_seen.max(last_seen);
-                // A recovered flow still waiting gets its timeout like any other.
-                if state.verdict == VerdictKind::Pending {
-                    let (start, timeout) = match state.flow.protocol {
-                        Protocol::Tcp => (
-                            state.attempt_start,
-                            self.config.syn_timeout + SYN_RETRANSMISSION_SLACK,
-                        ),
-                        Protocol::Udp => (
-                            state.dns.pending.first().map(|q| q.sent),
-                            self.config.dns_timeout,
-                        ),
-                    };
-                    if let Some(start) = start {
-                        self.deadlines.push(Reverse(Deadline {
-                            at: start + timeout,
-                            generation: state.generation,
-                            key,
-                        }));
-                    }
+                if let Some(start) = start {
+                    self.deadlines.push(Reverse(Deadline {
+                        at: start + timeout,
+                        generation: state.generation,
+                        key,
+                    }));
                 }
-                Explainer::new(&self.journal, &self.context, &self.pairing).refresh(state, before);
-                self.journal
-                    .record(state, before, FlowEventKind::Recovered, now);
             }
+            Explainer::new(&self.journal, &self.context, &self.pairing).refresh(state, before);
+            self.journal
+                .record(state, before, FlowEventKind::Recovered, now);
         }
     }
 

@@ -138,12 +138,7 @@ fn a_reused_five_tuple_is_a_new_connection() {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let metric = agent
-            .metrics()
-            .lines()
-            .filter(|l| l.starts_with("netprobe_verdicts_total{") && l.contains("verdict=\"OK\""))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum::<f64>();
+        let metric = verdicts_counted(&agent, "OK");
         if metric >= 2.0 {
             assert_eq!(metric, 2.0);
             break;
@@ -168,6 +163,19 @@ fn a_reused_five_tuple_is_a_new_connection() {
         ])
         .unwrap();
     assert_eq!(carried, [2, 2, 2]);
+}
+
+/// `netprobe_verdicts_total` of `verdict`, summed over every label set.
+fn verdicts_counted(agent: &Agent, verdict: &str) -> f64 {
+    agent
+        .metrics()
+        .lines()
+        .filter(|l| {
+            l.starts_with("netprobe_verdicts_total{")
+                && l.contains(&format!("verdict=\"{verdict}\""))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
 }
 
 fn query(id: u16, name: &str) -> Vec<u8> {
@@ -217,19 +225,8 @@ fn queries_on_one_socket_are_judged_one_by_one() {
     let flow = agent.settled(&format!("dst_ip={}&protocol=udp", dns_pod.ipv4));
     assert_eq!(flow.verdict, VerdictKind::Ok, "{flow:#?}");
     assert_eq!((flow.counts.dns_queries, flow.counts.dns_responses), (3, 3));
-    let series = |verdict: &str| -> f64 {
-        agent
-            .metrics()
-            .lines()
-            .filter(|l| {
-                l.starts_with("netprobe_verdicts_total{")
-                    && l.contains(&format!("verdict=\"{verdict}\""))
-            })
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum()
-    };
-    assert_eq!(series("SERVFAIL"), 1.0);
-    assert_eq!(series("OK"), 2.0);
+    assert_eq!(verdicts_counted(&agent, "SERVFAIL"), 1.0);
+    assert_eq!(verdicts_counted(&agent, "OK"), 2.0);
 }
 
 /// `dig +tcp`: DNS over TCP is DNS, its messages framed from the segments: a NOERROR
