@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
             // SAFETY: called before any other thread exists.
             unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
             // glibc raises its mmap threshold to the size of any large block freed (up to
-            // 32 MiB), after which the once-a-second read of the kernel's counters (7 MiB
+            // 32 MiB), after which the once-a-second read of the kernel's counters (10 MiB
             // for a full table) is carved out of the arenas and fragments them: a 60 s
             // flood at 110k SYN/s reached 132 MiB. A fixed threshold keeps such blocks in
             // their own mappings, returned whole on free (103 MiB worst, 76-88 steady).

@@ -312,15 +312,16 @@ async fn run_probe(
     ));
     let (per_interface_tx, mut per_interface) = mpsc::unbounded_channel();
     let (snapshots_tx, snapshots) = mpsc::channel(1);
+    let (spent_tx, spent) = mpsc::channel(1);
     let kernel_reader = tokio::spawn(read_kernel_counts(
         maps.flow_counts,
         maps.losses,
-        snapshots_tx,
+        (snapshots_tx, spent),
         shutdown.clone(),
     ));
     let tracking = tokio::spawn(track_loop(
         batches,
-        snapshots,
+        (snapshots, spent_tx),
         Arc::clone(tracker),
         Arc::clone(metrics),
         per_interface_tx,
@@ -497,34 +498,46 @@ async fn read_ring(
 }
 
 /// What the kernel counted, read once per [`RECONCILE_EVERY`].
+/// Every hook's counters, as one read of the kernel's map found them.
+type Snapshot = Vec<(HookKey, FlowCounters)>;
+
 struct KernelCounts {
-    flows: Vec<(HookKey, FlowCounters)>,
+    flows: Snapshot,
     ring_full: u64,
     submitted: u64,
 }
 
 /// Reads the kernel's per-flow and event counters off the tracking task: a full table is
 /// 65,536 lookups, one syscall each, which must not stall decoding under a flood.
+///
+/// One buffer serves every read (10 MiB for a full table): the tracker hands it back
+/// once reconciled, and the next read waits for it. Fresh ones, queued behind a busy
+/// tracker, took 30 MiB under a flood.
 async fn read_kernel_counts(
     flow_counts: aya::maps::HashMap<MapData, HookKey, FlowCounters>,
     losses: PerCpuArray<MapData, u64>,
-    snapshots: mpsc::Sender<KernelCounts>,
+    (snapshots, mut spent): (mpsc::Sender<KernelCounts>, mpsc::Receiver<Snapshot>),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = interval(RECONCILE_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut maps = (flow_counts, losses);
-    // Sized from the last read, so a full table is one allocation, not a chain of
-    // doublings (see the allocator settings in main).
-    let mut last_len = 0;
+    let mut buffer = Some(Vec::new());
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        let mut flows = match buffer.take() {
+            Some(flows) => flows,
+            None => tokio::select! {
+                Some(flows) = spent.recv() => flows,
+                _ = shutdown.changed() => return,
+            },
+        };
         let read = tokio::task::spawn_blocking(move || {
             let (flow_counts, losses) = &maps;
-            let mut flows = Vec::with_capacity(last_len + last_len / 8);
+            flows.clear();
             flows.extend(flow_counts.iter().filter_map(Result::ok));
             let counts = KernelCounts {
                 flows,
@@ -536,7 +549,6 @@ async fn read_kernel_counts(
         .await;
         let Ok((back, counts)) = read else { return };
         maps = back;
-        last_len = counts.flows.len();
         if snapshots.send(counts).await.is_err() {
             return;
         }
@@ -546,7 +558,7 @@ async fn read_kernel_counts(
 /// Decodes and tracks batches; sweeps timeouts; reconciles with the kernel's counters.
 async fn track_loop(
     mut batches: mpsc::Receiver<Vec<u8>>,
-    mut kernel: mpsc::Receiver<KernelCounts>,
+    (mut kernel, spent): (mpsc::Receiver<KernelCounts>, mpsc::Sender<Snapshot>),
     tracker: Arc<Mutex<Tracker>>,
     metrics: Arc<Metrics>,
     per_interface: mpsc::UnboundedSender<(u32, u64)>,
@@ -587,16 +599,18 @@ async fn track_loop(
                 }
             }
             _ = sweep.tick() => lock(&tracker).sweep(monotonic_now()),
-            Some(counts) = kernel.recv() => {
+            Some(mut counts) = kernel.recv() => {
                 let mut tracker = lock(&tracker);
                 let now = monotonic_now();
                 // Drained: every event the kernel handed over was read or dropped by the
                 // agent, so every count of the snapshot is settled.
                 let drained = accounted + metrics.events_lost_total(LossSource::Agent) >= counts.submitted;
                 let read_up_to = if drained { now } else { tracker.newest_event() };
-                tracker.reconcile(counts.flows, read_up_to, now);
+                tracker.reconcile(counts.flows.drain(..), read_up_to, now);
                 metrics.set_flows_tracked(tracker.flows_tracked() as u64);
                 drop(tracker);
+                // Room for it: the reader holds no buffer until it gets this one.
+                let _ = spent.try_send(std::mem::take(&mut counts.flows));
                 if counts.ring_full > kernel_lost {
                     metrics.events_lost(LossSource::Kernel, counts.ring_full - kernel_lost);
                     kernel_lost = counts.ring_full;

@@ -190,6 +190,41 @@ struct DnsState {
     tcp_retry_failed: bool,
 }
 
+impl DnsState {
+    const NONE: Self = Self {
+        pending: Vec::new(),
+        failure: None,
+        success: None,
+        held: None,
+        expansion: None,
+        streams: None,
+        truncated: None,
+        tcp_retry_failed: false,
+    };
+}
+
+/// What a flow that never carried DNS reads as its DNS state.
+static NO_DNS: DnsState = DnsState::NONE;
+
+/// A flow's DNS state, allocated on its first write: a full table under a SYN flood is
+/// all TCP, and every flow would otherwise carry the state's 232 bytes.
+#[derive(Clone, Debug, Default)]
+struct LazyDns(Option<Box<DnsState>>);
+
+impl std::ops::Deref for LazyDns {
+    type Target = DnsState;
+
+    fn deref(&self) -> &DnsState {
+        self.0.as_deref().unwrap_or(&NO_DNS)
+    }
+}
+
+impl std::ops::DerefMut for LazyDns {
+    fn deref_mut(&mut self) -> &mut DnsState {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
 /// Caps the queries remembered per flow: a flood of ids on one tuple stays bounded.
 const MAX_PENDING_QUERIES: usize = 16;
 
@@ -220,7 +255,7 @@ struct FlowState {
     /// When the current attempt's SYN-ACK came, for telling a late one.
     answered_at: Option<Duration>,
     ifindex: u32,
-    dns: DnsState,
+    dns: LazyDns,
     /// The server's veth, when it is on this node and the flow is counted at the
     /// client's: what went in and out there.
     far: Option<Box<FarSide>>,
@@ -250,7 +285,7 @@ impl FlowState {
             early_answer: None,
             answered_at: None,
             ifindex,
-            dns: DnsState::default(),
+            dns: LazyDns::default(),
             far: None,
             kernel_seen: recover::Seen::default(),
             counted_at: Side::Client,
@@ -485,7 +520,8 @@ impl Tracker {
         let now = packet.monotonic;
         self.newest_event = self.newest_event.max(now);
         self.pairing.learn_local(packet);
-        let view = self.pairing.orient(packet);
+        let flows = &self.flows;
+        let view = self.pairing.orient(packet, |key| flows.contains(key));
         let (key, counted_here) = self.connection(&view, packet);
         if !counted_here {
             self.on_far_side(key, &view, packet, now);
@@ -539,7 +575,8 @@ impl Tracker {
         let flows = &self.flows;
         let connection = self
             .pairing
-            .connection_of(&view.key)
+            .bound_to(&view.key)
+            .or(Some(view.key))
             .filter(|key| flows.contains(key))
             .or_else(|| {
                 self.pairing
@@ -586,6 +623,13 @@ impl Tracker {
             state.far = Some(FarSide::seen_at(packet.ifindex, view));
         }
         (connection, false)
+    }
+
+    /// The connection a view belongs to: another view's, or its own.
+    fn connection_of(&mut self, view: &FlowKey) -> Option<FlowKey> {
+        self.pairing
+            .bound_to(view)
+            .or_else(|| self.flows.contains(view).then_some(*view))
     }
 
     /// The API flow of a connection: what the client asked for.
@@ -975,8 +1019,8 @@ impl Tracker {
             if last_seen > read_up_to {
                 continue;
             }
-            for (key, sender, counters) in self.orient_hook(&hook, &counters) {
-                self.recover(key, sender, &counters, hook.ifindex, now);
+            for (key, sender, side, counters) in self.orient_hook(&hook, &counters) {
+                self.recover(key, sender, side, &counters, hook.ifindex, now);
             }
         }
     }
@@ -986,6 +1030,7 @@ impl Tracker {
         &mut self,
         key: FlowKey,
         sender: Sender,
+        side: Side,
         counters: &FlowCounters,
         ifindex: u32,
         now: Duration,
@@ -1009,7 +1054,8 @@ impl Tracker {
                 flow,
                 first_seen,
                 ifindex,
-            );
+            )
+            .counted_at = side;
         }
         let state = self.flows.peek_mut(&key).expect("present");
         let before = state.verdict;
@@ -1047,12 +1093,13 @@ impl Tracker {
     /// sees one direction of a tuple, so what the client sent (SYNs, queries) is the
     /// tuple's connection, what the server sent (SYN-ACKs, responses) the reversed
     /// tuple's, and an ICMP error the quoted tuple's. Only where the connection is counted
-    /// (not the far side of one counted at the client's veth); with who sent them.
+    /// (not the far side of one counted at the client's veth); with who sent them and at
+    /// which end's veth.
     fn orient_hook(
         &mut self,
         hook: &HookKey,
         counters: &FlowCounters,
-    ) -> Vec<(FlowKey, Sender, FlowCounters)> {
+    ) -> Vec<(FlowKey, Sender, Side, FlowCounters)> {
         let tuple = hook.tuple;
         let times = FlowCounters {
             first_seen_ns: counters.first_seen_ns,
@@ -1078,9 +1125,9 @@ impl Tracker {
             ..times
         };
         // Both ends send RSTs and DNS-over-TCP segments: the connection known decides.
-        let from_client = if self.pairing.connection_of(&tuple).is_some() {
+        let from_client = if self.connection_of(&tuple).is_some() {
             true
-        } else if self.pairing.connection_of(&tuple.reversed()).is_some() {
+        } else if self.connection_of(&tuple.reversed()).is_some() {
             false
         } else {
             tuple.dst_port < tuple.src_port
@@ -1116,17 +1163,17 @@ impl Tracker {
                 from_pod == (sender == Sender::Client)
             };
             if client_side {
-                return Some((key, sender, counts));
+                return Some((key, sender, Side::Client, counts));
             }
             // The server's veth: counted here only for a connection whose client is
             // elsewhere.
-            match self.pairing.connection_of(&key) {
+            match self.connection_of(&key) {
                 Some(connection) => self
                     .flows
                     .peek(&connection)
                     .filter(|state| state.counted_at == Side::Server)
-                    .map(|_| (connection, sender, counts)),
-                None => Some((key, sender, counts)),
+                    .map(|_| (connection, sender, Side::Server, counts)),
+                None => Some((key, sender, Side::Server, counts)),
             }
         })
         .collect()

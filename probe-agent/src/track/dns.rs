@@ -324,6 +324,9 @@ pub(super) fn expire_dns(state: &mut FlowState, now: Duration, dns_timeout: Dura
     {
         return retried_over_tcp(state, Retry::Failed("got no answer"), now);
     }
+    if state.dns.pending.is_empty() {
+        return false;
+    }
     let (expired, waiting): (Vec<_>, Vec<_>) = state
         .dns
         .pending

@@ -38,7 +38,8 @@ pub struct View {
 
 /// What the tracker knows to orient and pair views.
 pub struct Pairing {
-    /// Each view seen → the key of its connection.
+    /// Views seen → the key of their connection, where that is another view's (a
+    /// connection's own view is its key in the flow table, not stored twice).
     views: LruCache<FlowKey, FlowKey>,
     /// Client-side views by the client's own address and port: a server-side view of the
     /// same client endpoint (after a DNAT) is the same connection.
@@ -53,8 +54,8 @@ const LOCAL_ADDRESSES: usize = 65_536;
 impl Pairing {
     pub fn new(flows: NonZeroUsize) -> Self {
         Self {
-            // One view per flow mostly (the server side of a flow counted at the client's
-            // is the second); an evicted view is found again by the client's endpoint.
+            // The server sides of flows counted at the client's; an evicted one is found
+            // again by the client's endpoint.
             views: LruCache::new(flows),
             by_client: LruCache::new(flows),
             local: LruCache::new(NonZeroUsize::new(LOCAL_ADDRESSES).expect("non-zero")),
@@ -62,8 +63,9 @@ impl Pairing {
     }
 
     /// Orients `packet`: its sender from its kind (a SYN or a query is the client's), or,
-    /// for a RST or a DNS-over-TCP segment, from the views already known.
-    pub fn orient(&self, packet: &Packet) -> View {
+    /// for a RST or a DNS-over-TCP segment, from the views already known (`tracked`: the
+    /// connections of the flow table).
+    pub fn orient(&self, packet: &Packet, tracked: impl Fn(&FlowKey) -> bool) -> View {
         let tuple = packet.hook.tuple;
         let sender = match packet.kind {
             EventKind::Syn | EventKind::DnsQuery => Sender::Client,
@@ -71,9 +73,9 @@ impl Pairing {
                 Sender::Server
             }
             EventKind::Rst | EventKind::DnsTcpSegment => {
-                if self.views.contains(&tuple) {
+                if self.views.contains(&tuple) || tracked(&tuple) {
                     Sender::Client
-                } else if self.views.contains(&tuple.reversed()) {
+                } else if self.views.contains(&tuple.reversed()) || tracked(&tuple.reversed()) {
                     Sender::Server
                 } else if packet.kind == EventKind::DnsTcpSegment {
                     if tuple.dst_port == DNS_PORT {
@@ -109,19 +111,23 @@ impl Pairing {
         }
     }
 
-    /// The connection a view was seen as, if known.
-    pub fn connection_of(&mut self, view: &FlowKey) -> Option<FlowKey> {
+    /// The other view's connection that `view` is part of, if known.
+    pub fn bound_to(&mut self, view: &FlowKey) -> Option<FlowKey> {
         self.views.get(view).copied()
     }
 
-    /// Records that `view` is part of connection `connection`.
+    /// Records that `view` is part of connection `connection` (its own, or another's).
     pub fn bind(&mut self, view: FlowKey, connection: FlowKey) {
-        self.views.put(view, connection);
+        if view == connection {
+            self.views.pop(&view);
+        } else {
+            self.views.put(view, connection);
+        }
     }
 
     /// Records a client-side view: the connection's own key.
     pub fn client_view(&mut self, view: &View) {
-        self.views.put(view.key, view.key);
+        self.views.pop(&view.key);
         self.by_client.put(
             (view.key.protocol, view.flow.src_ip, view.flow.src_port),
             view.key,
