@@ -133,6 +133,10 @@ impl Attacher {
         out
     }
 
+    pub fn attached_indices(&self) -> std::collections::HashSet<u32> {
+        self.attached.keys().copied().collect()
+    }
+
     pub fn is_attached(&self, index: u32) -> bool {
         self.attached.contains_key(&index)
     }

@@ -14,6 +14,7 @@ pub mod diagnose;
 pub mod enrich;
 pub mod events;
 pub mod loader;
+pub mod local_addresses;
 pub mod metrics;
 pub mod model;
 pub mod nat;

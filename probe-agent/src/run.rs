@@ -35,7 +35,7 @@ use crate::{
     decode::{self, DecodeError},
     enrich::{self, KubeOptions, Names},
     events::{self, CauseReport, EventOptions},
-    loader,
+    loader, local_addresses,
     metrics::{DEFAULT_MAX_SERIES, DecodeErrorKind, LossSource, Metrics},
     model::{AttachMode, FlowEvent, InterfaceStatus, NodeVerdict, Verdict},
     serve::{self, AppState, FlowSource},
@@ -344,10 +344,15 @@ async fn run_probe(
                     warn!("the interface watch overflowed (netlink ENOBUFS): relisting now");
                     metrics.netlink_overrun();
                     relist(&mut attacher, tracker).await;
+                    learn_local_addresses(&attacher, tracker).await;
                 }
                 change => {
                     let attached = attacher.apply(&change);
+                    let added = attached.is_some();
                     note_changes(tracker, &mut attacher, attached);
+                    if added {
+                        learn_local_addresses(&attacher, tracker).await;
+                    }
                 }
             },
             Some((index, n)) = per_interface.recv() => attacher.count_event(index, n),
@@ -359,6 +364,7 @@ async fn run_probe(
                     (changes, watcher) = watch_links(args.netlink_rcvbuf);
                 }
                 relist(&mut attacher, tracker).await;
+                learn_local_addresses(&attacher, tracker).await;
             }
         }
         publish(&attacher, interfaces, metrics);
@@ -396,6 +402,14 @@ async fn relist(attacher: &mut Attacher, tracker: &Mutex<Tracker>) {
             note_changes(tracker, attacher, attached);
         }
         Err(err) => warn!("listing interfaces: {err}"),
+    }
+}
+
+/// Tells the tracker which pod addresses the node routes to behind the attached veths.
+async fn learn_local_addresses(attacher: &Attacher, tracker: &Mutex<Tracker>) {
+    match local_addresses::behind(&attacher.attached_indices()).await {
+        Ok(found) => lock(tracker).set_routed_addresses(found),
+        Err(err) => warn!("listing the routes and neighbours of attached veths: {err:#}"),
     }
 }
 

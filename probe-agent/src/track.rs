@@ -481,6 +481,12 @@ impl Tracker {
 
     /// The interface behind `ifindex` went away. Its name is kept until
     /// [`DEPARTED_INTERFACES`] newer ones have gone too.
+    /// Pod addresses behind the attached veths, from the node's routes and neighbours
+    /// (see [`crate::local_addresses`]): they replace the last listing.
+    pub fn set_routed_addresses(&mut self, routed: HashMap<IpAddr, u32>) {
+        self.pairing.set_routed(routed);
+    }
+
     pub fn forget_interface_name(&mut self, ifindex: u32) {
         self.pairing.forget_interface(ifindex);
         let journal = &mut self.journal;

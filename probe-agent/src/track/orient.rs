@@ -5,7 +5,7 @@
 //! this node is seen at both veths (at the server's after any Service DNAT or SNAT):
 //! here the two views become one connection, keyed by what the client asked for.
 
-use std::{net::IpAddr, num::NonZeroUsize};
+use std::{collections::HashMap, net::IpAddr, num::NonZeroUsize};
 
 use lru::LruCache;
 use probe_ebpf::{Direction, EventKind, FlowKey};
@@ -46,6 +46,9 @@ pub struct Pairing {
     by_client: LruCache<(u8, IpAddr, u16), FlowKey>,
     /// Pod addresses of this node → the veth behind which each was seen.
     local: LruCache<IpAddr, u32>,
+    /// Pod addresses the node routes to (or resolved) behind an attached veth, as last
+    /// listed: known before they send anything.
+    routed: HashMap<IpAddr, u32>,
 }
 
 /// Pod addresses of this node remembered.
@@ -59,6 +62,7 @@ impl Pairing {
             views: LruCache::new(flows),
             by_client: LruCache::new(flows),
             local: LruCache::new(NonZeroUsize::new(LOCAL_ADDRESSES).expect("non-zero")),
+            routed: HashMap::new(),
         }
     }
 
@@ -150,9 +154,14 @@ impl Pairing {
         }
     }
 
-    /// A pod address of this node, by what left its veth.
+    /// Replaces the addresses known from the node's routes and neighbours.
+    pub fn set_routed(&mut self, routed: HashMap<IpAddr, u32>) {
+        self.routed = routed;
+    }
+
+    /// A pod address of this node, by what left its veth or by the node's routes.
     pub fn is_local(&self, ip: &IpAddr) -> bool {
-        self.local.contains(ip)
+        self.local.contains(ip) || self.routed.contains_key(ip)
     }
 
     /// Forgets the addresses seen behind a removed interface: a deleted pod's address may
@@ -167,6 +176,7 @@ impl Pairing {
         for ip in gone {
             self.local.pop(&ip);
         }
+        self.routed.retain(|_, index| *index != ifindex);
     }
 }
 

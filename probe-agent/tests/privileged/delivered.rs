@@ -1,11 +1,13 @@
 //! A SYN between two pods of one node that times out: did it reach the server pod (its
 //! veth saw it go in, `SynDelivered`) or was it dropped on the node between the two? The
 //! agent on a simulated node, with the SYNs dropped once by the node, once by the
-//! server pod's own firewall, and checked against that firewall's own counter.
+//! server pod's own firewall, and checked against that firewall's own counter. No
+//! cluster, and a server pod that never sent a packet: only the node's routes tell the
+//! agent it lives here.
 
 use std::{io, net::IpAddr, time::Duration};
 
-use probe_agent::model::{Verdict, VerdictKind};
+use probe_agent::model::{Cause, Verdict, VerdictKind};
 use xtask::{
     exec,
     lab::{Pod, Proto},
@@ -103,6 +105,7 @@ fn a_timed_out_syn_is_told_dropped_on_the_node_from_delivered_to_the_server() {
         &format!("port={NODE_DROPS}"),
     );
     assert_eq!(counts(&on_node), (2, 0, 0, 0));
+    assert_eq!(on_node.cause, Some(Cause::DroppedBetween), "{on_node:#?}");
     assert_delivered(&agent, 0);
 
     // Dropped by the server pod: every SYN went in at its veth, and the flow is counted
@@ -114,6 +117,7 @@ fn a_timed_out_syn_is_told_dropped_on_the_node_from_delivered_to_the_server() {
         &format!("port={POD_DROPS}"),
     );
     assert_eq!(counts(&in_pod), (2, 0, 0, 0));
+    assert_eq!(in_pod.cause, Some(Cause::ServerSilent), "{in_pod:#?}");
     assert_eq!(pod_dropped(&server), 2, "SYNs the server pod dropped");
     assert_delivered(&agent, 2);
 
