@@ -178,6 +178,18 @@ fn verdicts_counted(agent: &Agent, verdict: &str) -> f64 {
         .sum()
 }
 
+/// tshark's count of DNS queries and responses, over UDP and TCP.
+const DNS_CARRIED: [&str; 2] = ["dns.flags.response == 0", "dns.flags.response == 1"];
+
+/// The queries and responses of every flow that `query` selects, summed.
+fn dns_counted(agent: &Agent, query: &str) -> Vec<usize> {
+    let flows = agent.verdicts(query);
+    vec![
+        flows.iter().map(|f| f.counts.dns_queries as usize).sum(),
+        flows.iter().map(|f| f.counts.dns_responses as usize).sum(),
+    ]
+}
+
 fn query(id: u16, name: &str) -> Vec<u8> {
     let mut message = Message::new(id, MessageType::Query, OpCode::Query);
     message.metadata.recursion_desired = true;
@@ -194,6 +206,7 @@ fn queries_on_one_socket_are_judged_one_by_one() {
     let client = node.add_pod("client", "default", 5).unwrap();
     let _server = RcodeServer::start(&dns_pod);
     let agent = Agent::start(&node, &[]);
+    let capture = Capture::on_pod_veth(&node, &client).unwrap();
     let server = sock(dns_pod.ipv4, 53);
     let answers = client.in_netns(move || {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -225,6 +238,7 @@ fn queries_on_one_socket_are_judged_one_by_one() {
     let flow = agent.settled(&format!("dst_ip={}&protocol=udp", dns_pod.ipv4));
     assert_eq!(flow.verdict, VerdictKind::Ok, "{flow:#?}");
     assert_eq!((flow.counts.dns_queries, flow.counts.dns_responses), (3, 3));
+    assert_eq!(capture.finish(&DNS_CARRIED).unwrap(), [3, 3]);
     assert_eq!(verdicts_counted(&agent, "SERVFAIL"), 1.0);
     assert_eq!(verdicts_counted(&agent, "OK"), 2.0);
 }
@@ -245,6 +259,7 @@ fn dns_over_tcp_is_dns() {
     )
     .unwrap();
     let agent = Agent::start(&node, &[]);
+    let capture = Capture::on_pod_veth(&node, &client).unwrap();
     let server: SocketAddr = sock(dns_pod.ipv4, 53);
     for (name, rcode) in [
         ("db.default.svc.cluster.local.", "NOERROR"),
@@ -290,6 +305,8 @@ fn dns_over_tcp_is_dns() {
         assert_eq!((flow.counts.syn, flow.counts.syn_ack), (1, 1));
         assert_eq!(flow.dns.unwrap().rcode.as_deref(), Some(rcode));
     }
+    assert_eq!(capture.finish(&DNS_CARRIED).unwrap(), [2, 2]);
+    assert_eq!(dns_counted(&agent, "protocol=tcp&port=53"), [2, 2]);
 }
 
 /// A pod's resolv.conf, as `ip netns exec` shows it to programs run in the pod.
@@ -344,6 +361,7 @@ fn glibc_retries_a_truncated_answer_over_tcp() {
     let client = node.add_pod("client", "default", 5).unwrap();
     set_resolv_conf(&client, "ndots:5 timeout:1 attempts:1");
     let agent = Agent::start(&node, &[]);
+    let capture = Capture::on_pod_veth(&node, &client).unwrap();
     let out = getent(&client, "big.default.svc.cluster.local.");
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 40 * 3);
@@ -363,6 +381,20 @@ fn glibc_retries_a_truncated_answer_over_tcp() {
         (dns.qname.as_str(), dns.rcode.as_deref()),
         ("big.default.svc.cluster.local.", Some("NOERROR"))
     );
+    let carried = capture
+        .finish(&[
+            "udp && dns.flags.response == 0",
+            "udp && dns.flags.response == 1",
+            "tcp && dns.flags.response == 0",
+            "tcp && dns.flags.response == 1",
+        ])
+        .unwrap();
+    let counted = [
+        dns_counted(&agent, "protocol=udp&port=53"),
+        dns_counted(&agent, "protocol=tcp&port=53"),
+    ]
+    .concat();
+    assert_eq!(carried, counted);
 }
 
 /// The same lookup where only UDP 53 is allowed (a very common policy mistake): the
@@ -402,12 +434,14 @@ fn glibc_use_vc_is_dns_over_tcp() {
     let client = node.add_pod("client", "default", 5).unwrap();
     set_resolv_conf(&client, "ndots:5 timeout:1 attempts:1 use-vc");
     let agent = Agent::start(&node, &[]);
+    let capture = Capture::on_pod_veth(&node, &client).unwrap();
     let out = getent(&client, "big.default.svc.cluster.local.");
     assert!(out.status.success(), "{out:?}");
     let tcp = agent.settled("protocol=tcp&port=53");
     assert_eq!(tcp.verdict, VerdictKind::Ok, "{tcp:#?}");
-    assert_eq!(tcp.counts.dns_responses, tcp.counts.dns_queries);
-    assert!(tcp.counts.dns_queries >= 1);
+    let carried = capture.finish(&DNS_CARRIED).unwrap();
+    assert!(carried[0] >= 1, "{carried:?}");
+    assert_eq!(dns_counted(&agent, "protocol=tcp&port=53"), carried);
     assert_eq!(
         tcp.dns.unwrap().qname.as_str(),
         "big.default.svc.cluster.local."
