@@ -20,14 +20,15 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages used by `cargo xtask demo`, `test` and `bench`.
 pub const PACKAGES: &[&str] = &[
-    "iproute2",     // ip: namespaces, veths, routes
-    "nftables",     // nft: Services (DNAT), rejects and drops in the lab
-    "dnsmasq-base", // the lab's DNS server
-    "dnsutils",     // dig, in the lab tests
-    "curl",         // HTTP clients in the demo, API examples
-    "iperf3",       // throughput benchmark
-    "hping3",       // SYN flood in the agent's privileged tests (SIGTERM under load)
-    "tshark",       // the oracle for what a veth carried, in the lab tests
+    "iproute2",       // ip: namespaces, veths, routes
+    "nftables",       // nft: Services (DNAT), rejects and drops in the lab
+    "dnsmasq-base",   // the lab's DNS server
+    "dnsutils",       // dig, in the lab tests
+    "curl",           // HTTP clients in the demo, API examples
+    "iperf3",         // throughput benchmark
+    "hping3",         // SYN flood in the agent's privileged tests (SIGTERM under load)
+    "tshark",         // the oracle for what a veth carried, in the lab tests
+    "busybox-static", // busybox nslookup: a resolver of its own, in the real-traffic tests
     // `cargo xtask check-manifests` / `check-monitoring`: promtool checks and unit-tests the
     // alerts, prometheus scrapes the demo's agent. (On a machine with systemd the package
     // also starts a prometheus service on :9090; the checks use their own, on a free port.)

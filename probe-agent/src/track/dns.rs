@@ -181,7 +181,12 @@ pub(super) fn on_dns_response(
         return;
     }
     match (rcode_verdict(dns.rcode), nxdomain) {
-        (VerdictKind::Ok, _) => state.dns.success = Some(summary),
+        (VerdictKind::Ok, _) => {
+            // The latest answer is the flow's: a busy socket's earlier failure was
+            // counted when it came and does not stick.
+            state.dns.failure = None;
+            state.dns.success = Some(summary);
+        }
         (VerdictKind::Nxdomain, NxdomainIs::Held(since)) => {
             state.dns.held = Some(Box::new((summary, since)))
         }
@@ -203,9 +208,13 @@ fn rcode_verdict(rcode: ResponseCode) -> VerdictKind {
     }
 }
 
-/// A DNS flow's verdict once no query is waiting: its failure if it had one, else OK.
+/// A DNS flow's verdict from its latest answers: a failure since the last success, else
+/// OK. Each answer is judged when it comes, whatever else is in flight on the socket (a
+/// forwarder's always has something); with no answer yet, it stays pending.
 pub(super) fn settle_dns(state: &mut FlowState) {
-    if !state.dns.pending.is_empty() {
+    let answered =
+        state.dns.failure.is_some() || state.dns.success.is_some() || state.dns.expansion.is_some();
+    if !state.dns.pending.is_empty() && !answered {
         return;
     }
     if let Some((summary, _)) = state.dns.truncated.as_deref() {

@@ -255,28 +255,35 @@ fn dns_rcodes_map_to_verdicts() {
     }
 }
 
+/// A socket with queries always in flight (a forwarder's): each answer is judged when it
+/// comes, and a failure holds only until a later answer succeeds.
 #[test]
-fn dns_verdict_waits_for_every_query_of_the_flow() {
+fn dns_verdict_follows_each_answer_while_others_are_in_flight() {
     let mut t = tracker();
     let name = "api.example.com.";
-    t.on_packet(&dns(EventKind::DnsQuery, 1, name, ResponseCode::NoError, 0));
-    t.on_packet(&dns(EventKind::DnsQuery, 2, name, ResponseCode::NoError, 0));
-    t.on_packet(&dns(
-        EventKind::DnsResponse,
-        1,
-        name,
-        ResponseCode::NoError,
-        2,
-    ));
+    for id in 1..=3 {
+        t.on_packet(&dns(
+            EventKind::DnsQuery,
+            id,
+            name,
+            ResponseCode::NoError,
+            0,
+        ));
+    }
     assert_eq!(only(&t).verdict, VerdictKind::Pending);
-    t.on_packet(&dns(
-        EventKind::DnsResponse,
-        2,
-        name,
-        ResponseCode::NoError,
-        3,
-    ));
-    assert_eq!(only(&t).verdict, VerdictKind::Ok);
+    for (id, rcode, verdict) in [
+        (1, ResponseCode::NoError, VerdictKind::Ok),
+        (2, ResponseCode::ServFail, VerdictKind::Servfail),
+        (3, ResponseCode::NoError, VerdictKind::Ok),
+    ] {
+        t.on_packet(&dns(EventKind::DnsResponse, id, name, rcode, u64::from(id)));
+        assert_eq!(only(&t).verdict, verdict, "after answer {id}");
+    }
+    let failures: Vec<_> = t
+        .events(&|e| e.verdict == VerdictKind::Servfail, 100)
+        .into_iter()
+        .collect();
+    assert_eq!(failures.len(), 1, "{failures:#?}");
 }
 
 #[test]

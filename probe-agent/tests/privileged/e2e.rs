@@ -108,6 +108,15 @@ impl Agent {
             .verdicts
     }
 
+    pub(crate) fn flow_events(&self, query: &str) -> Vec<probe_agent::model::FlowEvent> {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            flows: Vec<probe_agent::model::FlowEvent>,
+        }
+        self.get::<Body>(&format!("/v1/flows?limit=1000&{query}"))
+            .flows
+    }
+
     pub(crate) fn interfaces(&self) -> Vec<InterfaceStatus> {
         #[derive(serde::Deserialize)]
         struct Body {

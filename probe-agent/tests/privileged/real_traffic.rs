@@ -243,6 +243,150 @@ fn queries_on_one_socket_are_judged_one_by_one() {
     assert_eq!(verdicts_counted(&agent, "OK"), 2.0);
 }
 
+/// A forwarder (CoreDNS upstream, NodeLocal DNSCache) always has a query in flight on its
+/// socket: each answer is judged when it comes, and a SERVFAIL in the middle is counted
+/// once and does not stay the flow's verdict.
+#[test]
+fn a_busy_forwarder_socket_is_judged_answer_by_answer() {
+    let mut node = node("fwd");
+    let dns_pod = node.add_pod("dns", "kube-system", 10).unwrap();
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let _server = RcodeServer::start(&dns_pod);
+    let agent = Agent::start(&node, &[]);
+    let capture = Capture::on_pod_veth(&node, &client).unwrap();
+    let server = sock(dns_pod.ipv4, 53);
+    let names = ["ok.a.", "ok.b.", "servfail.c.", "ok.d.", "ok.e.", "ok.f."];
+    let rcodes = client.in_netns(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        // All in flight before the first answer: the socket is never idle.
+        for (id, name) in (1..).zip(names) {
+            socket.send_to(&query(id, name), server).unwrap();
+        }
+        let mut buf = [0u8; 512];
+        (0..names.len())
+            .map(|_| {
+                let (n, _) = socket.recv_from(&mut buf).unwrap();
+                Message::from_vec(&buf[..n]).unwrap().metadata.response_code
+            })
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(rcodes[2], ResponseCode::ServFail);
+    let flow = agent.settled(&format!("dst_ip={}&protocol=udp", dns_pod.ipv4));
+    assert_eq!(flow.verdict, VerdictKind::Ok, "{flow:#?}");
+    assert_eq!(flow.dns.as_ref().unwrap().qname, "ok.f.");
+    assert_eq!(capture.finish(&DNS_CARRIED).unwrap(), [6, 6]);
+    assert_eq!(dns_counted(&agent, "protocol=udp"), [6, 6]);
+    assert_eq!(verdicts_counted(&agent, "SERVFAIL"), 1.0);
+    let events = agent.flow_events(&format!("dst_ip={}", dns_pod.ipv4));
+    assert!(
+        events.iter().any(|e| e.verdict == VerdictKind::Servfail),
+        "{events:#?}"
+    );
+}
+
+/// Node.js's resolver (c-ares) sends concurrent queries on one UDP socket: one SERVFAIL
+/// among NOERRORs. One flow; each query judged on its own, the SERVFAIL counted once and
+/// not the flow's verdict once later answers came.
+#[test]
+fn c_ares_queries_on_its_one_socket_are_judged_one_by_one() {
+    let mut node = node("cares");
+    let dns_pod = node.add_pod("dns", "kube-system", 10).unwrap();
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let _server = RcodeServer::start(&dns_pod);
+    let agent = Agent::start(&node, &[]);
+    let capture = Capture::on_pod_veth(&node, &client).unwrap();
+    let script = format!(
+        "const r = new (require('dns').promises.Resolver)({{ timeout: 2000, tries: 1 }});\n\
+         r.setServers(['{}']);\n\
+         (async () => {{\n\
+           const names = ['ok.example', 'servfail.example', 'ok.example', 'ok.example'];\n\
+           const codes = await Promise.all(names.map((name) =>\n\
+             r.resolve4(name).then(() => 'answered', (e) => e.code)));\n\
+           codes.forEach((code) => console.log(code));\n\
+         }})();\n",
+        dns_pod.ipv4
+    );
+    let out = client
+        .command(&xtask::exec::tool("node").to_string_lossy())
+        .args(["-e", &script])
+        .output()
+        .expect("running node: Node.js is on every machine of this kind");
+    assert!(out.status.success(), "{out:?}");
+    // NOERROR without an A record is ENODATA to c-ares.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["ENODATA", "ESERVFAIL", "ENODATA", "ENODATA"]
+    );
+    let flow = agent.settled(&format!("dst_ip={}&protocol=udp", dns_pod.ipv4));
+    assert_eq!(flow.verdict, VerdictKind::Ok, "{flow:#?}");
+    let carried = capture
+        .finish(&[
+            DNS_CARRIED[0],
+            DNS_CARRIED[1],
+            "dns.flags.rcode == 2",
+            "dns.flags.response == 1 && dns.flags.rcode == 0",
+        ])
+        .unwrap();
+    assert_eq!(carried, [4, 4, 1, 3]);
+    let flows = agent.verdicts("protocol=udp");
+    assert_eq!(flows.len(), 1, "one socket, one flow: {flows:#?}");
+    assert_eq!(dns_counted(&agent, "protocol=udp"), [4, 4]);
+    // How often OK is reached depends on how c-ares interleaves sends and answers.
+    assert_eq!(verdicts_counted(&agent, "SERVFAIL"), 1.0);
+}
+
+/// busybox's nslookup asks for A and AAAA at once, on one socket: two queries in
+/// flight on one flow, each matched to its own answer.
+#[test]
+fn busybox_asks_a_and_aaaa_at_once_on_one_socket() {
+    let mut node = node("bbox");
+    let dns_pod = node.add_pod("dns", "kube-system", 10).unwrap();
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let _server = RcodeServer::start(&dns_pod);
+    let agent = Agent::start(&node, &[]);
+    let capture = Capture::on_pod_veth(&node, &client).unwrap();
+    let lookup = |name: &str| {
+        client
+            .command(&xtask::exec::tool("busybox").to_string_lossy())
+            .args(["nslookup", name, &dns_pod.ipv4.to_string()])
+            .output()
+            .unwrap()
+    };
+    let ok = lookup("ok.example.");
+    assert!(ok.status.success(), "{ok:?}");
+    let flow = agent.settled(&format!("dst_ip={}&protocol=udp", dns_pod.ipv4));
+    assert_eq!(flow.verdict, VerdictKind::Ok, "{flow:#?}");
+    assert_eq!((flow.counts.dns_queries, flow.counts.dns_responses), (2, 2));
+    let refused = lookup("refused.example.");
+    assert!(!refused.status.success(), "{refused:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let found = agent
+            .verdicts("protocol=udp")
+            .into_iter()
+            .find(|v| v.verdict == VerdictKind::DnsRefused);
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:#?}",
+            agent.verdicts("")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(failed.dns.unwrap().qname, "refused.example.");
+    let carried = capture.finish(&DNS_CARRIED).unwrap();
+    assert_eq!(carried, [4, 4]);
+    assert_eq!(dns_counted(&agent, "protocol=udp"), carried);
+    assert_eq!(agent.verdicts("protocol=udp").len(), 2);
+}
+
 /// `dig +tcp`: DNS over TCP is DNS, its messages framed from the segments: a NOERROR
 /// and an NXDOMAIN, each on its connection, with the name and rcode.
 #[test]
