@@ -184,8 +184,9 @@ struct DnsState {
     expansion: Option<Box<(DnsSummary, String)>>,
     /// DNS over TCP: the client's and the server's byte streams, framed into messages.
     streams: Option<Box<[Option<dns_stream::DnsStream>; 2]>>,
-    /// A truncated UDP answer (TC) waiting for the client's retry over TCP, since when.
-    truncated: Option<Box<(DnsSummary, Duration)>>,
+    /// A truncated UDP answer (TC) waiting for the client's retry over TCP, since when,
+    /// with its rcode.
+    truncated: Option<Box<(DnsSummary, Duration, hickory_proto::op::ResponseCode)>>,
     /// That retry failed: the lookup's failure is DNS over TCP's.
     tcp_retry_failed: bool,
 }
@@ -360,6 +361,9 @@ pub struct Tracker {
     /// UDP lookups whose answer was truncated, by (client, server, name): their retry
     /// over TCP settles them.
     retries: LruCache<(IpAddr, IpAddr, String), (FlowKey, u64)>,
+    /// When each client last sent a SYN to a DNS server's TCP port, by (client, server):
+    /// a truncated answer with no retry since was kept by its client, not failed.
+    dns_tcp_attempts: LruCache<(IpAddr, IpAddr), Duration>,
 }
 
 /// Truncated lookups waiting for their TCP retry, at most.
@@ -437,6 +441,9 @@ impl Tracker {
             eviction_horizon: Duration::ZERO,
             conntrack: None,
             retries: LruCache::new(NonZeroUsize::new(TRUNCATED_LOOKUPS).expect("non-zero")),
+            dns_tcp_attempts: LruCache::new(
+                NonZeroUsize::new(TRUNCATED_LOOKUPS).expect("non-zero"),
+            ),
         }
     }
 
@@ -559,6 +566,9 @@ impl Tracker {
             if packet.kind == EventKind::Syn {
                 state.attempt_syns += lost;
             }
+        }
+        if packet.kind == EventKind::Syn && flow.dst_port == dns::DNS_PORT {
+            self.dns_tcp_attempts.put((flow.src_ip, flow.dst_ip), now);
         }
         if packet.kind == EventKind::Syn {
             let seq = packet.tcp.as_ref().map(|tcp| tcp.seq);
@@ -789,7 +799,7 @@ impl Tracker {
                 }
             }
         }
-        if !was_truncated && let Some((summary, _)) = state.dns.truncated.as_deref() {
+        if !was_truncated && let Some((summary, _, _)) = state.dns.truncated.as_deref() {
             self.retries.put(
                 (
                     state.flow.src_ip,
@@ -988,7 +998,11 @@ impl Tracker {
                 && (expire_syn(state, now, self.config.syn_timeout)
                     | tcp::expire_early_answer(state, now));
             let held = expire_held(state, &self.context.search, now);
-            let expired = expire_dns(state, now, self.config.dns_timeout) | held | syn;
+            let retry_since = self
+                .dns_tcp_attempts
+                .peek(&(state.flow.src_ip, state.flow.dst_ip))
+                .copied();
+            let expired = expire_dns(state, now, self.config.dns_timeout, retry_since) | held | syn;
             if expired {
                 node_outcome(&mut self.context.node, &self.journal, state, before, now);
                 Explainer::new(&self.journal, &self.context, &self.pairing).refresh(state, before);

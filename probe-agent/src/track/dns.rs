@@ -176,7 +176,7 @@ pub(super) fn on_dns_response(
     };
     if dns.truncated && state.flow.protocol == Protocol::Udp {
         // The answer did not fit: the lookup's verdict is its retry's over TCP.
-        state.dns.truncated = Some(Box::new((summary, now)));
+        state.dns.truncated = Some(Box::new((summary, now, dns.rcode)));
         settle_dns(state);
         return;
     }
@@ -217,7 +217,7 @@ pub(super) fn settle_dns(state: &mut FlowState) {
     if !state.dns.pending.is_empty() && !answered {
         return;
     }
-    if let Some((summary, _)) = state.dns.truncated.as_deref() {
+    if let Some((summary, _, _)) = state.dns.truncated.as_deref() {
         state.verdict = VerdictKind::Pending;
         state.reason = format!(
             "the answer for {} was truncated (TC): waiting for the client's retry over TCP",
@@ -287,6 +287,8 @@ pub(super) fn expire_held(state: &mut FlowState, search: &SearchPaths, now: Dura
 
 /// What the TCP retry of a truncated UDP answer came to.
 pub(super) enum Retry {
+    /// None was tried: the client kept what fit (`dig +ignore`, musl before 1.2.4).
+    NotTried,
     /// Its answer, with the rcode that is now the lookup's.
     Answered(DnsPacket),
     /// The connection failed (TIMEOUT, REFUSED, UNREACHABLE), or nothing came in time.
@@ -296,10 +298,26 @@ pub(super) enum Retry {
 /// Settles a flow whose UDP answer was truncated, from its retry over TCP. Returns
 /// whether it was waiting for one.
 pub(super) fn retried_over_tcp(state: &mut FlowState, retry: Retry, now: Duration) -> bool {
-    let Some((summary, _)) = state.dns.truncated.take().map(|held| *held) else {
+    let Some((summary, _, rcode)) = state.dns.truncated.take().map(|held| *held) else {
         return false;
     };
     match retry {
+        Retry::NotTried => {
+            let kept = DnsPacket {
+                id: summary.id,
+                is_response: true,
+                rcode,
+                qname: Some(summary.qname.clone()),
+                qtype: Some(summary.qtype.clone()),
+                truncated: false,
+            };
+            on_dns_response(state, &kept, NxdomainIs::Failure, now);
+            state.reason = format!(
+                "{}, truncated (TC): the client kept what fit and did not retry over TCP",
+                state.reason
+            )
+            .into();
+        }
         Retry::Answered(dns) => {
             let dns = DnsPacket {
                 id: summary.id,
@@ -324,14 +342,23 @@ pub(super) fn retried_over_tcp(state: &mut FlowState, retry: Retry, now: Duratio
     true
 }
 
-pub(super) fn expire_dns(state: &mut FlowState, now: Duration, dns_timeout: Duration) -> bool {
-    if state
-        .dns
-        .truncated
-        .as_deref()
-        .is_some_and(|(_, since)| now.saturating_sub(*since) >= dns_timeout)
+/// Expires unanswered queries, and a truncated answer whose retry did not settle it in
+/// time: `retry_since` is when the client last tried TCP to this server, if ever.
+pub(super) fn expire_dns(
+    state: &mut FlowState,
+    now: Duration,
+    dns_timeout: Duration,
+    retry_since: Option<Duration>,
+) -> bool {
+    if let Some((_, since, _)) = state.dns.truncated.as_deref()
+        && now.saturating_sub(*since) >= dns_timeout
     {
-        return retried_over_tcp(state, Retry::Failed("got no answer"), now);
+        let retry = if retry_since.is_some_and(|at| at >= *since) {
+            Retry::Failed("got no answer")
+        } else {
+            Retry::NotTried
+        };
+        return retried_over_tcp(state, retry, now);
     }
     if state.dns.pending.is_empty() {
         return false;

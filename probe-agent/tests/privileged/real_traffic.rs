@@ -541,6 +541,54 @@ fn glibc_retries_a_truncated_answer_over_tcp() {
     assert_eq!(carried, counted);
 }
 
+/// A client that keeps a truncated answer and never retries over TCP (`dig +ignore`,
+/// without EDNS so 512 bytes is the limit;
+/// musl before 1.2.4 does the same): answered, not a DNS failure.
+#[test]
+fn a_client_that_keeps_a_truncated_answer_was_answered() {
+    let mut node = node("tckeep");
+    let (_dns, _) = dns_with_a_big_answer(&mut node);
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let agent = Agent::start(&node, &[]);
+    let capture = Capture::on_pod_veth(&node, &client).unwrap();
+    let out = client
+        .command("dig")
+        .args([
+            "+ignore",
+            "+noedns",
+            "+tries=1",
+            "+time=2",
+            &format!("@{}", lab::DEFAULT_DNS),
+            "big.default.svc.cluster.local.",
+            "A",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("status: NOERROR") && text.contains(" tc"),
+        "{text}"
+    );
+    // Pending until --dns-timeout (1 s) has passed without a retry.
+    let udp = agent.settled("protocol=udp&port=53");
+    assert_eq!(
+        (udp.verdict, udp.cause),
+        (VerdictKind::Ok, None),
+        "{udp:#?}"
+    );
+    assert!(
+        udp.reason.contains("truncated (TC)") && udp.reason.contains("did not retry"),
+        "{}",
+        udp.reason
+    );
+    assert_eq!((udp.counts.dns_queries, udp.counts.dns_responses), (1, 1));
+    let carried = capture
+        .finish(&["tcp.port == 53", "udp && dns.flags.truncated == 1"])
+        .unwrap();
+    assert_eq!(carried, [0, 1]);
+    assert!(agent.verdicts("protocol=tcp").is_empty());
+}
+
 /// The same lookup where only UDP 53 is allowed (a very common policy mistake): the
 /// retry over TCP cannot connect, and the lookup fails with that cause.
 #[test]
