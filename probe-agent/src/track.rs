@@ -589,6 +589,7 @@ impl Tracker {
         // The server's veth: the client's side of the same connection, if it is here,
         // pod to pod or through a DNAT that kept the client's address and port.
         let flows = &self.flows;
+        let mut translated = None;
         let connection = self
             .pairing
             .bound_to(&view.key)
@@ -606,7 +607,11 @@ impl Tracker {
                     .as_ref()?
                     .by_reply(&view.flow.reversed())
                     .ok()??;
-                Some(orient::key_of(&translation.original)).filter(|key| flows.contains(key))
+                let original = orient::key_of(&translation.original);
+                translated = translation
+                    .is_nat()
+                    .then_some((original, translation.original));
+                Some(original).filter(|key| flows.contains(key))
             });
         let Some(connection) = connection else {
             if self.pairing.is_local(&view.flow.src_ip) && view.flow.src_ip != packet.pod {
@@ -625,6 +630,22 @@ impl Tracker {
                 state.far = Some(FarSide::seen_at(packet.ifindex, view));
                 self.pairing.bind(view.key, view.key);
                 return (view.key, false);
+            }
+            if let Some((original, flow)) = translated {
+                // A client elsewhere through NAT (a NodePort, SNATed or not): counted here
+                // under what the client asked for, the backend named.
+                let state = flow_entry(
+                    &mut self.flows,
+                    &mut self.next_generation,
+                    &original,
+                    flow,
+                    packet.monotonic,
+                    packet.ifindex,
+                );
+                state.counted_at = Side::Server;
+                state.far = Some(FarSide::seen_at(packet.ifindex, view));
+                self.pairing.bind(view.key, original);
+                return (original, true);
             }
             // The client is not on this node: counted here, at the server's veth.
             self.pairing.bind(view.key, view.key);

@@ -107,6 +107,77 @@ fn hairpin_through_a_service_is_one_flow() {
     assert_eq!(all.len(), 1, "{all:#?}");
 }
 
+/// A client on another node reaching a NodePort, DNATed to a pod here and SNATed to the
+/// node (externalTrafficPolicy: Cluster): the pod's veth sees only the node's address.
+/// One flow, keyed by what the client asked for (node:30080), the backend named; a
+/// backend whose firewall drops the SYNs is one TIMEOUT flow, the server silent.
+#[test]
+fn a_nodeport_with_snat_is_keyed_by_what_the_client_asked_for() {
+    let mut node = node("nodeport");
+    let server = node.add_pod("web", "default", 7).unwrap();
+    let far = node.add_remote_host("far", 20).unwrap();
+    let _web = server.listen_tcp(8080).unwrap();
+    let _silent = server.listen_tcp(8081).unwrap();
+    let mut nft = server.command(&xtask::exec::tool("nft").to_string_lossy());
+    xtask::exec::run_with_stdin(
+        nft.args(["-f", "-"]),
+        "table inet pod {\n chain input {\n  type filter hook input priority 0;\n  \
+         tcp dport 8081 drop\n }\n}\n",
+    )
+    .unwrap();
+    let node_ip = IpAddr::from(lab::GATEWAY_V4);
+    node.add_service(Proto::Tcp, node_ip, 30080, sock(server.ipv4, 8080))
+        .unwrap();
+    node.add_service(Proto::Tcp, node_ip, 30081, sock(server.ipv4, 8081))
+        .unwrap();
+    node.nft(&format!(
+        "table ip nodeport {{\n chain post {{\n  type nat hook postrouting priority 100;\n  \
+         ip saddr {} ip daddr {} masquerade\n }}\n}}\n",
+        far.ipv4, server.ipv4
+    ))
+    .unwrap();
+    let agent = Agent::start(&node, &[]);
+    let capture = Capture::on_pod_veth(&node, &server).unwrap();
+
+    far.connect_tcp(sock(node_ip, 30080), Duration::from_secs(2))
+        .unwrap();
+    let ok = agent.settled("port=30080");
+    assert_eq!(ok.verdict, VerdictKind::Ok, "{ok:#?}");
+    assert_eq!(
+        (ok.flow.src_ip, ok.flow.dst_ip, ok.flow.dst_port),
+        (IpAddr::from(far.ipv4), node_ip, 30080)
+    );
+    assert_eq!(counts(&ok), (1, 1, 0, 0));
+    assert_eq!(ok.backend, Some(sock(server.ipv4, 8080)));
+    assert_eq!(&*ok.interface, server.host_if);
+
+    // Its SYN at 0 s and the retransmission at 1 s.
+    assert!(
+        far.connect_tcp(sock(node_ip, 30081), Duration::from_millis(1500))
+            .is_err()
+    );
+    let silent = agent.settled("port=30081");
+    assert_eq!(
+        (silent.verdict, silent.cause),
+        (VerdictKind::Timeout, Some(Cause::ServerSilent)),
+        "{silent:#?}"
+    );
+    assert_eq!(silent.flow.src_ip, IpAddr::from(far.ipv4));
+    assert_eq!(counts(&silent), (2, 0, 0, 0));
+    assert_eq!(silent.backend, Some(sock(server.ipv4, 8081)));
+
+    // The pod's veth carried them from the node's address, SNATed.
+    let carried = capture
+        .finish(&[
+            &format!("ip.src == {node_ip} && tcp.flags.syn == 1 && tcp.flags.ack == 0"),
+            "tcp.flags.syn == 1 && tcp.flags.ack == 1",
+        ])
+        .unwrap();
+    assert_eq!(carried, [3, 1]);
+    let all = agent.verdicts("protocol=tcp");
+    assert_eq!(all.len(), 2, "{all:#?}");
+}
+
 /// Two connections from one fixed source port (the first aborted, so no TIME_WAIT):
 /// the second is a new connection with its own counts and verdict, told by its ISN.
 #[test]
