@@ -72,16 +72,38 @@ fn a_service_with_a_high_target_port_is_one_flow() {
 /// hairpin): one flow, counted once, paired across the SNAT through conntrack.
 #[test]
 fn hairpin_through_a_service_is_one_flow() {
-    let mut node = node("hairpin");
+    hairpin("hairpin", false);
+}
+
+/// The same over IPv6.
+#[test]
+fn hairpin_over_ipv6_is_one_flow() {
+    hairpin("hairpin6", true);
+}
+
+fn hairpin(tag: &str, v6: bool) {
+    let mut node = node(tag);
     let pod = node.add_pod("web", "default", 7).unwrap();
     let _web = pod.listen_tcp(8080).unwrap();
-    let vip: IpAddr = "10.96.0.50".parse().unwrap();
-    node.add_service(Proto::Tcp, vip, 80, sock(pod.ipv4, 8080))
+    let (ip, vip, family) = if v6 {
+        (
+            IpAddr::from(pod.ipv6),
+            "fd00:96::50".parse().unwrap(),
+            "ip6",
+        )
+    } else {
+        (IpAddr::from(pod.ipv4), "10.96.0.50".parse().unwrap(), "ip")
+    };
+    let (daddr, saddr) = if v6 {
+        ("ipv6.dst", "ipv6.src")
+    } else {
+        ("ip.dst", "ip.src")
+    };
+    node.add_service(Proto::Tcp, vip, 80, sock(ip, 8080))
         .unwrap();
     node.nft(&format!(
-        "table ip hairpin {{\n chain post {{\n  type nat hook postrouting priority 100;\n  \
-         ip saddr {ip} ip daddr {ip} masquerade\n }}\n}}\n",
-        ip = pod.ipv4
+        "table {family} hairpin {{\n chain post {{\n  type nat hook postrouting priority 100;\n  \
+         {family} saddr {ip} {family} daddr {ip} masquerade\n }}\n}}\n"
     ))
     .unwrap();
     let agent = Agent::start(&node, &[]);
@@ -92,17 +114,20 @@ fn hairpin_through_a_service_is_one_flow() {
     assert_eq!(ok.verdict, VerdictKind::Ok, "{ok:#?}");
     assert_eq!(counts(&ok), (1, 1, 0, 0));
     // The pod's veth carried the SYN twice (out to the ClusterIP, back in masqueraded),
-    // and the SYN-ACK twice: one connection, counted once.
+    // and the SYN-ACK twice: one connection, counted once. (Not counting the copies that
+    // IPv6 redirects quote: the node sends one for each packet it hairpins.)
+    let tcp = "!icmp && !icmpv6 && tcp.flags.syn == 1";
     let carried = capture
         .finish(&[
-            "tcp.flags.syn == 1 && tcp.flags.ack == 0",
-            &format!("ip.dst == {vip} && tcp.flags.syn == 1 && tcp.flags.ack == 0"),
-            "tcp.flags.syn == 1 && tcp.flags.ack == 1",
+            &format!("{tcp} && tcp.flags.ack == 0"),
+            &format!("{tcp} && tcp.flags.ack == 0 && {daddr} == {vip}"),
+            &format!("{tcp} && tcp.flags.ack == 1"),
+            &format!("{tcp} && tcp.flags.ack == 1 && {saddr} == {vip}"),
         ])
         .unwrap();
-    assert_eq!(carried, [2, 1, 2]);
-    assert_eq!(ok.flow.src_ip, IpAddr::from(pod.ipv4));
-    assert_eq!(ok.backend, Some(sock(pod.ipv4, 8080)));
+    assert_eq!(carried, [2, 1, 2, 1]);
+    assert_eq!(ok.flow.src_ip, ip);
+    assert_eq!(ok.backend, Some(sock(ip, 8080)));
     let all = agent.verdicts("protocol=tcp");
     assert_eq!(all.len(), 1, "{all:#?}");
 }
