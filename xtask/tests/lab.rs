@@ -227,6 +227,18 @@ fn drops_time_out_rejects_refuse_and_unknown_destinations_vanish() {
     assert_eq!(err.kind(), ErrorKind::TimedOut, "reject removed: {err}");
 }
 
+/// Polls `done` until it holds; fails after 10 s, naming `what` it waited for.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 10 s for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn remove_pod_and_leftovers() {
     root_or_fail();
@@ -235,13 +247,16 @@ fn remove_pod_and_leftovers() {
     let a = node.add_pod("a", "default", 2).unwrap();
     // A process living in the pod (e.g. a leaked server) must not keep it alive.
     let mut sleeper = a.command("sleep").arg("60").spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // In the pod once `ip netns exec` has become `sleep`: only then is it the pod's.
+    let comm = format!("/proc/{}/comm", sleeper.id());
+    wait_until("the sleeper to exec in the pod", || {
+        std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep")
+    });
     node.remove_pod(&a).unwrap();
     assert!(!netns_exists(&a.netns));
-    assert!(
-        sleeper.try_wait().unwrap().is_some(),
-        "process in pod killed"
-    );
+    wait_until("the process in the pod to be killed", || {
+        sleeper.try_wait().unwrap().is_some()
+    });
     let (_, links) = output(node.command("ip").args(["-o", "link"]));
     assert!(!links.contains(&a.host_if), "{links}");
     assert!(node.pods().is_empty());
@@ -291,24 +306,20 @@ fn remove_pod_and_leftovers() {
         .spawn()
         .unwrap();
     // Until `ip netns exec` has entered the namespace and exec'd sleep.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !std::fs::read_to_string(format!("/proc/{}/cmdline", inside.id()))
-        .unwrap_or_default()
-        .starts_with("sleep")
-    {
-        assert!(Instant::now() < deadline, "ip netns exec never ran sleep");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let cmdline = format!("/proc/{}/cmdline", inside.id());
+    wait_until("ip netns exec to run sleep", || {
+        std::fs::read_to_string(&cmdline)
+            .unwrap_or_default()
+            .starts_with("sleep")
+    });
     let removed = lab::remove_orphans(&stale).unwrap();
     assert_eq!(removed, [format!("{stale}-node"), format!("{stale}-x")]);
-    assert!(
-        inside.try_wait().unwrap().is_some(),
-        "the process inside is gone"
-    );
-    assert!(
-        naming.try_wait().unwrap().is_some(),
-        "the process naming the node is gone"
-    );
+    wait_until("the process inside to be gone", || {
+        inside.try_wait().unwrap().is_some()
+    });
+    wait_until("the process naming the node to be gone", || {
+        naming.try_wait().unwrap().is_some()
+    });
     assert!(!netns_exists(&format!("{stale}-x")));
     assert!(!Path::new(&format!("/etc/netns/{stale}-x")).exists());
 }
