@@ -203,6 +203,52 @@ fn a_nodeport_with_snat_is_keyed_by_what_the_client_asked_for() {
     assert_eq!(all.len(), 2, "{all:#?}");
 }
 
+/// A client that sends a SYN and then its own RST before any answer (a scanner, a
+/// userspace stack giving up; hping3 here) aborted: ABORTED, no failure of the server,
+/// and not REFUSED, which is the server's RST.
+#[test]
+fn a_client_rst_before_any_answer_is_aborted_not_refused() {
+    let mut node = node("abort");
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let server = node.add_pod("server", "default", 9).unwrap();
+    let _silent = server.listen_tcp(7000).unwrap();
+    let mut nft = server.command(&xtask::exec::tool("nft").to_string_lossy());
+    xtask::exec::run_with_stdin(
+        nft.args(["-f", "-"]),
+        "table inet pod {\n chain input {\n  type filter hook input priority 0;\n  \
+         tcp dport 7000 drop\n }\n}\n",
+    )
+    .unwrap();
+    let agent = Agent::start(&node, &[]);
+    let capture = Capture::on_pod_veth(&node, &client).unwrap();
+    for flag in ["-S", "-R"] {
+        let out = client
+            .command("hping3")
+            .args([flag, "-c", "1", "-k", "-s", "40000", "-p", "7000"])
+            .arg(server.ipv4.to_string())
+            .output()
+            .expect("hping3 (`cargo xtask bootstrap` installs it)");
+        // hping3 exits 1 when nothing answered, which is the point here.
+        assert!(out.status.code().is_some(), "{out:?}");
+    }
+    let flow = agent.settled("port=7000");
+    assert_eq!(
+        (flow.verdict, flow.cause),
+        (VerdictKind::Aborted, None),
+        "{flow:#?}"
+    );
+    assert_eq!(counts(&flow), (1, 0, 1, 0));
+    let carried = capture
+        .finish(&[
+            "tcp.dstport == 7000 && tcp.flags.syn == 1",
+            "tcp.dstport == 7000 && tcp.flags.reset == 1",
+            "tcp.srcport == 7000",
+        ])
+        .unwrap();
+    assert_eq!(carried, [1, 1, 0]);
+    assert!(!flow.verdict.is_failure());
+}
+
 /// Two connections from one fixed source port (the first aborted, so no TIME_WAIT):
 /// the second is a new connection with its own counts and verdict, told by its ISN.
 #[test]
