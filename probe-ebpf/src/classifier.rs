@@ -294,11 +294,19 @@ fn parse_l3(ctx: &TcContext) -> Result<L3, ParseError> {
 #[inline(always)]
 fn parse_tcp(ctx: &TcContext, l3: &L3) -> Result<Interesting, ParseError> {
     let tcp = header::<14>(ctx, l3.l4)?;
+    let flags = tcp[13];
+    // The fast path: data and ACKs of anything but DNS end here, before any other check.
+    // (Port 53 compared as raw bytes: no byte swap for the common packet.)
+    if flags & (TCP_FLAG_SYN | TCP_FLAG_RST) == 0
+        && [tcp[0], tcp[1]] != DNS_PORT.to_be_bytes()
+        && [tcp[2], tcp[3]] != DNS_PORT.to_be_bytes()
+    {
+        return Err(ParseError::Uninteresting);
+    }
     // A data offset under 5 words is no TCP header (RFC 9293 §3.1).
     if tcp[12] >> 4 < 5 {
         return Err(ParseError::Uninteresting);
     }
-    let flags = tcp[13];
     let (src_port, dst_port) = (be16([tcp[0], tcp[1]]), be16([tcp[2], tcp[3]]));
     let kind = if flags & TCP_FLAG_RST != 0 {
         EventKind::Rst
@@ -314,7 +322,7 @@ fn parse_tcp(ctx: &TcContext, l3: &L3) -> Result<Interesting, ParseError> {
         // DNS over TCP: a segment with payload (the data offset is in 32-bit words).
         EventKind::DnsTcpSegment
     } else {
-        // The fast path: plain data and ACKs end here, before any map work.
+        // DNS over TCP without payload: a bare ACK.
         return Err(ParseError::Uninteresting);
     };
     Ok(Interesting {
