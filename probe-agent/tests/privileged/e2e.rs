@@ -127,11 +127,22 @@ impl Agent {
 
     /// Polls until exactly one verdict of `flow_query` is final, and returns it.
     pub(crate) fn settled(&self, flow_query: &str) -> Verdict {
+        self.settled_when(flow_query, |_| true)
+    }
+
+    /// Polls until exactly one verdict of `flow_query` is final and `done`, and returns it:
+    /// a final verdict can still take in later packets (a RST after an OK handshake).
+    pub(crate) fn settled_when(
+        &self,
+        flow_query: &str,
+        done: impl Fn(&Verdict) -> bool,
+    ) -> Verdict {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let verdicts = self.verdicts(flow_query);
             if let [verdict] = verdicts.as_slice()
                 && verdict.verdict != VerdictKind::Pending
+                && done(verdict)
             {
                 return verdict.clone();
             }
@@ -414,7 +425,7 @@ fn reset_after_the_handshake_is_the_senders() {
         (IpAddr::from(server.ipv6), "v6"),
     ] {
         connect_and_reset(&client, sock(ip, 8080));
-        let aborted = agent.settled(&format!("dst_ip={ip}&port=8080"));
+        let aborted = agent.settled_when(&format!("dst_ip={ip}&port=8080"), |v| v.counts.rst > 0);
         assert_eq!(aborted.verdict, VerdictKind::Ok, "{family}: {aborted:#?}");
         assert_eq!(aborted.cause, None, "{family}");
         assert!(

@@ -291,7 +291,7 @@ fn a_reused_five_tuple_is_a_new_connection() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let flow = agent.settled("port=8080");
+    let flow = agent.settled_when("port=8080", |v| v.counts.rst > 0);
     assert_eq!(flow.flow.src_port, 41000);
     assert_eq!(flow.verdict, VerdictKind::Ok);
     // The second connection's own counts: its SYN, SYN-ACK and the client's RST.
@@ -377,7 +377,9 @@ fn queries_on_one_socket_are_judged_one_by_one() {
             ResponseCode::NoError
         ]
     );
-    let flow = agent.settled(&format!("dst_ip={}&protocol=udp", dns_pod.ipv4));
+    let flow = agent.settled_when(&format!("dst_ip={}&protocol=udp", dns_pod.ipv4), |v| {
+        v.counts.dns_responses == 3
+    });
     assert_eq!(flow.verdict, VerdictKind::Ok, "{flow:#?}");
     assert_eq!((flow.counts.dns_queries, flow.counts.dns_responses), (3, 3));
     assert_eq!(capture.finish(&DNS_CARRIED).unwrap(), [3, 3]);
@@ -416,7 +418,9 @@ fn a_busy_forwarder_socket_is_judged_answer_by_answer() {
             .collect::<Vec<_>>()
     });
     assert_eq!(rcodes[2], ResponseCode::ServFail);
-    let flow = agent.settled(&format!("dst_ip={}&protocol=udp", dns_pod.ipv4));
+    let flow = agent.settled_when(&format!("dst_ip={}&protocol=udp", dns_pod.ipv4), |v| {
+        v.counts.dns_responses == 6
+    });
     assert_eq!(flow.verdict, VerdictKind::Ok, "{flow:#?}");
     assert_eq!(flow.dns.as_ref().unwrap().qname, "ok.f.");
     assert_eq!(capture.finish(&DNS_CARRIED).unwrap(), [6, 6]);
@@ -464,7 +468,9 @@ fn c_ares_queries_on_its_one_socket_are_judged_one_by_one() {
             .collect::<Vec<_>>(),
         ["ENODATA", "ESERVFAIL", "ENODATA", "ENODATA"]
     );
-    let flow = agent.settled(&format!("dst_ip={}&protocol=udp", dns_pod.ipv4));
+    let flow = agent.settled_when(&format!("dst_ip={}&protocol=udp", dns_pod.ipv4), |v| {
+        v.counts.dns_responses == 4
+    });
     assert_eq!(flow.verdict, VerdictKind::Ok, "{flow:#?}");
     let carried = capture
         .finish(&[
@@ -501,7 +507,9 @@ fn busybox_asks_a_and_aaaa_at_once_on_one_socket() {
     };
     let ok = lookup("ok.example.");
     assert!(ok.status.success(), "{ok:?}");
-    let flow = agent.settled(&format!("dst_ip={}&protocol=udp", dns_pod.ipv4));
+    let flow = agent.settled_when(&format!("dst_ip={}&protocol=udp", dns_pod.ipv4), |v| {
+        v.counts.dns_responses == 2
+    });
     assert_eq!(flow.verdict, VerdictKind::Ok, "{flow:#?}");
     assert_eq!((flow.counts.dns_queries, flow.counts.dns_responses), (2, 2));
     let refused = lookup("refused.example.");
@@ -659,7 +667,7 @@ fn glibc_retries_a_truncated_answer_over_tcp() {
         "{}",
         udp.reason
     );
-    let tcp = agent.settled("protocol=tcp&port=53");
+    let tcp = agent.settled_when("protocol=tcp&port=53", |v| v.counts.dns_responses > 0);
     assert_eq!(tcp.verdict, VerdictKind::Ok, "{tcp:#?}");
     assert_eq!((tcp.counts.dns_queries, tcp.counts.dns_responses), (1, 1));
     let dns = tcp.dns.unwrap();
@@ -771,7 +779,7 @@ fn glibc_use_vc_is_dns_over_tcp() {
     let capture = Capture::on_pod_veth(&node, &client).unwrap();
     let out = getent(&client, "big.default.svc.cluster.local.");
     assert!(out.status.success(), "{out:?}");
-    let tcp = agent.settled("protocol=tcp&port=53");
+    let tcp = agent.settled_when("protocol=tcp&port=53", |v| v.counts.dns_responses > 0);
     assert_eq!(tcp.verdict, VerdictKind::Ok, "{tcp:#?}");
     let carried = capture.finish(&DNS_CARRIED).unwrap();
     assert!(carried[0] >= 1, "{carried:?}");
