@@ -1,5 +1,7 @@
 //! Loads the embedded kernel program and hands out its maps.
 
+pub mod seccomp;
+
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -34,6 +36,13 @@ pub enum LoadError {
         name: &'static str,
         #[source]
         source: ProgramError,
+    },
+    /// EPERM from bpf() while holding CAP_BPF under a seccomp filter: the container
+    /// runtime's profile forbids the syscall (see [`seccomp`]).
+    #[error("{}", seccomp::REFUSED)]
+    Seccomp {
+        #[source]
+        source: Box<LoadError>,
     },
     #[error("map {name}: {source}")]
     Map {
@@ -81,8 +90,21 @@ impl Default for LoadOptions {
 }
 
 /// Opens the object with its maps sized by `options` and loads the ingress and egress
-/// classifiers (not yet attached).
+/// classifiers (not yet attached). A refusal by the container's seccomp profile is told
+/// as such ([`LoadError::Seccomp`]), not as the bare EPERM it looks like.
 pub fn load(options: LoadOptions) -> Result<Ebpf, LoadError> {
+    load_object(options).map_err(|error| {
+        if seccomp::refusal(&error, seccomp::Status::current()) {
+            LoadError::Seccomp {
+                source: Box::new(error),
+            }
+        } else {
+            error
+        }
+    })
+}
+
+fn load_object(options: LoadOptions) -> Result<Ebpf, LoadError> {
     if PROGRAM_OBJECT.is_empty() {
         return Err(LoadError::NoProgram);
     }
