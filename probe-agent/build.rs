@@ -15,14 +15,14 @@ fn main() -> anyhow::Result<()> {
         println!(
             "cargo:warning=bpf-linker not found: building probe-agent without its eBPF program; run `cargo xtask build` to install the toolchain"
         );
-        fs::write(out_dir.join("probe-ebpf"), [])?;
+        write_empty_objects(&out_dir)?;
         println!("cargo:rerun-if-changed={}", ebpf_dir.display());
         return Ok(());
     }
     // aya-build's own switch, for builds that never load the program (the fuzz targets).
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     if env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
-        fs::write(out_dir.join("probe-ebpf"), [])?;
+        write_empty_objects(&out_dir)?;
         return Ok(());
     }
 
@@ -32,12 +32,29 @@ fn main() -> anyhow::Result<()> {
     unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     let root_dir = ebpf_dir.canonicalize()?;
     let root_dir = root_dir.to_str().expect("UTF-8 path");
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "probe-ebpf",
-            root_dir,
+    let mut packages = vec![aya_build::Package {
+        name: "probe-ebpf",
+        root_dir,
+        ..Default::default()
+    }];
+    // The privileged tests also load a foreign program (a CNI's datapath stand-in) next to
+    // the agent's; other builds skip its second BPF compilation.
+    let foreign_dir = manifest_dir.join("tests/foreign-ebpf").canonicalize()?;
+    let foreign_dir = foreign_dir.to_str().expect("UTF-8 path");
+    if env::var_os("CARGO_FEATURE_PRIVILEGED_TESTS").is_some() {
+        packages.push(aya_build::Package {
+            name: "foreign-ebpf",
+            root_dir: foreign_dir,
             ..Default::default()
-        }],
-        aya_build::Toolchain::default(),
-    )
+        });
+    }
+    aya_build::build_ebpf(packages, aya_build::Toolchain::default())
+}
+
+/// Empty stand-ins for the objects, so the crate still compiles without the BPF toolchain.
+fn write_empty_objects(out_dir: &std::path::Path) -> anyhow::Result<()> {
+    for object in ["probe-ebpf", "foreign-ebpf"] {
+        fs::write(out_dir.join(object), [])?;
+    }
+    Ok(())
 }

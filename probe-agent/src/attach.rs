@@ -1,7 +1,14 @@
 //! Keeps the classifiers attached to every matching interface: the ones there at start,
-//! the ones netlink announces, minus the ones that go away.
+//! the ones netlink announces, minus the ones that go away. Ours run first on each hook
+//! ([`chain`]): a CNI's eBPF program that drops or redirects ends the chain there.
 
-use std::{collections::HashMap, io};
+mod chain;
+mod discover;
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+};
 
 use aya::{
     Ebpf,
@@ -12,16 +19,14 @@ use aya::{
 };
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use netlink_packet_core::NetlinkPayload;
-use netlink_packet_route::{
-    RouteNetlinkMessage,
-    link::{LinkAttribute, LinkMessage},
-};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage, route::RouteMessage};
 use netlink_sys::{AsyncSocket, SocketAddr};
 use probe_ebpf::{EGRESS_PROGRAM, INGRESS_PROGRAM};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
+
+pub use discover::{AUTO, Link, Selector};
 
 use crate::{
     config::AttachModeArg,
@@ -63,20 +68,55 @@ pub enum AttachError {
     Netlink(#[from] io::Error),
     #[error("listing interfaces: {0}")]
     ListLinks(#[from] rtnetlink::Error),
+    #[error("listing the TCX programs of {interface}: {source}")]
+    Query {
+        interface: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("listing clsact filters: {0}")]
+    ListFilters(rtnetlink::Error),
+    #[error("reading the id of program {program}: {source}")]
+    ProgramId {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
 }
 
 /// One interface with both hooks attached.
 struct Attachment {
     status: InterfaceStatus,
-    ingress: SchedClassifierLinkId,
-    egress: SchedClassifierLinkId,
+    /// By hook, as in [`HOOKS`]; `None` only while a hook is being moved.
+    links: [Option<SchedClassifierLinkId>; 2],
+    /// A clsact attachment behind TCX programs was told about once.
+    warned_behind_tcx: bool,
+}
+
+/// The two hooks, with the program each runs.
+const HOOKS: [(TcAttachType, &str); 2] = [
+    (TcAttachType::Ingress, INGRESS_PROGRAM),
+    (TcAttachType::Egress, EGRESS_PROGRAM),
+];
+
+/// Another program was found ahead of ours on a hook, and ours was put first again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reheaded {
+    pub interface: String,
+    pub program: &'static str,
+    /// What ran ahead, by name.
+    pub ahead: Vec<String>,
 }
 
 /// Owns the loaded programs and their attachments.
 pub struct Attacher {
     ebpf: Ebpf,
-    patterns: GlobSet,
+    selector: Selector,
+    /// Interfaces carrying the node's default routes, as last listed: never pod-facing.
+    uplinks: HashSet<u32>,
     mode: AttachModeArg,
+    /// The kernel's ids of our ingress and egress programs, to find them in a TCX chain.
+    program_ids: [u32; 2],
     attached: HashMap<u32, Attachment>,
     /// Interfaces forgotten since the last [`Attacher::take_forgotten`].
     forgotten: Vec<u32>,
@@ -85,10 +125,7 @@ pub struct Attacher {
 /// A change netlink reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkChange {
-    Added {
-        index: u32,
-        name: String,
-    },
+    Added(Link),
     Removed {
         index: u32,
     },
@@ -97,34 +134,32 @@ pub enum LinkChange {
     Resync,
 }
 
-/// Compiles the interface globs (`veth*,lxc*`).
-pub fn interface_globs(globs: &[String]) -> Result<GlobSet, AttachError> {
-    let mut builder = GlobSetBuilder::new();
-    for glob in globs {
-        builder.add(Glob::new(glob).map_err(|source| AttachError::Glob {
-            glob: glob.clone(),
-            source,
-        })?);
-    }
-    builder.build().map_err(|source| AttachError::Glob {
-        glob: globs.join(","),
-        source,
-    })
-}
-
 impl Attacher {
-    pub fn new(ebpf: Ebpf, patterns: GlobSet, mode: AttachModeArg) -> Self {
-        Self {
+    pub fn new(
+        mut ebpf: Ebpf,
+        selector: Selector,
+        mode: AttachModeArg,
+    ) -> Result<Self, AttachError> {
+        let mut program_ids = [0; 2];
+        for (id, (_, program)) in program_ids.iter_mut().zip(HOOKS) {
+            *id = loader::classifier(&mut ebpf, program)?
+                .info()
+                .map_err(|source| AttachError::ProgramId { program, source })?
+                .id();
+        }
+        Ok(Self {
             ebpf,
-            patterns,
+            selector,
+            uplinks: HashSet::new(),
             mode,
+            program_ids,
             attached: HashMap::new(),
             forgotten: Vec::new(),
-        }
+        })
     }
 
-    pub fn matches(&self, name: &str) -> bool {
-        self.patterns.is_match(name)
+    pub fn selects(&self, link: &Link) -> bool {
+        self.selector.selects(link, &self.uplinks)
     }
 
     pub fn statuses(&self) -> Vec<InterfaceStatus> {
@@ -141,8 +176,9 @@ impl Attacher {
         self.attached.contains_key(&index)
     }
 
-    /// Attaches both hooks of `name`. Returns the mode used.
-    pub fn attach(&mut self, index: u32, name: &str) -> Result<AttachMode, AttachError> {
+    /// Attaches both hooks of `name`, ahead of any program already there. Returns the
+    /// mode used.
+    pub async fn attach(&mut self, index: u32, name: &str) -> Result<AttachMode, AttachError> {
         if let Some(existing) = self.attached.get(&index) {
             if existing.status.name == name {
                 return Ok(existing.status.mode);
@@ -153,13 +189,13 @@ impl Attacher {
         // Not attached by us, so any filter of ours on it is a killed agent's leftover.
         remove_stale_filters(name);
         let (mode, ingress, egress) = match self.mode {
-            AttachModeArg::Tcx => self.attach_tcx(name)?,
-            AttachModeArg::Clsact => self.attach_clsact(name)?,
-            AttachModeArg::Auto => match self.attach_tcx(name) {
+            AttachModeArg::Tcx => self.attach_tcx(index, name).await?,
+            AttachModeArg::Clsact => self.attach_clsact(index, name).await?,
+            AttachModeArg::Auto => match self.attach_tcx(index, name).await {
                 Ok(links) => links,
                 Err(err) => {
                     debug!(interface = name, "TCX unavailable ({err}); using clsact");
-                    self.attach_clsact(name)?
+                    self.attach_clsact(index, name).await?
                 }
             },
         };
@@ -173,23 +209,25 @@ impl Attacher {
                     attached_at: Utc::now(),
                     events: 0,
                 },
-                ingress,
-                egress,
+                links: [Some(ingress), Some(egress)],
+                warned_behind_tcx: false,
             },
         );
         Ok(mode)
     }
 
-    fn attach_tcx(
+    async fn attach_tcx(
         &mut self,
+        index: u32,
         name: &str,
     ) -> Result<(AttachMode, SchedClassifierLinkId, SchedClassifierLinkId), AttachError> {
-        let (ingress, egress) = self.attach_both(name, AttachMode::Tcx)?;
+        let (ingress, egress) = self.attach_both(index, name, AttachMode::Tcx).await?;
         Ok((AttachMode::Tcx, ingress, egress))
     }
 
-    fn attach_clsact(
+    async fn attach_clsact(
         &mut self,
+        index: u32,
         name: &str,
     ) -> Result<(AttachMode, SchedClassifierLinkId, SchedClassifierLinkId), AttachError> {
         match tc::qdisc_add_clsact(name) {
@@ -203,44 +241,191 @@ impl Attacher {
                 });
             }
         }
-        let (ingress, egress) = self.attach_both(name, AttachMode::Clsact)?;
+        let (ingress, egress) = self.attach_both(index, name, AttachMode::Clsact).await?;
         Ok((AttachMode::Clsact, ingress, egress))
     }
 
     /// Attaches the ingress and egress programs; undoes the first if the second fails.
-    fn attach_both(
+    async fn attach_both(
         &mut self,
+        index: u32,
         name: &str,
         mode: AttachMode,
     ) -> Result<(SchedClassifierLinkId, SchedClassifierLinkId), AttachError> {
-        let attach = |ebpf: &mut Ebpf, program: &'static str, hook| {
-            let options = match mode {
-                AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
-                AttachMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
-            };
-            let interface = name.to_string();
-            loader::classifier(ebpf, program)?
-                .attach_with_options(name, hook, options)
-                .map_err(|source| match mode {
-                    AttachMode::Tcx => AttachError::Tcx {
-                        program,
-                        interface,
-                        source,
-                    },
-                    AttachMode::Clsact => AttachError::Filter {
-                        program,
-                        interface,
-                        source,
-                    },
-                })
-        };
-        let ingress = attach(&mut self.ebpf, INGRESS_PROGRAM, TcAttachType::Ingress)?;
-        match attach(&mut self.ebpf, EGRESS_PROGRAM, TcAttachType::Egress) {
+        let [
+            (ingress_hook, ingress_program),
+            (egress_hook, egress_program),
+        ] = HOOKS;
+        let ingress = self
+            .attach_first(index, name, mode, ingress_hook, ingress_program)
+            .await?;
+        match self
+            .attach_first(index, name, mode, egress_hook, egress_program)
+            .await
+        {
             Ok(egress) => Ok((ingress, egress)),
             Err(err) => {
-                self.detach_link(INGRESS_PROGRAM, ingress, name);
+                self.detach_link(ingress_program, ingress, name);
                 Err(err)
             }
+        }
+    }
+
+    /// Attaches `program` to one hook, at the head of its chain: TCX's first position, or
+    /// a clsact priority ahead of every filter already there.
+    async fn attach_first(
+        &mut self,
+        index: u32,
+        name: &str,
+        mode: AttachMode,
+        hook: TcAttachType,
+        program: &'static str,
+    ) -> Result<SchedClassifierLinkId, AttachError> {
+        let options = match mode {
+            AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
+            AttachMode::Clsact => {
+                let filters = chain::clsact_filters(index, hook).await?;
+                let priority = chain::priority_ahead_of(chain::filters_ahead_of(&filters, program));
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: priority.unwrap_or(0),
+                    ..NlOptions::default()
+                })
+            }
+        };
+        let interface = name.to_string();
+        loader::classifier(&mut self.ebpf, program)?
+            .attach_with_options(name, hook, options)
+            .map_err(|source| match mode {
+                AttachMode::Tcx => AttachError::Tcx {
+                    program,
+                    interface,
+                    source,
+                },
+                AttachMode::Clsact => AttachError::Filter {
+                    program,
+                    interface,
+                    source,
+                },
+            })
+    }
+
+    /// Puts ours first again wherever another program was put ahead of it since it was
+    /// attached (a CNI agent restarting, a second tool). The move detaches and attaches
+    /// again: packets in between, microseconds, pass unseen. A hook that cannot be
+    /// attached again drops the interface, so the next resync attaches it afresh.
+    pub async fn keep_first(&mut self) -> Vec<Reheaded> {
+        let mut moved = Vec::new();
+        let mut lost = Vec::new();
+        let indices: Vec<u32> = self.attached.keys().copied().collect();
+        for index in indices {
+            let (name, mode) = {
+                let status = &self.attached[&index].status;
+                (status.name.clone(), status.mode)
+            };
+            for (slot, (hook, program)) in HOOKS.into_iter().enumerate() {
+                let ahead = match self.ahead_of_ours(index, &name, mode, hook, slot).await {
+                    Ok(ahead) if ahead.is_empty() => continue,
+                    Ok(ahead) => ahead,
+                    // Usually the interface is going away; the watch will say so.
+                    Err(err) => {
+                        debug!(
+                            interface = name,
+                            program, "checking the hook's order: {err}"
+                        );
+                        continue;
+                    }
+                };
+                let attachment = self.attached.get_mut(&index).expect("still attached");
+                if let Some(link) = attachment.links[slot].take() {
+                    self.detach_link(program, link, &name);
+                }
+                match self.attach_first(index, &name, mode, hook, program).await {
+                    Ok(link) => {
+                        let attachment = self.attached.get_mut(&index).expect("still attached");
+                        attachment.links[slot] = Some(link);
+                        warn!(
+                            interface = name,
+                            program,
+                            ahead = ahead.join(","),
+                            "another program was put ahead of ours: ours is first again"
+                        );
+                        moved.push(Reheaded {
+                            interface: name.clone(),
+                            program,
+                            ahead,
+                        });
+                    }
+                    Err(err) => {
+                        warn!(
+                            interface = name,
+                            program, "attaching first again failed: {err}"
+                        );
+                        lost.push(index);
+                        break;
+                    }
+                }
+            }
+            if mode == AttachMode::Clsact {
+                self.warn_if_behind_tcx(index, &name);
+            }
+        }
+        for index in lost {
+            // Its other hook is still ours: forget detaches it, the resync starts over.
+            self.forget(index);
+        }
+        moved
+    }
+
+    /// The programs ahead of ours on one hook, by name (empty: ours is first).
+    async fn ahead_of_ours(
+        &self,
+        index: u32,
+        name: &str,
+        mode: AttachMode,
+        hook: TcAttachType,
+        slot: usize,
+    ) -> Result<Vec<String>, AttachError> {
+        match mode {
+            AttachMode::Tcx => Ok(chain::tcx_ahead_of(index, hook, self.program_ids[slot])
+                .map_err(|source| AttachError::Query {
+                    interface: name.to_string(),
+                    source,
+                })?
+                .into_iter()
+                .map(|id| format!("program {id}"))
+                .collect()),
+            AttachMode::Clsact => {
+                let filters = chain::clsact_filters(index, hook).await?;
+                Ok(chain::filters_ahead_of(&filters, HOOKS[slot].1)
+                    .iter()
+                    .map(|f| {
+                        f.program
+                            .clone()
+                            .unwrap_or_else(|| format!("pref {}", f.priority))
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// clsact filters run after every TCX program, whatever their priority: say so once.
+    fn warn_if_behind_tcx(&mut self, index: u32, name: &str) {
+        let Some(attachment) = self.attached.get_mut(&index) else {
+            return;
+        };
+        if attachment.warned_behind_tcx {
+            return;
+        }
+        if HOOKS
+            .iter()
+            .any(|(hook, _)| chain::has_tcx_programs(index, *hook))
+        {
+            attachment.warned_behind_tcx = true;
+            warn!(
+                interface = name,
+                "TCX programs run ahead of every clsact filter here: what they drop or \
+                 redirect is never seen; run with --attach-mode tcx"
+            );
         }
     }
 
@@ -259,8 +444,11 @@ impl Attacher {
         let attachment = self.attached.remove(&index)?;
         self.forgotten.push(index);
         let name = attachment.status.name;
-        self.detach_link(INGRESS_PROGRAM, attachment.ingress, &name);
-        self.detach_link(EGRESS_PROGRAM, attachment.egress, &name);
+        for ((_, program), link) in HOOKS.into_iter().zip(attachment.links) {
+            if let Some(link) = link {
+                self.detach_link(program, link, &name);
+            }
+        }
         Some(name)
     }
 
@@ -288,12 +476,11 @@ impl Attacher {
     }
 
     /// Applies a netlink change. Returns the interface newly attached, if any.
-    pub fn apply(&mut self, change: &LinkChange) -> Option<(u32, String, AttachMode)> {
+    pub async fn apply(&mut self, change: &LinkChange) -> Option<(u32, String, AttachMode)> {
         match change {
-            LinkChange::Added { index, name }
-                if self.matches(name) && !self.is_attached(*index) =>
-            {
-                match self.attach(*index, name) {
+            LinkChange::Added(link) if self.selects(link) && !self.is_attached(link.index) => {
+                let (index, name) = (&link.index, &link.name);
+                match self.attach(*index, name).await {
                     Ok(mode) => {
                         info!(interface = %name, ?mode, "attached");
                         Some((*index, name.clone(), mode))
@@ -305,11 +492,9 @@ impl Attacher {
                     }
                 }
             }
-            LinkChange::Added { index, name }
-                if !self.matches(name) && self.is_attached(*index) =>
-            {
-                // Renamed away from the globs.
-                self.forget(*index);
+            LinkChange::Added(link) if !self.selects(link) && self.is_attached(link.index) => {
+                // Renamed away from the globs, or now carrying the default route.
+                self.forget(link.index);
                 None
             }
             LinkChange::Removed { index } => {
@@ -318,31 +503,29 @@ impl Attacher {
                 }
                 None
             }
-            LinkChange::Added { .. } | LinkChange::Resync => None,
+            LinkChange::Added(_) | LinkChange::Resync => None,
         }
     }
 
     /// Brings the attached set in line with a full listing: attaches what is missing,
     /// forgets what is gone. Covers netlink messages lost to a socket overrun.
-    pub fn resync(&mut self, links: &[(u32, String)]) -> Vec<(u32, String, AttachMode)> {
+    pub async fn resync(&mut self, listing: &Links) -> Vec<(u32, String, AttachMode)> {
+        let links = &listing.links;
+        self.uplinks.clone_from(&listing.uplinks);
         let gone: Vec<u32> = self
             .attached
             .keys()
             .copied()
-            .filter(|index| !links.iter().any(|(i, _)| i == index))
+            .filter(|index| !links.iter().any(|link| link.index == *index))
             .collect();
         for index in gone {
-            self.apply(&LinkChange::Removed { index });
+            self.apply(&LinkChange::Removed { index }).await;
         }
-        links
-            .iter()
-            .filter_map(|(index, name)| {
-                self.apply(&LinkChange::Added {
-                    index: *index,
-                    name: name.clone(),
-                })
-            })
-            .collect()
+        let mut attached = Vec::new();
+        for link in links {
+            attached.extend(self.apply(&LinkChange::Added(link.clone())).await);
+        }
+        attached
     }
 }
 
@@ -355,10 +538,7 @@ impl Attacher {
 /// so they identify nothing. Runs before every attach, in both modes: a TCX agent must
 /// also clear what a clsact one left.
 fn remove_stale_filters(name: &str) {
-    for (hook, program) in [
-        (TcAttachType::Ingress, INGRESS_PROGRAM),
-        (TcAttachType::Egress, EGRESS_PROGRAM),
-    ] {
+    for (hook, program) in HOOKS {
         match tc::qdisc_detach_program(name, hook, program) {
             Ok(()) => info!(
                 interface = name,
@@ -374,29 +554,36 @@ fn remove_stale_filters(name: &str) {
     }
 }
 
-fn link_name(message: &LinkMessage) -> Option<String> {
-    message
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            LinkAttribute::IfName(name) => Some(name.clone()),
-            _ => None,
-        })
+/// The interfaces of a network namespace, as listed at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Links {
+    pub links: Vec<Link>,
+    /// The interfaces the default routes (IPv4, IPv6) leave by.
+    pub uplinks: HashSet<u32>,
 }
 
-/// Lists the interfaces of the current network namespace.
-pub async fn list_links() -> Result<Vec<(u32, String)>, AttachError> {
+/// Lists the interfaces of the current network namespace, and which carry its default
+/// routes.
+pub async fn list_links() -> Result<Links, AttachError> {
     let (connection, handle, _) = rtnetlink::new_connection()?;
     let task = tokio::spawn(connection);
+    let mut listing = Links::default();
     let mut links = handle.link().get().execute();
-    let mut out = Vec::new();
     while let Some(message) = links.try_next().await? {
-        if let Some(name) = link_name(&message) {
-            out.push((message.header.index, name));
+        listing.links.extend(Link::from_message(&message));
+    }
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut request = RouteMessage::default();
+        request.header.address_family = family;
+        let mut routes = handle.route().get(request).execute();
+        while let Some(route) = routes.try_next().await? {
+            listing
+                .uplinks
+                .extend(discover::default_route_interface(&route));
         }
     }
     task.abort();
-    Ok(out)
+    Ok(listing)
 }
 
 /// rtnetlink multicast group of link changes (RTNLGRP_LINK, as a bind mask).
@@ -425,11 +612,9 @@ pub async fn watch_links(
     let task = tokio::spawn(connection);
     while let Some((message, _)) = messages.next().await {
         let change = match message.payload {
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => link_name(&link)
-                .map(|name| LinkChange::Added {
-                    index: link.header.index,
-                    name,
-                }),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+                Link::from_message(&link).map(LinkChange::Added)
+            }
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
                 Some(LinkChange::Removed {
                     index: link.header.index,
@@ -459,21 +644,4 @@ fn set_receive_buffer(socket: &netlink_sys::Socket, bytes: usize) -> Result<(), 
     setsockopt(socket, sockopt::RcvBufForce, &bytes)
         .or_else(|_| setsockopt(socket, sockopt::RcvBuf, &bytes))
         .map_err(|errno| AttachError::Netlink(errno.into()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_globs_match_pod_veths_only() {
-        let globs = interface_globs(&["veth*".into(), "lxc*".into(), "cali*".into()]).unwrap();
-        for name in ["veth3f2a", "lxc12ab", "cali0123456789a"] {
-            assert!(globs.is_match(name), "{name}");
-        }
-        for name in ["eth0", "lo", "cni0", "docker0", "uplink0"] {
-            assert!(!globs.is_match(name), "{name}");
-        }
-        assert!(interface_globs(&["veth[".into()]).is_err());
-    }
 }

@@ -27,7 +27,9 @@ pub enum Command {
 
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
-    /// Interface name globs of host-side pod veths (kindnet/bridge, Cilium, Calico).
+    /// Host-side pod interfaces: name globs (kindnet/bridge, Cilium, Calico), and/or
+    /// `auto`: every veth or netkit device whose peer is in another network namespace
+    /// and that carries no default route, whatever the CNI names it.
     #[arg(
         long,
         env = "NETPROBE_INTERFACES",

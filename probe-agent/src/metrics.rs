@@ -452,6 +452,7 @@ pub struct Metrics {
     flows_tracked: Gauge,
     attached_interfaces: Gauge,
     netlink_overruns: Counter,
+    reattached: Counter,
     events_emitted: Counter,
     events_processed: Counter,
     ready: Gauge,
@@ -488,6 +489,7 @@ impl Metrics {
             flows_tracked: Gauge::default(),
             attached_interfaces: Gauge::default(),
             netlink_overruns: Counter::default(),
+            reattached: Counter::default(),
             events_emitted: Counter::default(),
             events_processed: Counter::default(),
             ready: Gauge::default(),
@@ -589,6 +591,12 @@ impl Metrics {
             self.netlink_overruns.clone(),
         );
         r.register(
+            "reattached",
+            "Hooks where another program had been put ahead of the probe's, which was put \
+             first again (checked every 5 s)",
+            self.reattached.clone(),
+        );
+        r.register(
             "kernel_events",
             "Events the kernel program emitted (handed over or lost to a full ring buffer); \
              equals processed + lost + decode errors once the agent has caught up",
@@ -642,6 +650,11 @@ impl Metrics {
     /// Counts an overflow of the interface watch.
     pub fn netlink_overrun(&self) {
         self.netlink_overruns.inc();
+    }
+
+    /// Counts hooks where the probe's program was put first again.
+    pub fn reattached(&self, n: u64) {
+        self.reattached.inc_by(n);
     }
 
     /// Counts a flow reaching a final verdict.

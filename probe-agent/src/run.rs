@@ -286,13 +286,13 @@ async fn run_probe(
         None
     };
     let maps = loader::take_maps(&mut ebpf)?;
-    let globs = attach::interface_globs(&args.interfaces)?;
-    let mut attacher = Attacher::new(ebpf, globs, args.attach_mode);
+    let selector = attach::Selector::parse(&args.interfaces)?;
+    let mut attacher = Attacher::new(ebpf, selector, args.attach_mode)?;
 
     // Subscribe before listing, so an interface created in between is not missed.
     let (mut changes, mut watcher) = watch_links(args.netlink_rcvbuf);
     let links = attach::list_links().await?;
-    let attached = attacher.resync(&links);
+    let attached = attacher.resync(&links).await;
     note_changes(tracker, &mut attacher, attached);
     let attached = publish(&attacher, interfaces, metrics);
     *ready.write().expect("not poisoned") = Ok(());
@@ -347,7 +347,7 @@ async fn run_probe(
                     learn_local_addresses(&attacher, tracker).await;
                 }
                 change => {
-                    let attached = attacher.apply(&change);
+                    let attached = attacher.apply(&change).await;
                     let added = attached.is_some();
                     note_changes(tracker, &mut attacher, attached);
                     if added {
@@ -364,6 +364,8 @@ async fn run_probe(
                     (changes, watcher) = watch_links(args.netlink_rcvbuf);
                 }
                 relist(&mut attacher, tracker).await;
+                let reheaded = attacher.keep_first().await;
+                metrics.reattached(reheaded.len() as u64);
                 learn_local_addresses(&attacher, tracker).await;
             }
         }
@@ -398,7 +400,7 @@ fn watch_links(rcvbuf: Option<usize>) -> (mpsc::Receiver<LinkChange>, JoinHandle
 async fn relist(attacher: &mut Attacher, tracker: &Mutex<Tracker>) {
     match attach::list_links().await {
         Ok(links) => {
-            let attached = attacher.resync(&links);
+            let attached = attacher.resync(&links).await;
             note_changes(tracker, attacher, attached);
         }
         Err(err) => warn!("listing interfaces: {err}"),

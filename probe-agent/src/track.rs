@@ -303,6 +303,8 @@ struct FarSide {
     /// The latest SYN that entered the server pod, and SYN-ACK that left it.
     syn_at: Option<Duration>,
     syn_ack_at: Option<Duration>,
+    /// SYN-ACKs that left the server pod: a second one is the server sending it again.
+    syn_acks: u32,
 }
 
 impl FarSide {
@@ -313,6 +315,7 @@ impl FarSide {
             backend: std::net::SocketAddr::new(view.flow.dst_ip, view.flow.dst_port),
             syn_at: None,
             syn_ack_at: None,
+            syn_acks: 0,
         })
     }
 }
@@ -692,7 +695,10 @@ impl Tracker {
                 far.syn_at = Some(now);
                 self.journal.metrics.packets(PacketKind::SynDelivered, 1);
             }
-            EventKind::SynAck => far.syn_ack_at = Some(now),
+            EventKind::SynAck => {
+                far.syn_ack_at = Some(now);
+                far.syn_acks += 1;
+            }
             _ => {}
         }
     }
@@ -1014,6 +1020,30 @@ impl Tracker {
                 continue;
             }
             let before = state.verdict;
+            if tcp::syn_due(state, now, self.config.syn_timeout) {
+                match tcp::answer_past_the_veth(state, now) {
+                    tcp::PastTheVeth::WaitUntil(at) => {
+                        self.deadlines.push(Reverse(Deadline {
+                            at,
+                            generation,
+                            key,
+                        }));
+                        continue;
+                    }
+                    tcp::PastTheVeth::Delivered(n) => {
+                        self.journal
+                            .metrics
+                            .packets(PacketKind::SynAck, u64::from(n));
+                        node_outcome(&mut self.context.node, &self.journal, state, before, now);
+                        Explainer::new(&self.journal, &self.context, &self.pairing)
+                            .refresh(state, before);
+                        self.journal
+                            .record(state, before, FlowEventKind::SynAck, now);
+                        continue;
+                    }
+                    tcp::PastTheVeth::No | tcp::PastTheVeth::Lost => {}
+                }
+            }
             // Each runs: any may have expired (DNS over TCP has a handshake and queries).
             let syn = state.flow.protocol == Protocol::Tcp
                 && (expire_syn(state, now, self.config.syn_timeout)

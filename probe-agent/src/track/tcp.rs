@@ -255,6 +255,65 @@ pub(super) fn expire_early_answer(state: &mut FlowState, now: Duration) -> bool 
     true
 }
 
+/// Linux sends an unanswered SYN again, and a SYN-ACK whose ACK never came, 1 s after
+/// the first (RFC 6298's initial RTO): a window past that with neither end sending
+/// again says the handshake completed.
+pub(super) const RETRANSMISSION_WINDOW: Duration = Duration::from_millis(1500);
+
+/// What a SYN-ACK seen only at the server's veth says of the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PastTheVeth {
+    /// Not that case: the server's veth saw no SYN-ACK of this attempt.
+    No,
+    /// Too early to tell: ask again then.
+    WaitUntil(Duration),
+    /// The answer arrived (now applied, with this many SYN-ACKs counted).
+    Delivered(u32),
+    /// The server sent it again: it never arrived.
+    Lost,
+}
+
+/// A pending attempt whose SYN timeout has run out.
+pub(super) fn syn_due(state: &FlowState, now: Duration, syn_timeout: Duration) -> bool {
+    state.verdict == VerdictKind::Pending
+        && state.attempt_start.is_some_and(|start| {
+            now.saturating_sub(start) >= syn_timeout + SYN_RETRANSMISSION_SLACK
+        })
+}
+
+/// A SYN-ACK that left the server's veth and never showed at the client's was either
+/// dropped in between or delivered past the client veth's egress hook: eBPF datapaths
+/// (Cilium, Calico eBPF) put it straight into the pod with `bpf_redirect_peer`. The
+/// server tells which: it sends the SYN-ACK again if the client's ACK does not come
+/// (and answers a client's second SYN with one). None within [`RETRANSMISSION_WINDOW`]:
+/// it arrived, the attempt is OK and its SYN-ACKs are counted once, here. Called when
+/// the SYN timeout runs out.
+pub(super) fn answer_past_the_veth(state: &mut FlowState, now: Duration) -> PastTheVeth {
+    let (Some(attempt), Some(far)) = (state.attempt_start, state.far.as_deref()) else {
+        return PastTheVeth::No;
+    };
+    let Some(answered) = far.syn_ack_at.filter(|at| *at >= attempt) else {
+        return PastTheVeth::No;
+    };
+    if far.syn_acks > 1 {
+        return PastTheVeth::Lost;
+    }
+    let sure = answered + RETRANSMISSION_WINDOW;
+    if now < sure {
+        return PastTheVeth::WaitUntil(sure);
+    }
+    let syn_acks = far.syn_acks;
+    state.counts.syn_ack += u64::from(syn_acks);
+    on_syn_ack(state, None, answered);
+    state.reason = format!(
+        "{}; the SYN-ACK went into the client past its veth (a datapath redirecting into \
+         pods), and neither end sent again",
+        state.reason
+    )
+    .into();
+    PastTheVeth::Delivered(syn_acks)
+}
+
 pub(super) fn expire_syn(state: &mut FlowState, now: Duration, syn_timeout: Duration) -> bool {
     let Some(start) = state.attempt_start else {
         return false;

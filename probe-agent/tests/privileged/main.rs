@@ -4,6 +4,7 @@
 
 mod causes;
 mod conntrack;
+mod datapaths;
 mod delivered;
 mod differential;
 mod e2e;
