@@ -304,3 +304,42 @@ fn clsact_filters_go_ahead_of_a_datapaths_filters() {
     wait_for_metric(&agent, "netprobe_reattached_total", 2.0);
     scene.assert_verdicts_right(&agent);
 }
+
+/// A reply from another node that the datapath puts straight into the client pod skips
+/// the client veth's egress: attached to the uplink too, the agent sees it come in there
+/// and pairs it with the SYN the client's veth saw, one flow counted once.
+#[test]
+fn a_remote_reply_redirected_into_the_pod_is_seen_at_the_uplink() {
+    let mut node = node("uplinkrp");
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let far = node.add_remote_host("far", 20).unwrap();
+    let _listener = far.listen_tcp(80).unwrap();
+    let _foreign = Foreign::attach(
+        &node,
+        &[&far.host_if],
+        Placement::TcxLast,
+        vec![redirect_to(&node, &client, REDIRECT_PEER)],
+    );
+    let uplink_glob = format!("{}*", &far.host_if[..far.host_if.len() - 2]);
+    let interfaces = format!("veth*,{uplink_glob}");
+    let agent = Agent::start(&node, &["--attach-mode", "tcx", "--interfaces", &interfaces]);
+    let client_capture = Capture::on_pod_veth(&node, &client).unwrap();
+
+    let to = IpAddr::V4(far.ipv4);
+    client
+        .connect_tcp(sock(to, 80), Duration::from_secs(2))
+        .expect("the connection to the other node's pod");
+    let ok = agent.settled(&format!("dst_ip={to}&port=80"));
+    assert_eq!(ok.verdict, VerdictKind::Ok, "{ok:#?}");
+    assert_eq!(counts(&ok), (1, 1, 0, 0), "{ok:#?}");
+    assert_eq!(&*ok.interface, client.host_if);
+    let at_client = client_capture
+        .finish(&[
+            &format!("ip.dst == {to} && tcp.flags.syn == 1 && tcp.flags.ack == 0"),
+            &format!("ip.src == {to} && tcp.flags.syn == 1 && tcp.flags.ack == 1"),
+        ])
+        .unwrap();
+    // The SYN left through the client's veth; the SYN-ACK never passed it.
+    assert_eq!(at_client, [1, 0]);
+    assert_eq!(agent.verdicts("protocol=tcp").len(), 1);
+}
