@@ -27,6 +27,15 @@ use crate::exec::{self, run, run_with_stdin};
 /// `ip netns exec`), then deletes the host-side veths, the namespaces and the
 /// `/etc/netns/<pod>` directories. Errors during `Drop` are printed, never panic.
 #[derive(Debug)]
+/// How a pod is connected to the node.
+#[derive(Clone, Copy)]
+enum Wiring {
+    /// A host route per pod through its veth (kindnet, Calico, Cilium).
+    Routed,
+    /// A port of the node's bridge.
+    Bridged,
+}
+
 pub struct Node {
     prefix: String,
     netns: String,
@@ -145,6 +154,53 @@ impl Node {
     /// `/etc/netns/<netns>/` so programs started with `ip netns exec` resolve like a pod in
     /// `k8s_namespace`. `index` is 2–254 (1 is the gateway) and unique in the node.
     pub fn add_pod(&mut self, name: &str, k8s_namespace: &str, index: u8) -> Result<Pod> {
+        let mut pod = self.add_pod_checks(name, index)?;
+        pod.k8s_namespace = k8s_namespace.to_owned();
+        self.plug_new(pod, Wiring::Routed)
+    }
+
+    /// Adds pod `name` behind the node's bridge (flannel's `cni0`, podman's and Docker's
+    /// bridges): its host veth is a port of bridge `br<prefix>` (10.245.0.1/24,
+    /// fd00:10:245::1/64), and the pod has 10.245.0.`index`/24 and fd00:10:245::`index`/64
+    /// with the bridge as its gateway. The node has no route to the pod's own address:
+    /// pods of one bridge reach each other without the node routing.
+    pub fn add_bridged_pod(&mut self, name: &str, k8s_namespace: &str, index: u8) -> Result<Pod> {
+        let mut pod = self.add_pod_checks(name, index)?;
+        pod.k8s_namespace = k8s_namespace.to_owned();
+        pod.ipv4 = Ipv4Addr::new(10, 245, 0, index);
+        pod.ipv6 = Ipv6Addr::new(0xfd00, 0x10, 0x245, 0, 0, 0, 0, u16::from(index));
+        self.plug_new(pod, Wiring::Bridged)
+    }
+
+    /// The bridge of [`Node::add_bridged_pod`]'s pods.
+    pub fn bridge(&self) -> String {
+        format!("br{}", self.prefix)
+    }
+
+    /// Adds a host standing for a pod on another node: namespace `<prefix>-<name>` with
+    /// addresses 10.244.`index`.9/32 and fd00:10:244:`index`::9/128, reached through an
+    /// interface `rn<prefix><index>` that is no pod veth (the agent's globs do not take it),
+    /// the way another node's pods arrive over the node's uplink. `index` is 1–254 and
+    /// unique among the node's pods and hosts.
+    pub fn add_remote_host(&mut self, name: &str, index: u8) -> Result<Pod> {
+        ensure!(
+            index >= 1 && !self.pods.iter().any(|p| p.index == index || p.name == name),
+            "remote host {name} (index {index}) clashes with a pod or host of the node"
+        );
+        let pod = Pod {
+            name: name.to_owned(),
+            k8s_namespace: "default".to_owned(),
+            netns: format!("{}-{name}", self.prefix),
+            host_if: format!("rn{}{index:02x}", self.prefix),
+            index,
+            ipv4: Ipv4Addr::new(10, 244, index, 9),
+            ipv6: Ipv6Addr::new(0xfd00, 0x10, 0x244, u16::from(index), 0, 0, 0, 9),
+        };
+        self.plug_new(pod, Wiring::Routed)
+    }
+
+    /// A new pod's name and index checked, and its routed addresses.
+    fn add_pod_checks(&self, name: &str, index: u8) -> Result<Pod> {
         ensure!(
             !name.is_empty()
                 && name != "node"
@@ -170,51 +226,83 @@ impl Node {
         }
         let pod = Pod {
             name: name.to_owned(),
-            k8s_namespace: k8s_namespace.to_owned(),
+            k8s_namespace: String::new(),
             netns: format!("{}-{name}", self.prefix),
             host_if: super::host_if_name(&self.prefix, index),
             index,
             ipv4: pod_ipv4(index),
             ipv6: pod_ipv6(index),
         };
-        self.plug_new(pod)
-    }
-
-    /// Adds a host standing for a pod on another node: namespace `<prefix>-<name>` with
-    /// addresses 10.244.`index`.9/32 and fd00:10:244:`index`::9/128, reached through an
-    /// interface `rn<prefix><index>` that is no pod veth (the agent's globs do not take it),
-    /// the way another node's pods arrive over the node's uplink. `index` is 1–254 and
-    /// unique among the node's pods and hosts.
-    pub fn add_remote_host(&mut self, name: &str, index: u8) -> Result<Pod> {
-        ensure!(
-            index >= 1 && !self.pods.iter().any(|p| p.index == index || p.name == name),
-            "remote host {name} (index {index}) clashes with a pod or host of the node"
-        );
-        let pod = Pod {
-            name: name.to_owned(),
-            k8s_namespace: "default".to_owned(),
-            netns: format!("{}-{name}", self.prefix),
-            host_if: format!("rn{}{index:02x}", self.prefix),
-            index,
-            ipv4: Ipv4Addr::new(10, 244, index, 9),
-            ipv6: Ipv6Addr::new(0xfd00, 0x10, 0x244, u16::from(index), 0, 0, 0, 9),
-        };
-        self.plug_new(pod)
+        Ok(pod)
     }
 
     /// Creates `pod`'s namespace and plugs it in; half-made, it is removed again.
-    fn plug_new(&mut self, pod: Pod) -> Result<Pod> {
+    fn plug_new(&mut self, pod: Pod, wiring: Wiring) -> Result<Pod> {
         let name = pod.name.clone();
         ip(&["netns", "add", &pod.netns])
             .with_context(|| format!("creating pod namespace {}", pod.netns))?;
         self.pods.push(pod.clone());
-        if let Err(e) = self.plug(&pod) {
+        let plugged = match wiring {
+            Wiring::Routed => self.plug(&pod),
+            Wiring::Bridged => self.plug_bridged(&pod),
+        };
+        if let Err(e) = plugged {
             if let Err(e2) = self.remove_pod(&pod) {
                 eprintln!("lab: cleaning up half-made pod {}: {e2:#}", pod.name);
             }
             return Err(e.context(format!("adding pod {name}")));
         }
         Ok(pod)
+    }
+
+    fn plug_bridged(&self, pod: &Pod) -> Result<()> {
+        let (node, p, host_if) = (self.netns.as_str(), pod.netns.as_str(), &*pod.host_if);
+        let bridge = self.bridge();
+        if ip(&["-n", node, "link", "show", "dev", &bridge]).is_err() {
+            ip(&["-n", node, "link", "add", &bridge, "type", "bridge"])?;
+            ip(&["-n", node, "addr", "add", "10.245.0.1/24", "dev", &bridge])?;
+            ip(&[
+                "-n",
+                node,
+                "-6",
+                "addr",
+                "add",
+                "fd00:10:245::1/64",
+                "dev",
+                &bridge,
+                "nodad",
+            ])?;
+            ip(&["-n", node, "link", "set", &bridge, "up"])?;
+        }
+        ip(&[
+            "-n", node, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", p,
+        ])?;
+        ip(&["-n", p, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            p,
+            "addr",
+            "add",
+            &format!("{}/24", pod.ipv4),
+            "dev",
+            "eth0",
+        ])?;
+        let v6 = format!("{}/64", pod.ipv6);
+        ip(&["-n", p, "-6", "addr", "add", &v6, "dev", "eth0", "nodad"])?;
+        ip(&["-n", p, "link", "set", "eth0", "up"])?;
+        ip(&["-n", node, "link", "set", host_if, "master", &bridge, "up"])?;
+        ip(&["-n", p, "route", "add", "default", "via", "10.245.0.1"])?;
+        ip(&[
+            "-n",
+            p,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:10:245::1",
+        ])?;
+        self.write_resolv_conf(pod)
     }
 
     fn plug(&self, pod: &Pod) -> Result<()> {
@@ -260,7 +348,12 @@ impl Node {
         ip(&[
             "-n", p, "-6", "route", "add", "default", "via", &gw6, "dev", "eth0",
         ])?;
-        let dir = Path::new(ETC_NETNS_DIR).join(p);
+        self.write_resolv_conf(pod)
+    }
+
+    /// `/etc/netns/<pod>/resolv.conf`, which `ip netns exec` mounts over the pod's.
+    fn write_resolv_conf(&self, pod: &Pod) -> Result<()> {
+        let dir = Path::new(ETC_NETNS_DIR).join(&pod.netns);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let resolv = dir.join("resolv.conf");
         std::fs::write(
