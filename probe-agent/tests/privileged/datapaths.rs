@@ -322,7 +322,10 @@ fn a_remote_reply_redirected_into_the_pod_is_seen_at_the_uplink() {
     );
     let uplink_glob = format!("{}*", &far.host_if[..far.host_if.len() - 2]);
     let interfaces = format!("veth*,{uplink_glob}");
-    let agent = Agent::start(&node, &["--attach-mode", "tcx", "--interfaces", &interfaces]);
+    let agent = Agent::start(
+        &node,
+        &["--attach-mode", "tcx", "--interfaces", &interfaces],
+    );
     let client_capture = Capture::on_pod_veth(&node, &client).unwrap();
 
     let to = IpAddr::V4(far.ipv4);
