@@ -8,6 +8,7 @@ mod conntrack;
 mod datapaths;
 mod delivered;
 mod differential;
+mod discovery;
 mod e2e;
 mod kernel;
 mod real_traffic;
