@@ -9,6 +9,7 @@ mod fuzz;
 mod image;
 mod manifests;
 mod monitoring;
+mod runtime;
 mod soak;
 mod test;
 mod toolchain;
@@ -54,6 +55,10 @@ enum Task {
     /// The agent with exactly deploy/daemonset.yaml's capabilities attaches and gets ready,
     /// and without any one of them fails (root).
     CheckCapabilities,
+    /// The image under podman + runc as the DaemonSet says: refused with a clear error
+    /// under podman's default seccomp profile, judging containers' traffic on a bridge
+    /// and a CNI ptp network under deploy/components/seccomp's profile (root).
+    CheckRuntime(runtime::RuntimeArgs),
     /// Load and fault scenarios on a simulated node (root): a SYN flood with the API
     /// under HTTP load; one line per figure with its budget.
     Soak(soak::SoakArgs),
@@ -85,6 +90,7 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::CheckManifests => manifests::run(),
         Task::CheckMonitoring => monitoring::run(),
         Task::CheckCapabilities => capabilities::run(),
+        Task::CheckRuntime(args) => runtime::run(args),
         Task::Soak(args) => soak::run(args),
         Task::Deny(args) => deny::run(args),
     }

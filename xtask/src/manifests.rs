@@ -31,6 +31,8 @@ use xtask::exec;
 
 use crate::{image, util};
 
+pub mod seccomp;
+
 /// Kubernetes versions the built-in objects are validated against: an old one still in
 /// use and the newest kubernetes-validate knows.
 const KUBERNETES_VERSIONS: &[&str] = &["1.30", "1.37"];
@@ -112,6 +114,9 @@ pub fn run() -> Result<()> {
     let mut checks = policy(&objects, &dashboard);
     checks.merge(dashboard_checks(&dashboard));
     checks.finish("policy and dashboard")?;
+
+    println!("\n== components/seccomp: the base with netprobe's seccomp profile");
+    seccomp::check(&python, &out, &objects)?;
 
     println!("\n== Kind cluster (deploy/kind/cluster.yaml) and what the docs say of it");
     let mut checks = kind_cluster_checks(&read(&kind_cluster_path())?);

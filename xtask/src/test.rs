@@ -106,6 +106,13 @@ fn suites() -> Vec<Suite> {
             true,
             util::cargo(["xtask", "check-capabilities"]),
         ),
+        // The image run by podman + runc as the DaemonSet says, on real container networks
+        // (a bridge and a CNI ptp network), under the default and netprobe's seccomp profile.
+        suite(
+            "container runtime",
+            true,
+            util::cargo(["xtask", "check-runtime"]),
+        ),
         // The load scenario, bounded: a 10 s SYN flood with the API under wrk.
         suite(
             "soak (quick)",

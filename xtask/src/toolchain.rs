@@ -348,6 +348,19 @@ pub const SOAK_PACKAGES: &[&str] = &[
     "wrk", // HTTP load on the API
 ];
 
+/// What `cargo xtask check-runtime` drives besides [`PACKAGES`].
+pub const RUNTIME_PACKAGES: &[&str] = &[
+    "podman",                          // the container engine
+    "runc",                            // its OCI runtime here (crun fails on hybrid cgroups)
+    "golang-github-containers-common", // podman's default seccomp profile
+    "containernetworking-plugins",     // the CNI ptp network
+    "busybox-static",                  // the client and server containers' image
+    "dnsmasq-base",                    // the DNS server, in a container's namespace
+    "nftables",                        // the firewalls inside the servers' namespaces
+    "bpftool",                         // what programs the stopped agent left loaded
+    "iproute2",                        // tc: the filters it left on the veths
+];
+
 /// Installs the Debian `packages` one task needs when missing (as root), or fails saying
 /// how: `cargo xtask <task>` cannot work without them.
 pub fn ensure_task_packages(task: &str, packages: &[&'static str]) -> Result<()> {
