@@ -90,6 +90,66 @@ pub struct RunArgs {
     /// keeping the HTTP listener in the namespace the agent started in.
     #[arg(long, env = "NETPROBE_NETNS")]
     pub netns: Option<PathBuf>,
+    /// Who may read the API: `kube` asks the Kubernetes API who sent each bearer token
+    /// (TokenReview) and whether it may `get` the path (SubjectAccessReview); `none` lets
+    /// anyone who reaches the port read it; `auto` is `kube` in a cluster (a pod's
+    /// service account), `none` outside one (the demo, a laptop, even with `--kubeconfig`).
+    #[arg(long, env = "NETPROBE_API_AUTH", value_enum, default_value = "auto")]
+    pub api_auth: ApiAuthMode,
+    /// How long an allowed answer of the Kubernetes API is reused for the same token and path.
+    #[arg(long, env = "NETPROBE_API_AUTH_CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub api_auth_cache_ttl: Duration,
+    /// How long a denial (401 or 403) is reused; shorter, so a new RoleBinding takes effect soon.
+    #[arg(long, env = "NETPROBE_API_AUTH_DENY_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub api_auth_deny_ttl: Duration,
+    /// Serve HTTPS with this certificate chain (PEM); read again whenever the file changes.
+    #[arg(long, env = "NETPROBE_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert-file`.
+    #[arg(long, env = "NETPROBE_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Open API connections at most; beyond, new ones are closed at once.
+    #[arg(long, env = "NETPROBE_MAX_CONNECTIONS", default_value = "1024")]
+    pub max_connections: NonZeroUsize,
+    /// A client must send a request's headers within this time (idle keep-alive
+    /// connections included), or its connection is closed.
+    #[arg(long, env = "NETPROBE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// A client that takes no byte of an answer for this long is disconnected.
+    #[arg(long, env = "NETPROBE_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+    /// Tests only: make one of the agent's tasks fail once it is ready, to check that the
+    /// agent turns unready and exits.
+    #[arg(long, env = "NETPROBE_TEST_FAULT", value_enum, hide = true)]
+    pub test_fault: Option<TaskName>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiAuthMode {
+    Auto,
+    Kube,
+    None,
+}
+
+/// The agent's long-running tasks whose end means the agent no longer does its job.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskName {
+    /// Drains the kernel's ring buffer.
+    RingReader,
+    /// Reads the kernel's per-flow counters.
+    KernelCounts,
+    /// Decodes and tracks events.
+    Tracking,
+}
+
+impl std::fmt::Display for TaskName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::RingReader => "the ring-buffer reader",
+            Self::KernelCounts => "the kernel-counter reader",
+            Self::Tracking => "the tracking task",
+        })
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +183,31 @@ mod tests {
         assert_eq!(args.kube, KubeMode::Auto);
         assert!(!args.events);
         assert_eq!(args.events_window, Duration::from_secs(600));
+        assert_eq!(args.api_auth, ApiAuthMode::Auto);
+        assert_eq!(args.max_connections.get(), 1024);
+        assert!(args.tls_cert_file.is_none() && args.test_fault.is_none());
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        assert!(Cli::try_parse_from(["probe-agent", "run", "--tls-cert-file", "c.pem"]).is_err());
+        assert!(Cli::try_parse_from(["probe-agent", "run", "--tls-key-file", "k.pem"]).is_err());
+        let cli = Cli::try_parse_from([
+            "probe-agent",
+            "run",
+            "--tls-cert-file",
+            "c.pem",
+            "--tls-key-file",
+            "k.pem",
+            "--api-auth",
+            "kube",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(args.api_auth, ApiAuthMode::Kube);
+        assert_eq!(args.tls_key_file, Some(PathBuf::from("k.pem")));
     }
 
     #[test]

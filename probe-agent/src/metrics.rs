@@ -920,6 +920,9 @@ netprobe_attached_interfaces 0
 # HELP netprobe_netlink_overruns Overflows of the interface watch (netlink ENOBUFS), each answered by a full relisting.
 # TYPE netprobe_netlink_overruns counter
 netprobe_netlink_overruns_total 0
+# HELP netprobe_reattached Hooks where another program had been put ahead of the probe's, which was put first again (checked every 5 s).
+# TYPE netprobe_reattached counter
+netprobe_reattached_total 0
 # HELP netprobe_kernel_events Events the kernel program emitted (handed over or lost to a full ring buffer); equals processed + lost + decode errors once the agent has caught up.
 # TYPE netprobe_kernel_events counter
 netprobe_kernel_events_total 0

@@ -31,14 +31,18 @@ use tracing::{error, info, warn};
 
 use crate::{
     attach::{self, Attacher, LinkChange},
-    config::RunArgs,
+    config::{ApiAuthMode, KubeMode, RunArgs, TaskName},
     decode::{self, DecodeError},
     enrich::{self, KubeOptions, Names},
     events::{self, CauseReport, EventOptions},
     loader, local_addresses,
     metrics::{DEFAULT_MAX_SERIES, DecodeErrorKind, LossSource, Metrics},
     model::{AttachMode, FlowEvent, InterfaceStatus, NodeVerdict, Verdict},
-    serve::{self, AppState, FlowSource},
+    serve::{
+        self, AppState, FlowSource, ServeOptions,
+        auth::{Auth, KubeAuth},
+        tls::{self, ReloadingTls},
+    },
     track::{Clock, Tracker, TrackerConfig, monotonic_now},
 };
 
@@ -52,6 +56,11 @@ const SWEEP_EVERY: Duration = Duration::from_millis(50);
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 const RESYNC_EVERY: Duration = Duration::from_secs(5);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// How long a dead task's reason stays on /readyz before the agent exits (non-zero, so
+/// the kubelet restarts it): long enough for a probe or a person to read why.
+const DEAD_TASK_LINGER: Duration = Duration::from_secs(2);
+/// With `--test-fault`: how long after it starts the chosen task fails.
+const FAULT_AFTER: Duration = Duration::from_secs(1);
 
 /// Loads the programs and creates the maps `args` ask for (the step that needs
 /// CAP_PERFMON; [`run`] attaches them).
@@ -136,6 +145,14 @@ pub async fn run(
     });
     info!(node, "netprobe agent starting");
     let kube_client = kube_client(&args).await;
+    let auth = api_auth(&args, kube_client.clone()).await?;
+    let tls = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            info!(cert = %cert.display(), "serving the API over TLS");
+            Some(ReloadingTls::load(cert, key)?)
+        }
+        _ => None,
+    };
     let cause_reports = cause_reports(&args, kube_client.is_some());
     let tracker = Tracker::new(
         TrackerConfig {
@@ -175,9 +192,19 @@ pub async fn run(
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     info!(listen = %listener.local_addr()?, "serving the API");
-    let mut http = tokio::spawn(serve::serve(
+    if let Some(tls) = &tls {
+        tokio::spawn(Arc::clone(tls).watch(tls::RELOAD_EVERY, shutdown_rx.clone()));
+    }
+    let options = ServeOptions {
+        max_connections: args.max_connections.get(),
+        header_timeout: args.header_timeout,
+        write_timeout: args.write_timeout,
+        tls,
+    };
+    let mut http = tokio::spawn(serve::serve_with(
         listener,
-        AppState::new(source, Arc::clone(&metrics)),
+        AppState::new(source, Arc::clone(&metrics)).with_auth(auth),
+        options,
         wait_for(shutdown_rx.clone()),
     ));
 
@@ -232,6 +259,41 @@ pub async fn run(
         }
     }
     result
+}
+
+/// How API requests are checked (`--api-auth`). `kube` without a usable Kubernetes API
+/// is an error: the agent does not start open when it was asked to be closed.
+async fn api_auth(args: &RunArgs, client: Option<kube::Client>) -> anyhow::Result<Auth> {
+    let kube = match args.api_auth {
+        ApiAuthMode::None => false,
+        ApiAuthMode::Kube => true,
+        ApiAuthMode::Auto => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+    };
+    if !kube {
+        if !args.listen.ip().is_loopback() {
+            warn!(listen = %args.listen, "--api-auth none: anyone who reaches the API may read every flow");
+        }
+        return Ok(Auth::None);
+    }
+    let client = match client {
+        Some(client) => client,
+        None => enrich::client(&KubeOptions {
+            mode: KubeMode::Auto,
+            kubeconfig: args.kubeconfig.clone(),
+        })
+        .await
+        .context("--api-auth kube")?
+        .context(
+            "--api-auth kube needs the Kubernetes API (in a cluster, or --kubeconfig); \
+             use --api-auth none to serve without authentication",
+        )?,
+    };
+    info!("API requests are checked with TokenReview and SubjectAccessReview");
+    Ok(Auth::Kube(Arc::new(KubeAuth::new(
+        client,
+        args.api_auth_cache_ttl,
+        args.api_auth_deny_ttl,
+    ))))
 }
 
 /// The Kubernetes API client, or `None`: enrichment off, no cluster, or (a warning) a
@@ -303,30 +365,53 @@ async fn run_probe(
         "probe loaded and attached"
     );
 
+    let fault = args.test_fault;
     let (batches_tx, batches) = mpsc::channel(QUEUE_BATCHES);
-    let reader = tokio::spawn(read_ring(
-        maps.events,
-        batches_tx,
-        Arc::clone(metrics),
-        shutdown.clone(),
-    ));
+    let reader = spawn_task(
+        TaskName::RingReader,
+        fault,
+        read_ring(
+            maps.events,
+            batches_tx,
+            Arc::clone(metrics),
+            shutdown.clone(),
+        ),
+    );
     let (per_interface_tx, mut per_interface) = mpsc::unbounded_channel();
     let (snapshots_tx, snapshots) = mpsc::channel(1);
     let (spent_tx, spent) = mpsc::channel(1);
-    let kernel_reader = tokio::spawn(read_kernel_counts(
-        maps.flow_counts,
-        maps.losses,
-        (snapshots_tx, spent),
-        shutdown.clone(),
-    ));
-    let tracking = tokio::spawn(track_loop(
-        batches,
-        (snapshots, spent_tx),
-        Arc::clone(tracker),
-        Arc::clone(metrics),
-        per_interface_tx,
-        shutdown.clone(),
-    ));
+    let kernel_reader = spawn_task(TaskName::KernelCounts, fault, {
+        let counts = read_kernel_counts(
+            maps.flow_counts,
+            maps.losses,
+            (snapshots_tx, spent),
+            shutdown.clone(),
+        );
+        async move {
+            counts.await;
+            Ok(())
+        }
+    });
+    let tracking = spawn_task(TaskName::Tracking, fault, {
+        let track = track_loop(
+            batches,
+            (snapshots, spent_tx),
+            Arc::clone(tracker),
+            Arc::clone(metrics),
+            per_interface_tx,
+            shutdown.clone(),
+        );
+        async move {
+            track.await;
+            Ok(())
+        }
+    });
+    let mut tasks = [
+        (TaskName::RingReader, reader),
+        (TaskName::KernelCounts, kernel_reader),
+        (TaskName::Tracking, tracking),
+    ];
+    let mut dead = None;
 
     let mut resync = interval(RESYNC_EVERY);
     resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -338,6 +423,15 @@ async fn run_probe(
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
             _ = shutdown.changed() => break,
+            reason = first_to_end(&mut tasks) => {
+                // Without it the agent serves stale answers as if all were well.
+                error!("{reason}: the agent stops");
+                *ready.write().expect("not poisoned") = Err(reason.clone());
+                metrics.set_ready(false);
+                tokio::time::sleep(DEAD_TASK_LINGER).await;
+                dead = Some(reason);
+                break;
+            }
             Some(change) = changes.recv() => match change {
                 LinkChange::Resync => {
                     // Link messages were lost: what they said is only in a new listing.
@@ -371,18 +465,70 @@ async fn run_probe(
         }
         publish(&attacher, interfaces, metrics);
     }
-    *ready.write().expect("not poisoned") = Err("shutting down".into());
+    if dead.is_none() {
+        *ready.write().expect("not poisoned") = Err("shutting down".into());
+    }
     metrics.set_ready(false);
     attacher.detach_all();
     watcher.abort();
     if let Some(kernel_log) = kernel_log {
         kernel_log.abort();
     }
-    reader.abort();
-    tracking.abort();
-    kernel_reader.abort();
+    for (_, task) in &tasks {
+        task.abort();
+    }
     info!("detached from every interface");
-    Ok(())
+    match dead {
+        Some(reason) => Err(anyhow::anyhow!(reason)),
+        None => Ok(()),
+    }
+}
+
+type Task = JoinHandle<anyhow::Result<()>>;
+
+/// Spawns one of the agent's vital tasks; with `--test-fault` naming it, it panics
+/// [`FAULT_AFTER`] after it starts, as a bug would.
+fn spawn_task(
+    name: TaskName,
+    fault: Option<TaskName>,
+    task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+) -> Task {
+    tokio::spawn(async move {
+        if fault != Some(name) {
+            return task.await;
+        }
+        tokio::select! {
+            result = task => result,
+            () = tokio::time::sleep(FAULT_AFTER) => panic!("injected fault (--test-fault): {name} fails"),
+        }
+    })
+}
+
+/// Waits until one of `tasks` ends, and says which and how. Never resolves for none.
+async fn first_to_end(tasks: &mut [(TaskName, Task)]) -> String {
+    if tasks.is_empty() {
+        return std::future::pending().await;
+    }
+    let ends = tasks.iter_mut().map(|(name, task)| {
+        Box::pin(async move {
+            let how = match task.await {
+                Ok(Ok(())) => "ended".to_string(),
+                Ok(Err(err)) => format!("failed: {err:#}"),
+                Err(err) if err.is_panic() => {
+                    let payload = err.into_panic();
+                    let message = payload
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                        .unwrap_or_default();
+                    format!("panicked: {message}")
+                }
+                Err(err) => format!("was cancelled: {err}"),
+            };
+            format!("{name} {how}")
+        })
+    });
+    futures::future::select_all(ends).await.0
 }
 
 /// Starts watching interfaces come and go. The receiver closes when the watch fails.
@@ -653,5 +799,67 @@ fn decode_error_kind(err: &DecodeError) -> DecodeErrorKind {
         DecodeError::Version(_) => DecodeErrorKind::Version,
         DecodeError::Kind(_) | DecodeError::Direction(_) => DecodeErrorKind::Kind,
         DecodeError::Malformed(_) => DecodeErrorKind::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle() -> Task {
+        tokio::spawn(std::future::pending())
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_is_named_with_its_message() {
+        let mut tasks = [
+            (TaskName::RingReader, idle()),
+            (
+                TaskName::Tracking,
+                spawn_task(
+                    TaskName::Tracking,
+                    Some(TaskName::Tracking),
+                    std::future::pending(),
+                ),
+            ),
+            (TaskName::KernelCounts, idle()),
+        ];
+        let reason = first_to_end(&mut tasks).await;
+        assert_eq!(
+            reason,
+            "the tracking task panicked: injected fault (--test-fault): the tracking task fails"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_that_returns_is_dead_too() {
+        let mut tasks = [
+            (TaskName::Tracking, idle()),
+            (
+                TaskName::RingReader,
+                spawn_task(TaskName::RingReader, None, async {
+                    Err(anyhow::anyhow!("polling the ring buffer: EBADF"))
+                }),
+            ),
+            (
+                TaskName::KernelCounts,
+                spawn_task(TaskName::KernelCounts, Some(TaskName::Tracking), async {
+                    std::future::pending().await
+                }),
+            ),
+        ];
+        let reason = first_to_end(&mut tasks).await;
+        assert_eq!(
+            reason,
+            "the ring-buffer reader failed: polling the ring buffer: EBADF"
+        );
+        let mut ended = [(
+            TaskName::KernelCounts,
+            spawn_task(TaskName::KernelCounts, None, async { Ok(()) }),
+        )];
+        assert_eq!(
+            first_to_end(&mut ended).await,
+            "the kernel-counter reader ended"
+        );
     }
 }

@@ -2,7 +2,10 @@
 //! `follow`, OpenMetrics text for scrapers. Handlers only filter and serialize; the
 //! tracker behind [`FlowSource`] owns the data.
 
+pub mod auth;
+mod conn;
 mod query;
+pub mod tls;
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -13,7 +16,9 @@ use axum::{
     extract::{FromRequestParts, Query, Request, State},
     http::{
         Method, StatusCode, Uri,
-        header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING},
+        header::{
+            AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, WWW_AUTHENTICATE,
+        },
         request::Parts,
     },
     middleware::{self, Next},
@@ -24,6 +29,8 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tower::ServiceBuilder;
 
+use self::auth::{Auth, Decision};
+pub use self::conn::ServeOptions;
 pub use self::query::{DEFAULT_LIMIT, Filter, MAX_LIMIT, QueryError, parameter_names};
 use crate::{
     metrics::Metrics,
@@ -88,7 +95,15 @@ pub struct AppState {
     /// graceful shutdown forever.
     closing: watch::Sender<bool>,
     limits: Limits,
+    auth: Auth,
+    /// Verdicts and events held by answers not yet sent (see [`ANSWER_BUDGET`]).
+    answers: Arc<Semaphore>,
 }
+
+/// Items (verdicts, events) that answers being sent may hold at once: three full
+/// `limit=10000` answers. A client that never reads holds its share until the write
+/// timeout drops it; past the budget, big answers get a 503 and small ones still fit.
+pub const ANSWER_BUDGET: usize = 32_768;
 
 impl AppState {
     pub fn new(source: Arc<dyn FlowSource>, metrics: Arc<Metrics>) -> Self {
@@ -99,7 +114,15 @@ impl AppState {
             scans: Arc::new(Semaphore::new(1)),
             closing: watch::Sender::new(false),
             limits: Limits::default(),
+            auth: Auth::None,
+            answers: Arc::new(Semaphore::new(ANSWER_BUDGET)),
         }
+    }
+
+    /// Checks every request but `/healthz` and `/readyz` with `auth`.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -111,6 +134,7 @@ impl AppState {
 /// The API is read-only: every route is a GET, and nothing reads a body.
 pub fn app(state: AppState) -> Router {
     let limits = state.limits;
+    let auth = state.auth.clone();
     let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -120,7 +144,8 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state);
+        .with_state(state)
+        .layer(middleware::from_fn_with_state(auth, authenticate));
     routes
         .layer(
             ServiceBuilder::new()
@@ -166,6 +191,51 @@ async fn reject_oversized(State(limits): State<Limits>, request: Request, next: 
     next.run(request).await
 }
 
+/// Paths the kubelet probes: open to anyone, they tell nothing about flows.
+const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Lets a request through only if its bearer token's user may `get` its path.
+async fn authenticate(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+    let Auth::Kube(kube) = auth else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path().to_string();
+    if OPEN_PATHS.contains(&path.as_str()) {
+        return next.run(request).await;
+    }
+    let token = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(auth::bearer_token);
+    let Some(token) = token else {
+        return unauthorized("a bearer token is required (Authorization: Bearer <token>)");
+    };
+    match kube.check(token, &path).await {
+        Ok(Decision::Allowed { user }) => {
+            tracing::debug!(user, path, "API request allowed");
+            next.run(request).await
+        }
+        Ok(Decision::Unauthenticated(reason)) => unauthorized(&reason),
+        Ok(Decision::Forbidden(reason)) => {
+            ApiError::new(StatusCode::FORBIDDEN, reason).into_response()
+        }
+        Err(unavailable) => {
+            tracing::warn!("{unavailable}");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, unavailable.to_string()).into_response()
+        }
+    }
+}
+
+fn unauthorized(reason: &str) -> Response {
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, reason).into_response();
+    response.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
 /// The concurrency and time limits' errors, as JSON answers.
 async fn overloaded(error: BoxError) -> ApiError {
     if error.is::<tower::timeout::error::Elapsed>() {
@@ -185,19 +255,24 @@ async fn overloaded(error: BoxError) -> ApiError {
 }
 
 /// Serves until `shutdown` resolves, then ends follow streams and waits for in-flight
-/// requests (the caller bounds that wait).
+/// requests (the caller bounds that wait), with the default [`ServeOptions`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, ServeOptions::default(), shutdown).await
+}
+
+/// [`serve`] with the connection limits, timeouts and TLS of `options`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let closing = state.closing.clone();
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            closing.send_replace(true);
-        })
-        .await
+    conn::accept_loop(listener, app(state), options, closing, shutdown).await
 }
 
 /// An error answer: `{"error": "<message>"}` with a 4xx/5xx status.
@@ -239,19 +314,6 @@ impl IntoResponse for ApiError {
 #[derive(Serialize)]
 struct StatusBody {
     status: &'static str,
-}
-
-#[derive(Serialize)]
-struct VerdictsBody {
-    verdicts: Vec<Verdict>,
-    /// Node-level verdicts; the flows they stand for are left out of `verdicts` unless
-    /// `expand=true` or a `cause` filter names their cause.
-    node: Vec<NodeVerdict>,
-}
-
-#[derive(Serialize)]
-struct FlowsBody {
-    flows: Vec<FlowEvent>,
 }
 
 #[derive(Serialize)]
@@ -308,7 +370,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<StatusBody>, ApiEr
 async fn verdicts(
     State(state): State<AppState>,
     Params(filter): Params,
-) -> Result<Json<VerdictsBody>, ApiError> {
+) -> Result<Response, ApiError> {
     if filter.follow.is_some() {
         return Err(QueryError::NotSupported {
             param: "follow",
@@ -318,6 +380,7 @@ async fn verdicts(
     }
     let source = state.source;
     let limit = filter.limit();
+    let share = answer_share(&state.answers, limit)?;
     let (verdicts, node) = scan(&state.scans, move || {
         let node = source.node_verdicts();
         let folded: Vec<Cause> = if filter.expand == Some(true) {
@@ -334,7 +397,18 @@ async fn verdicts(
         (source.verdicts(&keep, limit), node)
     })
     .await?;
-    Ok(Json(VerdictsBody { verdicts, node }))
+    let node = serde_json::to_string(&node).map_err(|err| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("node verdicts: {err}"),
+        )
+    })?;
+    Ok(listing(
+        "verdicts",
+        verdicts,
+        format!(",\"node\":{node}}}"),
+        share,
+    ))
 }
 
 async fn flows(
@@ -346,11 +420,80 @@ async fn flows(
     }
     let source = state.source;
     let limit = filter.limit();
+    let share = answer_share(&state.answers, limit)?;
     let flows = scan(&state.scans, move || {
         source.events(&|e| filter.matches_event(e), limit)
     })
     .await?;
-    Ok(Json(FlowsBody { flows }).into_response())
+    Ok(listing("flows", flows, "}".to_string(), share))
+}
+
+/// Reserves room for an answer of up to `limit` items in [`ANSWER_BUDGET`], before the
+/// scan (a refused request costs no scan).
+fn answer_share(answers: &Arc<Semaphore>, limit: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+    let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+    Arc::clone(answers)
+        .try_acquire_many_owned(limit)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many large answers are being sent; try again, or ask for a smaller limit",
+            )
+        })
+}
+
+/// Items serialized per body chunk.
+const CHUNK_ITEMS: usize = 64;
+
+/// `{"<key>":[item,...]<tail>` as a body serialized a chunk at a time while the client
+/// reads, so the JSON text of a large answer is never whole in memory. `share` (its
+/// unused part given back now) is held until the body is sent or dropped.
+fn listing<T: Serialize + Send + 'static>(
+    key: &'static str,
+    items: Vec<T>,
+    tail: String,
+    mut share: OwnedSemaphorePermit,
+) -> Response {
+    drop(share.split(share.num_permits().saturating_sub(items.len())));
+    struct Listing<T> {
+        head: Option<Bytes>,
+        items: std::vec::IntoIter<T>,
+        first: bool,
+        tail: Option<Bytes>,
+        _share: OwnedSemaphorePermit,
+    }
+    let state = Listing {
+        head: Some(Bytes::from(format!("{{\"{key}\":["))),
+        items: items.into_iter(),
+        first: true,
+        tail: Some(Bytes::from(format!("]{tail}"))),
+        _share: share,
+    };
+    let chunks = futures::stream::unfold(state, |mut state| async move {
+        if let Some(head) = state.head.take() {
+            return Some((Ok(head), state));
+        }
+        let mut chunk = Vec::new();
+        for item in state.items.by_ref().take(CHUNK_ITEMS) {
+            if !std::mem::take(&mut state.first) {
+                chunk.push(b',');
+            }
+            if let Err(err) = serde_json::to_writer(&mut chunk, &item) {
+                tracing::error!(%err, "cannot serialize an answer");
+                return Some((Err(err), state));
+            }
+        }
+        if !chunk.is_empty() {
+            return Some((Ok(Bytes::from(chunk)), state));
+        }
+        let tail = state.tail.take()?;
+        Some((Ok(tail), state))
+    });
+    (
+        [(CONTENT_TYPE, "application/json")],
+        Body::from_stream(chunks),
+    )
+        .into_response()
 }
 
 /// A follow stream's state; dropping it (client gone, server closing) frees its slot.
