@@ -6,6 +6,11 @@
 //! N), and creates objects in a namespace (`POST`, as the agent's `--events` writes
 //! Events: [`KubeStandIn::events`] reads them back).
 //!
+//! It also reviews bearer tokens as an API server does for the agent's `--api-auth kube`:
+//! `POST` TokenReview (tokens registered with [`KubeStandIn::add_token`], which may be
+//! expired) and SubjectAccessReview (`get` on non-resource URLs granted to a user or a
+//! group with [`KubeStandIn::grant`], `*` at the end of a path matching any rest, as RBAC does).
+//!
 //! Tests change the cluster while the agent watches ([`KubeStandIn::apply`],
 //! [`KubeStandIn::delete`]), cut the watches ([`KubeStandIn::drop_watches`]) or take the
 //! server down ([`KubeStandIn::set_down`]), and read back which requests were made.
@@ -64,6 +69,9 @@ const COLLECTIONS: [(&str, &str, &str, &str, bool); 6] = [
     ),
 ];
 
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+const ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
+
 /// One served request: method and path with query.
 pub type RequestLine = (String, String);
 
@@ -75,6 +83,10 @@ struct Cluster {
     /// Every change by kind: (resourceVersion, event type, object).
     history: HashMap<&'static str, Vec<(u64, &'static str, Value)>>,
     requests: Vec<RequestLine>,
+    /// Bearer tokens: token → (user, groups, expired).
+    tokens: HashMap<String, (String, Vec<String>, bool)>,
+    /// Non-resource URLs each user or group may `get`.
+    grants: HashMap<String, Vec<String>>,
 }
 
 impl Cluster {
@@ -229,6 +241,18 @@ impl KubeStandIn {
         std::fs::write(path, config).with_context(|| format!("writing {}", path.display()))
     }
 
+    /// Writes a kubeconfig that points at this server and authenticates with `token`
+    /// (what `probe-agent observe` sends to an agent).
+    pub fn write_kubeconfig_with_token(&self, path: &Path, token: &str) -> Result<()> {
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: {url}\n\
+             users:\n- name: netprobe\n  user:\n    token: {token}\ncontexts:\n- name: stand-in\n  context:\n    \
+             cluster: stand-in\n    user: netprobe\ncurrent-context: stand-in\n",
+            url = self.url()
+        );
+        std::fs::write(path, config).with_context(|| format!("writing {}", path.display()))
+    }
+
     /// Adds or replaces an object (ADDED or MODIFIED for watchers). A `List` (as
     /// `kubectl get -o json` prints it) applies each item.
     pub fn apply(&self, object: Value) -> Result<()> {
@@ -320,6 +344,46 @@ impl KubeStandIn {
         events
     }
 
+    /// Registers a bearer token for `user` in `groups` (TokenReview authenticates it).
+    pub fn add_token(&self, token: &str, user: &str, groups: &[&str]) {
+        let groups = groups.iter().map(ToString::to_string).collect();
+        self.shared
+            .cluster()
+            .tokens
+            .insert(token.to_string(), (user.to_string(), groups, false));
+    }
+
+    /// Makes a registered token expired: TokenReview refuses it from now on.
+    pub fn expire_token(&self, token: &str) {
+        if let Some(entry) = self.shared.cluster().tokens.get_mut(token) {
+            entry.2 = true;
+        }
+    }
+
+    /// Lets a user or a group (`system:serviceaccounts:monitoring`) `get` these
+    /// non-resource URLs, as a ClusterRole with `nonResourceURLs` bound to it does.
+    pub fn grant(&self, subject: &str, paths: &[&str]) {
+        self.shared
+            .cluster()
+            .grants
+            .entry(subject.to_string())
+            .or_default()
+            .extend(paths.iter().map(ToString::to_string));
+    }
+
+    /// How many TokenReviews and SubjectAccessReviews were asked for so far.
+    pub fn reviews(&self) -> (usize, usize) {
+        let cluster = self.shared.cluster();
+        let count = |path: &str| {
+            cluster
+                .requests
+                .iter()
+                .filter(|(method, line)| method == "POST" && line.split('?').next() == Some(path))
+                .count()
+        };
+        (count(TOKEN_REVIEWS), count(ACCESS_REVIEWS))
+    }
+
     /// The requests served so far.
     pub fn requests(&self) -> Vec<RequestLine> {
         self.shared.cluster().requests.clone()
@@ -384,6 +448,9 @@ async fn handle(
         let line = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
         let request = (method.to_string(), line.to_string());
         shared.cluster().requests.push(request);
+    }
+    if method == Method::POST && (uri.path() == TOKEN_REVIEWS || uri.path() == ACCESS_REVIEWS) {
+        return review(&shared, uri.path(), &body);
     }
     if method == Method::POST {
         return create(&shared, uri.path(), &body);
@@ -514,6 +581,65 @@ fn create(shared: &Shared, path: &str, body: &[u8]) -> Response {
     let (rv, object) = cluster.store(kind, object);
     drop(cluster);
     shared.changed.send_replace(rv);
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        object.to_string(),
+    )
+        .into_response()
+}
+
+/// Answers a TokenReview or a SubjectAccessReview the way an API server does: the
+/// object sent back (201) with its `status` filled in.
+fn review(shared: &Shared, path: &str, body: &[u8]) -> Response {
+    let Ok(mut object @ Value::Object(_)) = serde_json::from_slice::<Value>(body) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not a JSON object",
+        );
+    };
+    let cluster = shared.cluster();
+    let spec = &object["spec"];
+    let answer = if path == TOKEN_REVIEWS {
+        let token = spec["token"].as_str().unwrap_or_default();
+        match cluster.tokens.get(token) {
+            Some((_, _, true)) => json!({
+                "authenticated": false,
+                "error": "[invalid bearer token, service account token has expired]",
+            }),
+            Some((user, groups, false)) => json!({
+                "authenticated": true,
+                "user": {"username": user, "uid": format!("uid-{user}"), "groups": groups},
+            }),
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        }
+    } else {
+        let url = spec["nonResourceAttributes"]["path"]
+            .as_str()
+            .unwrap_or_default();
+        let verb = spec["nonResourceAttributes"]["verb"]
+            .as_str()
+            .unwrap_or_default();
+        let user = spec["user"].as_str().unwrap_or_default().to_string();
+        let groups = spec["groups"].as_array().into_iter().flatten();
+        let subjects = std::iter::once(user.clone())
+            .chain(groups.filter_map(|g| g.as_str().map(ToString::to_string)));
+        let allowed = verb == "get"
+            && subjects
+                .filter_map(|subject| cluster.grants.get(&subject))
+                .flatten()
+                .any(|granted| match granted.strip_suffix('*') {
+                    Some(prefix) => url.starts_with(prefix),
+                    None => url == granted,
+                });
+        if allowed {
+            json!({"allowed": true, "reason": "allowed by the stand-in's grants"})
+        } else {
+            json!({"allowed": false, "reason": ""})
+        }
+    };
+    object["status"] = answer;
     (
         StatusCode::CREATED,
         [(header::CONTENT_TYPE, "application/json")],
