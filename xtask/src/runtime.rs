@@ -18,7 +18,9 @@
 //!    loaded or attached ([`attached`]).
 //!
 //! Everything it makes (containers, networks, images, dnsmasq) is removed on every exit
-//! path; each wait polls for its condition within a bound.
+//! path; a run that is killed leaves its containers to the next run, which removes them
+//! first (every name carries the process id). Each wait polls for its condition within a
+//! bound.
 
 mod attached;
 mod plays;
@@ -33,13 +35,15 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use xtask::lab;
 
 use self::{
     plays::{API, wait_for},
     podman::{Backend, Podman},
 };
 use crate::{demo, image, manifests, toolchain, util};
+
+/// Every name this task gives starts with it, then the process id.
+const STALE_TAG: &str = "netprobe-rt";
 
 /// What the agent must say when seccomp refuses bpf() (probe-agent's
 /// `loader::seccomp::REFUSED`, in part).
@@ -64,6 +68,14 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
     )?;
     let started = Instant::now();
     toolchain::ensure_task_packages("check-runtime", toolchain::RUNTIME_PACKAGES)?;
+
+    let dir = util::workspace_root()
+        .join("target")
+        .join("netprobe-runtime");
+    // One run per process: the process id in every name tells a later run what was left
+    // by one that is gone.
+    let podman = Podman::new(&dir, &format!("{STALE_TAG}{}", std::process::id()))?;
+    podman.remove_stale(STALE_TAG);
     TcpListener::bind((Ipv4Addr::UNSPECIFIED, API.port())).with_context(|| {
         format!(
             "port {} of this machine is taken (another agent, a demo?): the DaemonSet's agent \
@@ -71,7 +83,6 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
             API.port()
         )
     })?;
-
     let archive = util::workspace_root()
         .join("target")
         .join("netprobe-image.tar");
@@ -86,10 +97,6 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
         println!("== The image: cargo xtask image");
         image::run()?;
     }
-    let dir = util::workspace_root()
-        .join("target")
-        .join("netprobe-runtime");
-    let podman = Podman::new(&dir, &format!("netprobe-{}", lab::unique_prefix("rt")))?;
     let agent_image = podman.load(&archive)?;
     let busybox = podman.busybox_image()?;
     println!("   loaded {agent_image}; busybox image {busybox}");

@@ -8,6 +8,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
+    os::unix::process::CommandExt,
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -134,6 +135,10 @@ pub fn start_dns(podman: &Podman, pods: &Pods) -> Result<Dnsmasq> {
             "--no-negcache",
             "--bind-interfaces",
             "--log-facility=-",
+            // No switch to another user or group: that would clear the parent-death
+            // signal set below.
+            "--user=root",
+            "--group=root",
         ])
         .arg(format!("--listen-address={}", pods.dns_ip))
         .arg(format!(
@@ -143,6 +148,15 @@ pub fn start_dns(podman: &Podman, pods: &Pods) -> Result<Dnsmasq> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    // Killed with this task, however it ends: a dnsmasq left behind would keep the
+    // removed container's namespace alive.
+    // SAFETY: prctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
     let dnsmasq = Dnsmasq(
         cmd.spawn()
             .with_context(|| format!("starting `{}`", exec::describe(&cmd)))?,

@@ -64,6 +64,61 @@ impl Podman {
         })
     }
 
+    /// Removes what runs of this task that are gone (killed, interrupted) left behind:
+    /// containers, networks and images whose names carry `<tag><pid>` of a dead process.
+    pub fn remove_stale(&self, tag: &str) {
+        let dead = |name: &str| {
+            let Some(rest) = name.trim_start_matches("localhost/").strip_prefix(tag) else {
+                return false;
+            };
+            let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            !pid.is_empty()
+                && pid != std::process::id().to_string()
+                && !Path::new("/proc").join(&pid).exists()
+        };
+        let list = |backend: Backend, args: &[&str]| -> Vec<String> {
+            let mut cmd = self.command(backend);
+            cmd.args(args).stdin(Stdio::null());
+            cmd.output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+                .lines()
+                .map(|l| l.trim().to_owned())
+                .filter(|l| dead(l))
+                .collect()
+        };
+        let mut made = self.made.borrow_mut();
+        for backend in [Backend::Netavark, Backend::Cni] {
+            for name in list(backend, &["ps", "--all", "--format", "{{.Names}}"]) {
+                made.containers.push((backend, name));
+            }
+        }
+        for name in list(
+            Backend::Netavark,
+            &["network", "ls", "--format", "{{.Name}}"],
+        ) {
+            made.networks.push((Backend::Netavark, name));
+        }
+        for name in list(
+            Backend::Netavark,
+            &["images", "--format", "{{.Repository}}:{{.Tag}}"],
+        ) {
+            made.images.push(name);
+        }
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("cni.d")) {
+            for entry in entries.flatten() {
+                if dead(&entry.file_name().to_string_lossy()) {
+                    made.files.push(entry.path());
+                }
+            }
+        }
+        drop(made);
+        if !self.made.borrow().containers.is_empty() || !self.made.borrow().networks.is_empty() {
+            println!("   removing what an interrupted run left behind");
+        }
+        self.clean_up();
+    }
+
     /// `podman` with the backend's configuration.
     pub fn command(&self, backend: Backend) -> Command {
         let conf = match backend {
@@ -312,7 +367,30 @@ impl Podman {
         }
         for (backend, name) in made.networks.iter().rev() {
             if *backend == Backend::Netavark {
+                let bridge = self
+                    .run(
+                        *backend,
+                        [
+                            "network",
+                            "inspect",
+                            "--format",
+                            "{{.NetworkInterface}}",
+                            name,
+                        ],
+                    )
+                    .map(|b| b.trim().to_owned());
                 quiet(*backend, &["network", "rm", "--force", name]);
+                // netavark removes the bridge with the last container it tears down; one
+                // whose containers went with a killed run keeps it, and its subnet.
+                if let Ok(bridge) = bridge
+                    && !bridge.is_empty()
+                    && Path::new("/sys/class/net").join(&bridge).exists()
+                {
+                    let mut del = exec::command("ip", ["link", "del", bridge.as_str()]);
+                    if let Err(e) = exec::run(&mut del) {
+                        eprintln!("clean-up: {e:#}");
+                    }
+                }
             }
         }
         for image in made.images.iter().rev() {
