@@ -235,6 +235,11 @@ fn refused_by_default_profile(podman: &Podman, ds: &Value, node: &str, image: &s
         Ok(!podman.running(Backend::Netavark, &name))
     })?;
     let logs = podman.logs(Backend::Netavark, &name);
+    let code = podman.inspect(Backend::Netavark, &name, "{{.State.ExitCode}}")?;
+    ensure!(
+        code != "0",
+        "the agent exited 0 under podman's default profile:\n{logs}"
+    );
     let missing: Vec<&&str> = SECCOMP_MESSAGE
         .iter()
         .filter(|m| !logs.contains(**m))
@@ -262,19 +267,26 @@ fn wait_ready(podman: &Podman, agent: &str, probes: &[(String, u16, String)]) ->
         .find(|(what, ..)| what == "readinessProbe")
         .context("the DaemonSet declares no readiness probe")?;
     let waited = Instant::now();
-    wait_for(
-        "the agent's readiness probe",
-        Duration::from_secs(30),
-        || {
-            if !podman.running(Backend::Netavark, agent) {
-                bail!(
-                    "the agent exited:\n{}",
-                    podman.logs(Backend::Netavark, agent)
-                );
-            }
-            Ok(demo::http_get(API, &ready.2).is_ok_and(|(status, _)| status == 200))
-        },
-    )?;
+    let deadline = waited + Duration::from_secs(30);
+    loop {
+        // A kubelet would restart it; here its exit fails the check at once.
+        if !podman.running(Backend::Netavark, agent) {
+            bail!(
+                "the agent exited:\n{}",
+                podman.logs(Backend::Netavark, agent)
+            );
+        }
+        if demo::http_get(API, &ready.2).is_ok_and(|(status, _)| status == 200) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the agent is not ready after 30 s (GET {}: {:?})",
+            ready.2,
+            demo::http_get(API, &ready.2)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for (what, _, path) in probes {
         let (status, body) = demo::http_get(API, path)?;
         ensure!(status == 200, "{what} GET {path}: {status} {body}");
@@ -287,7 +299,8 @@ fn wait_ready(podman: &Podman, agent: &str, probes: &[(String, u16, String)]) ->
 /// Waits until the agent lists every one of `veths` as attached (GET /v1/interfaces).
 fn wait_attached(veths: &[String]) -> Result<()> {
     let waited = Instant::now();
-    wait_for(
+    let mut not_yet = String::new();
+    let attached = wait_for(
         "the agent to attach to every container veth",
         Duration::from_secs(10),
         || {
@@ -303,13 +316,11 @@ fn wait_attached(veths: &[String]) -> Result<()> {
                 .iter()
                 .filter(|v| !names.contains(&v.as_str()))
                 .collect();
-            if missing.is_empty() {
-                Ok(true)
-            } else {
-                bail!("not attached: {missing:?} (attached: {names:?})")
-            }
+            not_yet = format!("not attached: {missing:?} (attached: {names:?})");
+            Ok(missing.is_empty())
         },
-    )?;
+    );
+    attached.with_context(|| not_yet.clone())?;
     println!(
         "\n   the agent attached to all {} container veths within {:.1?}",
         veths.len(),

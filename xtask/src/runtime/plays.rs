@@ -157,7 +157,7 @@ pub fn start_dns(podman: &Podman, pods: &Pods) -> Result<Dnsmasq> {
                 .map_err(std::io::Error::from)
         });
     }
-    let dnsmasq = Dnsmasq(
+    let mut dnsmasq = Dnsmasq(
         cmd.spawn()
             .with_context(|| format!("starting `{}`", exec::describe(&cmd)))?,
     );
@@ -165,6 +165,9 @@ pub fn start_dns(podman: &Podman, pods: &Pods) -> Result<Dnsmasq> {
     // not see it).
     let ip = pods.dns_ip.to_string();
     wait_for("dnsmasq to answer", Duration::from_secs(10), || {
+        if let Some(status) = dnsmasq.0.try_wait()? {
+            bail!("`{}` exited ({status})", exec::describe(&cmd));
+        }
         let out = podman.exec(
             pods.backend,
             &pods.dns,
@@ -368,25 +371,20 @@ fn wait_for_verdict(pods: &Pods, e: &Expected, within: Duration) -> Result<Value
     }
 }
 
-/// Polls `check` every 100 ms until it says true, for at most `within`.
+/// Polls `check` every 100 ms until it says true, for at most `within`; an error from
+/// `check` fails at once.
 pub fn wait_for(
     what: &str,
     within: Duration,
     mut check: impl FnMut() -> Result<bool>,
 ) -> Result<()> {
     let deadline = Instant::now() + within;
-    loop {
-        let last = check();
-        if let Ok(true) = last {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let why = match last {
-                Err(e) => format!(": {e:#}"),
-                Ok(_) => String::new(),
-            };
-            bail!("timed out after {within:?} waiting for {what}{why}");
-        }
+    while !check().with_context(|| format!("waiting for {what}"))? {
+        ensure!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
 }
