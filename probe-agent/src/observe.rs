@@ -5,6 +5,7 @@ use std::{
     io::{self, BufRead, BufReader, Write},
     iter,
     net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -59,7 +60,27 @@ pub struct ObserveArgs {
     /// Also list the flows a node-level verdict stands for.
     #[arg(long, env = "NETPROBE_EXPAND", conflicts_with = "follow")]
     pub expand: bool,
+    /// Bearer token to send (an agent run with `--api-auth kube` asks the Kubernetes API
+    /// who it is). Default: the pod's service-account token, else the current user's token
+    /// of the kubeconfig.
+    #[arg(
+        long,
+        env = "NETPROBE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// Read the bearer token from this file.
+    #[arg(long, env = "NETPROBE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The kubeconfig whose current user's token is sent (default: $KUBECONFIG, then
+    /// ~/.kube/config). Exec and auth-provider plugins are not run: pass `--token` then.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }
+
+/// Where a pod's service-account token is mounted.
+pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Output {
@@ -68,6 +89,36 @@ pub enum Output {
 }
 
 impl ObserveArgs {
+    /// The bearer token to send, if any: `--token`, `--token-file`, `--kubeconfig`'s,
+    /// the pod's service account's, or the default kubeconfig's current user's.
+    pub fn bearer_token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(token) = &self.token {
+            return Ok(Some(token.trim().to_string()));
+        }
+        let read = |path: &Path| -> anyhow::Result<String> {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?;
+            Ok(token.trim().to_string())
+        };
+        if let Some(path) = &self.token_file {
+            return read(path).map(Some);
+        }
+        if let Some(path) = &self.kubeconfig {
+            let config = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            return kubeconfig_token(&config);
+        }
+        let service_account = Path::new(SERVICE_ACCOUNT_TOKEN);
+        if service_account.exists() {
+            return read(service_account).map(Some);
+        }
+        match kube::config::Kubeconfig::read() {
+            Ok(config) => kubeconfig_token(&config),
+            // No kubeconfig: nothing to send, an agent without authentication still answers.
+            Err(_) => Ok(None),
+        }
+    }
+
     /// The API query for these arguments; the server validates what we pass through.
     fn query(&self) -> Vec<(&'static str, String)> {
         let verdicts = (!self.verdict.is_empty()).then(|| {
@@ -119,7 +170,8 @@ fn run_to(args: &ObserveArgs, mut out: impl Write) -> anyhow::Result<()> {
         "/v1/verdicts"
     };
     let url = format!("{}{path}", args.server.trim_end_matches('/'));
-    let reader = get(&url, &args.query(), !args.follow)?;
+    let token = args.bearer_token()?;
+    let reader = get(&url, &args.query(), token.as_deref(), !args.follow)?;
     if args.follow {
         for line in BufReader::new(reader).lines() {
             let line = line.with_context(|| format!("reading {url}"))?;
@@ -164,10 +216,41 @@ fn run_to(args: &ObserveArgs, mut out: impl Write) -> anyhow::Result<()> {
     Ok(out.flush()?)
 }
 
+/// The token of the kubeconfig's current user (inline or from its token file).
+fn kubeconfig_token(config: &kube::config::Kubeconfig) -> anyhow::Result<Option<String>> {
+    let Some(user) = config
+        .current_context
+        .as_ref()
+        .and_then(|current| config.contexts.iter().find(|c| &c.name == current))
+        .and_then(|context| context.context.as_ref()?.user.clone())
+    else {
+        return Ok(None);
+    };
+    let Some(auth) = config
+        .auth_infos
+        .iter()
+        .find(|a| a.name == user)
+        .and_then(|a| a.auth_info.as_ref())
+    else {
+        return Ok(None);
+    };
+    if let Some(token) = &auth.token {
+        use secrecy::ExposeSecret as _;
+        return Ok(Some(token.expose_secret().trim().to_string()));
+    }
+    if let Some(path) = &auth.token_file {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token file {path} of user {user}"))?;
+        return Ok(Some(token.trim().to_string()));
+    }
+    Ok(None)
+}
+
 /// GETs `url`: the body on success, the server's `{"error"}` message otherwise.
 fn get(
     url: &str,
     query: &[(&str, String)],
+    token: Option<&str>,
     bounded: bool,
 ) -> anyhow::Result<ureq::BodyReader<'static>> {
     // A listing should come back promptly; a follow stream may be quiet for hours.
@@ -181,6 +264,10 @@ fn get(
     let request = query.iter().fold(agent.get(url), |request, (key, value)| {
         request.query(key, value)
     });
+    let request = match token {
+        Some(token) => request.header("Authorization", format!("Bearer {token}")),
+        None => request,
+    };
     let response = request
         .call()
         .with_context(|| format!("cannot reach netprobe at {url}"))?;

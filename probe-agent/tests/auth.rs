@@ -328,3 +328,59 @@ async fn an_api_that_cannot_answer_denies_and_says_so() {
     let back = get(agent.addr, "/v1/flows", Some("alice-token")).await;
     assert_eq!(back.status, 200, "{}", back.body);
 }
+
+/// `probe-agent observe` with its arguments; (success, stdout, stderr).
+async fn observe(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_probe-agent"))
+        .arg("observe")
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env("HOME", "/nonexistent")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn observe_sends_the_kubeconfig_token_or_the_one_it_is_given() {
+    let agent = agent("observe", Duration::from_secs(60)).await;
+    let server = format!("http://{}", agent.addr);
+    let kubeconfig = agent._dir.0.join("alice.kubeconfig");
+    agent
+        .api
+        .write_kubeconfig_with_token(&kubeconfig, "alice-token")
+        .unwrap();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    let (ok, stdout, stderr) = observe(&["--server", &server, "--kubeconfig", kubeconfig]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("FIRST SEEN  VERDICT"), "{stdout}");
+
+    let (ok, _, stderr) = observe(&["--server", &server, "--token", "mallory-token"]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("answered 403 Forbidden: user \"mallory\" may not get /v1/verdicts"),
+        "{stderr}"
+    );
+    let token_file = agent._dir.0.join("token");
+    std::fs::write(&token_file, "alice-token\n").unwrap();
+    let (ok, _, stderr) = observe(&[
+        "--server",
+        &server,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    // No token anywhere: the agent says what it wants.
+    let (ok, _, stderr) = observe(&["--server", &server]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("answered 401 Unauthorized: a bearer token is required"),
+        "{stderr}"
+    );
+}
