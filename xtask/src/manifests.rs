@@ -435,6 +435,7 @@ pub fn policy(objects: &[Value], dashboard: &Value) -> Checks {
         "Namespace/netprobe",
         "ServiceAccount/netprobe",
         "ClusterRole/netprobe",
+        "ClusterRole/netprobe-reader",
         "ClusterRoleBinding/netprobe",
         "DaemonSet/netprobe",
         "Service/netprobe",
@@ -516,7 +517,18 @@ pub fn policy(objects: &[Value], dashboard: &Value) -> Checks {
         }
         // Each Event is created once, never patched (no series), read or deleted.
         want.insert("events.k8s.io/events:create".to_string());
+        // --api-auth kube: reviews of who reads the agent's API (nothing is stored).
+        want.insert("authentication.k8s.io/tokenreviews:create".to_string());
+        want.insert("authorization.k8s.io/subjectaccessreviews:create".to_string());
         c.eq("ClusterRole grants (group/resource:verb)", &grants, &want);
+    }
+    // Readers of the agent's API get its paths, and nothing of the cluster.
+    if let Ok(reader) = find(objects, "ClusterRole", "netprobe-reader") {
+        c.eq(
+            "ClusterRole netprobe-reader rules",
+            &reader["rules"],
+            &json!([{"nonResourceURLs": ["/v1/*", "/metrics"], "verbs": ["get"]}]),
+        );
     }
     if let Ok(binding) = find(objects, "ClusterRoleBinding", "netprobe") {
         c.eq(
@@ -725,6 +737,13 @@ pub fn policy(objects: &[Value], dashboard: &Value) -> Checks {
             c.check(
                 endpoints.len() == 1 && endpoints[0]["port"] == "http",
                 || format!("ServiceMonitor endpoints: {endpoints:?}, want one on port http"),
+            );
+            // The agents check who scrapes: Prometheus sends its service account's token.
+            c.check(
+                endpoints.iter().all(|e| {
+                    e["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+                }),
+                || "the ServiceMonitor does not send Prometheus's service-account token".into(),
             );
             c.check(
                 endpoints.iter().any(|e| {
