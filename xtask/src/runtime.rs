@@ -12,8 +12,9 @@
 //!    from a stand-in of the kubelet's seccomp directory), it must get ready and judge
 //!    the traffic of busybox containers on a netavark bridge network and on a CNI `ptp`
 //!    network (routed veths, as kindnet makes them): healthy, refused, dropped by a
-//!    firewall in the server's namespace, NXDOMAIN, DNS blocked ([`plays`]); its
-//!    readiness and liveness probes must answer as the DaemonSet declares them.
+//!    firewall in the server's namespace, NXDOMAIN, DNS blocked ([`plays`]), each with
+//!    the counts a capture on the client's veth has ([`capture`]); its readiness and
+//!    liveness probes must answer as the DaemonSet declares them.
 //! 5. `podman stop`: the agent exits within the grace period and leaves no program
 //!    loaded or attached ([`attached`]).
 //!
@@ -23,6 +24,7 @@
 //! bound.
 
 mod attached;
+mod capture;
 mod plays;
 mod pod_spec;
 mod podman;
@@ -167,7 +169,7 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
     for pods in &nets {
         println!("\n== Plays on the {} network", pods.label);
         let _dns = plays::start_dns(&podman, pods)?;
-        plays::play(&podman, pods)?;
+        plays::play(&podman, pods, &dir)?;
     }
     let played = plays_started.elapsed();
     for (what, port, path) in &t.probes {

@@ -359,6 +359,7 @@ pub const RUNTIME_PACKAGES: &[&str] = &[
     "nftables",                        // the firewalls inside the servers' namespaces
     "bpftool",                         // what programs the stopped agent left loaded
     "iproute2",                        // tc: the filters it left on the veths
+    "tshark",                          // what the client's veth carried, against the counts
 ];
 
 /// Installs the Debian `packages` one task needs when missing (as root), or fails saying

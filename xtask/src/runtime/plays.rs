@@ -7,8 +7,9 @@
 //! enforced on the pod's side would.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     os::unix::process::CommandExt,
+    path::Path,
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -17,7 +18,10 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use xtask::exec;
 
-use super::podman::{Backend, Podman};
+use super::{
+    capture::{self, Capture},
+    podman::{Backend, Podman},
+};
 use crate::demo;
 
 /// Where the agent serves its API (the DaemonSet's NETPROBE_LISTEN, on the node).
@@ -54,8 +58,14 @@ pub struct Pods {
     pub client_ip: Ipv4Addr,
     pub server_ip: Ipv4Addr,
     pub dns_ip: Ipv4Addr,
-    /// Their host-side veths, which the agent must attach to.
+    /// Their host-side veths, which the agent must attach to (the client's last).
     pub veths: Vec<String>,
+}
+
+impl Pods {
+    fn client_veth(&self) -> &str {
+        self.veths.last().expect("three veths")
+    }
 }
 
 /// Starts the three containers on `network`.
@@ -193,9 +203,12 @@ fn firewall(podman: &Podman, backend: Backend, name: &str, rules: &str) -> Resul
     Ok(())
 }
 
-/// Plays every incident on `pods` and checks each verdict through the agent's API.
-pub fn play(podman: &Podman, pods: &Pods) -> Result<()> {
+/// Plays every incident on `pods` and checks each verdict through the agent's API, and
+/// each of its counts against a capture on the client's veth. Captures are kept in `dir`
+/// until checked.
+pub fn play(podman: &Podman, pods: &Pods, dir: &Path) -> Result<()> {
     let b = pods.backend;
+    let capture = Capture::on(pods.client_veth(), IpAddr::V4(pods.client_ip), dir)?;
     let (srv, dns) = (pods.server_ip.to_string(), pods.dns_ip.to_string());
     let client = |args: &[&str]| -> Result<(bool, String)> {
         let out = podman.exec(b, &pods.client, args)?;
@@ -305,6 +318,7 @@ pub fn play(podman: &Podman, pods: &Pods) -> Result<()> {
         udp("blocked DNS", BLOCKED, "DNS_TIMEOUT", "dns_no_answer", 0),
     ];
     // The agent judges a SYN without answer after 3 s and a query after 5 s.
+    let mut verdicts = Vec::new();
     for e in &expected {
         let verdict = wait_for_verdict(pods, e, Duration::from_secs(20))?;
         println!(
@@ -316,7 +330,37 @@ pub fn play(podman: &Podman, pods: &Pods) -> Result<()> {
             verdict["counts"],
             verdict["cause"].as_str().unwrap_or("no cause"),
         );
+        verdicts.push(verdict);
     }
+    // What the client's veth carried, counted by tshark, is what the agent counted.
+    let filters: Vec<String> = expected
+        .iter()
+        .flat_map(|e| {
+            e.counts
+                .iter()
+                .map(|(count, _)| capture::filter(count, IpAddr::V4(e.to), e.port, e.qname))
+        })
+        .collect();
+    let mut seen = capture.finish(&filters)?.into_iter();
+    for (e, verdict) in expected.iter().zip(&verdicts) {
+        for (count, _) in &e.counts {
+            let captured = seen.next().expect("one count per filter") as u64;
+            ensure!(
+                verdict["counts"][*count] == captured,
+                "{}: {}: the agent counted {count} = {}, the capture on {} has {captured}",
+                pods.label,
+                e.what,
+                verdict["counts"][*count],
+                pods.client_veth()
+            );
+        }
+    }
+    println!(
+        "   {}: every count of the {} verdicts matches the capture on {}",
+        pods.label,
+        expected.len(),
+        pods.client_veth()
+    );
     Ok(())
 }
 
