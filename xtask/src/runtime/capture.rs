@@ -85,14 +85,23 @@ impl Capture {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)?;
         self.child.wait()?;
+        // All at once: each read is mostly tshark starting up.
+        let reads: Vec<_> = filters
+            .iter()
+            .map(|filter| {
+                Command::new(exec::tool("tshark"))
+                    .args(["-n", "-r"])
+                    .arg(&self.file)
+                    .args(["-Y", filter])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("reading the capture with tshark")
+            })
+            .collect::<Result<_>>()?;
         let mut counts = Vec::new();
-        for filter in filters {
-            let out = Command::new(exec::tool("tshark"))
-                .args(["-n", "-r"])
-                .arg(&self.file)
-                .args(["-Y", filter])
-                .output()
-                .context("reading the capture with tshark")?;
+        for (read, filter) in reads.into_iter().zip(filters) {
+            let out = read.wait_with_output()?;
             ensure!(
                 out.status.success(),
                 "tshark -Y {filter:?}: {}",
