@@ -107,11 +107,12 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
         .trim()
         .to_owned();
     let built = started.elapsed();
+    let agent_image = agent_image.as_str();
 
     println!("\n== Under podman's default seccomp profile (the base's RuntimeDefault)");
     let base = manifests::parse_objects(&manifests::render()?)?;
     let ds = manifests::find(&base, "DaemonSet", "netprobe")?;
-    refused_by_default_profile(&podman, ds, &node, &agent_image)?;
+    refused_by_default_profile(&podman, ds, &node, agent_image)?;
 
     println!("\n== With deploy/components/seccomp (Localhost profile)");
     let with = manifests::parse_objects(&manifests::seccomp::render()?)?;
@@ -132,7 +133,7 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
         "the component's DaemonSet: {}",
         t.seccomp
     );
-    let agent = podman.start(Backend::Netavark, "agent", &t.flags, &agent_image, &t.args)?;
+    let agent = podman.start(Backend::Netavark, "agent", &t.flags, &t.image, &t.args)?;
     let agent_pid = podman.pid(Backend::Netavark, &agent)?;
     wait_ready(&podman, &agent, &t.probes)?;
     let programs = attached::held_by(agent_pid)?;
@@ -216,7 +217,7 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
     println!(
         "\nruntime: the DaemonSet's container under podman + runc: refused under the default \
          seccomp profile with the clear error, ready under netprobe's; {} plays on 2 networks \
-         judged as expected ({played:.1?}); image build {built:.1?}, total {:.1?}",
+         judged as expected ({played:.1?}); image built and loaded in {built:.1?}, total {:.1?}",
         5 * nets.len(),
         started.elapsed()
     );
@@ -225,14 +226,27 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
 
 /// The base DaemonSet (RuntimeDefault) under podman's default profile: the agent must exit
 /// and say that seccomp refused bpf().
-fn refused_by_default_profile(podman: &Podman, ds: &Value, node: &str, image: &str) -> Result<()> {
+fn refused_by_default_profile(podman: &Podman, ds: &Value, node: &str, loaded: &str) -> Result<()> {
     let t = pod_spec::translate(ds, node, Path::new("/nonexistent"))?;
     ensure!(
         t.seccomp == "RuntimeDefault",
         "the base's seccompProfile: {}",
         t.seccomp
     );
-    let name = podman.start(Backend::Netavark, "agent-default", &t.flags, image, &t.args)?;
+    // The manifest's image, as written: the one just loaded (docker.io/ is where a short
+    // name resolves), never another one that happens to be there.
+    ensure!(
+        loaded == t.image || loaded == format!("docker.io/{}", t.image),
+        "the DaemonSet runs {}, `cargo xtask image` built {loaded}",
+        t.image
+    );
+    let name = podman.start(
+        Backend::Netavark,
+        "agent-default",
+        &t.flags,
+        &t.image,
+        &t.args,
+    )?;
     wait_for("the agent to exit", Duration::from_secs(30), || {
         Ok(!podman.running(Backend::Netavark, &name))
     })?;
