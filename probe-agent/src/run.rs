@@ -504,31 +504,79 @@ fn spawn_task(
     })
 }
 
-/// Waits until one of `tasks` ends, and says which and how. Never resolves for none.
+/// How a task ended, the most telling last.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum End {
+    /// Returned: usually because a channel to another task closed.
+    Ended,
+    Cancelled(String),
+    Failed(String),
+    Panicked(String),
+}
+
+impl End {
+    async fn of(task: &mut Task) -> Self {
+        match task.await {
+            Ok(Ok(())) => Self::Ended,
+            Ok(Err(err)) => Self::Failed(format!("{err:#}")),
+            Err(err) if err.is_panic() => {
+                let payload = err.into_panic();
+                let message = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                    .unwrap_or_default();
+                Self::Panicked(message)
+            }
+            Err(err) => Self::Cancelled(err.to_string()),
+        }
+    }
+
+    fn describe(&self, name: TaskName) -> String {
+        match self {
+            Self::Ended => format!("{name} ended"),
+            Self::Cancelled(err) => format!("{name} was cancelled: {err}"),
+            Self::Failed(err) => format!("{name} failed: {err}"),
+            Self::Panicked(message) => format!("{name} panicked: {message}"),
+        }
+    }
+}
+
+/// A task that ends often takes another with it (the tracker gone, the counter reader's
+/// channel closes): this long for the cause to show before the reason is chosen.
+const CAUSE_GRACE: Duration = Duration::from_millis(500);
+
+/// Waits until one of `tasks` ends and says which and how, naming the most telling end
+/// among those that follow within [`CAUSE_GRACE`]. Never resolves for no task.
 async fn first_to_end(tasks: &mut [(TaskName, Task)]) -> String {
     if tasks.is_empty() {
         return std::future::pending().await;
     }
-    let ends = tasks.iter_mut().map(|(name, task)| {
-        Box::pin(async move {
-            let how = match task.await {
-                Ok(Ok(())) => "ended".to_string(),
-                Ok(Err(err)) => format!("failed: {err:#}"),
-                Err(err) if err.is_panic() => {
-                    let payload = err.into_panic();
-                    let message = payload
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                        .unwrap_or_default();
-                    format!("panicked: {message}")
-                }
-                Err(err) => format!("was cancelled: {err}"),
-            };
-            format!("{name} {how}")
-        })
-    });
-    futures::future::select_all(ends).await.0
+    let (end, index, _) = futures::future::select_all(
+        tasks
+            .iter_mut()
+            .map(|(name, task)| Box::pin(async move { (*name, End::of(task).await) })),
+    )
+    .await;
+    let mut ends = vec![end];
+    let grace = tokio::time::Instant::now() + CAUSE_GRACE;
+    for (i, (name, task)) in tasks.iter_mut().enumerate() {
+        if i == index {
+            continue;
+        }
+        if let Ok(end) = tokio::time::timeout_at(grace, End::of(task)).await {
+            ends.push((*name, end));
+        }
+    }
+    // The first of the most telling: a panic explains the plain ends it caused.
+    let mut chosen = 0;
+    for (i, (_, end)) in ends.iter().enumerate() {
+        if *end > ends[chosen].1 {
+            chosen = i;
+        }
+    }
+    let (name, end) = &ends[chosen];
+    end.describe(*name)
 }
 
 /// Starts watching interfaces come and go. The receiver closes when the watch fails.
@@ -828,6 +876,34 @@ mod tests {
         assert_eq!(
             reason,
             "the tracking task panicked: injected fault (--test-fault): the tracking task fails"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_task_that_failed_is_named_not_the_one_it_took_along() {
+        let (closed_tx, mut closed) = tokio::sync::mpsc::channel::<()>(1);
+        let mut tasks = [
+            // Ends first, when its channel closes: a consequence, not the cause.
+            (
+                TaskName::KernelCounts,
+                spawn_task(TaskName::KernelCounts, None, async move {
+                    closed.recv().await;
+                    Ok(())
+                }),
+            ),
+            (
+                TaskName::Tracking,
+                spawn_task(TaskName::Tracking, None, async move {
+                    let _sender = closed_tx;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    panic!("tracker bug")
+                }),
+            ),
+            (TaskName::RingReader, idle()),
+        ];
+        assert_eq!(
+            first_to_end(&mut tasks).await,
+            "the tracking task panicked: tracker bug"
         );
     }
 

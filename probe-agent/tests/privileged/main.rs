@@ -6,6 +6,7 @@ mod bridge;
 mod causes;
 mod conntrack;
 mod datapaths;
+mod dead_task;
 mod delivered;
 mod differential;
 mod discovery;
