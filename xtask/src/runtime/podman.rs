@@ -307,7 +307,8 @@ impl Podman {
         }
     }
 
-    /// `podman stop` with the given grace period, then `podman rm`.
+    /// `podman stop`: SIGTERM, SIGKILL after `grace_s` seconds (the container stays, for
+    /// its exit code and logs).
     pub fn stop(&self, backend: Backend, name: &str, grace_s: u64) -> Result<()> {
         self.run(backend, ["stop", "--time", &grace_s.to_string(), name])?;
         Ok(())
