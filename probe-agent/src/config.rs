@@ -92,8 +92,8 @@ pub struct RunArgs {
     pub netns: Option<PathBuf>,
     /// Who may read the API: `kube` asks the Kubernetes API who sent each bearer token
     /// (TokenReview) and whether it may `get` the path (SubjectAccessReview); `none` lets
-    /// anyone who reaches the port read it; `auto` is `kube` in a cluster (a pod's
-    /// service account), `none` outside one (the demo, a laptop, even with `--kubeconfig`).
+    /// anyone who reaches the port read it; `auto` is `kube` in a cluster (a pod using its
+    /// service account), `none` outside one (the demo, a laptop, or `--kubeconfig` given).
     #[arg(long, env = "NETPROBE_API_AUTH", value_enum, default_value = "auto")]
     pub api_auth: ApiAuthMode,
     /// How long an allowed answer of the Kubernetes API is reused for the same token and path.
@@ -108,8 +108,9 @@ pub struct RunArgs {
     /// The private key (PEM) of `--tls-cert-file`.
     #[arg(long, env = "NETPROBE_TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
-    /// Open API connections at most; beyond, new ones are closed at once.
-    #[arg(long, env = "NETPROBE_MAX_CONNECTIONS", default_value = "1024")]
+    /// Open API connections at most; beyond, new ones are closed at once. An idle one
+    /// costs about 10 KiB until the header deadline closes it.
+    #[arg(long, env = "NETPROBE_MAX_CONNECTIONS", default_value = "4096")]
     pub max_connections: NonZeroUsize,
     /// A client must send a request's headers within this time (idle keep-alive
     /// connections included), or its connection is closed.
@@ -184,7 +185,7 @@ mod tests {
         assert!(!args.events);
         assert_eq!(args.events_window, Duration::from_secs(600));
         assert_eq!(args.api_auth, ApiAuthMode::Auto);
-        assert_eq!(args.max_connections.get(), 1024);
+        assert_eq!(args.max_connections.get(), 4096);
         assert!(args.tls_cert_file.is_none() && args.test_fault.is_none());
     }
 

@@ -144,6 +144,7 @@ pub async fn run(
             .unwrap_or_default()
     });
     info!(node, "netprobe agent starting");
+    raise_open_files(args.max_connections.get());
     let kube_client = kube_client(&args).await;
     let auth = api_auth(&args, kube_client.clone()).await?;
     let tls = match (&args.tls_cert_file, &args.tls_key_file) {
@@ -261,13 +262,43 @@ pub async fn run(
     result
 }
 
+/// Lifts the soft limit on open files to the hard one (no privilege needed), so that the
+/// API's connection cap, not EMFILE, is what bounds clients; warns if even that is short.
+fn raise_open_files(connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    // Interfaces, maps, netlink and the Kubernetes client take a few hundred more.
+    if (limit.rlim_cur as usize) < connections + 512 {
+        warn!(
+            open_files = limit.rlim_cur,
+            max_connections = connections,
+            "the open-file limit is below --max-connections: clients beyond it are refused at accept"
+        );
+    }
+}
+
 /// How API requests are checked (`--api-auth`). `kube` without a usable Kubernetes API
 /// is an error: the agent does not start open when it was asked to be closed.
 async fn api_auth(args: &RunArgs, client: Option<kube::Client>) -> anyhow::Result<Auth> {
     let kube = match args.api_auth {
         ApiAuthMode::None => false,
         ApiAuthMode::Kube => true,
-        ApiAuthMode::Auto => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+        // In a pod with its service account, not pointed elsewhere by --kubeconfig.
+        ApiAuthMode::Auto => {
+            std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() && args.kubeconfig.is_none()
+        }
     };
     if !kube {
         if !args.listen.ip().is_loopback() {

@@ -37,7 +37,7 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
-            max_connections: 1024,
+            max_connections: 4096,
             header_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             tls: None,
