@@ -1,6 +1,7 @@
 //! Podman with runc, configured from files of this task's own (never /etc): containers,
 //! networks and images made here are recorded and removed when [`Podman`] is dropped,
-//! whatever happened before.
+//! whatever happened before (each container's log is kept, as `<name>.log` beside the
+//! configuration).
 //!
 //! Two network backends from one podman: netavark (bridge networks, veths on a Linux
 //! bridge) and CNI (Debian's containernetworking-plugins: the `ptp` plugin gives each
@@ -361,6 +362,11 @@ impl Podman {
             }
         };
         for (backend, name) in made.containers.iter().rev() {
+            // Kept for whoever reads why a run failed: the agent's log above all.
+            let log = self.dir.join(format!("{name}.log"));
+            if let Err(e) = std::fs::write(&log, self.logs(*backend, name)) {
+                eprintln!("clean-up: writing {}: {e}", log.display());
+            }
             quiet(
                 *backend,
                 &["rm", "--force", "--time", "0", "--ignore", name],
