@@ -4,6 +4,7 @@
 //!
 //! Load: a SYN flood (hping3, as fast as it goes here) from one pod into a port the node
 //! drops, while wrk hammers `/v1/verdicts` and an unrelated pod pair keeps connecting.
+//! Then hostile API clients, one scenario at a time ([`hostile`]).
 
 use std::{
     collections::HashMap,
@@ -32,6 +33,8 @@ use xtask::{
 };
 
 use crate::{build, demo::http_get, toolchain, util};
+
+mod hostile;
 
 /// DESIGN.md's memory budget for the agent.
 const RSS_BUDGET_MIB: f64 = 128.0;
@@ -79,6 +82,7 @@ pub fn run(args: SoakArgs) -> Result<()> {
         .unwrap_or(if args.quick { 10 } else { 60 });
     let bin = build::build_agent()?;
     let figures = load(&bin, Duration::from_secs(seconds))?;
+    let hostile = hostile::run(&bin);
     // The fault scenarios are the agent's resilience tests (they run, with 100 churn
     // cycles, in `cargo xtask test`); here with the full 1,000 cycles.
     let faults = if args.quick { None } else { Some(faults(1000)) };
@@ -87,6 +91,19 @@ pub fn run(args: SoakArgs) -> Result<()> {
         figure.print();
     }
     let mut missed: Vec<&str> = figures.iter().filter(|f| !f.met).map(|f| f.what).collect();
+    println!("\n== Hostile API clients\n");
+    match &hostile {
+        Ok(figures) => {
+            for figure in figures {
+                figure.print();
+            }
+            missed.extend(figures.iter().filter(|f| !f.met).map(|f| f.what));
+        }
+        Err(e) => {
+            println!("FAILED: {e:#}");
+            missed.push("hostile API clients");
+        }
+    }
     if let Some(faults) = &faults {
         println!("\n== Faults (probe-agent's resilience tests)\n");
         match faults {
@@ -176,6 +193,8 @@ impl Agent {
             .arg("--netns")
             .arg(node.netns_path())
             .args(["--listen", &listen.to_string(), "--kube", "off"])
+            // Loopback, no cluster: open, whatever environment the soak runs in.
+            .args(["--api-auth", "none"])
             .args(["--syn-timeout", &format!("{}s", SYN_TIMEOUT.as_secs())])
             .args(["--flow-capacity", &FLOW_CAPACITY.to_string()])
             .args(args)
