@@ -7,6 +7,7 @@ use std::collections::HashSet;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use netlink_packet_route::{
+    AddressFamily,
     link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
     route::{RouteAttribute, RouteMessage, RouteType},
 };
@@ -26,7 +27,12 @@ pub struct Link {
 }
 
 impl Link {
+    /// `None` for a bridge's messages about its ports (family AF_BRIDGE): they say how
+    /// the bridge forwards, carry no device kind, and are no news of the device itself.
     pub fn from_message(message: &LinkMessage) -> Option<Link> {
+        if message.header.interface_family == AddressFamily::Bridge {
+            return None;
+        }
         let mut name = None;
         let mut pair_device = false;
         let mut peer_elsewhere = false;
@@ -112,6 +118,37 @@ mod tests {
             name: name.to_owned(),
             peer_elsewhere,
         }
+    }
+
+    fn message(family: AddressFamily, attributes: Vec<LinkAttribute>) -> LinkMessage {
+        let mut message = LinkMessage::default();
+        message.header.interface_family = family;
+        message.header.index = 7;
+        message.attributes = attributes;
+        message
+    }
+
+    #[test]
+    fn a_veth_facing_another_namespace_is_told_from_the_bridges_word_on_it() {
+        let veth = vec![
+            LinkAttribute::IfName("cni0p3".into()),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+            LinkAttribute::LinkNetNsId(2),
+        ];
+        let link = Link::from_message(&message(AddressFamily::Unspec, veth.clone())).unwrap();
+        assert_eq!(link, self::link(7, "cni0p3", true));
+        // Same device, both ends here.
+        let local = message(AddressFamily::Unspec, veth[..2].to_vec());
+        assert!(!Link::from_message(&local).unwrap().peer_elsewhere);
+        // A bridge port's state, from the bridge: no kind, and not about the device.
+        let port = vec![
+            LinkAttribute::IfName("cni0p3".into()),
+            LinkAttribute::Controller(4),
+        ];
+        assert_eq!(
+            Link::from_message(&message(AddressFamily::Bridge, port)),
+            None
+        );
     }
 
     #[test]

@@ -81,3 +81,49 @@ fn pods_behind_a_bridge_are_judged_like_routed_ones() {
     // Three connections, the first to a pod that never sent a packet,, none counted again from the server's veth.
     assert_eq!(agent.verdicts("protocol=tcp").len(), 3);
 }
+
+/// A bridge announces its ports' changes (state, cost, learning) in link messages of its
+/// own family, which carry no device kind: they neither take a port's veth away from
+/// `auto` nor attach it again.
+#[test]
+fn a_bridge_ports_own_link_messages_leave_its_attachment_alone() {
+    let mut node = node("brmsg");
+    let client = node.add_bridged_pod("client", "default", 5).unwrap();
+    let agent = Agent::start(&node, &["--interfaces", "auto"]);
+    let attached_at = |agent: &Agent, name: &str| {
+        agent
+            .interfaces()
+            .into_iter()
+            .find(|i| i.name == name)
+            .map(|i| i.attached_at)
+    };
+    let first = attached_at(&agent, &client.host_if).expect("the client's veth attached");
+    for cost in [7, 9, 11] {
+        let status = node
+            .command("ip")
+            .args([
+                "link",
+                "set",
+                "dev",
+                &client.host_if,
+                "type",
+                "bridge_slave",
+            ])
+            .args(["cost", &cost.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    // Link messages are read in order: once the next pod's veth is attached, the
+    // bridge's messages before it were read too.
+    let second = node.add_bridged_pod("second", "default", 6).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while attached_at(&agent, &second.host_if).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "second pod not attached"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(attached_at(&agent, &client.host_if), Some(first));
+}
