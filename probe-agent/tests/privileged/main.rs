@@ -2,6 +2,7 @@
 //! on a simulated node made of network namespaces with real traffic.
 //! Built only with `--features privileged-tests` (`cargo xtask test` does that).
 
+mod api_auth;
 mod bridge;
 mod causes;
 mod conntrack;
