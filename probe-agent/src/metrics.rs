@@ -194,6 +194,36 @@ impl EventResult {
     }
 }
 
+/// What `--api-auth kube` decided for an API request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AuthResult {
+    Allowed,
+    /// 401: no token, or one the API server refused.
+    Unauthenticated,
+    /// 403: the token's user may not read the path.
+    Forbidden,
+    /// 503: the Kubernetes API could not answer (the request was refused).
+    Unavailable,
+}
+
+impl AuthResult {
+    pub const ALL: [AuthResult; 4] = [
+        Self::Allowed,
+        Self::Unauthenticated,
+        Self::Forbidden,
+        Self::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
 macro_rules! label_value {
     ($($ty:ty),*) => {$(
         impl EncodeLabelValue for $ty {
@@ -209,7 +239,8 @@ label_value!(
     DecodeErrorKind,
     KubeKind,
     Cause,
-    EventResult
+    EventResult,
+    AuthResult
 );
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -361,6 +392,11 @@ struct EventResultLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AuthResultLabels {
+    result: AuthResult,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PacketLabels {
     kind: PacketKind,
 }
@@ -464,6 +500,7 @@ pub struct Metrics {
     dns_search_expansions: Counter,
     node_datapath_down: Gauge,
     k8s_events: Family<EventResultLabels, Counter>,
+    api_auth: Family<AuthResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -500,6 +537,7 @@ impl Metrics {
             dns_search_expansions: Counter::default(),
             node_datapath_down: Gauge::default(),
             k8s_events: Family::default(),
+            api_auth: Family::default(),
         };
         // Series of fixed label sets exist from the start at 0, so `rate()` and alerts on
         // them work before the first increment.
@@ -532,6 +570,9 @@ impl Metrics {
                     .k8s_events
                     .get_or_create(&EventResultLabels { result }),
             );
+        }
+        for result in AuthResult::ALL {
+            drop(metrics.api_auth.get_or_create(&AuthResultLabels { result }));
         }
         for reason in DecodeErrorKind::ALL {
             drop(
@@ -643,6 +684,12 @@ impl Metrics {
              the window, failed to write, dropped (the writer's queue was full), rate_limited \
              (the source pod had its 10 Events of the window)",
             self.k8s_events.clone(),
+        );
+        r.register(
+            "api_auth",
+            "API requests checked with --api-auth kube: allowed, unauthenticated (401), \
+             forbidden (403), unavailable (503: the Kubernetes API could not answer)",
+            self.api_auth.clone(),
         );
         self
     }
@@ -773,6 +820,13 @@ impl Metrics {
     pub fn kube_watch_error(&self, kind: KubeKind) {
         self.kube_watch_errors
             .get_or_create(&KubeLabels { kind })
+            .inc();
+    }
+
+    /// Counts one decision of `--api-auth kube`.
+    pub fn api_auth(&self, result: AuthResult) {
+        self.api_auth
+            .get_or_create(&AuthResultLabels { result })
             .inc();
     }
 
@@ -971,6 +1025,12 @@ netprobe_k8s_events_total{result=\"dropped\"} 0
 netprobe_k8s_events_total{result=\"failed\"} 0
 netprobe_k8s_events_total{result=\"rate_limited\"} 0
 netprobe_k8s_events_total{result=\"written\"} 0
+# HELP netprobe_api_auth API requests checked with --api-auth kube: allowed, unauthenticated (401), forbidden (403), unavailable (503: the Kubernetes API could not answer).
+# TYPE netprobe_api_auth counter
+netprobe_api_auth_total{result=\"allowed\"} 0
+netprobe_api_auth_total{result=\"forbidden\"} 0
+netprobe_api_auth_total{result=\"unauthenticated\"} 0
+netprobe_api_auth_total{result=\"unavailable\"} 0
 # EOF
 "
         );

@@ -33,7 +33,7 @@ use self::auth::{Auth, Decision};
 pub use self::conn::ServeOptions;
 pub use self::query::{DEFAULT_LIMIT, Filter, MAX_LIMIT, QueryError, parameter_names};
 use crate::{
-    metrics::Metrics,
+    metrics::{AuthResult, Metrics},
     model::{Cause, FlowEvent, InterfaceStatus, NodeVerdict, Verdict},
 };
 
@@ -134,7 +134,7 @@ impl AppState {
 /// The API is read-only: every route is a GET, and nothing reads a body.
 pub fn app(state: AppState) -> Router {
     let limits = state.limits;
-    let auth = state.auth.clone();
+    let auth = (state.auth.clone(), Arc::clone(&state.metrics));
     let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -195,7 +195,11 @@ async fn reject_oversized(State(limits): State<Limits>, request: Request, next: 
 const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
 /// Lets a request through only if its bearer token's user may `get` its path.
-async fn authenticate(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+async fn authenticate(
+    State((auth, metrics)): State<(Auth, Arc<Metrics>)>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Auth::Kube(kube) = auth else {
         return next.run(request).await;
     };
@@ -209,18 +213,25 @@ async fn authenticate(State(auth): State<Auth>, request: Request, next: Next) ->
         .and_then(|value| value.to_str().ok())
         .and_then(auth::bearer_token);
     let Some(token) = token else {
+        metrics.api_auth(AuthResult::Unauthenticated);
         return unauthorized("a bearer token is required (Authorization: Bearer <token>)");
     };
     match kube.check(token, &path).await {
         Ok(Decision::Allowed { user }) => {
+            metrics.api_auth(AuthResult::Allowed);
             tracing::debug!(user, path, "API request allowed");
             next.run(request).await
         }
-        Ok(Decision::Unauthenticated(reason)) => unauthorized(&reason),
+        Ok(Decision::Unauthenticated(reason)) => {
+            metrics.api_auth(AuthResult::Unauthenticated);
+            unauthorized(&reason)
+        }
         Ok(Decision::Forbidden(reason)) => {
+            metrics.api_auth(AuthResult::Forbidden);
             ApiError::new(StatusCode::FORBIDDEN, reason).into_response()
         }
         Err(unavailable) => {
+            metrics.api_auth(AuthResult::Unavailable);
             tracing::warn!("{unavailable}");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, unavailable.to_string()).into_response()
         }

@@ -51,6 +51,7 @@ impl FlowSource for Empty {
 struct Agent {
     addr: SocketAddr,
     api: KubeStandIn,
+    metrics: Arc<Metrics>,
     _stop: oneshot::Sender<()>,
     _dir: TempDir,
 }
@@ -83,9 +84,10 @@ async fn agent(tag: &str, allow_ttl: Duration) -> Agent {
         allow_ttl,
         Duration::from_secs(10),
     )));
+    let metrics = Arc::new(Metrics::default());
     let state = AppState::new(
         Arc::new(Empty(broadcast::channel(4).0)),
-        Arc::new(Metrics::default()),
+        Arc::clone(&metrics),
     )
     .with_auth(auth);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -112,6 +114,7 @@ async fn agent(tag: &str, allow_ttl: Duration) -> Agent {
     Agent {
         addr,
         api,
+        metrics,
         _stop: stop,
         _dir: TempDir(dir),
     }
