@@ -39,7 +39,11 @@ impl Many {
                     dst_port: 80,
                 },
                 verdict: VerdictKind::Timeout,
-                reason: "3 SYNs in 3.0s and no answer: packets are dropped on the path".into(),
+                // ~1 KiB of JSON each: a full answer (~10 MB) is more than socket
+                // buffers on both ends can take.
+                reason: "3 SYNs in 3.0s and no answer: packets are dropped on the path. "
+                    .repeat(10)
+                    .into(),
                 cause: None,
                 next: None,
                 counts: Counts::default(),
@@ -212,7 +216,7 @@ async fn clients_that_never_read_hold_a_bounded_share_until_the_write_deadline()
         options(64, Duration::from_secs(10), Duration::from_millis(800)),
     )
     .await;
-    // Each asks for 10,000 verdicts (~2.5 MB of JSON) and reads nothing.
+    // Each asks for 10,000 verdicts (~10 MB of JSON) and reads nothing.
     let mut never = Vec::new();
     for _ in 0..3 {
         // A small window, set before connecting: the answer cannot hide in socket buffers.
