@@ -292,6 +292,17 @@ async fn answers_are_cached_allowed_and_denied_until_they_expire() {
         200
     );
     assert_eq!(agent.api.reviews(), (5, 4));
+    // Every decision is counted, cached or not.
+    let exposition = agent.metrics.encode();
+    for (result, n) in [
+        ("allowed", 5),
+        ("forbidden", 3),
+        ("unauthenticated", 3),
+        ("unavailable", 0),
+    ] {
+        let series = format!("netprobe_api_auth_total{{result=\"{result}\"}} {n}\n");
+        assert!(exposition.contains(&series), "{series} in {exposition}");
+    }
 }
 
 #[tokio::test]
