@@ -305,6 +305,9 @@ struct FarSide {
     syn_ack_at: Option<Duration>,
     /// SYN-ACKs that left the server pod: a second one is the server sending it again.
     syn_acks: u32,
+    /// The latest RST the server sent, and how many: a second answers a SYN sent again.
+    rst_at: Option<Duration>,
+    rsts: u32,
 }
 
 impl FarSide {
@@ -316,6 +319,8 @@ impl FarSide {
             syn_at: None,
             syn_ack_at: None,
             syn_acks: 0,
+            rst_at: None,
+            rsts: 0,
         })
     }
 }
@@ -699,6 +704,10 @@ impl Tracker {
                 far.syn_ack_at = Some(now);
                 far.syn_acks += 1;
             }
+            EventKind::Rst if view.sender == Sender::Server => {
+                far.rst_at = Some(now);
+                far.rsts += 1;
+            }
             _ => {}
         }
     }
@@ -1030,15 +1039,17 @@ impl Tracker {
                         }));
                         continue;
                     }
-                    tcp::PastTheVeth::Delivered(n) => {
-                        self.journal
-                            .metrics
-                            .packets(PacketKind::SynAck, u64::from(n));
+                    tcp::PastTheVeth::Delivered(kind, n) => {
+                        self.journal.metrics.packets(kind.into(), u64::from(n));
                         node_outcome(&mut self.context.node, &self.journal, state, before, now);
                         Explainer::new(&self.journal, &self.context, &self.pairing)
                             .refresh(state, before);
-                        self.journal
-                            .record(state, before, FlowEventKind::SynAck, now);
+                        let event = if kind == EventKind::SynAck {
+                            FlowEventKind::SynAck
+                        } else {
+                            FlowEventKind::Rst
+                        };
+                        self.journal.record(state, before, event, now);
                         continue;
                     }
                     tcp::PastTheVeth::No | tcp::PastTheVeth::Lost => {}

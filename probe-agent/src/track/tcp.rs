@@ -260,15 +260,15 @@ pub(super) fn expire_early_answer(state: &mut FlowState, now: Duration) -> bool 
 /// again says the handshake completed.
 pub(super) const RETRANSMISSION_WINDOW: Duration = Duration::from_millis(1500);
 
-/// What a SYN-ACK seen only at the server's veth says of the handshake.
+/// What an answer seen only at the server's veth says of the handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum PastTheVeth {
-    /// Not that case: the server's veth saw no SYN-ACK of this attempt.
+    /// Not that case: the server's veth saw no answer to this attempt.
     No,
     /// Too early to tell: ask again then.
     WaitUntil(Duration),
-    /// The answer arrived (now applied, with this many SYN-ACKs counted).
-    Delivered(u32),
+    /// The answer (a SYN-ACK or a RST) arrived: now applied, with this many counted.
+    Delivered(EventKind, u32),
     /// The server sent it again: it never arrived.
     Lost,
 }
@@ -281,37 +281,46 @@ pub(super) fn syn_due(state: &FlowState, now: Duration, syn_timeout: Duration) -
         })
 }
 
-/// A SYN-ACK that left the server's veth and never showed at the client's was either
-/// dropped in between or delivered past the client veth's egress hook: eBPF datapaths
-/// (Cilium, Calico eBPF) put it straight into the pod with `bpf_redirect_peer`. The
-/// server tells which: it sends the SYN-ACK again if the client's ACK does not come
-/// (and answers a client's second SYN with one). None within [`RETRANSMISSION_WINDOW`]:
-/// it arrived, the attempt is OK and its SYN-ACKs are counted once, here. Called when
-/// the SYN timeout runs out.
+/// A SYN-ACK or RST that left the server's veth and never showed at the client's was
+/// either dropped in between or delivered past the client veth's egress hook: eBPF
+/// datapaths (Cilium, Calico eBPF) put it straight into the pod with `bpf_redirect_peer`.
+/// The server tells which: without the client's ACK it sends the SYN-ACK again, and it
+/// answers the client's next SYN with another SYN-ACK or RST. None within
+/// [`RETRANSMISSION_WINDOW`]: it arrived, and is counted once, here. Called when the SYN
+/// timeout runs out.
 pub(super) fn answer_past_the_veth(state: &mut FlowState, now: Duration) -> PastTheVeth {
     let (Some(attempt), Some(far)) = (state.attempt_start, state.far.as_deref()) else {
         return PastTheVeth::No;
     };
-    let Some(answered) = far.syn_ack_at.filter(|at| *at >= attempt) else {
-        return PastTheVeth::No;
+    let this_attempt = |at: Option<Duration>| at.filter(|at| *at >= attempt);
+    let (kind, answered, sent) = match (this_attempt(far.syn_ack_at), this_attempt(far.rst_at)) {
+        (Some(at), _) => (EventKind::SynAck, at, far.syn_acks),
+        (None, Some(at)) => (EventKind::Rst, at, far.rsts),
+        (None, None) => return PastTheVeth::No,
     };
-    if far.syn_acks > 1 {
+    if sent > 1 {
         return PastTheVeth::Lost;
     }
     let sure = answered + RETRANSMISSION_WINDOW;
     if now < sure {
         return PastTheVeth::WaitUntil(sure);
     }
-    let syn_acks = far.syn_acks;
-    state.counts.syn_ack += u64::from(syn_acks);
-    on_syn_ack(state, None, answered);
+    let what = if kind == EventKind::SynAck {
+        state.counts.syn_ack += u64::from(sent);
+        on_syn_ack(state, None, answered);
+        "SYN-ACK"
+    } else {
+        state.counts.rst += u64::from(sent);
+        refused(state, answered);
+        "RST"
+    };
     state.reason = format!(
-        "{}; the SYN-ACK went into the client past its veth (a datapath redirecting into \
+        "{}; the {what} went into the client past its veth (a datapath redirecting into \
          pods), and neither end sent again",
         state.reason
     )
     .into();
-    PastTheVeth::Delivered(syn_acks)
+    PastTheVeth::Delivered(kind, sent)
 }
 
 pub(super) fn expire_syn(state: &mut FlowState, now: Duration, syn_timeout: Duration) -> bool {

@@ -32,6 +32,8 @@ static FOREIGN_OBJECT: &[u8] =
 
 /// The port the foreign program drops.
 const DROPPED_PORT: u16 = 81;
+/// No server listens there.
+const CLOSED_PORT: u16 = 82;
 
 /// Where on a hook's chain the foreign program goes.
 #[derive(Clone, Copy)]
@@ -222,6 +224,18 @@ impl Scene {
         assert_eq!(counts(&ok), (1, 1, 0, 0), "{ok:#?}");
         assert_eq!(&*ok.interface, self.client.host_if);
 
+        // Refused: the server's RST goes into the client past its veth too.
+        let refused = self
+            .client
+            .connect_tcp(sock(peer, CLOSED_PORT), Duration::from_secs(2));
+        assert_eq!(
+            refused.unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused
+        );
+        let refused = agent.settled(&format!("dst_ip={peer}&port={CLOSED_PORT}"));
+        assert_eq!(refused.verdict, VerdictKind::Refused, "{refused:#?}");
+        assert_eq!(counts(&refused), (1, 0, 1, 0), "{refused:#?}");
+
         self.client
             .connect_tcp(sock(egress, 80), Duration::from_secs(2))
             .expect("the redirected connection to the egress-delivered server");
@@ -239,22 +253,25 @@ impl Scene {
                 "ip.src == {ip} && tcp.srcport == 80 && tcp.flags.syn == 1 && tcp.flags.ack == 1"
             )
         };
+        let rst_from = |ip: IpAddr| format!("ip.src == {ip} && tcp.flags.reset == 1");
         let at_client = client_capture
             .finish(&[
                 &syn_to(peer, DROPPED_PORT),
                 &syn_to(peer, 80),
                 &syn_ack_from(peer),
+                &syn_to(peer, CLOSED_PORT),
+                &rst_from(peer),
             ])
             .unwrap();
-        // The client's veth saw every SYN leave the pod, and no SYN-ACK: redirect_peer
-        // put it into the pod past the veth's egress.
-        assert_eq!(at_client, [timeout.counts.syn as usize, 1, 0]);
+        // The client's veth saw every SYN leave the pod, and no SYN-ACK or RST:
+        // redirect_peer put them into the pod past the veth's egress.
+        assert_eq!(at_client, [timeout.counts.syn as usize, 1, 0, 1, 0]);
         let at_server = server_capture
             .finish(&[&syn_to(peer, 80), &syn_ack_from(peer)])
             .unwrap();
         // The server's veth: the SYN skipped it, the SYN-ACK left the pod through it.
         assert_eq!(at_server, [0, 1]);
-        assert_eq!(agent.verdicts("protocol=tcp").len(), 3);
+        assert_eq!(agent.verdicts("protocol=tcp").len(), 4);
     }
 }
 
