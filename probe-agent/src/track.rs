@@ -308,7 +308,13 @@ struct FarSide {
     /// The latest RST the server sent, and how many: a second answers a SYN sent again.
     rst_at: Option<Duration>,
     rsts: u32,
+    /// DNS answers that left the server pod to queries the client's veth saw, until its
+    /// veth sees them too or [`tcp::EARLY_ANSWER_WAIT`] passes (see [`Tracker::sweep`]).
+    dns_answers: Vec<(Duration, DnsPacket)>,
 }
+
+/// DNS answers kept per flow while they wait for the client's veth.
+const FAR_DNS_ANSWERS: usize = 8;
 
 impl FarSide {
     /// The server's veth `ifindex`, as its view of the connection shows the server.
@@ -321,6 +327,7 @@ impl FarSide {
             syn_acks: 0,
             rst_at: None,
             rsts: 0,
+            dns_answers: Vec::new(),
         })
     }
 }
@@ -692,6 +699,13 @@ impl Tracker {
         let Some(state) = self.flows.peek_mut(&key) else {
             return;
         };
+        // An answer to a query still waiting at the client's veth.
+        let waited_for = packet
+            .dns
+            .as_ref()
+            .filter(|dns| dns.is_response && state.dns.pending.iter().any(|q| q.id == dns.id))
+            .cloned();
+        let generation = state.generation;
         let far = state
             .far
             .get_or_insert_with(|| FarSide::seen_at(packet.ifindex, view));
@@ -707,6 +721,19 @@ impl Tracker {
             EventKind::Rst if view.sender == Sender::Server => {
                 far.rst_at = Some(now);
                 far.rsts += 1;
+            }
+            EventKind::DnsResponse => {
+                if let Some(dns) = waited_for {
+                    if far.dns_answers.len() == FAR_DNS_ANSWERS {
+                        far.dns_answers.remove(0);
+                    }
+                    far.dns_answers.push((now, dns));
+                    self.deadlines.push(Reverse(Deadline {
+                        at: now + tcp::EARLY_ANSWER_WAIT,
+                        generation,
+                        key,
+                    }));
+                }
             }
             _ => {}
         }
@@ -1029,6 +1056,39 @@ impl Tracker {
                 continue;
             }
             let before = state.verdict;
+            let past_the_veth = dns_answers_past_the_veth(state, now);
+            if !past_the_veth.is_empty() {
+                for dns in &past_the_veth {
+                    self.journal.metrics.packets(PacketKind::DnsResponse, 1);
+                    let deadlines = dns_message(
+                        state,
+                        &mut self.context.search,
+                        &self.journal.metrics,
+                        key,
+                        dns,
+                        now,
+                        self.config.dns_timeout,
+                    );
+                    self.deadlines.extend(deadlines.into_iter().map(|at| {
+                        Reverse(Deadline {
+                            at,
+                            generation,
+                            key,
+                        })
+                    }));
+                }
+                state.reason = format!(
+                    "{}; the answer went into the client past its veth (a datapath \
+                     redirecting into pods)",
+                    state.reason
+                )
+                .into();
+                node_outcome(&mut self.context.node, &self.journal, state, before, now);
+                Explainer::new(&self.journal, &self.context, &self.pairing).refresh(state, before);
+                self.journal
+                    .record(state, before, FlowEventKind::DnsResponse, now);
+                continue;
+            }
             if tcp::syn_due(state, now, self.config.syn_timeout) {
                 match tcp::answer_past_the_veth(state, now) {
                     tcp::PastTheVeth::WaitUntil(at) => {
@@ -1567,6 +1627,29 @@ impl<'a> Explainer<'a> {
             .iter()
             .all(|(pod, _)| pod.ips.iter().any(local))
     }
+}
+
+/// The DNS answers the server's veth saw leave to queries still waiting at the client's
+/// veth, [`tcp::EARLY_ANSWER_WAIT`] later: the client's veth sees an answer microseconds
+/// after the server's unless a datapath put it into the pod past that veth
+/// (`bpf_redirect_peer`). Taken as delivered then; the ones the client's veth did see
+/// are dropped.
+fn dns_answers_past_the_veth(state: &mut FlowState, now: Duration) -> Vec<DnsPacket> {
+    let Some(far) = state.far.as_deref_mut() else {
+        return Vec::new();
+    };
+    if far.dns_answers.is_empty() {
+        return Vec::new();
+    }
+    let (due, waiting): (Vec<_>, Vec<_>) = far
+        .dns_answers
+        .drain(..)
+        .partition(|(at, _)| now.saturating_sub(*at) >= tcp::EARLY_ANSWER_WAIT);
+    far.dns_answers = waiting;
+    due.into_iter()
+        .map(|(_, dns)| dns)
+        .filter(|dns| state.dns.pending.iter().any(|q| q.id == dns.id))
+        .collect()
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use foreign_ebpf::{
     DROP_PORTS_MAP, PROGRAM, REDIRECT_EGRESS, REDIRECT_PEER, REDIRECTS_MAP, Redirect,
 };
 use probe_agent::model::VerdictKind;
-use xtask::lab::{Capture, Node, Pod};
+use xtask::lab::{Capture, Node, Pod, QueryType};
 
 use crate::e2e::{Agent, counts, node, sock};
 
@@ -362,4 +362,69 @@ fn a_remote_reply_redirected_into_the_pod_is_seen_at_the_uplink() {
     // The SYN left through the client's veth; the SYN-ACK never passed it.
     assert_eq!(at_client, [1, 0]);
     assert_eq!(agent.verdicts("protocol=tcp").len(), 1);
+}
+
+/// A DNS pod's answers that the datapath puts straight into the client skip the client
+/// veth's egress: seen leaving the DNS pod, each is its query's answer, counted once.
+#[test]
+fn dns_answers_redirected_into_the_client_are_judged_from_the_servers_veth() {
+    let mut node = node("dnspeer");
+    let client = node.add_pod("client", "default", 5).unwrap();
+    let dns_pod = node.add_pod("coredns", "kube-system", 10).unwrap();
+    let _dns = xtask::lab::start_dns(
+        &dns_pod,
+        &[(
+            "web.default.svc.cluster.local",
+            "10.96.0.30".parse().unwrap(),
+        )],
+    )
+    .unwrap();
+    let _foreign = Foreign::attach(
+        &node,
+        &[&dns_pod.host_if],
+        Placement::TcxLast,
+        vec![redirect_to(&node, &client, REDIRECT_PEER)],
+    );
+    let agent = Agent::start(&node, &["--attach-mode", "tcx"]);
+    let capture = Capture::on_pod_veth(&node, &client).unwrap();
+    let server = sock(IpAddr::V4(dns_pod.ipv4), 53);
+
+    let found = client
+        .dns_query(
+            server,
+            "web.default.svc.cluster.local.",
+            QueryType::A,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    assert_eq!((found.rcode, found.answers), (0, 1));
+    let missing = client
+        .dns_query(
+            server,
+            "nothing.default.svc.cluster.local.",
+            QueryType::A,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    assert_eq!(missing.rcode, 3);
+
+    let ok = agent.settled("verdict=OK&protocol=udp");
+    assert_eq!(ok.verdict, VerdictKind::Ok, "{ok:#?}");
+    assert_eq!(
+        (ok.counts.dns_queries, ok.counts.dns_responses),
+        (1, 1),
+        "{ok:#?}"
+    );
+    let nxdomain = agent.settled("verdict=NXDOMAIN");
+    assert_eq!(
+        (nxdomain.counts.dns_queries, nxdomain.counts.dns_responses),
+        (1, 1),
+        "{nxdomain:#?}"
+    );
+    let at_client = capture
+        .finish(&["dns.flags.response == 0", "dns.flags.response == 1"])
+        .unwrap();
+    // Both queries left through the client's veth; no answer came back through it.
+    assert_eq!(at_client, [2, 0]);
+    assert_eq!(agent.verdicts("protocol=udp").len(), 2);
 }
