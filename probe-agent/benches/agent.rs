@@ -1,4 +1,4 @@
-//! Agent budgets (DESIGN.md, "Performance budgets"): decoded events per second through
+//! Agent budgets (docs/budgets.md, "cargo xtask bench"): decoded events per second through
 //! decode + track on one core, and resident memory after 1,000,000 distinct 5-tuples.
 //! Prints one line per figure with its budget. Run by `cargo xtask bench`.
 

@@ -1,4 +1,4 @@
-//! Datapath budgets (DESIGN.md, "Performance budgets"), measured on a simulated node
+//! Datapath budgets (docs/budgets.md, "cargo xtask bench"), measured on a simulated node
 //! in one run: the classifier's per-packet cost against an empty classifier on the same
 //! packets (kernel bpf_stats), iperf3 throughput over a veth with and without the probe,
 //! and how soon a TIMEOUT is visible on the API after its timeout expires. Needs root.

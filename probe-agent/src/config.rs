@@ -1,4 +1,4 @@
-//! Command line and environment (DESIGN.md, "Command line").
+//! Command line and environment (docs/cli.md, "probe-agent run").
 
 use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 

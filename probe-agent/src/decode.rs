@@ -446,8 +446,9 @@ pub fn decode_dns(bytes: &[u8]) -> Option<DnsPacket> {
 }
 
 /// What the kernel program sends for a packet pnet parsed this way, by the kernel's own
-/// rules (DESIGN.md): SYN, SYN-ACK, RST, ICMP(v6) destination-unreachable, DNS to or
-/// from port 53 with at least a header, and TCP segments with payload to or from port 53.
+/// rules (docs/design.md, "Data flows one way"): SYN, SYN-ACK, RST, ICMP(v6)
+/// destination-unreachable, DNS to or from port 53 with at least a header, and TCP
+/// segments with payload to or from port 53.
 /// `None`: the packet cannot change a verdict.
 pub fn event_kind(parsed: &ParsedPacket) -> Option<EventKind> {
     if parsed.icmp_unreachable {

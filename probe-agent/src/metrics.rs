@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN.md, "Metrics (Prometheus)").
+//! Prometheus metrics (docs/metrics.md).
 //!
 //! Every label value comes from a bounded set: fixed enums for packet kinds, loss sources
 //! and decode errors, the DNS rcode names, and a cap on the number of verdict label sets,

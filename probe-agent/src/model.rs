@@ -1,5 +1,5 @@
 //! The values netprobe reports: verdicts, flow events, interfaces. These are the JSON
-//! shapes of the HTTP API (DESIGN.md, "HTTP API (v1)") and what `observe` reads back.
+//! shapes of the HTTP API (docs/api.md, "JSON shapes") and what `observe` reads back.
 
 use std::{fmt, net::IpAddr, str::FromStr, sync::Arc};
 
@@ -63,7 +63,7 @@ impl fmt::Display for Flow {
     }
 }
 
-/// What happened to a flow (DESIGN.md, "The failures it must recognise").
+/// What happened to a flow (docs/verdicts.md, "Verdicts").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum VerdictKind {

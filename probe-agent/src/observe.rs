@@ -1,4 +1,4 @@
-//! `probe-agent observe`: the agent as its own client (DESIGN.md, "Command line").
+//! `probe-agent observe`: the agent as its own client (docs/cli.md, "probe-agent observe").
 //! Prints verdicts from a running agent's HTTP API the way `hubble observe` does.
 
 use std::{

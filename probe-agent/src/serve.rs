@@ -1,4 +1,4 @@
-//! The HTTP API (DESIGN.md, "HTTP API (v1)"): JSON for people and scripts, NDJSON for
+//! The HTTP API (docs/api.md): JSON for people and scripts, NDJSON for
 //! `follow`, OpenMetrics text for scrapers. Handlers only filter and serialize; the
 //! tracker behind [`FlowSource`] owns the data. Who may read is [`auth`]'s to decide;
 //! how long and how much a connection may hold is `conn`'s; HTTPS is [`tls`]'s.

@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: the performance budgets of DESIGN.md, measured by probe-agent's
+//! `cargo xtask bench`: the performance budgets of docs/budgets.md, measured by probe-agent's
 //! benchmark targets (`datapath`: classifier cost and veth throughput; `agent`: decode and
 //! track rate, memory, verdict latency).
 

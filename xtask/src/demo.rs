@@ -1,5 +1,5 @@
 //! `cargo xtask demo`: a simulated node with a few pods, the agent watching it, and the
-//! incidents of DESIGN.md played with real tools, then the verdicts the agent gave them.
+//! incidents of docs/verdicts.md played with real tools, then the verdicts the agent gave them.
 
 use std::{
     fs::File,
@@ -1330,7 +1330,7 @@ impl Expect {
     }
 }
 
-/// The parts of a Verdict (DESIGN.md, HTTP API) the demo checks.
+/// The parts of a Verdict (docs/api.md, "JSON shapes") the demo checks.
 struct Flow {
     verdict: String,
     cause: Option<String>,

@@ -31,7 +31,7 @@ enum Task {
     /// Install what is missing (nightly rust-src, bpf-linker, Debian packages), then build
     /// the release agent with its eBPF program; prints the binary's path.
     Build,
-    /// A simulated node with pods, the agent watching it, and the incidents of DESIGN.md
+    /// A simulated node with pods, the agent watching it, and the incidents of docs/verdicts.md
     /// played against it (root).
     Demo(demo::DemoArgs),
     /// Format, lint, unit tests, then (root) the privileged suites and the demo.
@@ -39,7 +39,7 @@ enum Task {
     /// Run probe-agent's fuzz targets (decoder, DNS, tracker, API query parser) for a
     /// bounded time each; fails on any crash (nightly, cargo-fuzz: installed if missing).
     Fuzz(fuzz::FuzzArgs),
-    /// Run probe-agent's benchmarks (the performance budgets of DESIGN.md).
+    /// Run probe-agent's benchmarks (the performance budgets of docs/budgets.md).
     Bench(bench::BenchArgs),
     /// Only install what is missing (toolchain, bpf-linker, Debian packages).
     Bootstrap,

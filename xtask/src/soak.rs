@@ -36,7 +36,7 @@ use crate::{build, demo::http_get, toolchain, util};
 
 mod hostile;
 
-/// DESIGN.md's memory budget for the agent.
+/// The agent's memory budget (docs/budgets.md).
 const RSS_BUDGET_MIB: f64 = 128.0;
 /// The agent's flow table (its default): the flood must fill it and evict.
 const FLOW_CAPACITY: u64 = 65_536;

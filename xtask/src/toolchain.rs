@@ -192,7 +192,7 @@ fn ensure_bpf_linker(nightly: &RustcInfo) -> Result<()> {
     install_bpf_linker(nightly, &cargo_home()?)
 }
 
-/// Builds bpf-linker against nightly's own libLLVM (see DESIGN.md, "Toolchain facts"):
+/// Builds bpf-linker against nightly's own libLLVM (see docs/development.md, "bpf-linker"):
 /// a fake LLVM prefix whose `lib/` points at the sysroot's library, then `cargo install`.
 pub fn install_bpf_linker(nightly: &RustcInfo, cargo_home: &Path) -> Result<()> {
     let sysroot = run(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;

@@ -1,4 +1,4 @@
-//! Query parameters of `/v1/verdicts` and `/v1/flows` (DESIGN.md, "HTTP API (v1)").
+//! Query parameters of `/v1/verdicts` and `/v1/flows` (docs/api.md, "Query parameters").
 //!
 //! Parsing is strict: an unknown, repeated or malformed parameter is an error, because a
 //! typo that silently widened the filter would answer a different question than asked.

@@ -204,7 +204,7 @@ fn expect_err(result: io::Result<()>, kind: io::ErrorKind) {
     }
 }
 
-/// The TCP incidents of DESIGN.md over IPv4, through a kube-proxy-style Service.
+/// The TCP incidents of docs/verdicts.md over IPv4, through a kube-proxy-style Service.
 #[test]
 fn tcp_verdicts_ipv4() {
     let mut node = node("tcp4");

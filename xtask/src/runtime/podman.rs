@@ -47,7 +47,7 @@ impl Podman {
     pub fn new(dir: &Path, prefix: &str) -> Result<Podman> {
         std::fs::create_dir_all(dir.join("cni.d"))?;
         // The machine's defaults fail here: default ulimits need CAP_SYS_RESOURCE to raise
-        // RLIMIT_NOFILE, and crun fails on hybrid cgroups (DESIGN.md, "Toolchain facts").
+        // RLIMIT_NOFILE, and crun fails on hybrid cgroups (docs/development.md, "Podman").
         let common = "[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = \"runc\"\n";
         std::fs::write(dir.join("containers.conf"), common)?;
         std::fs::write(

@@ -36,7 +36,7 @@ use crate::{demo::http_get, util};
 const RSS_GROWTH_BUDGET_MIB: f64 = 32.0;
 /// A well-behaved client's answers: p99 while the API is under attack.
 const P99_BUDGET: Duration = Duration::from_millis(250);
-/// DESIGN.md: a verdict is on the API ≤ 250 ms after its timeout expires.
+/// docs/budgets.md: a verdict is on the API ≤ 250 ms after its timeout expires.
 const LAG_BUDGET: Duration = Duration::from_millis(250);
 /// The agent's defaults (`--header-timeout`, `--write-timeout`): hostile connections
 /// must be gone this long after them.
