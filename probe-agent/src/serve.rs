@@ -1025,7 +1025,7 @@ mod tests {
     #[tokio::test]
     async fn bad_parameters_are_400_with_a_json_error_naming_them() {
         let app = app(state(&source()));
-        let verdicts = "a comma-separated list of OK, PENDING, TIMEOUT, REFUSED, RESET, UNREACHABLE, NXDOMAIN, SERVFAIL, DNS_REFUSED, DNS_ERROR, DNS_TIMEOUT";
+        let verdicts = "a comma-separated list of OK, PENDING, TIMEOUT, REFUSED, RESET, UNREACHABLE, NXDOMAIN, SERVFAIL, DNS_REFUSED, DNS_ERROR, DNS_TIMEOUT, ABORTED";
         let cases: Vec<(&str, String)> = vec![
             ("verdict=TIMEOUT,NOPE", format!("invalid verdict \"NOPE\": expected {verdicts}")),
             ("verdict", format!("invalid verdict \"\": expected {verdicts}")),

@@ -100,10 +100,10 @@ impl Param {
     fn expected(self) -> &'static str {
         match self {
             Self::Verdict => {
-                "a comma-separated list of OK, PENDING, TIMEOUT, REFUSED, RESET, UNREACHABLE, NXDOMAIN, SERVFAIL, DNS_REFUSED, DNS_ERROR, DNS_TIMEOUT"
+                "a comma-separated list of OK, PENDING, TIMEOUT, REFUSED, RESET, UNREACHABLE, NXDOMAIN, SERVFAIL, DNS_REFUSED, DNS_ERROR, DNS_TIMEOUT, ABORTED"
             }
             Self::Cause => {
-                "a comma-separated list of search_path_expansion, name_not_found, dns_server_error, dns_no_answer, no_ready_endpoints, target_port_mismatch, nothing_listening, connection_reset, destination_unreachable, network_policy, dropped_between, server_silent, no_answer, node_datapath"
+                "a comma-separated list of search_path_expansion, name_not_found, dns_server_error, dns_no_answer, no_ready_endpoints, target_port_mismatch, nothing_listening, connection_reset, destination_unreachable, network_policy, dropped_between, server_silent, no_answer, node_datapath, late_answer, dns_tcp_blocked"
             }
             Self::Protocol => "tcp or udp",
             Self::SrcIp | Self::DstIp | Self::Ip => "an IPv4 or IPv6 address",
@@ -341,6 +341,20 @@ mod tests {
 
     fn error(query: &[(&str, &str)]) -> String {
         parse(query).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn error_messages_list_every_accepted_verdict_and_cause() {
+        let verdicts = Param::Verdict.expected();
+        for kind in VerdictKind::ALL {
+            assert!(verdicts.contains(kind.as_str()), "{kind} missing");
+            let unknown = "bogus".parse::<VerdictKind>().unwrap_err().to_string();
+            assert!(unknown.contains(kind.as_str()), "{kind} missing from {unknown}");
+        }
+        let causes = Param::Cause.expected();
+        for cause in Cause::ALL {
+            assert!(causes.contains(cause.as_str()), "{} missing", cause.as_str());
+        }
     }
 
     fn pod(namespace: &str, pod: &str) -> Option<Arc<Endpoint>> {
