@@ -349,11 +349,18 @@ mod tests {
         for kind in VerdictKind::ALL {
             assert!(verdicts.contains(kind.as_str()), "{kind} missing");
             let unknown = "bogus".parse::<VerdictKind>().unwrap_err().to_string();
-            assert!(unknown.contains(kind.as_str()), "{kind} missing from {unknown}");
+            assert!(
+                unknown.contains(kind.as_str()),
+                "{kind} missing from {unknown}"
+            );
         }
         let causes = Param::Cause.expected();
         for cause in Cause::ALL {
-            assert!(causes.contains(cause.as_str()), "{} missing", cause.as_str());
+            assert!(
+                causes.contains(cause.as_str()),
+                "{} missing",
+                cause.as_str()
+            );
         }
     }
 
