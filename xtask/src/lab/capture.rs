@@ -18,14 +18,16 @@ use crate::exec;
 /// The discard port (RFC 863): the capture's markers go there, and nothing tracks it.
 const DISCARD_PORT: u16 = 9;
 
-/// `tshark` capturing on a pod's veth until [`Capture::finish`].
+/// `tshark` capturing on one interface until [`Capture::finish`].
 pub struct Capture {
     child: Child,
     file: PathBuf,
     /// tshark's line for each packet it has read.
     seen: mpsc::Receiver<String>,
-    /// The node's namespace, where markers are sent from.
-    netns: String,
+    /// The namespace the interface is in (markers are sent from it); `None`: this
+    /// process's own.
+    netns: Option<String>,
+    /// An address routed through the interface: markers are sent there.
     marker: SocketAddr,
 }
 
@@ -36,9 +38,29 @@ impl Capture {
     pub fn on_pod_veth(node: &Node, pod: &Pod) -> Result<Capture> {
         let interface = pod.host_if.as_str();
         let file = std::env::temp_dir().join(format!("netprobe-{interface}.pcapng"));
+        Self::start(Some(node.netns()), interface, IpAddr::V4(pod.ipv4), file)
+    }
+
+    /// The same on `interface` of this process's own namespace (a container's veth on
+    /// the host), with markers sent to `target` (the container's address) and the
+    /// capture written to `file`.
+    pub fn on_interface(interface: &str, target: IpAddr, file: PathBuf) -> Result<Capture> {
+        Self::start(None, interface, target, file)
+    }
+
+    fn start(
+        netns: Option<&str>,
+        interface: &str,
+        target: IpAddr,
+        file: PathBuf,
+    ) -> Result<Capture> {
         let _ = std::fs::remove_file(&file);
-        let mut child = node
-            .command(&exec::tool("tshark").to_string_lossy())
+        let tshark = exec::tool("tshark");
+        let mut command = match netns {
+            Some(netns) => super::node::netns_command(netns, &tshark.to_string_lossy()),
+            None => Command::new(tshark),
+        };
+        let mut child = command
             // -P -l: print each packet as it is captured, as well as writing the file.
             .args(["-n", "-l", "-P", "-i", interface, "-w"])
             .arg(&file)
@@ -58,8 +80,8 @@ impl Capture {
             child,
             file,
             seen,
-            netns: node.netns().to_owned(),
-            marker: SocketAddr::new(IpAddr::V4(pod.ipv4), DISCARD_PORT),
+            netns: netns.map(str::to_owned),
+            marker: SocketAddr::new(target, DISCARD_PORT),
         };
         capture.mark()?;
         Ok(capture)
@@ -68,7 +90,11 @@ impl Capture {
     /// Sends markers, from a port of their own, until tshark has read one: every packet
     /// before it was read too.
     fn mark(&self) -> Result<()> {
-        let socket = super::in_netns(&self.netns, || UdpSocket::bind("0.0.0.0:0"))?;
+        let bind = || UdpSocket::bind("0.0.0.0:0");
+        let socket = match &self.netns {
+            Some(netns) => super::in_netns(netns, bind)?,
+            None => bind()?,
+        };
         // As tshark -n prints it: "… UDP 65 41234 → 9 Len=23".
         let tag = format!(" {} → {} ", socket.local_addr()?.port(), DISCARD_PORT);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -85,8 +111,8 @@ impl Capture {
             }
             ensure!(
                 Instant::now() < deadline,
-                "tshark does not capture on the veth to {}",
-                self.marker.ip()
+                "tshark does not capture the packets to {}",
+                self.marker
             );
         }
     }
@@ -101,14 +127,23 @@ impl Capture {
         // Its exit status after SIGINT varies (255 through `ip netns exec`): the file is
         // what counts, and reading it fails if it is not whole.
         self.child.wait()?;
+        // All at once: each read is mostly tshark starting up.
+        let reads: Vec<_> = filters
+            .iter()
+            .map(|filter| {
+                Command::new(exec::tool("tshark"))
+                    .args(["-n", "-r"])
+                    .arg(&self.file)
+                    .args(["-Y", filter])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("reading the capture with tshark")
+            })
+            .collect::<Result<_>>()?;
         let mut counts = Vec::new();
-        for filter in filters {
-            let out = Command::new(exec::tool("tshark"))
-                .args(["-n", "-r"])
-                .arg(&self.file)
-                .args(["-Y", filter])
-                .output()
-                .context("reading the capture with tshark")?;
+        for (read, filter) in reads.into_iter().zip(filters) {
+            let out = read.wait_with_output()?;
             ensure!(
                 out.status.success(),
                 "tshark -Y {filter:?}: {}",

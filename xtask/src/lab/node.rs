@@ -464,7 +464,7 @@ impl Drop for Node {
     }
 }
 
-fn netns_command(netns: &str, program: &str) -> Command {
+pub(super) fn netns_command(netns: &str, program: &str) -> Command {
     let mut cmd = exec::command("ip", ["netns", "exec", netns]);
     cmd.arg(program);
     cmd

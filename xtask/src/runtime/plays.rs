@@ -16,10 +16,10 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use xtask::exec;
+use xtask::{exec, lab::Capture};
 
 use super::{
-    capture::{self, Capture},
+    capture,
     podman::{Backend, Podman},
 };
 use crate::demo;
@@ -208,7 +208,12 @@ fn firewall(podman: &Podman, backend: Backend, name: &str, rules: &str) -> Resul
 /// until checked.
 pub fn play(podman: &Podman, pods: &Pods, dir: &Path) -> Result<()> {
     let b = pods.backend;
-    let capture = Capture::on(pods.client_veth(), IpAddr::V4(pods.client_ip), dir)?;
+    let veth = pods.client_veth();
+    let capture = Capture::on_interface(
+        veth,
+        IpAddr::V4(pods.client_ip),
+        dir.join(format!("{veth}.pcapng")),
+    )?;
     let (srv, dns) = (pods.server_ip.to_string(), pods.dns_ip.to_string());
     let client = |args: &[&str]| -> Result<(bool, String)> {
         let out = podman.exec(b, &pods.client, args)?;
@@ -342,6 +347,7 @@ pub fn play(podman: &Podman, pods: &Pods, dir: &Path) -> Result<()> {
                 .map(|(count, _)| capture::filter(count, IpAddr::V4(e.to), e.port, e.qname))
         })
         .collect();
+    let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
     let mut seen = capture.finish(&filters)?.into_iter();
     for (e, verdict) in expected.iter().zip(&verdicts) {
         for (count, _) in &e.counts {
