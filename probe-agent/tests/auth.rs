@@ -4,7 +4,6 @@
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -13,9 +12,8 @@ use probe_agent::{
     config::KubeMode,
     enrich::{self, KubeOptions},
     metrics::Metrics,
-    model::{FlowEvent, InterfaceStatus, Verdict},
     serve::{
-        self, AppState, FlowSource, ServeOptions,
+        self, AppState, ServeOptions,
         auth::{Auth, KubeAuth},
     },
 };
@@ -27,26 +25,9 @@ use tokio::{
 };
 use xtask::kube_stand_in::KubeStandIn;
 
-/// A node with nothing to report: what is checked here is who may read it.
-struct Empty(broadcast::Sender<FlowEvent>);
+mod common;
 
-impl FlowSource for Empty {
-    fn verdicts(&self, _: &dyn Fn(&Verdict) -> bool, _: usize) -> Vec<Verdict> {
-        Vec::new()
-    }
-    fn events(&self, _: &dyn Fn(&FlowEvent) -> bool, _: usize) -> Vec<FlowEvent> {
-        Vec::new()
-    }
-    fn subscribe(&self) -> broadcast::Receiver<FlowEvent> {
-        self.0.subscribe()
-    }
-    fn interfaces(&self) -> Vec<InterfaceStatus> {
-        Vec::new()
-    }
-    fn readiness(&self) -> Result<(), String> {
-        Ok(())
-    }
-}
+use common::{Empty, TempDir, dechunk};
 
 struct Agent {
     addr: SocketAddr,
@@ -54,14 +35,6 @@ struct Agent {
     metrics: Arc<Metrics>,
     _stop: oneshot::Sender<()>,
     _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// An API server on loopback checking tokens with the stand-in, allowed answers kept
@@ -151,25 +124,6 @@ async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Answer {
         status,
         head: head.to_ascii_lowercase(),
         body: dechunk(body),
-    }
-}
-
-/// The body of a chunked answer, or `body` as it is.
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    loop {
-        let Some((size, after)) = rest.split_once("\r\n") else {
-            return body.to_string();
-        };
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            return body.to_string();
-        };
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&after[..size]);
-        rest = &after[size + 2..];
     }
 }
 

@@ -21,6 +21,10 @@ use tokio::{
     sync::{broadcast, oneshot},
 };
 
+mod common;
+
+use common::dechunk;
+
 /// A node with `n` TIMEOUT verdicts.
 struct Many {
     verdicts: Vec<Verdict>,
@@ -124,24 +128,6 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     (head[9..12].parse().unwrap(), dechunk(body))
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    loop {
-        let Some((size, after)) = rest.split_once("\r\n") else {
-            return body.to_string();
-        };
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            return body.to_string();
-        };
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&after[..size]);
-        rest = &after[size + 2..];
-    }
 }
 
 #[tokio::test]

@@ -5,8 +5,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use probe_agent::{
     metrics::Metrics,
-    model::{FlowEvent, InterfaceStatus, Verdict},
-    serve::{self, AppState, FlowSource, ServeOptions, tls::ReloadingTls},
+    serve::{self, AppState, ServeOptions, tls::ReloadingTls},
 };
 use rcgen::{CertificateParams, CertifiedIssuer, KeyPair};
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -17,25 +16,9 @@ use tokio::{
 };
 use tokio_rustls::{TlsConnector, rustls};
 
-struct Empty(broadcast::Sender<FlowEvent>);
+mod common;
 
-impl FlowSource for Empty {
-    fn verdicts(&self, _: &dyn Fn(&Verdict) -> bool, _: usize) -> Vec<Verdict> {
-        Vec::new()
-    }
-    fn events(&self, _: &dyn Fn(&FlowEvent) -> bool, _: usize) -> Vec<FlowEvent> {
-        Vec::new()
-    }
-    fn subscribe(&self) -> broadcast::Receiver<FlowEvent> {
-        self.0.subscribe()
-    }
-    fn interfaces(&self) -> Vec<InterfaceStatus> {
-        Vec::new()
-    }
-    fn readiness(&self) -> Result<(), String> {
-        Ok(())
-    }
-}
+use common::Empty;
 
 /// A certificate for `localhost` issued by `ca`, written to `dir` as cert.pem and key.pem.
 /// Returns the certificate's DER.

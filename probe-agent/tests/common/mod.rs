@@ -70,7 +70,8 @@ impl StandIn {
     }
 }
 
-struct TempDir(PathBuf);
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -91,5 +92,53 @@ pub async fn until(what: &str, check: impl Fn() -> bool) {
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A node with nothing to report: for tests of who may read the API and how it serves.
+pub struct Empty(pub tokio::sync::broadcast::Sender<probe_agent::model::FlowEvent>);
+
+impl probe_agent::serve::FlowSource for Empty {
+    fn verdicts(
+        &self,
+        _: &dyn Fn(&probe_agent::model::Verdict) -> bool,
+        _: usize,
+    ) -> Vec<probe_agent::model::Verdict> {
+        Vec::new()
+    }
+    fn events(
+        &self,
+        _: &dyn Fn(&probe_agent::model::FlowEvent) -> bool,
+        _: usize,
+    ) -> Vec<probe_agent::model::FlowEvent> {
+        Vec::new()
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<probe_agent::model::FlowEvent> {
+        self.0.subscribe()
+    }
+    fn interfaces(&self) -> Vec<probe_agent::model::InterfaceStatus> {
+        Vec::new()
+    }
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The body of a chunked HTTP answer, or `body` as it is.
+pub fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            return body.to_string();
+        };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_string();
+        };
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
     }
 }
