@@ -7,7 +7,7 @@
 use std::{io, net::IpAddr, time::Duration};
 
 use probe_agent::model::{Cause, VerdictKind};
-use xtask::{exec, lab::Capture};
+use xtask::lab::Capture;
 
 use crate::e2e::{Agent, counts, node, sock};
 
@@ -24,15 +24,7 @@ fn pods_behind_a_bridge_are_judged_like_routed_ones() {
     // Sends no IP packet ever: nothing but its veth's position tells it is here.
     let quiet = node.add_bridged_pod("quiet", "default", 11).unwrap();
     let _listener = server.listen_tcp(80).unwrap();
-    let mut nft = quiet.command(&exec::tool("nft").to_string_lossy());
-    exec::run_with_stdin(
-        nft.args(["-f", "-"]),
-        &format!(
-            "table inet pod {{\n chain input {{\n  type filter hook input priority 0;\n  \
-             tcp dport {POD_DROPS} counter drop\n }}\n}}\n"
-        ),
-    )
-    .expect("the server pod's firewall");
+    quiet.drop_tcp_in(POD_DROPS).unwrap();
     let agent = Agent::start(&node, &["--interfaces", "auto"]);
     let capture = Capture::on_pod_veth(&node, &client).unwrap();
     let to = IpAddr::V4(server.ipv4);

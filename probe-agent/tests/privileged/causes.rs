@@ -223,14 +223,7 @@ fn tcp_failures_say_why() {
         Some(6379),
     )
     .unwrap();
-    let drop_in_worker = "add table inet pod\n\
-        add chain inet pod input { type filter hook input priority 0; policy accept; }\n\
-        add rule inet pod input tcp dport 7000 drop\n";
-    let mut nft = worker.command("nft");
-    nft.args(["-f", "-"]).stdin(std::process::Stdio::piped());
-    let mut child = nft.spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), drop_in_worker.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
+    worker.drop_tcp_in(7000).unwrap();
     // The first SYN to payment:8443 is lost, the retransmission gets through: slow.
     node.nft(&format!(
         "{}add rule inet {} filter_forward ip daddr {} tcp dport 8443 tcp flags syn quota until 60 bytes drop\n",
@@ -519,14 +512,7 @@ fn a_remote_clients_unanswered_syn_is_server_silent() {
         worker.listen_tcp(7000).unwrap(),
         worker.listen_tcp(7001).unwrap(),
     ];
-    let drop_in_worker = "add table inet pod\n\
-        add chain inet pod input { type filter hook input priority 0; policy accept; }\n\
-        add rule inet pod input tcp dport 7000 drop\n";
-    let mut nft = worker.command("nft");
-    nft.args(["-f", "-"]).stdin(std::process::Stdio::piped());
-    let mut child = nft.spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), drop_in_worker.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
+    worker.drop_tcp_in(7000).unwrap();
     let cluster = Cluster::new(&node);
     cluster.apply([
         namespace("production"),

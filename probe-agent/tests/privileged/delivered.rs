@@ -86,15 +86,7 @@ fn a_timed_out_syn_is_told_dropped_on_the_node_from_delivered_to_the_server() {
         sock(server.ipv4, POD_DROPS),
     )
     .unwrap();
-    let mut nft = server.command(&exec::tool("nft").to_string_lossy());
-    exec::run_with_stdin(
-        nft.args(["-f", "-"]),
-        &format!(
-            "table inet pod {{\n chain input {{\n  type filter hook input priority 0;\n  \
-             tcp dport {POD_DROPS} counter drop\n }}\n}}\n"
-        ),
-    )
-    .expect("the server pod's firewall");
+    server.drop_tcp_in(POD_DROPS).unwrap();
     let agent = Agent::start(&node, &[]);
 
     // Dropped by the node: the SYNs never reach the server's veth.

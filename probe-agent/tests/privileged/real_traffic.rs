@@ -143,13 +143,7 @@ fn a_nodeport_with_snat_is_keyed_by_what_the_client_asked_for() {
     let far = node.add_remote_host("far", 20).unwrap();
     let _web = server.listen_tcp(8080).unwrap();
     let _silent = server.listen_tcp(8081).unwrap();
-    let mut nft = server.command(&xtask::exec::tool("nft").to_string_lossy());
-    xtask::exec::run_with_stdin(
-        nft.args(["-f", "-"]),
-        "table inet pod {\n chain input {\n  type filter hook input priority 0;\n  \
-         tcp dport 8081 drop\n }\n}\n",
-    )
-    .unwrap();
+    server.drop_tcp_in(8081).unwrap();
     let node_ip = IpAddr::from(lab::GATEWAY_V4);
     node.add_service(Proto::Tcp, node_ip, 30080, sock(server.ipv4, 8080))
         .unwrap();
@@ -212,13 +206,7 @@ fn a_client_rst_before_any_answer_is_aborted_not_refused() {
     let client = node.add_pod("client", "default", 5).unwrap();
     let server = node.add_pod("server", "default", 9).unwrap();
     let _silent = server.listen_tcp(7000).unwrap();
-    let mut nft = server.command(&xtask::exec::tool("nft").to_string_lossy());
-    xtask::exec::run_with_stdin(
-        nft.args(["-f", "-"]),
-        "table inet pod {\n chain input {\n  type filter hook input priority 0;\n  \
-         tcp dport 7000 drop\n }\n}\n",
-    )
-    .unwrap();
+    server.drop_tcp_in(7000).unwrap();
     let agent = Agent::start(&node, &[]);
     let capture = Capture::on_pod_veth(&node, &client).unwrap();
     for flag in ["-S", "-R"] {

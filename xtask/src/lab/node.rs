@@ -551,6 +551,22 @@ impl Pod {
         super::in_netns(&self.netns, f)
     }
 
+    /// A firewall inside the pod (its own netns, table `inet pod`, chain `input`) that
+    /// drops TCP to `port` and counts what it drops: a server that hangs or a pod's own
+    /// policy, as seen from outside.
+    pub fn drop_tcp_in(&self, port: u16) -> Result<()> {
+        let mut nft = self.command(&exec::tool("nft").to_string_lossy());
+        exec::run_with_stdin(
+            nft.args(["-f", "-"]),
+            &format!(
+                "table inet pod {{\n chain input {{\n  type filter hook input priority 0;\n  \
+                 tcp dport {port} counter drop\n }}\n}}\n"
+            ),
+        )
+        .with_context(|| format!("the firewall of pod {}", self.name))?;
+        Ok(())
+    }
+
     /// A TCP listener inside the pod (the kernel's TCP stack) on `port` (0: any free port,
     /// see [`Listener::port`]) for IPv4 and IPv6, answering each HTTP request with a tiny
     /// HTTP/1.0 200 response. Stops when dropped.
