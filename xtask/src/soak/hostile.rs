@@ -159,22 +159,29 @@ pub(super) fn run(bin: &Path) -> Result<Vec<Figure>> {
     drop(never);
 
     // A slowloris: 500 connections sending a header byte every 500 ms, forever.
-    let opened = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
     let dripper = {
-        let (stop, listen) = (Arc::clone(&stop), agent.listen);
-        thread::spawn(move || slowloris(listen, &stop, opened + HEADER_TIMEOUT + CUT_SLACK))
+        let listen = agent.listen;
+        thread::spawn(move || slowloris(listen))
     };
     thread::sleep(Duration::from_millis(500));
     let during = measure(&agent, &mut probes)?;
     figures.extend(during.figures("a 500-connection slowloris", baseline));
-    let cut = dripper.join().expect("the slowloris thread")?;
-    stop.store(true, Ordering::SeqCst);
+    let cut_after = dripper.join().expect("the slowloris thread")?;
+    let cut = cut_after.iter().flatten().count();
+    let slowest = cut_after
+        .iter()
+        .flatten()
+        .max()
+        .copied()
+        .unwrap_or_default();
     figures.push(Figure {
         what: "slowloris connections cut at the header deadline",
-        figure: format!("{cut}/{SLOWLORIS}"),
-        budget: format!("all by {}s", (HEADER_TIMEOUT + CUT_SLACK).as_secs()),
-        met: cut == SLOWLORIS,
+        figure: format!(
+            "{cut}/{SLOWLORIS}, slowest {:.1} s after its connect",
+            slowest.as_secs_f64()
+        ),
+        budget: format!("all, each by {}s", (HEADER_TIMEOUT + CUT_SLACK).as_secs()),
+        met: cut == SLOWLORIS && slowest <= HEADER_TIMEOUT + CUT_SLACK,
     });
     Ok(figures)
 }
@@ -407,36 +414,47 @@ fn cut_by(streams: &mut [TcpStream], deadline: Instant) -> usize {
     cut
 }
 
-/// Opens [`SLOWLORIS`] connections and drips one header byte on each every 500 ms until
-/// `deadline`; returns how many the agent closed by then.
-fn slowloris(to: SocketAddr, stop: &AtomicBool, deadline: Instant) -> Result<usize> {
+/// Opens [`SLOWLORIS`] connections and drips one header byte on each every 500 ms; returns,
+/// for each, how long after its connect the agent cut it (`None`: still open long after
+/// the header deadline). Each is timed from its own connect, so a slow connect on a busy
+/// machine does not count against the agent.
+fn slowloris(to: SocketAddr) -> Result<Vec<Option<Duration>>> {
+    const DRIP: Duration = Duration::from_millis(500);
+    const LOOK: Duration = Duration::from_millis(50);
     let header = b"GET /v1/verdicts HTTP/1.1\r\nHost: x\r\nX-Slow: ";
     let mut streams = Vec::with_capacity(SLOWLORIS);
     for _ in 0..SLOWLORIS {
         let stream = TcpStream::connect(to)?;
         stream.set_nonblocking(true)?;
-        streams.push((stream, false));
+        streams.push((stream, Instant::now(), None));
     }
-    let mut sent = 0;
-    while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+    let give_up = Instant::now() + HEADER_TIMEOUT + CUT_SLACK + Duration::from_secs(10);
+    let (mut sent, mut next_drip) = (0, Instant::now());
+    while Instant::now() < give_up {
+        let drip = Instant::now() >= next_drip;
         let byte = header.get(sent).copied().unwrap_or(b'a');
-        sent += 1;
-        for (stream, closed) in streams.iter_mut().filter(|(_, closed)| !*closed) {
+        if drip {
+            sent += 1;
+            next_drip += DRIP;
+        }
+        for (stream, connected, cut_after) in streams.iter_mut().filter(|(.., c)| c.is_none()) {
             let mut peek = [0u8; 256];
-            match stream.read(&mut peek) {
-                Ok(0) => *closed = true,
-                Err(err) if err.kind() != std::io::ErrorKind::WouldBlock => *closed = true,
-                _ => {
-                    if stream.write_all(&[byte]).is_err() {
-                        *closed = true;
-                    }
-                }
+            // EOF, a reset, or the agent's 408: the agent gave up on this request.
+            let cut = match stream.read(&mut peek) {
+                Err(err) => err.kind() != std::io::ErrorKind::WouldBlock,
+                Ok(_) => true,
+            };
+            if cut || (drip && stream.write_all(&[byte]).is_err()) {
+                *cut_after = Some(connected.elapsed());
             }
         }
-        if streams.iter().all(|(_, closed)| *closed) {
+        if streams.iter().all(|(.., cut_after)| cut_after.is_some()) {
             break;
         }
-        thread::sleep(Duration::from_millis(500));
+        thread::sleep(LOOK);
     }
-    Ok(streams.iter().filter(|(_, closed)| *closed).count())
+    Ok(streams
+        .into_iter()
+        .map(|(.., cut_after)| cut_after)
+        .collect())
 }
