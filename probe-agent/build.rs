@@ -1,9 +1,12 @@
-//! Builds the kernel program (probe-ebpf's binary) for the BPF target with nightly and
-//! bpf-linker, so the agent embeds it. `cargo xtask build` installs both on a fresh
+//! Builds the kernel program (probe-ebpf's binary) for the BPF target with the pinned
+//! nightly and bpf-linker, so the agent embeds it. `cargo xtask build` installs both on a fresh
 //! machine; without them the agent still builds (for `cargo test`), embeds no program,
 //! and says at start-up how to get one.
 
 use std::{env, fs, path::PathBuf};
+
+#[path = "../probe-ebpf/pinned_toolchain.rs"]
+mod pinned_toolchain;
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -48,7 +51,12 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         });
     }
-    aya_build::build_ebpf(packages, aya_build::Toolchain::default())
+    println!(
+        "cargo:rerun-if-changed={}",
+        ebpf_dir.join("rust-toolchain.toml").display()
+    );
+    let toolchain = pinned_toolchain::resolve(&ebpf_dir).map_err(anyhow::Error::msg)?;
+    aya_build::build_ebpf(packages, aya_build::Toolchain::Custom(&toolchain))
 }
 
 /// Empty stand-ins for the objects, so the crate still compiles without the BPF toolchain.

@@ -1,5 +1,6 @@
-//! Sets up a fresh machine: nightly Rust with rust-src (the eBPF program is built with
-//! `-Z build-std`), bpf-linker built against nightly's own LLVM, and the Debian packages
+//! Sets up a fresh machine: the nightly pinned in probe-ebpf/rust-toolchain.toml with
+//! rust-src (the eBPF program is built with `-Z build-std`), bpf-linker built against that
+//! nightly's own LLVM, and the Debian packages
 //! the demo, tests and benchmarks drive (ip, nft, dnsmasq, iperf3, dig, curl; prometheus,
 //! python3-venv and, without a kubectl, kubernetes-client for the deploy/ checks).
 //! Each step checks first and does nothing when already done.
@@ -47,11 +48,15 @@ pub const IMAGE_PACKAGES: &[&str] = &[
     "skopeo", // OCI layout → docker-archive, what `kind load image-archive` takes
 ];
 
+#[path = "../../probe-ebpf/pinned_toolchain.rs"]
+mod pinned_toolchain;
+
 /// Runs every step; see the module docs.
 pub fn bootstrap() -> Result<()> {
-    let nightly = nightly()?;
-    ensure_rust_src()?;
-    ensure_bpf_linker(&nightly)?;
+    let toolchain = ebpf_toolchain()?;
+    let nightly = rustc_info(&toolchain)?;
+    ensure_rust_src(&toolchain)?;
+    ensure_bpf_linker(&toolchain, &nightly)?;
     ensure_cargo_fuzz()?;
     ensure_packages()?;
     Ok(())
@@ -59,7 +64,7 @@ pub fn bootstrap() -> Result<()> {
 
 /// What `cargo xtask fuzz` needs: nightly (checked) and cargo-fuzz.
 pub fn ensure_fuzz_toolchain() -> Result<()> {
-    nightly()?;
+    rustc_info("nightly")?;
     ensure_cargo_fuzz()
 }
 
@@ -121,42 +126,70 @@ pub fn parse_rustc_vv(text: &str) -> Result<RustcInfo> {
     })
 }
 
-fn nightly() -> Result<RustcInfo> {
-    let out = Command::new("rustc").args(["+nightly", "-vV"]).output();
+/// The rustup toolchain that builds the eBPF program: the pinned nightly, installed by
+/// rustup when it can fetch it, or the machine's `nightly` when that is the same build.
+fn ebpf_toolchain() -> Result<String> {
+    let ebpf_dir = util::workspace_root().join("probe-ebpf");
+    if let Ok(toolchain) = pinned_toolchain::resolve(&ebpf_dir) {
+        return Ok(toolchain);
+    }
+    let pinned = pinned_toolchain::pinned_channel(&ebpf_dir).map_err(anyhow::Error::msg)?;
+    println!("xtask: installing {pinned}, the nightly the eBPF program is pinned to");
+    let installed = run_streaming(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        &pinned,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]));
+    pinned_toolchain::resolve(&ebpf_dir)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| match installed {
+            Ok(()) => "rustup installed it, yet it does not run".to_owned(),
+            Err(err) => format!("rustup could not install it: {err:#}"),
+        })
+}
+
+/// What `rustc +<toolchain> -vV` says about itself.
+fn rustc_info(toolchain: &str) -> Result<RustcInfo> {
+    let out = Command::new("rustc")
+        .args([&format!("+{toolchain}"), "-vV"])
+        .output();
     match out {
         Ok(out) if out.status.success() => parse_rustc_vv(&String::from_utf8_lossy(&out.stdout)),
         Ok(out) => bail!(
-            "no nightly Rust toolchain (`rustc +nightly -vV`: {}).\n\
-             netprobe's eBPF program is built with nightly: install it with\n  \
-             rustup toolchain install nightly --component rust-src",
+            "no {toolchain} Rust toolchain (`rustc +{toolchain} -vV`: {}).\n\
+             Install it with\n  rustup toolchain install {toolchain} --component rust-src",
             String::from_utf8_lossy(&out.stderr).trim()
         ),
         Err(e) => bail!(
             "cannot run rustc ({e}): install Rust with rustup (https://rustup.rs), then\n  \
-             rustup toolchain install nightly --component rust-src"
+             rustup toolchain install {toolchain} --component rust-src"
         ),
     }
 }
 
-fn ensure_rust_src() -> Result<()> {
+fn ensure_rust_src(toolchain: &str) -> Result<()> {
     let installed = run(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        toolchain,
         "--installed",
     ]))
-    .context("listing nightly's components (is rustup installed?)")?;
+    .with_context(|| format!("listing {toolchain}'s components (is rustup installed?)"))?;
     if installed.lines().any(|l| l.trim() == "rust-src") {
         return Ok(());
     }
-    println!("xtask: adding rust-src to nightly (the eBPF build compiles core from source)");
+    println!("xtask: adding rust-src to {toolchain} (the eBPF build compiles core from source)");
     run_streaming(Command::new("rustup").args([
         "component",
         "add",
         "rust-src",
         "--toolchain",
-        "nightly",
+        toolchain,
     ]))
 }
 
@@ -182,26 +215,27 @@ fn bpf_linker_version() -> Option<String> {
         .map(str::to_owned)
 }
 
-fn ensure_bpf_linker(nightly: &RustcInfo) -> Result<()> {
+fn ensure_bpf_linker(toolchain: &str, nightly: &RustcInfo) -> Result<()> {
     let wanted_minor = BPF_LINKER_VERSION.rsplit_once('.').expect("x.y.z").0;
     if let Some(v) = bpf_linker_version()
         && v.starts_with(&format!("{wanted_minor}."))
     {
         return Ok(());
     }
-    install_bpf_linker(nightly, &cargo_home()?)
+    install_bpf_linker(toolchain, nightly, &cargo_home()?)
 }
 
 /// Builds bpf-linker against nightly's own libLLVM (see docs/development.md, "bpf-linker"):
 /// a fake LLVM prefix whose `lib/` points at the sysroot's library, then `cargo install`.
-pub fn install_bpf_linker(nightly: &RustcInfo, cargo_home: &Path) -> Result<()> {
-    let sysroot = run(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+pub fn install_bpf_linker(toolchain: &str, nightly: &RustcInfo, cargo_home: &Path) -> Result<()> {
+    let sysroot =
+        run(Command::new("rustc").args([&format!("+{toolchain}"), "--print", "sysroot"]))?;
     let soname = nightly.llvm_soname();
     let library = Path::new(sysroot.trim()).join("lib").join(&soname);
     ensure!(
         library.exists(),
         "nightly's LLVM library {} is missing: bpf-linker must link against the LLVM that \
-         nightly rustc uses (LLVM {}.{}). Reinstall nightly with `rustup toolchain install nightly`.",
+         nightly rustc uses (LLVM {}.{}). Reinstall it with `rustup toolchain install {toolchain}`.",
         library.display(),
         nightly.llvm_major,
         nightly.llvm_minor
@@ -448,5 +482,41 @@ LLVM version: 22.1.4
         let err = parse_rustc_vv("release: 1.97.0-nightly\n").unwrap_err();
         assert!(format!("{err:#}").contains("LLVM version"));
         assert!(parse_rustc_vv("release: 1\nLLVM version: x.y\n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use super::pinned_toolchain;
+
+    fn ebpf_dir_pinned_to(channel: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("netprobe-pin-{}-{channel}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = format!("[toolchain]\nchannel = \"{channel}\"\ncomponents = [\"rust-src\"]\n");
+        std::fs::write(dir.join("rust-toolchain.toml"), toml).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_repository_pins_a_dated_nightly() {
+        let dir = crate::util::workspace_root().join("probe-ebpf");
+        let channel = pinned_toolchain::pinned_channel(&dir).unwrap();
+        assert!(channel.starts_with("nightly-20"), "{channel}");
+    }
+
+    #[test]
+    fn another_nightly_is_refused_with_the_command_that_installs_the_pinned_one() {
+        let err = pinned_toolchain::resolve(&ebpf_dir_pinned_to("nightly-2031-01-01")).unwrap_err();
+        assert!(
+            err.contains("rustup toolchain install nightly-2031-01-01 --component rust-src"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_undated_channel_is_an_error() {
+        let err = pinned_toolchain::resolve(&ebpf_dir_pinned_to("nightly")).unwrap_err();
+        assert!(err.contains("nightly-YYYY-MM-DD"), "{err}");
     }
 }
