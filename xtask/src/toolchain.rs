@@ -217,8 +217,14 @@ fn bpf_linker_version() -> Option<String> {
 
 fn ensure_bpf_linker(toolchain: &str, nightly: &RustcInfo) -> Result<()> {
     let wanted_minor = BPF_LINKER_VERSION.rsplit_once('.').expect("x.y.z").0;
+    // Built for this nightly's LLVM: its prefix exists (a moved pin needs a new build).
+    let built_for_it = cargo_home()?
+        .join("netprobe-llvm")
+        .join(nightly.llvm_soname())
+        .exists();
     if let Some(v) = bpf_linker_version()
         && v.starts_with(&format!("{wanted_minor}."))
+        && built_for_it
     {
         return Ok(());
     }
