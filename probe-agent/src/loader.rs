@@ -1,5 +1,6 @@
 //! Loads the embedded kernel program and hands out its maps.
 
+pub mod counts;
 pub mod seccomp;
 
 use aya::{

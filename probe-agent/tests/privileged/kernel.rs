@@ -17,7 +17,10 @@ use pnet_packet::ip::IpNextHeaderProtocols;
 use probe_agent::{
     craft::{self, Frame, TcpFlags},
     decode::{self, Packet},
-    loader::{self, LoadOptions, ProbeMaps},
+    loader::{
+        self, LoadOptions, ProbeMaps,
+        counts::{BATCH_ENTRIES, CounterReader, FlowCounts, ReadStats},
+    },
 };
 use probe_ebpf::{
     Direction, EGRESS_PROGRAM, EMPTY_PROGRAM, EventKind, FlowCounters, FlowKey, HookKey,
@@ -870,6 +873,84 @@ fn a_full_ring_buffer_is_counted_and_the_counters_stay_exact() {
         ));
     }
     assert_eq!(k.losses(LossCounter::CountsUpdate), 0);
+}
+
+/// A full-sized table of distinct hooks written from userspace, each with its own counts.
+fn fill_counts(k: &mut Kernel, hooks: u32) {
+    for i in 0..hooks {
+        let client = SocketAddr::new(
+            std::net::Ipv4Addr::from(0x0af4_0000 | (i >> 16)).into(),
+            (i & 0xffff) as u16,
+        );
+        let hook = from_pod(client, addr("10.96.0.20:80"));
+        let counters = FlowCounters {
+            syn: u64::from(i) + 1,
+            last_seen_ns: u64::from(i),
+            ..FlowCounters::default()
+        };
+        k.maps.flow_counts.insert(hook, counters, 0).unwrap();
+    }
+}
+
+fn read_counts(
+    k: &Kernel,
+    mut reader: CounterReader,
+) -> (
+    std::collections::HashMap<HookKey, FlowCounters>,
+    ReadStats,
+    std::time::Duration,
+) {
+    let mut read = FlowCounts::default();
+    let started = std::time::Instant::now();
+    let stats = reader.read(&k.maps.flow_counts, &mut read);
+    let took = started.elapsed();
+    assert_eq!(stats.entries, read.len());
+    let entries: std::collections::HashMap<_, _> = read.drain().collect();
+    assert_eq!(entries.len(), stats.entries, "no entry read twice");
+    (entries, stats, took)
+}
+
+#[test]
+fn the_counter_map_is_read_in_batches_as_key_by_key() {
+    let mut k = Kernel::load();
+    let (empty, stats, _) = read_counts(&k, CounterReader::default());
+    assert!(empty.is_empty());
+    assert_eq!(
+        stats,
+        ReadStats {
+            entries: 0,
+            syscalls: 1,
+            batched: true
+        }
+    );
+
+    // As the agent reads it: a table of 65,536 hooks, nearly full (an LRU map may evict
+    // a little before it is).
+    fill_counts(&mut k, 60_000);
+    let (batched, batch, batch_took) = read_counts(&k, CounterReader::default());
+    let (iterated, iteration, iteration_took) = read_counts(&k, CounterReader::iterating());
+    eprintln!(
+        "counter map, {} entries: {} bpf(2) calls in {batch_took:?} in batches of {BATCH_ENTRIES}, \
+         {} in {iteration_took:?} key by key",
+        batch.entries, batch.syscalls, iteration.syscalls
+    );
+    assert!(batch.batched && !iteration.batched);
+    assert!(batch.entries > 55_000, "{batch:?}");
+    assert_eq!(batched, iterated, "the same entries either way");
+    assert_eq!(iteration.syscalls, 2 * iteration.entries as u64 + 1);
+    assert!(
+        batch.syscalls <= batch.entries.div_ceil(BATCH_ENTRIES) as u64 + 1,
+        "{batch:?}"
+    );
+    for (hook, counters) in &batched {
+        assert_eq!(k.counts(hook).as_ref(), Some(counters));
+    }
+
+    // Counted by the program, read back in a batch.
+    let (client, server) = (addr("10.244.0.5:41234"), addr("10.96.45.123:8080"));
+    k.leaving_pod(&Frame::plain().tcp(client, server, TcpFlags::SYN));
+    let (after, _, _) = read_counts(&k, CounterReader::default());
+    assert!(counts(1, 0, 0, 0)(&after[&from_pod(client, server)]));
 }
 
 #[test]
