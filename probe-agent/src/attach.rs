@@ -120,6 +120,8 @@ pub struct Attacher {
     attached: HashMap<u32, Attachment>,
     /// Interfaces forgotten since the last [`Attacher::take_forgotten`].
     forgotten: Vec<u32>,
+    /// One netlink connection for the filter dumps of every check, opened at first use.
+    netlink: Option<rtnetlink::Handle>,
 }
 
 /// A change netlink reported.
@@ -155,7 +157,30 @@ impl Attacher {
             program_ids,
             attached: HashMap::new(),
             forgotten: Vec::new(),
+            netlink: None,
         })
+    }
+
+    /// The clsact filters on a hook, over the kept netlink connection; a failed dump
+    /// drops it, so the next one reconnects.
+    async fn clsact_filters(
+        &mut self,
+        index: u32,
+        hook: TcAttachType,
+    ) -> Result<Vec<chain::Filter>, AttachError> {
+        let handle = match &self.netlink {
+            Some(handle) => handle.clone(),
+            None => {
+                let (connection, handle, _) = rtnetlink::new_connection()?;
+                tokio::spawn(connection);
+                self.netlink.insert(handle).clone()
+            }
+        };
+        let filters = chain::clsact_filters(&handle, index, hook).await;
+        if filters.is_err() {
+            self.netlink = None;
+        }
+        filters
     }
 
     pub fn selects(&self, link: &Link) -> bool {
@@ -284,7 +309,7 @@ impl Attacher {
         let options = match mode {
             AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
             AttachMode::Clsact => {
-                let filters = chain::clsact_filters(index, hook).await?;
+                let filters = self.clsact_filters(index, hook).await?;
                 let priority = chain::priority_ahead_of(chain::filters_ahead_of(&filters, program));
                 TcAttachOptions::Netlink(NlOptions {
                     priority: priority.unwrap_or(0),
@@ -378,7 +403,7 @@ impl Attacher {
 
     /// The programs ahead of ours on one hook, by name (empty: ours is first).
     async fn ahead_of_ours(
-        &self,
+        &mut self,
         index: u32,
         name: &str,
         mode: AttachMode,
@@ -395,7 +420,7 @@ impl Attacher {
                 .map(|id| format!("program {id}"))
                 .collect()),
             AttachMode::Clsact => {
-                let filters = chain::clsact_filters(index, hook).await?;
+                let filters = self.clsact_filters(index, hook).await?;
                 Ok(chain::filters_ahead_of(&filters, HOOKS[slot].1)
                     .iter()
                     .map(|f| {

@@ -90,9 +90,11 @@ fn tcx_programs(index: u32, hook: TcAttachType) -> io::Result<Vec<u32>> {
 
 /// The clsact filters on `hook` of interface `index`, in run order (by priority, and
 /// within one priority as the kernel lists them, which is the order it runs them).
-pub async fn clsact_filters(index: u32, hook: TcAttachType) -> Result<Vec<Filter>, AttachError> {
-    let (connection, handle, _) = rtnetlink::new_connection()?;
-    let task = tokio::spawn(connection);
+pub async fn clsact_filters(
+    handle: &rtnetlink::Handle,
+    index: u32,
+    hook: TcAttachType,
+) -> Result<Vec<Filter>, AttachError> {
     let request = handle.traffic_filter(index as i32).get();
     let request = match hook {
         TcAttachType::Ingress => request.ingress(),
@@ -123,7 +125,6 @@ pub async fn clsact_filters(index: u32, hook: TcAttachType) -> Result<Vec<Filter
         Ok::<(), rtnetlink::Error>(())
     }
     .await;
-    task.abort();
     match result {
         Ok(()) => {
             // Stable: the kernel's order within a priority is kept.
