@@ -8,15 +8,26 @@ use std::{
     collections::HashMap,
     fmt::{self, Write as _},
     sync::{Arc, Mutex, PoisonError, RwLock},
+    time::Duration,
 };
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::{Family, MetricConstructor},
+        gauge::Gauge,
+    },
     registry::Registry,
 };
 
 use crate::model::{Cause, Endpoint, Verdict, VerdictKind};
+
+mod exposition;
+mod latency;
+
+pub use exposition::{Format, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
+pub use latency::{BUCKETS, Latency};
 
 /// Distinct `netprobe_verdicts_total` label sets kept before new ones go to `other`.
 pub const DEFAULT_MAX_SERIES: usize = 2000;
@@ -350,10 +361,10 @@ struct CauseLabels {
     cause: Cause,
 }
 
-/// A counter family with at most `max` label sets; later ones are counted under an
-/// overflow set (`other`). The lock makes check-and-create atomic, so the cap is exact.
-struct CappedFamily<L> {
-    family: Family<L, Counter>,
+/// A family with at most `max` label sets; later ones are counted under an overflow set
+/// (`other`). The lock makes check-and-create atomic, so the cap is exact.
+struct CappedFamily<L, M = Counter, C = fn() -> M> {
+    family: Family<L, M, C>,
     series: Mutex<usize>,
     max: usize,
 }
@@ -362,16 +373,32 @@ impl<L: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync
     CappedFamily<L>
 {
     fn new(max: usize) -> Self {
+        Self::with_constructor(max, Counter::default)
+    }
+
+    fn counter(&self, labels: L, overflow: impl FnOnce(&L) -> L) -> Counter {
+        self.metric(labels, overflow)
+    }
+}
+
+impl<L, M, C> CappedFamily<L, M, C>
+where
+    L: Clone + std::hash::Hash + Eq,
+    M: Clone,
+    C: MetricConstructor<M>,
+{
+    fn with_constructor(max: usize, constructor: C) -> Self {
         Self {
-            family: Family::default(),
+            family: Family::new_with_constructor(constructor),
             series: Mutex::new(0),
             max,
         }
     }
 
-    fn counter(&self, labels: L, overflow: impl FnOnce(&L) -> L) -> Counter {
-        if let Some(counter) = self.family.get(&labels) {
-            return counter.clone();
+    /// The metric of `labels`, or of `overflow(labels)` once `max` sets exist.
+    fn metric(&self, labels: L, overflow: impl FnOnce(&L) -> L) -> M {
+        if let Some(metric) = self.family.get(&labels) {
+            return metric.clone();
         }
         let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
         let labels = if self.family.get(&labels).is_some() {
@@ -501,6 +528,7 @@ pub struct Metrics {
     node_datapath_down: Gauge,
     k8s_events: Family<EventResultLabels, Counter>,
     api_auth: Family<AuthResultLabels, Counter>,
+    latencies: latency::Latencies,
 }
 
 impl Default for Metrics {
@@ -538,6 +566,7 @@ impl Metrics {
             node_datapath_down: Gauge::default(),
             k8s_events: Family::default(),
             api_auth: Family::default(),
+            latencies: latency::Latencies::new(max_series / 4),
         };
         // Series of fixed label sets exist from the start at 0, so `rate()` and alerts on
         // them work before the first increment.
@@ -691,6 +720,7 @@ impl Metrics {
              forbidden (403), unavailable (503: the Kubernetes API could not answer)",
             self.api_auth.clone(),
         );
+        self.latencies.register(r);
         self
     }
 
@@ -738,6 +768,12 @@ impl Metrics {
             counter
         });
         counter.inc();
+    }
+
+    /// Observes how long a TCP handshake or a DNS exchange of `v`'s flow took (in the
+    /// histogram of `v`'s names and destination port).
+    pub fn latency(&self, latency: Latency, v: &Verdict, took: Duration) {
+        self.latencies.observe(latency, v, took);
     }
 
     /// The counter of `v`'s label set, created within the series cap.
@@ -837,43 +873,26 @@ impl Metrics {
             .inc();
     }
 
-    /// The OpenMetrics text exposition (served as
-    /// `application/openmetrics-text; version=1.0.0; charset=utf-8`). Samples within a
-    /// family are sorted, so the output is stable between scrapes and diffs.
+    /// The OpenMetrics text exposition (served as [`OPENMETRICS_CONTENT_TYPE`]). Samples
+    /// within a family are sorted by label set, so the output is stable between scrapes
+    /// and diffs.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         text::encode(&mut out, &self.registry).expect("encoding into a String cannot fail");
-        sort_samples(&out)
+        exposition::sort_samples(&out)
+    }
+
+    /// The exposition in `format` ([`Format::negotiate`] picks it from `Accept`).
+    pub fn encode_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.encode(),
+            Format::Text => exposition::to_text(&self.encode()),
+        }
     }
 }
 
 fn saturating_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// Sorts each run of sample lines; `#` lines (HELP, TYPE, EOF) stay where they are, so
-/// every family keeps its samples together after its own header.
-fn sort_samples(exposition: &str) -> String {
-    let mut out = String::with_capacity(exposition.len());
-    let mut run: Vec<&str> = Vec::new();
-    let flush = |run: &mut Vec<&str>, out: &mut String| {
-        run.sort_unstable();
-        for line in run.drain(..) {
-            out.push_str(line);
-            out.push('\n');
-        }
-    };
-    for line in exposition.lines() {
-        if line.starts_with('#') {
-            flush(&mut run, &mut out);
-            out.push_str(line);
-            out.push('\n');
-        } else {
-            run.push(line);
-        }
-    }
-    flush(&mut run, &mut out);
-    out
 }
 
 #[cfg(test)]
@@ -1031,6 +1050,10 @@ netprobe_api_auth_total{result=\"allowed\"} 0
 netprobe_api_auth_total{result=\"forbidden\"} 0
 netprobe_api_auth_total{result=\"unauthenticated\"} 0
 netprobe_api_auth_total{result=\"unavailable\"} 0
+# HELP netprobe_tcp_handshake_seconds TCP handshakes from the client's first SYN to the SYN-ACK, at the client pod's veth.
+# TYPE netprobe_tcp_handshake_seconds histogram
+# HELP netprobe_dns_response_seconds DNS exchanges from a query to its response, at the client pod's veth.
+# TYPE netprobe_dns_response_seconds histogram
 # EOF
 "
         );
@@ -1147,5 +1170,102 @@ netprobe_api_auth_total{result=\"unavailable\"} 0
                 "netprobe_verdicts_total{verdict=\"RESET\",src_namespace=\"a\\\"b\\\\c\\nd\",src_workload=\"\",dst_namespace=\"\",dst_workload=\"\",dst_service=\"\",dst_port=\"1\"} 1"
             ]
         );
+    }
+
+    #[test]
+    fn latencies_are_histograms_by_source_and_destination() {
+        let m = Metrics::default();
+        let src = endpoint("production", Some("checkout-api"), None);
+        let dst = endpoint("production", Some("payment"), Some("payment-service"));
+        let v = verdict(VerdictKind::Ok, 8080, src, dst);
+        m.latency(Latency::TcpHandshake, &v, Duration::from_micros(70));
+        m.latency(Latency::TcpHandshake, &v, Duration::from_millis(30));
+        m.latency(Latency::TcpHandshake, &v, Duration::from_secs(7));
+        m.latency(
+            Latency::DnsResponse,
+            &verdict(VerdictKind::Ok, 53, None, None),
+            Duration::from_micros(40),
+        );
+        let text = m.encode();
+        let labels = "src_namespace=\"production\",src_workload=\"checkout-api\",dst_namespace=\"production\",dst_workload=\"payment\",dst_service=\"payment-service\",dst_port=\"8080\"";
+        let handshakes = samples(&text, "netprobe_tcp_handshake_seconds");
+        assert_eq!(handshakes.len(), 2 + BUCKETS.len() + 1, "{handshakes:#?}");
+        assert_eq!(
+            handshakes[0],
+            format!("netprobe_tcp_handshake_seconds_sum{{{labels}}} 7.03007")
+        );
+        assert_eq!(
+            handshakes[1],
+            format!("netprobe_tcp_handshake_seconds_count{{{labels}}} 3")
+        );
+        let buckets: Vec<(&str, &str)> = handshakes[2..]
+            .iter()
+            .map(|line| {
+                let le = line
+                    .split("le=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap();
+                (le, line.rsplit(' ').next().unwrap())
+            })
+            .collect();
+        // Cumulative, by increasing bound: 70 µs, 30 ms, and 7 s only in +Inf.
+        assert_eq!(buckets.first(), Some(&("0.00005", "0")));
+        assert_eq!(buckets[1], ("0.0001", "1"));
+        assert_eq!(buckets[8], ("0.025", "1"));
+        assert_eq!(buckets[9], ("0.05", "2"));
+        assert_eq!(buckets[15], ("5.0", "2"));
+        assert_eq!(buckets[16], ("+Inf", "3"));
+        assert!(text.contains(
+            "\nnetprobe_dns_response_seconds_bucket{le=\"0.00005\",src_namespace=\"\",src_workload=\"\",dst_namespace=\"\",dst_workload=\"\",dst_service=\"\",dst_port=\"53\"} 1\n"
+        ));
+    }
+
+    #[test]
+    fn latency_label_sets_beyond_the_cap_are_observed_under_other() {
+        // A quarter of the verdicts' cap: 2 label sets.
+        let m = Metrics::new(8);
+        for port in [80, 443, 8080] {
+            m.latency(
+                Latency::TcpHandshake,
+                &verdict(VerdictKind::Ok, port, None, None),
+                Duration::from_millis(1),
+            );
+        }
+        let counts = samples(&m.encode(), "netprobe_tcp_handshake_seconds_count");
+        assert_eq!(
+            counts,
+            [
+                "netprobe_tcp_handshake_seconds_count{src_namespace=\"\",src_workload=\"\",dst_namespace=\"\",dst_workload=\"\",dst_service=\"\",dst_port=\"443\"} 1",
+                "netprobe_tcp_handshake_seconds_count{src_namespace=\"\",src_workload=\"\",dst_namespace=\"\",dst_workload=\"\",dst_service=\"\",dst_port=\"80\"} 1",
+                "netprobe_tcp_handshake_seconds_count{src_namespace=\"other\",src_workload=\"other\",dst_namespace=\"other\",dst_workload=\"other\",dst_service=\"other\",dst_port=\"other\"} 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_text_format_is_the_same_samples_with_counters_named_by_them() {
+        let m = Metrics::default();
+        m.latency(
+            Latency::DnsResponse,
+            &verdict(VerdictKind::Ok, 53, None, None),
+            Duration::from_millis(2),
+        );
+        let openmetrics = m.encode();
+        let text = m.encode_as(Format::Text);
+        assert!(openmetrics.ends_with("# EOF\n"));
+        assert!(!text.contains("# EOF"));
+        assert!(text.contains("\n# HELP netprobe_packets_total Verdict-relevant packets seen by the kernel program.\n# TYPE netprobe_packets_total counter\n"));
+        assert!(text.contains("\n# TYPE netprobe_dns_response_seconds histogram\n"));
+        let samples_of = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(samples_of(&text), samples_of(&openmetrics));
+        assert_eq!(m.encode_as(Format::OpenMetrics), openmetrics);
     }
 }

@@ -16,9 +16,10 @@ use axum::{
     error_handling::HandleErrorLayer,
     extract::{FromRequestParts, Query, Request, State},
     http::{
-        Method, StatusCode, Uri,
+        HeaderMap, Method, StatusCode, Uri,
         header::{
-            AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, WWW_AUTHENTICATE,
+            ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING,
+            WWW_AUTHENTICATE,
         },
         request::Parts,
     },
@@ -34,7 +35,7 @@ use self::auth::{Auth, Decision};
 pub use self::conn::ServeOptions;
 pub use self::query::{DEFAULT_LIMIT, Filter, MAX_LIMIT, QueryError, parameter_names};
 use crate::{
-    metrics::{AuthResult, Metrics},
+    metrics::{self, AuthResult, Metrics},
     model::{Cause, FlowEvent, InterfaceStatus, NodeVerdict, Verdict},
 };
 
@@ -64,8 +65,7 @@ impl Default for Limits {
     }
 }
 
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub use crate::metrics::{OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 pub const NDJSON_CONTENT_TYPE: &str = "application/x-ndjson";
 
 /// What the API serves; the tracker implements it.
@@ -583,10 +583,13 @@ async fn interfaces(State(state): State<AppState>) -> Json<InterfacesBody> {
     })
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// OpenMetrics for Prometheus (it asks for it), Prometheus's text format for others.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
+    let format = metrics::Format::negotiate(accept);
     (
-        [(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
-        state.metrics.encode(),
+        [(CONTENT_TYPE, format.content_type())],
+        state.metrics.encode_as(format),
     )
 }
 
@@ -1090,9 +1093,33 @@ mod tests {
         state.metrics.verdict_reached(&fixture_verdicts()[1]);
         state.metrics.set_attached_interfaces(1);
         let app = app(state.clone());
-        let answer = get(&app, "/metrics").await;
-        assert_eq!(answer.status, StatusCode::OK);
-        assert_eq!(answer.content_type, OPENMETRICS_CONTENT_TYPE);
+        // Without asking for OpenMetrics (curl, promtool): Prometheus's text format.
+        let text = get(&app, "/metrics").await;
+        assert_eq!(text.status, StatusCode::OK);
+        assert_eq!(text.content_type, TEXT_CONTENT_TYPE);
+        assert_eq!(text.body, state.metrics.encode_as(metrics::Format::Text));
+        assert!(!text.body.contains("# EOF"));
+        // What Prometheus asks for.
+        let request = Request::builder()
+            .uri("/metrics")
+            .header(
+                ACCEPT,
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+            )
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[CONTENT_TYPE].to_str().unwrap(),
+            OPENMETRICS_CONTENT_TYPE
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let answer = Answer {
+            status: StatusCode::OK,
+            content_type: OPENMETRICS_CONTENT_TYPE.to_owned(),
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        };
         assert_eq!(answer.body, state.metrics.encode());
         assert!(answer.body.contains(
             "\nnetprobe_verdicts_total{verdict=\"TIMEOUT\",src_namespace=\"production\",src_workload=\"checkout-api\",dst_namespace=\"production\",dst_workload=\"\",dst_service=\"payment-service\",dst_port=\"8080\"} 1\n"

@@ -189,6 +189,9 @@ struct DnsState {
     truncated: Option<Box<(DnsSummary, Duration, hickory_proto::op::ResponseCode)>>,
     /// That retry failed: the lookup's failure is DNS over TCP's.
     tcp_retry_failed: bool,
+    /// How long the last response took after its query, until the journal observes it
+    /// (`netprobe_dns_response_seconds`).
+    answered_in: Option<Duration>,
 }
 
 impl DnsState {
@@ -201,6 +204,7 @@ impl DnsState {
         streams: None,
         truncated: None,
         tcp_retry_failed: false,
+        answered_in: None,
     };
 }
 

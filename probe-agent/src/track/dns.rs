@@ -158,6 +158,9 @@ pub(super) fn on_dns_response(
         .iter()
         .position(|q| q.id == dns.id)
         .map(|i| state.dns.pending.remove(i));
+    if let Some(query) = &query {
+        state.dns.answered_in = Some(now.saturating_sub(query.sent));
+    }
     let qname = dns
         .qname
         .clone()

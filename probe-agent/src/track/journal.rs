@@ -11,12 +11,12 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{
     Clock, FlowState, HELD_REPORTS, REPORT_HOLD, dns::dns_summary, node::Incident, node_datapath,
-    shown_reason,
+    orient::Side, shown_reason,
 };
 use crate::{
     enrich::Names,
     events::{self, CauseReport},
-    metrics::Metrics,
+    metrics::{Latency, Metrics},
     model::{Cause, FlowEvent, FlowEventKind, Verdict, VerdictKind},
 };
 
@@ -41,20 +41,24 @@ pub(super) struct Journal {
 }
 
 impl Journal {
-    /// Records a change of `state`, and counts a verdict when the flow reaches a new
-    /// final one.
+    /// Records a change of `state`, counts a verdict when the flow reaches a new final
+    /// one, and observes what the change timed.
     pub(super) fn record(
         &mut self,
-        state: &FlowState,
+        state: &mut FlowState,
         before: VerdictKind,
         kind: FlowEventKind,
         now: Duration,
     ) {
+        let timed = timed(state, before, kind);
         let verdict_changed = state.verdict != before;
         if matches!(kind, FlowEventKind::Timeout) && !verdict_changed {
             return;
         }
         let verdict = self.verdict_of(state);
+        if let Some((latency, took)) = timed {
+            self.metrics.latency(latency, &verdict, took);
+        }
         if verdict_changed && state.verdict.is_final() {
             self.metrics.verdict_reached(&verdict);
             if let Some(cause) = verdict.cause.filter(|c| c.is_failure()) {
@@ -172,4 +176,32 @@ impl Journal {
             backend: state.far.as_ref().map(|far| far.backend),
         }
     }
+}
+
+/// What a change of `state` timed, once: the handshake its SYN-ACK completed (from the
+/// attempt's first SYN), or the DNS response to a query it saw. Only where the flow is
+/// counted at its client's veth (the server's sees only its own turnaround), and not
+/// from counts recovered after lost events (their times are the hook's, not a packet's).
+fn timed(
+    state: &mut FlowState,
+    before: VerdictKind,
+    kind: FlowEventKind,
+) -> Option<(Latency, Duration)> {
+    // Read first: writing a flow's DNS state allocates it.
+    let dns = state
+        .dns
+        .answered_in
+        .is_some()
+        .then(|| state.dns.answered_in.take());
+    if state.counted_at != Side::Client || kind == FlowEventKind::Recovered {
+        return None;
+    }
+    if let Some(took) = dns.flatten() {
+        return Some((Latency::DnsResponse, took));
+    }
+    let answered = matches!(kind, FlowEventKind::Syn | FlowEventKind::SynAck)
+        && matches!(before, VerdictKind::Pending | VerdictKind::Timeout)
+        && state.verdict == VerdictKind::Ok;
+    let took = state.answered_at?.saturating_sub(state.attempt_start?);
+    answered.then_some((Latency::TcpHandshake, took))
 }

@@ -514,6 +514,47 @@ fn final_verdicts_are_counted_once_per_transition() {
 }
 
 #[test]
+fn handshakes_and_dns_exchanges_are_timed_once_each() {
+    let metrics = Arc::new(Metrics::new(2000));
+    let mut t = Tracker::new(TrackerConfig::default(), Clock::new(), Arc::clone(&metrics));
+    // A SYN retransmitted once, answered 1.25 s after the first: the client waited that.
+    t.on_packet(&tcp(EventKind::Syn, 0));
+    t.on_packet(&tcp(EventKind::Syn, 1000));
+    t.on_packet(&tcp(EventKind::SynAck, 1250));
+    // A duplicate SYN-ACK times nothing.
+    t.on_packet(&tcp(EventKind::SynAck, 1300));
+    // Two exchanges on one socket (3 ms and 40 ms), a retransmitted query, an answer with
+    // no query seen.
+    use EventKind::{DnsQuery as Q, DnsResponse as R};
+    use ResponseCode::{NXDomain, NoError};
+    for (kind, id, name, rcode, at) in [
+        (Q, 1, "a.example", NoError, 2000),
+        (Q, 1, "a.example", NoError, 2001),
+        (R, 1, "a.example", NoError, 2003),
+        (Q, 2, "b.example", NoError, 2100),
+        (R, 2, "b.example", NXDomain, 2140),
+        (R, 9, "c.example", NoError, 2200),
+    ] {
+        t.on_packet(&dns(kind, id, name, rcode, at));
+    }
+    let text = metrics.encode();
+    let sample = |name: &str| -> String {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"));
+        line.rsplit(' ').next().unwrap().to_owned()
+    };
+    assert_eq!(sample("netprobe_tcp_handshake_seconds_count{"), "1");
+    assert_eq!(sample("netprobe_tcp_handshake_seconds_sum{"), "1.25");
+    assert_eq!(sample("netprobe_dns_response_seconds_count{"), "2");
+    let sum: f64 = sample("netprobe_dns_response_seconds_sum{")
+        .parse()
+        .unwrap();
+    assert!((sum - 0.043).abs() < 1e-9, "{sum}");
+}
+
+#[test]
 fn flows_known_only_from_kernel_counts_still_time_out() {
     let mut t = tracker();
     let tcp = craft::flow_key(
