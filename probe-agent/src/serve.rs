@@ -1045,7 +1045,7 @@ mod tests {
             ("limit=10001", "invalid limit \"10001\": expected a number from 1 to 10000".into()),
             ("limit=many", "invalid limit \"many\": expected a number from 1 to 10000".into()),
             ("port=80&port=443", "query parameter \"port\" given more than once".into()),
-            ("colour=red", "unknown query parameter \"colour\" (known: verdict, cause, protocol, src_ip, dst_ip, ip, port, namespace, pod, since, limit, follow, expand)".into()),
+            ("colour=red", "unknown query parameter \"colour\" (known: verdict, cause, protocol, src_ip, dst_ip, ip, port, namespace, pod, src_namespace, src_pod, src_workload, dst_namespace, dst_pod, dst_service, since, limit, follow, expand)".into()),
         ];
         for (query, message) in &cases {
             for path in ["/v1/verdicts", "/v1/flows"] {

@@ -11,6 +11,10 @@
 //! expired) and SubjectAccessReview (`get` on non-resource URLs granted to a user or a
 //! group with [`KubeStandIn::grant`], `*` at the end of a path matching any rest, as RBAC does).
 //!
+//! Lists of a namespace's collection and with a `labelSelector` are served, and
+//! `pods/{name}/proxy/...` forwards to the pod (where [`KubeStandIn::route_pod`] sends
+//! it), as for `probe-agent observe --cluster`.
+//!
 //! Tests change the cluster while the agent watches ([`KubeStandIn::apply`],
 //! [`KubeStandIn::delete`]), cut the watches ([`KubeStandIn::drop_watches`]) or take the
 //! server down ([`KubeStandIn::set_down`]), and read back which requests were made.
@@ -34,6 +38,8 @@ use axum::{
 };
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
+
+mod pods;
 
 /// The collections served: URL path, kind, list kind, apiVersion, namespaced.
 const COLLECTIONS: [(&str, &str, &str, &str, bool); 6] = [
@@ -87,6 +93,8 @@ struct Cluster {
     tokens: HashMap<String, (String, Vec<String>, bool)>,
     /// Non-resource URLs each user or group may `get`.
     grants: HashMap<String, Vec<String>>,
+    /// Where `pods/{name}/proxy` of (namespace, name) goes instead of the pod's IP.
+    proxy_routes: HashMap<(String, String), SocketAddr>,
 }
 
 impl Cluster {
@@ -384,6 +392,14 @@ impl KubeStandIn {
         (count(TOKEN_REVIEWS), count(ACCESS_REVIEWS))
     }
 
+    /// Sends what `pods/{name}/proxy` asks of pod `namespace/name` to `addr` (whatever
+    /// port the request names): simulated nodes' agents listen on loopback ports, not
+    /// on their pods' IPs.
+    pub fn route_pod(&self, namespace: &str, name: &str, addr: SocketAddr) {
+        let key = (namespace.to_string(), name.to_string());
+        self.shared.cluster().proxy_routes.insert(key, addr);
+    }
+
     /// The requests served so far.
     pub fn requests(&self) -> Vec<RequestLine> {
         self.shared.cluster().requests.clone()
@@ -462,8 +478,16 @@ async fn handle(
             "read-only stand-in",
         );
     }
+    if pods::proxy_request(uri.path()).is_some() {
+        return pods::proxy(&shared, uri.path(), uri.query()).await;
+    }
+    // A namespace's collection lists (not watches) that namespace's objects.
+    let (collection, namespace) = match namespaced_collection(uri.path()) {
+        Some((collection, namespace)) => (collection, Some(namespace)),
+        None => (uri.path().to_string(), None),
+    };
     let Some(&(_, kind, list_kind, api_version, _)) =
-        COLLECTIONS.iter().find(|c| c.0 == uri.path())
+        COLLECTIONS.iter().find(|c| c.0 == collection)
     else {
         return status(
             StatusCode::NOT_FOUND,
@@ -474,11 +498,15 @@ async fn handle(
     let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     if !watching {
         let cluster = shared.cluster();
+        let selector = query.get("labelSelector").map_or("", String::as_str);
         let items: Vec<&Value> = cluster
             .objects
             .get(kind)
-            .map(|objects| objects.values().collect())
-            .unwrap_or_default();
+            .into_iter()
+            .flat_map(|objects| objects.values())
+            .filter(|o| namespace.is_none_or(|ns| o["metadata"]["namespace"] == ns))
+            .filter(|o| pods::selects(selector, &o["metadata"]["labels"]))
+            .collect();
         let body = json!({
             "kind": list_kind, "apiVersion": api_version,
             "metadata": {"resourceVersion": cluster.resource_version.to_string()},

@@ -51,6 +51,12 @@ enum Param {
     Port,
     Namespace,
     Pod,
+    SrcNamespace,
+    SrcPod,
+    SrcWorkload,
+    DstNamespace,
+    DstPod,
+    DstService,
     Since,
     Limit,
     Follow,
@@ -58,7 +64,7 @@ enum Param {
 }
 
 impl Param {
-    const ALL: [Param; 13] = [
+    const ALL: [Param; 19] = [
         Self::Verdict,
         Self::Cause,
         Self::Protocol,
@@ -68,6 +74,12 @@ impl Param {
         Self::Port,
         Self::Namespace,
         Self::Pod,
+        Self::SrcNamespace,
+        Self::SrcPod,
+        Self::SrcWorkload,
+        Self::DstNamespace,
+        Self::DstPod,
+        Self::DstService,
         Self::Since,
         Self::Limit,
         Self::Follow,
@@ -85,6 +97,12 @@ impl Param {
             Self::Port => "port",
             Self::Namespace => "namespace",
             Self::Pod => "pod",
+            Self::SrcNamespace => "src_namespace",
+            Self::SrcPod => "src_pod",
+            Self::SrcWorkload => "src_workload",
+            Self::DstNamespace => "dst_namespace",
+            Self::DstPod => "dst_pod",
+            Self::DstService => "dst_service",
             Self::Since => "since",
             Self::Limit => "limit",
             Self::Follow => "follow",
@@ -108,8 +126,10 @@ impl Param {
             Self::Protocol => "tcp or udp",
             Self::SrcIp | Self::DstIp | Self::Ip => "an IPv4 or IPv6 address",
             Self::Port => "a port number from 0 to 65535",
-            Self::Namespace => "a namespace name",
-            Self::Pod => "a glob pattern such as checkout-*",
+            Self::Namespace | Self::SrcNamespace | Self::DstNamespace => "a namespace name",
+            Self::Pod | Self::SrcPod | Self::DstPod => "a glob pattern such as checkout-*",
+            Self::SrcWorkload => "a workload name",
+            Self::DstService => "a Service name",
             Self::Since => "a duration such as 30s or 5m, or an RFC 3339 time",
             Self::Limit => "a number from 1 to 10000",
             Self::Follow | Self::Expand => "true or false",
@@ -154,6 +174,9 @@ pub struct Filter {
     pub namespace: Option<String>,
     /// Matches the pod name of either side.
     pub pod: Option<GlobMatcher>,
+    /// The client's (`src`) and the server's (`dst`) names, each matched on its own side.
+    pub src: EndFilter,
+    pub dst: EndFilter,
     /// Not older than this (Verdict.last_seen, FlowEvent.time).
     pub since: Option<DateTime<Utc>>,
     /// As given; see [`Filter::limit`] for the effective value.
@@ -230,10 +253,13 @@ impl Filter {
             Param::Ip => self.ip = Some(ip()?),
             Param::Port => self.port = Some(value.parse().map_err(|_| invalid())?),
             Param::Namespace => self.namespace = Some(value.to_string()),
-            Param::Pod => {
-                let glob = Glob::new(value).map_err(|_| invalid())?;
-                self.pod = Some(glob.compile_matcher());
-            }
+            Param::Pod => self.pod = Some(glob(value).ok_or_else(invalid)?),
+            Param::SrcNamespace => self.src.namespace = Some(value.to_string()),
+            Param::SrcPod => self.src.pod = Some(glob(value).ok_or_else(invalid)?),
+            Param::SrcWorkload => self.src.workload = Some(value.to_string()),
+            Param::DstNamespace => self.dst.namespace = Some(value.to_string()),
+            Param::DstPod => self.dst.pod = Some(glob(value).ok_or_else(invalid)?),
+            Param::DstService => self.dst.service = Some(value.to_string()),
             Param::Since => self.since = Some(parse_since(value, now).ok_or_else(invalid)?),
             Param::Limit => {
                 let limit = value.parse().map_err(|_| invalid())?;
@@ -281,7 +307,7 @@ impl Filter {
         ends: [&Option<Arc<Endpoint>>; 2],
         time: DateTime<Utc>,
     ) -> bool {
-        let ends = || ends.into_iter().flatten();
+        let both = || ends.into_iter().flatten();
         self.verdicts
             .as_ref()
             .is_none_or(|kinds| kinds.contains(&verdict))
@@ -295,12 +321,43 @@ impl Filter {
             && self
                 .namespace
                 .as_deref()
-                .is_none_or(|ns| ends().any(|end| end.namespace.as_deref() == Some(ns)))
+                .is_none_or(|ns| both().any(|end| end.namespace.as_deref() == Some(ns)))
             && self.pod.as_ref().is_none_or(|glob| {
-                ends().any(|end| end.pod.as_deref().is_some_and(|pod| glob.is_match(pod)))
+                both().any(|end| end.pod.as_deref().is_some_and(|pod| glob.is_match(pod)))
             })
+            && self.src.matches(ends[0].as_deref())
+            && self.dst.matches(ends[1].as_deref())
             && self.since.is_none_or(|since| time >= since)
     }
+}
+
+/// Filters on one end of a flow; an unknown end (no Kubernetes names) never matches one.
+#[derive(Clone, Debug, Default)]
+pub struct EndFilter {
+    pub namespace: Option<String>,
+    pub pod: Option<GlobMatcher>,
+    pub workload: Option<String>,
+    pub service: Option<String>,
+}
+
+impl EndFilter {
+    fn matches(&self, end: Option<&Endpoint>) -> bool {
+        let is = |want: &Option<String>, have: fn(&Endpoint) -> Option<&str>| {
+            want.as_deref()
+                .is_none_or(|want| end.and_then(have) == Some(want))
+        };
+        is(&self.namespace, |e| e.namespace.as_deref())
+            && is(&self.workload, |e| e.workload.as_deref())
+            && is(&self.service, |e| e.service.as_deref())
+            && self.pod.as_ref().is_none_or(|glob| {
+                end.and_then(|e| e.pod.as_deref())
+                    .is_some_and(|pod| glob.is_match(pod))
+            })
+    }
+}
+
+fn glob(value: &str) -> Option<GlobMatcher> {
+    Some(Glob::new(value).ok()?.compile_matcher())
 }
 
 fn parse_bool(value: &str) -> Option<bool> {
@@ -439,6 +496,55 @@ mod tests {
     }
 
     #[test]
+    fn end_filters_match_their_own_side_only() {
+        let mut v = verdict();
+        v.src = Some(Arc::new(Endpoint {
+            namespace: Some("production".into()),
+            pod: Some("checkout-api-5d4e3c2f-abc12".into()),
+            workload: Some("checkout-api".into()),
+            ..Endpoint::default()
+        }));
+        v.dst = Some(Arc::new(Endpoint {
+            namespace: Some("payments".into()),
+            pod: Some("payment-0".into()),
+            workload: Some("payment".into()),
+            service: Some("payment-service".into()),
+            node: None,
+        }));
+        let cases: &[(&str, &str, &str)] = &[
+            ("src_namespace", "production", "payments"),
+            ("src_pod", "checkout-api-*", "payment-*"),
+            ("src_workload", "checkout-api", "payment"),
+            ("dst_namespace", "payments", "production"),
+            ("dst_pod", "payment-?", "checkout-*"),
+            ("dst_service", "payment-service", "payment"),
+        ];
+        for &(param, yes, no) in cases {
+            let filter = |value| parse(&[(param, value)]).unwrap();
+            assert!(
+                filter(yes).matches_verdict(&v),
+                "{param}={yes} should match"
+            );
+            assert!(
+                !filter(no).matches_verdict(&v),
+                "{param}={no} should not match"
+            );
+        }
+        // An end without names never matches a filter on it.
+        v.dst = None;
+        assert!(
+            !parse(&[("dst_namespace", "payments")])
+                .unwrap()
+                .matches_verdict(&v)
+        );
+        assert!(
+            parse(&[("src_namespace", "production"), ("port", "8080")])
+                .unwrap()
+                .matches_verdict(&v)
+        );
+    }
+
+    #[test]
     fn filters_are_anded() {
         assert!(matches(&[("verdict", "TIMEOUT"), ("port", "8080")]));
         assert!(!matches(&[("verdict", "TIMEOUT"), ("port", "80")]));
@@ -530,6 +636,9 @@ mod tests {
             (&[("port", "-1")], "invalid port \"-1\": expected a port number from 0 to 65535".into()),
             (&[("namespace", "")], "invalid namespace \"\": expected a namespace name".into()),
             (&[("pod", "web-[")], "invalid pod \"web-[\": expected a glob pattern such as checkout-*".into()),
+            (&[("src_pod", "web-[")], "invalid src_pod \"web-[\": expected a glob pattern such as checkout-*".into()),
+            (&[("dst_service", "")], "invalid dst_service \"\": expected a Service name".into()),
+            (&[("src_workload", "")], "invalid src_workload \"\": expected a workload name".into()),
             (&[("since", "5 fortnights")], "invalid since \"5 fortnights\": expected a duration such as 30s or 5m, or an RFC 3339 time".into()),
             (&[("since", "2026-11-23 10:00")], "invalid since \"2026-11-23 10:00\": expected a duration such as 30s or 5m, or an RFC 3339 time".into()),
             (&[("limit", "0")], "invalid limit \"0\": expected a number from 1 to 10000".into()),
@@ -537,7 +646,7 @@ mod tests {
             (&[("limit", "ten")], "invalid limit \"ten\": expected a number from 1 to 10000".into()),
             (&[("follow", "yes")], "invalid follow \"yes\": expected true or false".into()),
             (&[("verdict", "OK"), ("verdict", "TIMEOUT")], "query parameter \"verdict\" given more than once".into()),
-            (&[("vedict", "OK")], "unknown query parameter \"vedict\" (known: verdict, cause, protocol, src_ip, dst_ip, ip, port, namespace, pod, since, limit, follow, expand)".into()),
+            (&[("vedict", "OK")], "unknown query parameter \"vedict\" (known: verdict, cause, protocol, src_ip, dst_ip, ip, port, namespace, pod, src_namespace, src_pod, src_workload, dst_namespace, dst_pod, dst_service, since, limit, follow, expand)".into()),
         ];
         for (query, message) in cases {
             assert_eq!(error(query), message, "query {query:?}");
