@@ -32,7 +32,7 @@ use std::{
 use anyhow::Result;
 
 pub use capture::Capture;
-pub use dns::{DnsReply, DnsServer, QueryType, start_dns};
+pub use dns::{DnsReply, DnsServer, QueryType, dnsmasq_args, start_dns};
 pub use nft::Proto;
 pub use node::{Listener, Node, Pod};
 

@@ -30,8 +30,9 @@ pub struct DnsServer {
     log_thread: Option<JoinHandle<()>>,
 }
 
-/// The dnsmasq command line (after the program name) for `records`, listening on `listen`.
-pub(crate) fn dnsmasq_args(listen: &[IpAddr], records: &[(&str, IpAddr)]) -> Result<Vec<String>> {
+/// The dnsmasq command line (after the program name) for `records`, listening on `listen`:
+/// authoritative for every name, nothing taken from the machine's configuration.
+pub fn dnsmasq_args(listen: &[IpAddr], records: &[(&str, IpAddr)]) -> Result<Vec<String>> {
     let mut args: Vec<String> = [
         "--keep-in-foreground",
         // Nothing from the machine's own configuration: no /etc/dnsmasq.conf, resolv.conf

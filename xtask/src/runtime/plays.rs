@@ -16,7 +16,10 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use xtask::{exec, lab::Capture};
+use xtask::{
+    exec,
+    lab::{self, Capture},
+};
 
 use super::{
     capture,
@@ -131,30 +134,16 @@ impl Drop for Dnsmasq {
 pub fn start_dns(podman: &Podman, pods: &Pods) -> Result<Dnsmasq> {
     let pid = podman.pid(pods.backend, &pods.dns)?;
     let mut cmd = exec::command("nsenter", [format!("--net=/proc/{pid}/ns/net")]);
+    let records = [(PRESENT, IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)))];
     cmd.arg(exec::tool("dnsmasq"))
+        .args(lab::dnsmasq_args(&[IpAddr::V4(pods.dns_ip)], &records)?)
         .args([
-            "--keep-in-foreground",
-            // Nothing of the machine's configuration, no upstream: every name is local,
-            // a name without a record is NXDOMAIN.
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--pid-file=",
-            "--local=/#/",
-            "--no-negcache",
             "--bind-interfaces",
-            "--log-facility=-",
             // No switch to another user or group: that would clear the parent-death
             // signal set below.
             "--user=root",
             "--group=root",
         ])
-        .arg(format!("--listen-address={}", pods.dns_ip))
-        .arg(format!(
-            "--host-record={},10.1.2.3",
-            PRESENT.trim_end_matches('.')
-        ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
