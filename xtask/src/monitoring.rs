@@ -158,7 +158,7 @@ pub fn run() -> Result<()> {
     }
     std::fs::create_dir_all(&dir)?;
 
-    let rule_file = manifests::deploy_dir().join("prometheusrule.yaml");
+    let rule_file = manifests::combinations::rule_path();
     let objects = manifests::parse_objects(&std::fs::read_to_string(&rule_file)?)
         .with_context(|| format!("reading {}", rule_file.display()))?;
     let rule = manifests::find(&objects, "PrometheusRule", "netprobe")?;
@@ -964,8 +964,7 @@ mod tests {
 
     #[test]
     fn every_alert_in_the_manifests_has_an_expectation() {
-        let text =
-            std::fs::read_to_string(manifests::deploy_dir().join("prometheusrule.yaml")).unwrap();
+        let text = std::fs::read_to_string(manifests::combinations::rule_path()).unwrap();
         let objects = manifests::parse_objects(&text).unwrap();
         let rule = manifests::find(&objects, "PrometheusRule", "netprobe").unwrap();
         let names: BTreeSet<String> = manifests::alert_rules(rule)

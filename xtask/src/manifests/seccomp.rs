@@ -4,13 +4,12 @@
 //! DaemonSet's `seccompProfile`, and a profile that lets bpf() through with CAP_BPF and
 //! perf_event_open() with CAP_PERFMON and stays a default-deny filter.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use super::{Checks, deploy_dir, find, parse_objects, read, str_at, validate};
-use crate::util;
+use super::{Checks, deploy_dir, find, read, str_at};
 
 /// The profile's file name, in the component and under the kubelet's seccomp directory
 /// (`profiles/<name>`, what the component's `localhostProfile` says).
@@ -27,43 +26,14 @@ pub fn profile_path() -> PathBuf {
 /// `kubectl kustomize` of an overlay of the base with the component (what a user's
 /// overlay does: kustomize takes no component on its own).
 pub fn render() -> Result<String> {
-    let overlay = util::workspace_root()
-        .join("target")
-        .join("netprobe-manifests")
-        .join("seccomp-overlay");
-    std::fs::create_dir_all(&overlay)?;
-    // kustomize wants paths relative to the overlay: target/netprobe-manifests/<overlay>.
-    std::fs::write(
-        overlay.join("kustomization.yaml"),
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-         resources:\n  - ../../../deploy\ncomponents:\n  - ../../../deploy/components/seccomp\n",
-    )?;
-    let kubectl = xtask::exec::find_tool("kubectl").context("kubectl not found")?;
-    xtask::exec::run(
-        std::process::Command::new(kubectl)
-            .arg("kustomize")
-            .arg(&overlay),
-    )
+    super::combinations::render_with(&[super::combinations::SECCOMP])
 }
 
-/// Renders the component over the base, validates it and checks it against `base` (the
-/// base's rendered objects).
-pub fn check(python: &Path, out: &Path, base: &[Value]) -> Result<()> {
-    let rendered = render()?;
-    let path = out.join("rendered-seccomp.yaml");
-    std::fs::write(&path, &rendered)?;
-    let objects = parse_objects(&rendered)?;
-    println!(
-        "   base + components/seccomp: {} objects -> {}",
-        objects.len(),
-        path.display()
-    );
-    validate(python, &path)?;
+/// The profile, read and checked.
+pub fn check() -> Result<()> {
     let profile: Value = serde_json::from_str(&read(&profile_path())?)
         .with_context(|| format!("{} is not JSON", profile_path().display()))?;
-    let mut checks = overlay_checks(base, &objects);
-    checks.merge(profile_checks(&profile));
-    checks.finish("seccomp component and profile")
+    profile_checks(&profile).finish("the seccomp profile")
 }
 
 const SECCOMP: &str = "/spec/template/spec/containers/0/securityContext/seccompProfile";
