@@ -632,10 +632,21 @@ fn dns_failures_say_why() {
     assert!(getent(&checkout, "payment-service"));
     assert!(getent(&checkout, "api.example.com"));
     assert!(!getent(&checkout, "paymnt-service"));
-    // Let held NXDOMAINs settle (each waits up to the search window).
-    thread::sleep(Duration::from_secs(2));
-
-    let from_checkout = agent.verdicts(&format!("src_ip={}&protocol=udp", checkout.ipv4));
+    // Held NXDOMAINs settle (each waits up to the search window): the two failed lookups
+    // are waited for, not slept on.
+    let query = format!("src_ip={}&protocol=udp", checkout.ipv4);
+    let settle_by = Instant::now() + Duration::from_secs(10);
+    let mut from_checkout = agent.verdicts(&query);
+    while from_checkout
+        .iter()
+        .filter(|v| v.verdict.is_failure())
+        .count()
+        < 2
+        && Instant::now() < settle_by
+    {
+        thread::sleep(Duration::from_millis(100));
+        from_checkout = agent.verdicts(&query);
+    }
     let failures: Vec<&Verdict> = from_checkout
         .iter()
         .filter(|v| v.verdict.is_failure())

@@ -588,15 +588,23 @@ fn churn_of_pods_under_traffic() {
     // Every connection once: SYNs, SYN-ACKs and OK verdicts add up to the connections
     // made (after the kernel-count reconciliation has had its grace period), and the
     // flows still in the table are all OK.
-    std::thread::sleep(Duration::from_millis(1500));
-    let counted = (
-        metric(&agent, "netprobe_packets_total{kind=\"syn\"}") as u64,
-        metric(&agent, "netprobe_packets_total{kind=\"syn_ack\"}") as u64,
-        metric(
-            &agent,
-            "netprobe_verdicts_total{verdict=\"OK\",src_namespace=\"\",src_workload=\"\",dst_namespace=\"\",dst_workload=\"\",dst_service=\"\",dst_port=\"8080\"}",
-        ) as u64,
-    );
+    let counts = || {
+        (
+            metric(&agent, "netprobe_packets_total{kind=\"syn\"}") as u64,
+            metric(&agent, "netprobe_packets_total{kind=\"syn_ack\"}") as u64,
+            metric(
+                &agent,
+                "netprobe_verdicts_total{verdict=\"OK\",src_namespace=\"\",src_workload=\"\",dst_namespace=\"\",dst_workload=\"\",dst_service=\"\",dst_port=\"8080\"}",
+            ) as u64,
+        )
+    };
+    // Waited for, not slept on: a busy machine may take longer than the grace period.
+    let settle_by = std::time::Instant::now() + Duration::from_secs(10);
+    let mut counted = counts();
+    while counted != (ok, ok, ok) && std::time::Instant::now() < settle_by {
+        std::thread::sleep(Duration::from_millis(100));
+        counted = counts();
+    }
     for v in agent.verdicts("") {
         assert_eq!(v.verdict, VerdictKind::Ok, "{v:#?}");
     }
