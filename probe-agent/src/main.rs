@@ -8,15 +8,21 @@ use probe_agent::{
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // `observe` says itself which agents did not answer; the Kubernetes client's own
+    // log of the same failures would only repeat it.
+    let default_filter = match cli.command {
+        Command::Observe(_) => "info,kube_client=off",
+        Command::Run(_) => "info,netlink_packet_route=error",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,netlink_packet_route=error")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Observe(args) => observe::run(args),
         Command::Run(args) => {
             // Bind first: with --netns the API stays reachable from where the agent was

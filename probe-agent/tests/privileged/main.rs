@@ -13,6 +13,7 @@ mod differential;
 mod discovery;
 mod e2e;
 mod kernel;
+mod observe_cluster;
 mod real_traffic;
 mod resilience;
 mod security;
