@@ -17,7 +17,8 @@ use pnet_packet::{
     vlan::MutableVlanPacket,
 };
 use probe_ebpf::{
-    CAPTURE_BYTES, Direction, EventKind, FlowCounters, FlowKey, HookKey, PacketEvent, WIRE_VERSION,
+    CAPTURE_BYTES, Direction, EVENT_HEADER_BYTES, EventKind, FlowCounters, FlowKey, HookKey,
+    PacketEvent, WIRE_VERSION,
 };
 
 pub use pnet_packet::tcp::TcpFlags;
@@ -323,5 +324,6 @@ pub fn wire_event(
             size_of::<PacketEvent>(),
         )
     };
-    bytes.to_vec()
+    // As the kernel hands it over: the header and the bytes captured.
+    bytes[..EVENT_HEADER_BYTES + captured].to_vec()
 }

@@ -1,7 +1,8 @@
 //! Wire events → typed packets.
 //!
-//! The kernel hands over a fixed [`PacketEvent`] record: a header it filled in and the
-//! packet's leading bytes. The header's enums are decoded with `TryFrom` (never
+//! The kernel hands over a [`PacketEvent`] record cut after the bytes it captured: a
+//! header it filled in ([`EventHeader`], [`EVENT_HEADER_BYTES`]) and as many of the
+//! packet's leading bytes as its kind needs (`captured_len`). The header's enums are decoded with `TryFrom` (never
 //! transmuted); the bytes are parsed again here with pnet, and DNS with hickory-proto,
 //! which keeps the kernel program small and lets the two parsers check each other.
 
@@ -24,8 +25,8 @@ use pnet_packet::{
     vlan::VlanPacket,
 };
 use probe_ebpf::{
-    Direction, EventKind, FlowCounters, FlowKey, HookKey, IPPROTO_TCP, IPPROTO_UDP, PacketEvent,
-    WIRE_VERSION,
+    CAPTURE_BYTES, Direction, EVENT_HEADER_BYTES, EventHeader, EventKind, FlowCounters, FlowKey,
+    HookKey, IPPROTO_TCP, IPPROTO_UDP, WIRE_VERSION,
 };
 
 use crate::model::{Flow, Protocol};
@@ -37,7 +38,7 @@ const ICMP_FRAGMENTATION_NEEDED: u8 = 4;
 /// Why a wire event could not be decoded. Each is counted, none is fatal.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("event of {0} bytes is shorter than the {expected}-byte record", expected = size_of::<PacketEvent>())]
+    #[error("event of {0} bytes is shorter than the {EVENT_HEADER_BYTES}-byte header")]
     Truncated(usize),
     #[error("wire version {0}, this agent speaks version {WIRE_VERSION}")]
     Version(u32),
@@ -45,7 +46,7 @@ pub enum DecodeError {
     Kind(u32),
     #[error("unknown direction {0}")]
     Direction(u32),
-    #[error("captured length {0} exceeds the record")]
+    #[error("captured length {0} is not what the record holds")]
     CapturedLength(u32),
     #[error("malformed packet: {0}")]
     Malformed(&'static str),
@@ -102,24 +103,26 @@ pub struct DnsPacket {
 
 /// Decodes one ring-buffer record.
 pub fn decode(record: &[u8]) -> Result<Packet, DecodeError> {
-    if record.len() < size_of::<PacketEvent>() {
+    if record.len() < size_of::<EventHeader>() {
         return Err(DecodeError::Truncated(record.len()));
     }
-    // SAFETY: the length is checked above; PacketEvent is plain integers (aya::Pod),
+    // SAFETY: the length is checked above; EventHeader is plain integers (aya::Pod),
     // so every bit pattern is a valid value, and read_unaligned has no alignment needs.
-    let event = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<PacketEvent>()) };
+    let event = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<EventHeader>()) };
     if event.version != WIRE_VERSION {
         return Err(DecodeError::Version(event.version));
     }
     let kind = EventKind::try_from(event.kind).map_err(|e| DecodeError::Kind(e.0))?;
     let direction =
         Direction::try_from(event.hook.direction).map_err(|e| DecodeError::Direction(e.0))?;
-    let captured = usize::try_from(event.captured_len)
+    // The record is the header and exactly the bytes captured.
+    let data = usize::try_from(event.captured_len)
         .ok()
-        .filter(|&n| n <= event.data.len())
+        .filter(|&n| n <= CAPTURE_BYTES && EVENT_HEADER_BYTES + n == record.len())
+        .map(|n| &record[EVENT_HEADER_BYTES..EVENT_HEADER_BYTES + n])
         .ok_or(DecodeError::CapturedLength(event.captured_len))?;
     let tuple = flow_from_key(&event.hook.tuple)?;
-    let mut parsed = parse_packet(&event.data[..captured])?;
+    let mut parsed = parse_packet(data)?;
     check_agrees(kind, &tuple, &parsed)?;
     let (outer_src, outer_dst) = parsed.outer.ok_or(DecodeError::Malformed("no IP header"))?;
     let mut tcp = parsed.tcp.take();
@@ -679,6 +682,23 @@ mod tests {
         let captured = 16 + size_of::<FlowKey>() + 12;
         bad[captured..captured + 4].copy_from_slice(&10_000u32.to_ne_bytes());
         assert_eq!(decode(&bad), Err(DecodeError::CapturedLength(10_000)));
+        // The record must be its header and exactly the bytes captured: cut short, or
+        // with bytes past them, it is refused (and counted), never read past its end.
+        let frame_len = good.len() - EVENT_HEADER_BYTES;
+        assert_eq!(
+            decode(&good[..good.len() - 1]),
+            Err(DecodeError::CapturedLength(frame_len as u32))
+        );
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(
+            decode(&long),
+            Err(DecodeError::CapturedLength(frame_len as u32))
+        );
+        assert_eq!(
+            decode(&good[..EVENT_HEADER_BYTES]),
+            Err(DecodeError::CapturedLength(frame_len as u32))
+        );
         // A runt frame: captured length shorter than an Ethernet header.
         let runt = event(EventKind::Syn, key, &[0u8; 10]);
         assert_eq!(

@@ -19,7 +19,7 @@ mod queue;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use probe_ebpf::{FlowCounters, HookKey, LossCounter, PacketEvent};
+use probe_ebpf::{EVENT_HEADER_BYTES, FlowCounters, HookKey, LossCounter};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -52,7 +52,7 @@ use crate::{
 
 /// Batches of raw records waiting for the tracker. Bounded: when the tracker falls
 /// behind, the reader drops (SYNs first) and counts instead of stalling the ring buffer. 64 × 256
-/// records of ~0.5 KiB: at most 8.5 MiB, ~13 ms of tracking.
+/// records of 0.26 KiB (a SYN's) to 0.63 KiB (the longest): 4 to 10 MiB, ~13 ms of tracking.
 const QUEUE_BATCHES: usize = 64;
 /// How soon records carried over from a full queue are offered again.
 const CARRIED_RETRY: Duration = Duration::from_millis(10);
@@ -699,7 +699,6 @@ async fn read_ring(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let record = size_of::<PacketEvent>();
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long
     // as it lives, and the AsyncFd owns the ring buffer.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -726,9 +725,9 @@ async fn read_ring(
         let ring = guard.get_inner_mut();
         let mut lost = 0;
         while let Some(item) = ring.next() {
-            // The kernel only writes whole PacketEvents; anything else is reported, not
-            // misread as the start of the next record.
-            if item.len() != record {
+            // The kernel writes a header and at most CAPTURE_BYTES after it; anything else
+            // is reported here, not batched (whether the lengths inside agree is decode's).
+            if !(EVENT_HEADER_BYTES..=queue::MAX_RECORD).contains(&item.len()) {
                 metrics.decode_error(DecodeErrorKind::Truncated);
                 continue;
             }
@@ -807,7 +806,6 @@ async fn track_loop(
     per_interface: mpsc::UnboundedSender<(u32, u64)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let record = size_of::<PacketEvent>();
     let mut sweep = interval(SWEEP_EVERY);
     sweep.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut kernel_lost = 0u64;
@@ -821,7 +819,7 @@ async fn track_loop(
                 let mut seen_on: Vec<(u32, u64)> = Vec::new();
                 let mut processed = 0;
                 let mut tracker = lock(&tracker);
-                for raw in batch.chunks(record) {
+                for raw in queue::records(&batch) {
                     accounted += 1;
                     match decode::decode(raw) {
                         Ok(packet) => {

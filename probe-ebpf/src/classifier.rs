@@ -15,9 +15,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, warn};
 use probe_ebpf::{
-    CAPTURE_BYTES, Direction, EVENTS_RING_BYTES, EventKind, FLOW_COUNTS_ENTRIES, FlowCounters,
-    FlowKey, HookKey, IPPROTO_TCP, IPPROTO_UDP, LOSS_COUNTERS, LossCounter, PacketEvent,
-    WIRE_VERSION,
+    CAPTURE_BYTES, Direction, EVENT_HEADER_BYTES, EVENTS_RING_BYTES, EventKind,
+    FLOW_COUNTS_ENTRIES, FlowCounters, FlowKey, HookKey, IPPROTO_TCP, IPPROTO_UDP, LOSS_COUNTERS,
+    LossCounter, PacketEvent, WIRE_VERSION,
 };
 
 #[map]
@@ -29,6 +29,13 @@ static NETPROBE_FLOW_COUNTS: LruHashMap<HookKey, FlowCounters> =
 
 #[map]
 static NETPROBE_LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_COUNTERS, 0);
+
+/// Where an event is put together before its header and the bytes it needs are copied to
+/// the ring (one per CPU: a classifier runs to its end on the CPU it started on). The ring
+/// takes only fixed sizes by reservation; copying out lets each record be as long as its
+/// packet needs.
+#[map]
+static NETPROBE_SCRATCH: PerCpuArray<PacketEvent> = PerCpuArray::with_max_entries(1, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -188,6 +195,10 @@ struct Interesting {
     dst_port: u16,
     protocol: u8,
     dns_rcode: u8,
+    /// Offset just past the bytes the agent needs: for a SYN, SYN-ACK or RST the end of
+    /// its TCP header; for DNS and ICMP errors the whole packet (the message, or the
+    /// quoted packet), [`CAPTURE_BYTES`] at most either way.
+    needed: usize,
 }
 
 #[inline(always)]
@@ -308,6 +319,7 @@ fn parse_tcp(ctx: &TcContext, l3: &L3) -> Result<Interesting, ParseError> {
         return Err(ParseError::Uninteresting);
     }
     let (src_port, dst_port) = (be16([tcp[0], tcp[1]]), be16([tcp[2], tcp[3]]));
+    let header_end = l3.l4 + usize::from(tcp[12] >> 4) * 4;
     let kind = if flags & TCP_FLAG_RST != 0 {
         EventKind::Rst
     } else if flags & TCP_FLAG_SYN != 0 {
@@ -316,9 +328,7 @@ fn parse_tcp(ctx: &TcContext, l3: &L3) -> Result<Interesting, ParseError> {
         } else {
             EventKind::Syn
         }
-    } else if (src_port == DNS_PORT || dst_port == DNS_PORT)
-        && l3.end > l3.l4 + usize::from(tcp[12] >> 4) * 4
-    {
+    } else if (src_port == DNS_PORT || dst_port == DNS_PORT) && l3.end > header_end {
         // DNS over TCP: a segment with payload (the data offset is in 32-bit words).
         EventKind::DnsTcpSegment
     } else {
@@ -332,6 +342,12 @@ fn parse_tcp(ctx: &TcContext, l3: &L3) -> Result<Interesting, ParseError> {
         dst_port,
         protocol: IPPROTO_TCP,
         dns_rcode: 0,
+        // A DNS segment's payload is the message; of the others only the headers matter.
+        needed: if kind == EventKind::DnsTcpSegment {
+            CAPTURE_BYTES
+        } else {
+            header_end
+        },
     })
 }
 
@@ -359,6 +375,7 @@ fn parse_dns(ctx: &TcContext, l3: &L3) -> Result<Interesting, ParseError> {
         dst_port,
         protocol: IPPROTO_UDP,
         dns_rcode: if is_response { rcode } else { 0 },
+        needed: CAPTURE_BYTES,
     })
 }
 
@@ -422,6 +439,7 @@ fn parse_icmp_unreachable(ctx: &TcContext, l3: &L3, v6: bool) -> Result<Interest
         dst_port,
         protocol: quoted.protocol,
         dns_rcode: 0,
+        needed: CAPTURE_BYTES,
     })
 }
 
@@ -454,7 +472,7 @@ fn record(ctx: &TcContext, direction: Direction, packet: &Interesting) -> Result
     let now = unsafe { bpf_ktime_get_ns() };
     let counters = count(&key, packet.kind, packet.dns_rcode, now);
     // One call site: `emit` is inlined, a second copy would double its instructions.
-    emit(ctx, &key, packet.kind, now, counters);
+    emit(ctx, &key, packet.kind, now, counters, packet.needed);
     Ok(())
 }
 
@@ -519,12 +537,17 @@ fn add_to(counter: LossCounter) {
     }
 }
 
-/// Copies the packet's leading bytes. Returns how many.
+/// Copies the packet's leading bytes, up to `needed` of them. Returns how many.
 #[inline(always)]
-fn capture(ctx: &TcContext, data: &mut [u8; CAPTURE_BYTES]) -> u32 {
+fn capture(ctx: &TcContext, data: &mut [u8; CAPTURE_BYTES], needed: usize) -> u32 {
     let len = ctx.len();
-    let n = if len < CAPTURE_BYTES as u32 {
+    let wanted = if needed < len as usize {
+        needed as u32
+    } else {
         len
+    };
+    let n = if wanted < CAPTURE_BYTES as u32 {
+        wanted
     } else {
         CAPTURE_BYTES as u32
     };
@@ -543,14 +566,15 @@ fn emit(
     kind: EventKind,
     now: u64,
     counters: Option<*mut FlowCounters>,
+    needed: usize,
 ) {
-    let Some(mut entry) = NETPROBE_EVENTS.reserve::<PacketEvent>(0) else {
+    let Some(event) = NETPROBE_SCRATCH.get_ptr_mut(0) else {
+        // Never (a one-slot array always has its slot), but an event not handed over
+        // is counted as lost, so that emitted = processed + lost stays exact.
         add_to(LossCounter::RingFull);
-        warn!(ctx, "ring buffer full: event of kind {} lost", kind as u32);
         return;
     };
-    let event = entry.as_mut_ptr();
-    unsafe {
+    let captured = unsafe {
         (*event).version = WIRE_VERSION;
         (*event).kind = kind as u32;
         (*event).timestamp_ns = now;
@@ -562,9 +586,23 @@ fn emit(
             Some(counters) => *counters,
             None => FlowCounters::default(),
         };
-        (*event).captured_len = capture(ctx, &mut (*event).data);
+        let captured = capture(ctx, &mut (*event).data, needed);
+        (*event).captured_len = captured;
+        captured as usize
+    };
+    // The header and the bytes captured, no more (bounded again for the verifier).
+    let size = EVENT_HEADER_BYTES
+        + if captured < CAPTURE_BYTES {
+            captured
+        } else {
+            CAPTURE_BYTES
+        };
+    let record = unsafe { core::slice::from_raw_parts(event.cast::<u8>(), size) };
+    if NETPROBE_EVENTS.output::<[u8]>(record, 0).is_err() {
+        add_to(LossCounter::RingFull);
+        warn!(ctx, "ring buffer full: event of kind {} lost", kind as u32);
+        return;
     }
-    entry.submit(0);
     add_to(LossCounter::Submitted);
     debug!(
         ctx,

@@ -8,7 +8,9 @@
 /// Format version carried in every [`PacketEvent`]; the agent rejects other versions.
 /// A new [`EventKind`] is not a layout change: an agent that does not know its id counts
 /// it as an unknown kind and goes on.
-pub const WIRE_VERSION: u32 = 2;
+///
+/// Version 3: records are variable-length, [`EVENT_HEADER_BYTES`] + `captured_len`.
+pub const WIRE_VERSION: u32 = 3;
 
 /// BPF ring buffer of [`PacketEvent`]s.
 pub const EVENTS_MAP: &str = "NETPROBE_EVENTS";
@@ -26,10 +28,18 @@ pub const EGRESS_PROGRAM: &str = "netprobe_egress";
 /// A classifier that does nothing: the baseline `cargo xtask bench` compares against.
 pub const EMPTY_PROGRAM: &str = "netprobe_empty";
 
-/// Bytes of each interesting packet copied into its event, from the Ethernet header on.
-/// Enough for Ethernet + two VLAN tags + IPv6 + UDP + a DNS header and a 255-byte name,
-/// or an ICMPv6 error with the embedded IPv6 and transport headers.
+/// Bytes of each interesting packet copied into its event, from the Ethernet header on,
+/// at most. Enough for Ethernet + two VLAN tags + IPv6 + UDP + a DNS header and a
+/// 255-byte name, or an ICMPv6 error with the embedded IPv6 and transport headers.
+///
+/// A record carries only what its kind needs (see [`PacketEvent`]): a SYN, SYN-ACK or RST
+/// its headers up to the end of the TCP header; DNS (UDP or TCP) and ICMP errors the IP
+/// packet, up to this bound.
 pub const CAPTURE_BYTES: usize = 448;
+
+/// Bytes of a record before the captured packet bytes: every field of [`PacketEvent`]
+/// but `data`.
+pub const EVENT_HEADER_BYTES: usize = core::mem::offset_of!(PacketEvent, data);
 
 /// Default sizes; the agent may override them at load time.
 pub const EVENTS_RING_BYTES: u32 = 4 << 20;
@@ -206,6 +216,9 @@ pub enum LossCounter {
 pub const LOSS_COUNTERS: u32 = 3;
 
 /// One interesting packet, as handed to userspace.
+///
+/// A ring-buffer record is the first [`EVENT_HEADER_BYTES`] + `captured_len` bytes of
+/// this struct, not all of it: `data` is cut after the bytes captured.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PacketEvent {
@@ -228,6 +241,32 @@ pub struct PacketEvent {
     pub data: [u8; CAPTURE_BYTES],
 }
 
+/// The fixed part of a record: [`PacketEvent`] without `data`, field for field (what the
+/// agent reads before it knows how many packet bytes follow).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub version: u32,
+    pub kind: u32,
+    pub timestamp_ns: u64,
+    pub hook: HookKey,
+    pub packet_len: u32,
+    pub captured_len: u32,
+    pub counters: FlowCounters,
+}
+
+// The header is PacketEvent's prefix, byte for byte.
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<EventHeader>() == EVENT_HEADER_BYTES);
+    assert!(offset_of!(EventHeader, kind) == offset_of!(PacketEvent, kind));
+    assert!(offset_of!(EventHeader, timestamp_ns) == offset_of!(PacketEvent, timestamp_ns));
+    assert!(offset_of!(EventHeader, hook) == offset_of!(PacketEvent, hook));
+    assert!(offset_of!(EventHeader, packet_len) == offset_of!(PacketEvent, packet_len));
+    assert!(offset_of!(EventHeader, captured_len) == offset_of!(PacketEvent, captured_len));
+    assert!(offset_of!(EventHeader, counters) == offset_of!(PacketEvent, counters));
+};
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain old data: repr(C), integer fields only, no implicit padding
@@ -236,6 +275,7 @@ mod user {
     unsafe impl aya::Pod for super::HookKey {}
     unsafe impl aya::Pod for super::FlowCounters {}
     unsafe impl aya::Pod for super::PacketEvent {}
+    unsafe impl aya::Pod for super::EventHeader {}
 }
 
 #[cfg(test)]
@@ -257,6 +297,12 @@ mod tests {
             size_of::<PacketEvent>() % 8,
             0,
             "ring buffer records are 8-aligned"
+        );
+        assert_eq!(EVENT_HEADER_BYTES, size_of::<PacketEvent>() - CAPTURE_BYTES);
+        assert_eq!(
+            EVENT_HEADER_BYTES % 8,
+            0,
+            "the packet bytes start 8-aligned"
         );
     }
 

@@ -7,8 +7,11 @@
 //! counter map still holds it at the next reconcile, and a flood evicts it from there
 //! within a second. So when a batch does not fit, its SYNs are dropped (and counted) and
 //! everything else is carried into the next batch, up to a bound.
+//!
+//! Records are variable-length (wire version 3): a batch holds each one after its length,
+//! a `u16` in native byte order; [`records`] walks them.
 
-use probe_ebpf::{EventKind, PacketEvent};
+use probe_ebpf::{EVENT_HEADER_BYTES, EventKind, PacketEvent};
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 /// Records per batch, at most.
@@ -17,8 +20,25 @@ pub const BATCH_RECORDS: usize = 256;
 /// a batch never grows past [`BATCH_RECORDS`].
 const CARRY_RECORDS: usize = BATCH_RECORDS / 2;
 
-const RECORD: usize = size_of::<PacketEvent>();
+/// The longest record: a header and [`probe_ebpf::CAPTURE_BYTES`] of packet.
+pub const MAX_RECORD: usize = size_of::<PacketEvent>();
+const LENGTH: usize = size_of::<u16>();
+/// Room a batch starts with: SYNs, the records of a flood, take a header and ~80 bytes;
+/// a batch of longer ones grows.
+const BATCH_BYTES: usize = BATCH_RECORDS * (LENGTH + EVENT_HEADER_BYTES + 96);
 const KIND_OFFSET: usize = std::mem::offset_of!(PacketEvent, kind);
+
+/// The records of a batch, in order.
+pub fn records(batch: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = batch;
+    std::iter::from_fn(move || {
+        let (length, after) = rest.split_first_chunk::<LENGTH>()?;
+        let length = usize::from(u16::from_ne_bytes(*length));
+        let (record, after) = after.split_at_checked(length)?;
+        rest = after;
+        Some(record)
+    })
+}
 
 /// Builds batches and sends them without waiting; returns what it had to drop.
 pub struct Batcher {
@@ -31,7 +51,7 @@ pub struct Batcher {
 impl Default for Batcher {
     fn default() -> Self {
         Self {
-            batch: Vec::with_capacity(RECORD * BATCH_RECORDS),
+            batch: Vec::with_capacity(BATCH_BYTES),
             records: 0,
             carried: 0,
         }
@@ -39,10 +59,11 @@ impl Default for Batcher {
 }
 
 impl Batcher {
-    /// Adds one whole record; a full batch is sent. Returns the records dropped.
+    /// Adds one whole record (at most [`MAX_RECORD`] bytes); a full batch is sent.
+    /// Returns the records dropped.
     pub fn push(&mut self, record: &[u8], queue: &mpsc::Sender<Vec<u8>>) -> u64 {
-        debug_assert_eq!(record.len(), RECORD);
-        self.batch.extend_from_slice(record);
+        debug_assert!(record.len() <= MAX_RECORD);
+        self.append(record);
         self.records += 1;
         if self.records >= BATCH_RECORDS {
             return self.flush(queue);
@@ -57,7 +78,7 @@ impl Batcher {
         if self.records == 0 {
             return 0;
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(RECORD * BATCH_RECORDS));
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_BYTES));
         let records = std::mem::take(&mut self.records);
         self.carried = 0;
         match queue.try_send(batch) {
@@ -71,16 +92,22 @@ impl Batcher {
     /// Keeps the records of `batch` that are not SYNs, as many as fit.
     fn carry(&mut self, batch: &[u8]) -> u64 {
         let mut dropped = 0;
-        for record in batch.chunks_exact(RECORD) {
+        for record in records(batch) {
             if is_syn(record) || self.carried == CARRY_RECORDS {
                 dropped += 1;
                 continue;
             }
-            self.batch.extend_from_slice(record);
+            self.append(record);
             self.records += 1;
             self.carried += 1;
         }
         dropped
+    }
+
+    fn append(&mut self, record: &[u8]) {
+        let length = u16::try_from(record.len()).expect("a record is at most MAX_RECORD bytes");
+        self.batch.extend_from_slice(&length.to_ne_bytes());
+        self.batch.extend_from_slice(record);
     }
 
     /// Records batched and not sent yet (dropped when the reader stops).
@@ -100,15 +127,32 @@ fn is_syn(record: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    /// A record of a length that varies with `tag`, as the kernel's do.
     fn record(kind: EventKind, tag: u8) -> Vec<u8> {
-        let mut bytes = vec![tag; RECORD];
+        let mut bytes = vec![tag; EVENT_HEADER_BYTES + usize::from(tag) % 300];
         bytes[KIND_OFFSET..KIND_OFFSET + 4].copy_from_slice(&(kind as u32).to_ne_bytes());
         bytes
     }
 
+    fn record_of(i: usize) -> Vec<u8> {
+        record(EventKind::Syn, i as u8)
+    }
+
+    #[test]
+    fn a_torn_batch_ends_its_records_rather_than_misreading_them() {
+        let mut batch = Vec::new();
+        for tag in [1u8, 200] {
+            let record = record(EventKind::SynAck, tag);
+            batch.extend_from_slice(&(record.len() as u16).to_ne_bytes());
+            batch.extend_from_slice(&record);
+        }
+        assert_eq!(records(&batch).count(), 2);
+        assert_eq!(records(&batch[..batch.len() - 1]).count(), 1);
+        assert_eq!(records(&batch[..1]).count(), 0);
+    }
+
     fn kinds(batch: &[u8]) -> Vec<u32> {
-        batch
-            .chunks_exact(RECORD)
+        records(batch)
             .map(|r| u32::from_ne_bytes(r[KIND_OFFSET..KIND_OFFSET + 4].try_into().unwrap()))
             .collect()
     }
@@ -119,12 +163,21 @@ mod tests {
         let mut batcher = Batcher::default();
         let mut dropped = 0;
         for i in 0..BATCH_RECORDS + 3 {
-            dropped += batcher.push(&record(EventKind::Syn, i as u8), &tx);
+            dropped += batcher.push(&record_of(i), &tx);
         }
         dropped += batcher.flush(&tx);
         assert_eq!(dropped, 0);
-        assert_eq!(rx.try_recv().unwrap().len(), RECORD * BATCH_RECORDS);
-        assert_eq!(rx.try_recv().unwrap().len(), RECORD * 3);
+        let first = rx.try_recv().unwrap();
+        assert_eq!(records(&first).count(), BATCH_RECORDS);
+        for (i, record) in records(&first).enumerate() {
+            assert_eq!(record, record_of(i), "records come back whole, in order");
+        }
+        let second = rx.try_recv().unwrap();
+        assert_eq!(records(&second).count(), 3);
+        assert_eq!(
+            records(&second).last().unwrap(),
+            record_of(BATCH_RECORDS + 2)
+        );
         assert_eq!(batcher.pending(), 0);
     }
 

@@ -37,8 +37,8 @@ use probe_agent::{
     model::{Flow, Protocol},
 };
 use probe_ebpf::{
-    CAPTURE_BYTES, Direction, EGRESS_PROGRAM, EventKind, FlowCounters, HookKey, INGRESS_PROGRAM,
-    IPPROTO_TCP, IPPROTO_UDP, LossCounter, PacketEvent,
+    CAPTURE_BYTES, Direction, EGRESS_PROGRAM, EVENT_HEADER_BYTES, EventKind, FlowCounters, HookKey,
+    INGRESS_PROGRAM, IPPROTO_TCP, IPPROTO_UDP, LossCounter, PacketEvent,
 };
 
 const DEFAULT_PACKETS: usize = 100_000;
@@ -617,14 +617,22 @@ impl Probe {
 
 /// The record's header as the kernel wrote it (the key even when `decode` refuses it).
 fn header(record: &[u8]) -> PacketEvent {
+    assert!(
+        (EVENT_HEADER_BYTES..=size_of::<PacketEvent>()).contains(&record.len()),
+        "one record per event, {} bytes",
+        record.len()
+    );
+    let mut event = [0u8; size_of::<PacketEvent>()];
+    event[..record.len()].copy_from_slice(record);
+    // SAFETY: PacketEvent is plain integers (aya::Pod), valid for any bytes, and
+    // read_unaligned has no alignment needs.
+    let event = unsafe { std::ptr::read_unaligned(event.as_ptr().cast::<PacketEvent>()) };
     assert_eq!(
         record.len(),
-        size_of::<PacketEvent>(),
-        "one record per event"
+        EVENT_HEADER_BYTES + event.captured_len as usize,
+        "a record is its header and the bytes captured"
     );
-    // SAFETY: the length is checked; PacketEvent is plain integers (aya::Pod), valid for
-    // any bytes, and read_unaligned has no alignment needs.
-    unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<PacketEvent>()) }
+    event
 }
 
 /// Whether BPF_PROG_TEST_RUN may refuse `frame` (see [`Rule::RefusedByTestRun`]).

@@ -23,8 +23,9 @@ use probe_agent::{
     },
 };
 use probe_ebpf::{
-    Direction, EGRESS_PROGRAM, EMPTY_PROGRAM, EventKind, FlowCounters, FlowKey, HookKey,
-    INGRESS_PROGRAM, IPPROTO_TCP, IPPROTO_UDP, LossCounter, PacketEvent,
+    CAPTURE_BYTES, Direction, EGRESS_PROGRAM, EMPTY_PROGRAM, EVENT_HEADER_BYTES, EventKind,
+    FlowCounters, FlowKey, HookKey, INGRESS_PROGRAM, IPPROTO_TCP, IPPROTO_UDP, LossCounter,
+    PacketEvent,
 };
 
 /// BPF_PROG_TEST_RUN runs programs on packets from the loopback device.
@@ -140,14 +141,22 @@ impl Kernel {
 
 /// The record's header as the kernel wrote it.
 fn header(record: &[u8]) -> PacketEvent {
+    assert!(
+        (EVENT_HEADER_BYTES..=size_of::<PacketEvent>()).contains(&record.len()),
+        "one record per event, {} bytes",
+        record.len()
+    );
+    let mut event = [0u8; size_of::<PacketEvent>()];
+    event[..record.len()].copy_from_slice(record);
+    // SAFETY: PacketEvent is plain integers (aya::Pod), valid for any bytes, and
+    // read_unaligned has no alignment needs.
+    let event = unsafe { std::ptr::read_unaligned(event.as_ptr().cast::<PacketEvent>()) };
     assert_eq!(
         record.len(),
-        size_of::<PacketEvent>(),
-        "one record per event"
+        EVENT_HEADER_BYTES + event.captured_len as usize,
+        "a record is its header and the bytes captured"
     );
-    // SAFETY: the length is checked; PacketEvent is plain integers (aya::Pod), valid for
-    // any bytes, and read_unaligned has no alignment needs.
-    unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<PacketEvent>()) }
+    event
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -848,31 +857,96 @@ fn a_syn_reaching_the_server_pod_is_a_plain_syn_at_its_veth() {
 
 #[test]
 fn a_full_ring_buffer_is_counted_and_the_counters_stay_exact() {
-    // One page: room for 6 records of 640 bytes (8-byte header + 632-byte event).
-    assert_eq!(size_of::<PacketEvent>(), 632);
+    let server = addr("10.96.0.20:80");
+    let syn = |port: u16| {
+        let client = SocketAddr::new("10.244.0.5".parse().unwrap(), 30000 + port);
+        Frame::plain().tcp(client, server, TcpFlags::SYN)
+    };
+    // One page: a SYN's record is its header and its frame (headers only), after the
+    // ring's 8-byte record header, 8-aligned.
+    let record = EVENT_HEADER_BYTES + syn(0).len();
+    let fit = 4096 / (8 + record.next_multiple_of(8)) as u64;
+    assert_eq!(fit, 16, "{record}-byte SYN records");
     let mut k = Kernel::load_with(LoadOptions {
         events_ring_bytes: 4096,
         ..LoadOptions::default()
     });
     k.drain_each = false;
-    let server = addr("10.96.0.20:80");
-    for port in 0..20u16 {
-        let client = SocketAddr::new("10.244.0.5".parse().unwrap(), 30000 + port);
-        k.leaving_pod(&Frame::plain().tcp(client, server, TcpFlags::SYN));
+    for port in 0..40u16 {
+        k.leaving_pod(&syn(port));
     }
-    let emitted = k.raw_events().len() as u64;
+    let read = k.raw_events();
+    assert!(read.iter().all(|r| r.len() == record));
+    let emitted = read.len() as u64;
     let lost = k.losses(LossCounter::RingFull);
-    assert_eq!(emitted, 6);
-    assert_eq!(lost, 14);
-    assert_eq!(k.losses(LossCounter::Submitted), 6);
-    assert_eq!(k.flows(), 20, "counts survive a full ring");
-    for port in 0..20u16 {
+    assert_eq!(emitted, fit);
+    assert_eq!(lost, 40 - fit);
+    assert_eq!(k.losses(LossCounter::Submitted), fit);
+    assert_eq!(k.flows(), 40, "counts survive a full ring");
+    for port in 0..40u16 {
         let client = SocketAddr::new("10.244.0.5".parse().unwrap(), 30000 + port);
         assert!(counts(1, 0, 0, 0)(
             &k.counts(&from_pod(client, server)).unwrap()
         ));
     }
     assert_eq!(k.losses(LossCounter::CountsUpdate), 0);
+}
+
+#[test]
+fn a_record_carries_what_its_kind_needs() {
+    let mut k = Kernel::load();
+    let (client, server) = (addr("10.244.0.5:41234"), addr("10.96.45.123:8080"));
+    // A SYN with data (TCP Fast Open) and an RST with a payload: headers only.
+    let payload = [0xabu8; 300];
+    let syn = Frame::plain().tcp_with(client, server, TcpFlags::SYN, 1, 0, &payload);
+    k.leaving_pod(&syn);
+    let rst = Frame::plain().tcp_with(server, client, TcpFlags::RST, 2, 0, &payload);
+    k.entering_pod(&rst);
+    let six = Frame::plain().tcp(
+        addr("[fd00::5]:41234"),
+        addr("[fd00::9]:443"),
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
+    k.entering_pod(&six);
+    // DNS: the message, whole while it fits, else cut at CAPTURE_BYTES.
+    let dns = addr("10.96.0.10:53");
+    let name = "paymnt-service.production.svc.cluster.local.";
+    let query = Frame::plain().udp(client, dns, &craft::dns_query(4711, name, RecordType::A));
+    k.leaving_pod(&query);
+    let long = Frame::plain().udp(client, dns, &[0u8; 1000]);
+    k.leaving_pod(&long);
+    let records = k.raw_events();
+    let lengths: Vec<usize> = records.iter().map(Vec::len).collect();
+    let headers = |frame: &[u8]| EVENT_HEADER_BYTES + frame.len() - payload.len();
+    assert_eq!(
+        lengths,
+        [
+            headers(&syn),
+            headers(&rst),
+            EVENT_HEADER_BYTES + six.len(),
+            EVENT_HEADER_BYTES + query.len(),
+            EVENT_HEADER_BYTES + CAPTURE_BYTES,
+        ]
+    );
+    assert_eq!(header(&records[0]).packet_len as usize, syn.len());
+    eprintln!("record bytes by kind (SYN, RST, IPv6 SYN-ACK, DNS query, long DNS): {lengths:?}");
+    // Each decodes, the SYN's declared payload length intact.
+    let events: Vec<Packet> = records
+        .iter()
+        .map(|r| decode::decode(r).expect("decodes"))
+        .collect();
+    assert_eq!(
+        kinds(&events),
+        [
+            EventKind::Syn,
+            EventKind::Rst,
+            EventKind::SynAck,
+            EventKind::DnsQuery,
+            EventKind::DnsQuery
+        ]
+    );
+    assert_eq!(events[0].tcp.as_ref().unwrap().payload_len, 300);
+    assert_eq!(events[3].dns.as_ref().unwrap().qname.as_deref(), Some(name));
 }
 
 /// A full-sized table of distinct hooks written from userspace, each with its own counts.
