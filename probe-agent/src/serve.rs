@@ -195,6 +195,10 @@ async fn reject_oversized(State(limits): State<Limits>, request: Request, next: 
 /// Paths the kubelet probes: open to anyone, they tell nothing about flows.
 const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
+/// Where a request that comes through the API server's pods/proxy carries its bearer
+/// token: the API server takes `Authorization` for itself and does not pass it on.
+pub const PROXIED_AUTHORIZATION: &str = "x-netprobe-authorization";
+
 /// Lets a request through only if its bearer token's user may `get` its path.
 async fn authenticate(
     State((auth, metrics)): State<(Auth, Arc<Metrics>)>,
@@ -208,11 +212,14 @@ async fn authenticate(
     if OPEN_PATHS.contains(&path.as_str()) {
         return next.run(request).await;
     }
-    let token = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(auth::bearer_token);
+    let headers = request.headers();
+    let token = [
+        headers.get(AUTHORIZATION),
+        headers.get(PROXIED_AUTHORIZATION),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|value| auth::bearer_token(value.to_str().ok()?));
     let Some(token) = token else {
         metrics.api_auth(AuthResult::Unauthenticated);
         return unauthorized("a bearer token is required (Authorization: Bearer <token>)");

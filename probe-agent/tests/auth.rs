@@ -335,7 +335,7 @@ async fn observe_sends_the_kubeconfig_token_or_the_one_it_is_given() {
     let kubeconfig = kubeconfig.to_str().unwrap();
     let (ok, stdout, stderr) = observe(&["--server", &server, "--kubeconfig", kubeconfig]).await;
     assert!(ok, "{stderr}");
-    assert!(stdout.starts_with("FIRST SEEN  VERDICT"), "{stdout}");
+    assert!(stdout.starts_with("LAST SEEN  VERDICT"), "{stdout}");
 
     let (ok, _, stderr) = observe(&["--server", &server, "--token", "mallory-token"]).await;
     assert!(!ok);

@@ -457,6 +457,7 @@ async fn handle(
     State(shared): State<Arc<Shared>>,
     method: Method,
     uri: Uri,
+    headers: axum::http::HeaderMap,
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
@@ -479,7 +480,7 @@ async fn handle(
         );
     }
     if pods::proxy_request(uri.path()).is_some() {
-        return pods::proxy(&shared, uri.path(), uri.query()).await;
+        return pods::proxy(&shared, uri.path(), uri.query(), &headers).await;
     }
     // A namespace's collection lists (not watches) that namespace's objects.
     let (collection, namespace) = match namespaced_collection(uri.path()) {

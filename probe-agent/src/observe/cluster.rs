@@ -13,6 +13,7 @@ use kube::{Api, Client, api::ListParams, client::Body, config::KubeConfigOptions
 use tokio::sync::mpsc;
 
 use super::{Listing, ObserveArgs, Row, error_message};
+use crate::serve::PROXIED_AUTHORIZATION;
 
 /// The agent's port when its pod declares none named `http`.
 const DEFAULT_PORT: u16 = 9810;
@@ -125,10 +126,16 @@ fn encode(text: &str) -> String {
 /// GETs `path` from the API server: the answer if it is a success, else its status and
 /// message, as the operator reads them: the API server's own Status (the pod cannot be
 /// reached) or the agent's `{"error"}` answer that it passed through.
-async fn get(client: &Client, path: String) -> Result<http::Response<Body>, String> {
-    let request = http::Request::get(path)
-        .body(Body::empty())
-        .map_err(|e| e.to_string())?;
+async fn get(
+    client: &Client,
+    path: String,
+    token: Option<&str>,
+) -> Result<http::Response<Body>, String> {
+    let mut request = http::Request::get(path);
+    if let Some(token) = token {
+        request = request.header(PROXIED_AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(Body::empty()).map_err(|e| e.to_string())?;
     let answer = client.send(request).await.map_err(|e| e.to_string())?;
     let status = answer.status();
     if status.is_success() {
@@ -140,10 +147,9 @@ async fn get(client: &Client, path: String) -> Result<http::Response<Body>, Stri
         Ok(api) if !api.message.is_empty() => api.message,
         _ => error_message(&text),
     };
-    let hint = if status == http::StatusCode::UNAUTHORIZED {
-        " (the API server does not pass the caller's token on through pods/proxy)"
-    } else {
-        ""
+    let hint = match (status, token) {
+        (http::StatusCode::UNAUTHORIZED, None) => " (no token to send: see --token)",
+        _ => "",
     };
     Err(format!("{} {message}{hint}", status.as_u16()))
 }
@@ -192,13 +198,16 @@ async fn observe(
         );
     }
     let query = args.query();
+    // The agents' token (with `--api-auth kube` they ask the API server whose it is).
+    let token = args.bearer_token()?;
     if args.follow {
-        return follow(args, &client, &agents, &query, &mut out, &mut err).await;
+        let token = token.as_deref();
+        return follow(args, &client, &agents, &query, token, &mut out, &mut err).await;
     }
-    let (client, query) = (&client, &query);
+    let (client, query, token) = (&client, &query, token.as_deref());
     let answers = futures::future::join_all(agents.iter().map(|agent| async move {
         let Some(problem) = &agent.problem else {
-            return (agent, list(client, agent, query, args.timeout).await);
+            return (agent, list(client, agent, query, token, args.timeout).await);
         };
         (agent, Err(problem.clone()))
     }))
@@ -251,12 +260,13 @@ async fn list(
     client: &Client,
     agent: &Agent,
     query: &[(&str, String)],
+    token: Option<&str>,
     timeout: Duration,
 ) -> Result<Listing, String> {
     let path = proxy_path(agent, "/v1/verdicts", query);
     let waited = || format!("no answer within {}", humantime::format_duration(timeout));
     let body = tokio::time::timeout(timeout, async {
-        let answer = get(client, path).await?;
+        let answer = get(client, path, token).await?;
         let body = answer.into_body().collect_bytes().await;
         body.map_err(|e| format!("reading the answer: {e}"))
     })
@@ -278,6 +288,7 @@ async fn follow(
     client: &Client,
     agents: &[Agent],
     query: &[(&str, String)],
+    token: Option<&str>,
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> anyhow::Result<()> {
@@ -288,11 +299,13 @@ async fn follow(
             continue;
         }
         let (client, tx, agent) = (client.clone(), tx.clone(), agent.clone());
+        let token = token.map(str::to_string);
         let path = proxy_path(&agent, "/v1/flows", query);
         let timeout = args.timeout;
         tokio::spawn(async move {
             let ended = |reason| Message::Ended(agent.node.clone(), agent.pod.clone(), reason);
-            let answer = match tokio::time::timeout(timeout, get(&client, path)).await {
+            let asked = get(&client, path, token.as_deref());
+            let answer = match tokio::time::timeout(timeout, asked).await {
                 Err(_) => {
                     let waited = humantime::format_duration(timeout);
                     return drop(tx.send(ended(format!("no answer within {waited}"))).await);

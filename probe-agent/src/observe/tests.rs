@@ -383,6 +383,12 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// With a kubeconfig: every request's bearer token is reviewed by that API server,
+    /// as with `--api-auth kube`.
+    fn start_with(kubeconfig: Option<std::path::PathBuf>) -> Self {
         let source = fixtures::source();
         let state = fixtures::state(&source);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -394,6 +400,20 @@ impl Server {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
+                let state = match kubeconfig {
+                    Some(kubeconfig) => {
+                        use crate::{config::KubeMode, enrich, serve::auth};
+                        let options = enrich::KubeOptions {
+                            mode: KubeMode::Auto,
+                            kubeconfig: Some(kubeconfig),
+                        };
+                        let client = enrich::client(&options).await.unwrap().unwrap();
+                        let ttl = Duration::from_secs(10);
+                        let kube = auth::KubeAuth::new(client, ttl, ttl);
+                        state.with_auth(auth::Auth::Kube(Arc::new(kube)))
+                    }
+                    None => state,
+                };
                 listener.set_nonblocking(true).unwrap();
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 serve::serve(listener, state, async {

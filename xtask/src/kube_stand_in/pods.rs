@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use axum::{
     body::Body,
-    http::{Request, StatusCode, header},
+    http::{HeaderMap, HeaderName, Request, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use hyper_util::rt::TokioIo;
@@ -58,10 +58,16 @@ pub(super) fn proxy_request(path: &str) -> Option<(&str, &str, Option<&str>, boo
 
 /// Forwards `GET …/pods/{pod}/proxy{rest}?{query}` to the pod: to the address a test
 /// routed it to ([`super::KubeStandIn::route_pod`]), else its `status.podIP` and the port
-/// asked. As the API server does, the caller's `Authorization` is not passed on, the
+/// asked. As the API server does, the caller's `Authorization` is not passed on (other
+/// headers are: [`PASSED`], what `observe --cluster` sends the agent), the
 /// answer (status, type, body, streamed) is passed back as it is, and a pod that cannot
 /// be reached is a 503 Status.
-pub(super) async fn proxy(shared: &Shared, path: &str, query: Option<&str>) -> Response {
+pub(super) async fn proxy(
+    shared: &Shared,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Response {
     let Some((namespace, pod, port, https, rest)) = proxy_request(path) else {
         return status(StatusCode::NOT_FOUND, "NotFound", "not a pods/proxy path");
     };
@@ -97,7 +103,7 @@ pub(super) async fn proxy(shared: &Shared, path: &str, query: Option<&str>) -> R
         (rest, Some(query)) => format!("{rest}?{query}"),
         (rest, None) => rest.to_string(),
     };
-    match forward(target, &path_and_query).await {
+    match forward(target, &path_and_query, headers).await {
         Ok(response) => response,
         Err(e) => unavailable(format!(
             "error trying to reach service: dial tcp {target}: {e}"
@@ -105,7 +111,14 @@ pub(super) async fn proxy(shared: &Shared, path: &str, query: Option<&str>) -> R
     }
 }
 
-async fn forward(target: SocketAddr, path_and_query: &str) -> Result<Response, String> {
+/// The request headers the stand-in passes on (a real API server passes all but its own).
+pub(super) const PASSED: [&str; 2] = ["accept", "x-netprobe-authorization"];
+
+async fn forward(
+    target: SocketAddr,
+    path_and_query: &str,
+    headers: &HeaderMap,
+) -> Result<Response, String> {
     let connect = tokio::net::TcpStream::connect(target);
     let stream = tokio::time::timeout(Duration::from_secs(5), connect)
         .await
@@ -118,10 +131,13 @@ async fn forward(target: SocketAddr, path_and_query: &str) -> Result<Response, S
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(connection);
-    let request = Request::get(path_and_query)
-        .header(header::HOST, target.to_string())
-        .body(Body::empty())
-        .map_err(|e| e.to_string())?;
+    let mut request = Request::get(path_and_query).header(header::HOST, target.to_string());
+    for name in PASSED.map(HeaderName::from_static) {
+        if let Some(value) = headers.get(&name) {
+            request = request.header(name, value);
+        }
+    }
+    let request = request.body(Body::empty()).map_err(|e| e.to_string())?;
     let answer = sender
         .send_request(request)
         .await

@@ -219,6 +219,48 @@ fn follow_merges_the_streams_with_the_node_on_each_line() {
 }
 
 #[test]
+fn agents_that_ask_who_reads_get_the_token_past_the_api_server() {
+    let api = KubeStandIn::start().unwrap();
+    let kubeconfig = std::env::temp_dir().join(format!(
+        "netprobe-observe-auth-{}.kubeconfig",
+        std::process::id()
+    ));
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    api.add_token("alice-token", "alice", &["system:authenticated"]);
+    api.grant("alice", &["/v1/*"]);
+    let agent = Server::start_with(Some(kubeconfig.clone()));
+    api.apply(agent_pod("netprobe-a", "node-a", "Running"))
+        .unwrap();
+    api.route_pod("netprobe", "netprobe-a", agent.addr);
+    let observe = |token: &[&str]| {
+        let kubeconfig = kubeconfig.to_str().unwrap();
+        let argv = [
+            &["--cluster", "--kubeconfig", kubeconfig, "-o", "json"][..],
+            token,
+        ]
+        .concat();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let result = cluster::run(&parse_args(&argv), &mut out, &mut err);
+        let text = |bytes| String::from_utf8(bytes).unwrap();
+        (result.map_err(|e| e.to_string()), text(out), text(err))
+    };
+    let (result, out, _) = observe(&["--token", "alice-token"]);
+    result.unwrap();
+    assert_eq!(out.lines().count(), 4, "{out}");
+    // The stand-in's kubeconfig has no token of its own: nothing to send.
+    let (result, _, err) = observe(&[]);
+    assert_eq!(result.unwrap_err(), "no agent answered");
+    assert_eq!(
+        err,
+        "netprobe: 1 of 1 agents did not answer:\n  node-a (netprobe/netprobe-a): 401 a bearer \
+         token is required (Authorization: Bearer <token>) (no token to send: see --token)\n"
+    );
+    let (_, _, err) = observe(&["--token", "mallory-token"]);
+    assert!(err.contains("node-a (netprobe/netprobe-a): 401 "), "{err}");
+    let _ = std::fs::remove_file(&kubeconfig);
+}
+
+#[test]
 fn agents_are_read_from_their_pods() {
     let mut tls = agent_pod("netprobe-t", "node-t", "Running");
     tls["spec"]["containers"][0]["args"] = json!(["run", "--tls-cert-file=/tls/tls.crt"]);
