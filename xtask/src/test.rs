@@ -88,7 +88,7 @@ fn suites() -> Vec<Suite> {
             util::cargo([
                 "test",
                 "-p",
-                "xtask",
+                "lab",
                 "--features",
                 "privileged",
                 "--",

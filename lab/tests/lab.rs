@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xtask::lab::{self, Node, Proto, QueryType};
+use lab::{Node, Proto, QueryType};
 
 const T: Duration = Duration::from_secs(2);
 

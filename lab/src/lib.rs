@@ -1,5 +1,6 @@
-//! A simulated Kubernetes node built from network namespaces, for `cargo xtask demo` and
-//! the agent's privileged integration tests.
+//! A simulated Kubernetes node built from network namespaces, for `cargo xtask demo`, the
+//! agent's privileged integration tests and xtask's checks; with [`exec`] (running the
+//! tools it drives) and [`kube_objects`] (the Kubernetes objects describing its pods).
 //!
 //! ```text
 //!  <prefix>-node  (the node's root namespace: ip_forward on, nftables like kube-proxy)
@@ -18,6 +19,8 @@
 
 mod capture;
 mod dns;
+pub mod exec;
+pub mod kube_objects;
 pub mod nft;
 mod node;
 

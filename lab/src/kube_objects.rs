@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
-use crate::lab;
+use crate as lab;
 
 /// When every object was created.
 const CREATED: &str = "2026-11-23T09:00:00Z";
