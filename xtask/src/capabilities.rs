@@ -17,10 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use xtask::{
-    exec,
-    lab::{self, Node},
-};
+use lab::{self, Node, exec};
 
 use crate::{build, demo, manifests, toolchain, util};
 

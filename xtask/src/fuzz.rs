@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use xtask::exec;
+use lab::exec;
 
 use crate::{toolchain, util};
 

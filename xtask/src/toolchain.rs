@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use xtask::exec::{self, run, run_streaming};
+use lab::exec::{self, run, run_streaming};
 
 use crate::util;
 

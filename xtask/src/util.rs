@@ -26,7 +26,7 @@ pub fn cargo<const N: usize>(args: [&str; N]) -> Command {
 }
 
 pub fn is_root() -> bool {
-    xtask::lab::is_root()
+    lab::is_root()
 }
 
 /// Fails with a clear message when not root.

@@ -6,8 +6,8 @@
 
 use std::{io, net::IpAddr, time::Duration};
 
+use lab::Capture;
 use probe_agent::model::{Cause, VerdictKind};
-use xtask::lab::Capture;
 
 use crate::e2e::{Agent, counts, node, sock};
 

@@ -8,11 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lab::{self, Node, Pod, Proto};
 use probe_agent::{
     model::{Flow, Protocol},
     nat::{Conntrack, LOOKUP_TIMEOUT, Translation},
 };
-use xtask::lab::{self, Node, Pod, Proto};
 
 use crate::e2e::{node, sock};
 

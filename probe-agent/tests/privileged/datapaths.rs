@@ -21,8 +21,8 @@ use aya::{
 use foreign_ebpf::{
     DROP_PORTS_MAP, PROGRAM, REDIRECT_EGRESS, REDIRECT_PEER, REDIRECTS_MAP, Redirect,
 };
+use lab::{Capture, Node, Pod, QueryType};
 use probe_agent::model::VerdictKind;
-use xtask::lab::{Capture, Node, Pod, QueryType};
 
 use crate::e2e::{Agent, counts, node, sock};
 
@@ -158,7 +158,7 @@ struct Scene {
     client: Pod,
     peer_server: Pod,
     egress_server: Pod,
-    _listeners: Vec<xtask::lab::Listener>,
+    _listeners: Vec<lab::Listener>,
 }
 
 impl Scene {
@@ -371,7 +371,7 @@ fn dns_answers_redirected_into_the_client_are_judged_from_the_servers_veth() {
     let mut node = node("dnspeer");
     let client = node.add_pod("client", "default", 5).unwrap();
     let dns_pod = node.add_pod("coredns", "kube-system", 10).unwrap();
-    let _dns = xtask::lab::start_dns(
+    let _dns = lab::start_dns(
         &dns_pod,
         &[(
             "web.default.svc.cluster.local",

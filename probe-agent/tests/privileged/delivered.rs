@@ -7,11 +7,8 @@
 
 use std::{io, net::IpAddr, time::Duration};
 
+use lab::{Pod, Proto, exec};
 use probe_agent::model::{Cause, Verdict, VerdictKind};
-use xtask::{
-    exec,
-    lab::{Pod, Proto},
-};
 
 use crate::e2e::{Agent, counts, node, sock};
 

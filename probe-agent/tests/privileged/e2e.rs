@@ -13,9 +13,9 @@ use std::{
 };
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use lab::{self, Node, Pod, Proto, QueryType};
 use probe_agent::model::{AttachMode, Cause, InterfaceStatus, Protocol, Verdict, VerdictKind};
 use serde::de::DeserializeOwned;
-use xtask::lab::{self, Node, Pod, Proto, QueryType};
 
 const SYN_TIMEOUT: Duration = Duration::from_secs(1);
 

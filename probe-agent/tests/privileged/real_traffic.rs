@@ -12,8 +12,8 @@ use hickory_proto::{
     op::{Message, MessageType, OpCode, Query, ResponseCode},
     rr::{Name, RecordType},
 };
+use lab::{self, Capture, Proto};
 use probe_agent::model::{Cause, Protocol, VerdictKind};
-use xtask::lab::{self, Capture, Proto};
 
 use crate::e2e::{Agent, RcodeServer, counts, node, sock};
 
@@ -444,7 +444,7 @@ fn c_ares_queries_on_its_one_socket_are_judged_one_by_one() {
         dns_pod.ipv4
     );
     let out = client
-        .command(&xtask::exec::tool("node").to_string_lossy())
+        .command(&lab::exec::tool("node").to_string_lossy())
         .args(["-e", &script])
         .output()
         .expect("running node: Node.js is on every machine of this kind");
@@ -488,7 +488,7 @@ fn busybox_asks_a_and_aaaa_at_once_on_one_socket() {
     let capture = Capture::on_pod_veth(&node, &client).unwrap();
     let lookup = |name: &str| {
         client
-            .command(&xtask::exec::tool("busybox").to_string_lossy())
+            .command(&lab::exec::tool("busybox").to_string_lossy())
             .args(["nslookup", name, &dns_pod.ipv4.to_string()])
             .output()
             .unwrap()

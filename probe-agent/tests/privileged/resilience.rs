@@ -25,11 +25,11 @@ use std::{
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use chrono::Utc;
+use lab::{self, Node, Pod, Proto};
 use probe_agent::{
     model::{AttachMode, VerdictKind},
     serve::MAX_FOLLOWERS,
 };
-use xtask::lab::{self, Node, Pod, Proto};
 
 use crate::e2e::{Agent, counts, node, sock};
 
@@ -282,8 +282,8 @@ fn restart_after_kill_9_tcx() {
 
 /// `ip -n NODE -batch -`: many link commands at kernel speed.
 fn ip_batch(node: &Node, commands: &str) {
-    xtask::exec::run_with_stdin(
-        &mut xtask::exec::command("ip", ["-n", node.netns(), "-batch", "-"]),
+    lab::exec::run_with_stdin(
+        &mut lab::exec::command("ip", ["-n", node.netns(), "-batch", "-"]),
         commands,
     )
     .unwrap();

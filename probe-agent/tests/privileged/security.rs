@@ -8,8 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xtask::lab;
-
 use crate::e2e::{Agent, node};
 
 const CAP_NET_ADMIN: u32 = 12;

@@ -6,8 +6,8 @@
 //! agent attaches in its fallback mode.
 
 use anyhow::{Context, Result};
+use lab::exec;
 use serde_json::Value;
-use xtask::exec;
 
 /// A loaded program: id and name.
 pub type Program = (u64, String);

@@ -1,5 +1,5 @@
 //! tshark display filters for the counts the agent reports, to hold them against a
-//! capture on a container's veth ([`xtask::lab::Capture`]).
+//! capture on a container's veth ([`lab::Capture`]).
 
 use std::net::IpAddr;
 

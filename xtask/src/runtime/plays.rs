@@ -15,11 +15,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use lab::{self, Capture, exec};
 use serde_json::Value;
-use xtask::{
-    exec,
-    lab::{self, Capture},
-};
 
 use super::{
     capture,

@@ -16,8 +16,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use lab::exec;
 use serde_json::json;
-use xtask::exec;
 
 /// One of podman's network backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,11 +22,11 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use lab::{self, Node, Pod, Proto};
 use nix::sys::socket::{
     AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt, socket, sockopt,
 };
 use serde_json::Value;
-use xtask::lab::{self, Node, Pod, Proto};
 
 use super::{Agent, Figure, RSS_BUDGET_MIB, SYN_TIMEOUT, SynFlood};
 use crate::{demo::http_get, util};
