@@ -527,7 +527,8 @@ async fn handle(
         .get("timeoutSeconds")
         .and_then(|s| s.parse().ok())
         .map_or(Duration::from_secs(300), Duration::from_secs);
-    let stream = watch_stream(shared, kind, since, timeout);
+    let namespace = namespace.map(str::to_string);
+    let stream = watch_stream(shared, kind, namespace, since, timeout);
     (
         [(header::CONTENT_TYPE, "application/json")],
         Body::from_stream(stream),
@@ -688,11 +689,12 @@ fn namespaced_collection(path: &str) -> Option<(String, &str)> {
     Some((format!("{prefix}/{resource}"), namespace))
 }
 
-/// The events of `kind` after `since`, then new ones as they happen, until the timeout,
-/// a cut or the server stopping.
+/// The events of `kind` (in `namespace`, if one) after `since`, then new ones as they
+/// happen, until the timeout, a cut or the server stopping.
 fn watch_stream(
     shared: Arc<Shared>,
     kind: &'static str,
+    namespace: Option<String>,
     since: u64,
     timeout: Duration,
 ) -> impl futures_core::Stream<Item = Result<String, std::convert::Infallible>> {
@@ -712,8 +714,11 @@ fn watch_stream(
                     .into_iter()
                     .flatten()
                     .filter(|(rv, _, _)| *rv > from)
-                    .map(|(rv, event, object)| {
-                        sent = sent.max(*rv);
+                    .inspect(|(rv, _, _)| sent = sent.max(*rv))
+                    .filter(|(_, _, object)| {
+                        namespace.as_deref().is_none_or(|ns| object["metadata"]["namespace"] == ns)
+                    })
+                    .map(|(_, event, object)| {
                         format!("{}\n", json!({"type": event, "object": object}))
                     })
                     .collect()

@@ -276,13 +276,16 @@ async fn list(
 }
 
 enum Message {
+    /// An agent's stream started: the API server and the agent accepted it.
+    Started,
     Line(String, String),
     /// An agent's stream could not start or ended: its node, pod and why.
     Ended(String, String, String),
 }
 
 /// Every answering agent's event stream, merged line by line as they come, each line
-/// named with its node; an agent whose stream fails or ends is reported on `err`.
+/// named with its node; an agent whose stream fails or ends is reported on `err`. Ends
+/// when every stream has; an error if none started.
 async fn follow(
     args: &ObserveArgs,
     client: &Client,
@@ -313,6 +316,9 @@ async fn follow(
                 Ok(Err(reason)) => return drop(tx.send(ended(reason)).await),
                 Ok(Ok(answer)) => answer,
             };
+            if tx.send(Message::Started).await.is_err() {
+                return;
+            }
             let body = axum::body::Body::new(answer.into_body()).into_data_stream();
             let reader = body.map_err(std::io::Error::other).into_async_read();
             let mut lines = std::pin::pin!(reader.lines());
@@ -336,9 +342,10 @@ async fn follow(
         });
     }
     drop(tx);
-    let started = agents.iter().filter(|a| a.problem.is_none()).count();
+    let mut started = 0;
     while let Some(message) = rx.recv().await {
         match message {
+            Message::Started => started += 1,
             Message::Line(node, line) => args.print_event(out, Some(&node), &line)?,
             Message::Ended(node, pod, reason) => {
                 writeln!(err, "netprobe: {node} ({pod}): {reason}")?;

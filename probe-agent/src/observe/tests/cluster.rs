@@ -219,6 +219,37 @@ fn follow_merges_the_streams_with_the_node_on_each_line() {
 }
 
 #[test]
+fn follow_fails_when_no_stream_starts() {
+    let api = KubeStandIn::start().unwrap();
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    api.apply(agent_pod("netprobe-c", "node-c", "Running"))
+        .unwrap();
+    api.route_pod("netprobe", "netprobe-c", dead);
+    let kubeconfig = std::env::temp_dir().join(format!(
+        "netprobe-observe-dead-{}.kubeconfig",
+        std::process::id()
+    ));
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let args = parse_args(&[
+        "--cluster",
+        "--follow",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    let mut err = Vec::new();
+    let result = cluster::run(&args, Vec::new(), &mut err);
+    let _ = std::fs::remove_file(&kubeconfig);
+    assert_eq!(result.unwrap_err().to_string(), "no agent answered");
+    assert_eq!(
+        String::from_utf8(err).unwrap(),
+        format!(
+            "netprobe: node-c (netprobe-c): 503 error trying to reach service: dial tcp {dead}: \
+             connect: connection refused\n"
+        )
+    );
+}
+
+#[test]
 fn agents_that_ask_who_reads_get_the_token_past_the_api_server() {
     let api = KubeStandIn::start().unwrap();
     let kubeconfig = std::env::temp_dir().join(format!(
