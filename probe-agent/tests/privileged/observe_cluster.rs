@@ -11,11 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lab::{Node, Pod, Proto};
 use serde_json::{Value, json};
-use xtask::{
-    kube_stand_in::KubeStandIn,
-    lab::{Node, Pod, Proto},
-};
+use xtask::kube_stand_in::KubeStandIn;
 
 use crate::e2e::{Agent, node, sock};
 
