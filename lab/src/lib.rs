@@ -17,6 +17,7 @@
 //! Everything is done with `ip` and `nft`, so what a test builds can be inspected (and
 //! reproduced) by hand. [`Node`]'s `Drop` removes what it created, even after a panic.
 
+mod agent;
 mod capture;
 mod dns;
 pub mod exec;
@@ -34,6 +35,7 @@ use std::{
 
 use anyhow::Result;
 
+pub use agent::{Agent, AgentCommand, http_get};
 pub use capture::Capture;
 pub use dns::{DnsReply, DnsServer, QueryType, dnsmasq_args, start_dns};
 pub use nft::Proto;

@@ -4,10 +4,10 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
-    process::{Child, Command, Stdio},
+    path::Path,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -19,58 +19,46 @@ use serde::de::DeserializeOwned;
 
 const SYN_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A running `probe-agent run` for a node; SIGTERM and wait on drop.
-pub(crate) struct Agent {
-    pub(crate) child: Child,
-    pub(crate) base: String,
-    /// The agent's log, printed when a test fails.
-    pub(crate) log: std::path::PathBuf,
+/// A running `probe-agent run` for a node (the lab's supervisor), with the typed answers
+/// the tests read; SIGTERM and wait on drop, its log printed if the test failed.
+pub(crate) struct Agent(lab::Agent);
+
+impl std::ops::Deref for Agent {
+    type Target = lab::Agent;
+    fn deref(&self) -> &lab::Agent {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut lab::Agent {
+        &mut self.0
+    }
 }
 
 impl Agent {
     pub(crate) fn start(node: &Node, extra: &[&str]) -> Agent {
-        // A free port on loopback, in the test's own namespace.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::env::temp_dir().join(format!("netprobe-agent-{port}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_probe-agent"))
-            .args(["run", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--netns")
-            .arg(node.netns_path())
-            .args(["--syn-timeout", "1s", "--dns-timeout", "1s"])
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                "info,netlink_packet_route=error,probe_ebpf=debug",
-            )
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("agent log file"))
-            .spawn()
-            .expect("start probe-agent");
-        let agent = Agent {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        agent.wait_ready();
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let log = std::env::temp_dir().join(format!(
+            "netprobe-agent-{}-{}.log",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut agent =
+            lab::AgentCommand::new(Path::new(env!("CARGO_BIN_EXE_probe-agent")), node, &log)
+                .args(["--syn-timeout", "1s", "--dns-timeout", "1s"])
+                .args(extra)
+                .env(
+                    "RUST_LOG",
+                    "info,netlink_packet_route=error,probe_ebpf=debug",
+                )
+                .remove_log()
+                .start()
+                .expect("start probe-agent");
         agent
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(response) = ureq::get(&format!("{}/readyz", self.base)).call()
-                && response.status() == 200
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "agent not ready after 15 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            .wait_ready(Duration::from_secs(15))
+            .unwrap_or_else(|err| panic!("{err:#}"));
+        Agent(agent)
     }
 
     pub(crate) fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> T {
@@ -162,21 +150,6 @@ impl Agent {
         let status = self.child.wait().expect("wait for the agent");
         assert!(status.success(), "agent exited with {status}");
         started.elapsed()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("--- probe-agent log ---\n{log}--- end of log ---");
-        }
-        let _ = std::fs::remove_file(&self.log);
     }
 }
 
