@@ -163,13 +163,18 @@ pub fn run(args: &ObserveArgs, out: impl Write, err: impl Write) -> anyhow::Resu
 }
 
 async fn client(args: &ObserveArgs) -> anyhow::Result<Client> {
-    let mut config = match &args.kubeconfig {
-        Some(path) => {
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let mut config = match (&args.kubeconfig, &args.context) {
+        (Some(path), _) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
         }
-        None => kube::Config::infer()
+        (None, Some(_)) => kube::Config::from_kubeconfig(&options).await?,
+        (None, None) => kube::Config::infer()
             .await
             .context("no Kubernetes API configuration (kubeconfig or in-cluster)")?,
     };

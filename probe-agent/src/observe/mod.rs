@@ -131,6 +131,9 @@ pub struct ObserveArgs {
     /// With --cluster, the kubeconfig that reaches the API server (plugins included).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use instead of its current one.
+    #[arg(long)]
+    pub context: Option<String>,
 }
 
 /// Where a pod's service-account token is mounted.
@@ -192,14 +195,14 @@ impl ObserveArgs {
         if let Some(path) = &self.kubeconfig {
             let config = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            return kubeconfig_token(&config);
+            return kubeconfig_token(&config, self.context.as_deref());
         }
         let service_account = Path::new(SERVICE_ACCOUNT_TOKEN);
         if service_account.exists() {
             return read(service_account).map(Some);
         }
         match kube::config::Kubeconfig::read() {
-            Ok(config) => kubeconfig_token(&config),
+            Ok(config) => kubeconfig_token(&config, self.context.as_deref()),
             // No kubeconfig: nothing to send, an agent without authentication still answers.
             Err(_) => Ok(None),
         }
@@ -385,12 +388,15 @@ fn run_to(args: &ObserveArgs, mut out: impl Write) -> anyhow::Result<()> {
     args.print_listing(&mut out, rows, &nodes)
 }
 
-/// The token of the kubeconfig's current user (inline or from its token file).
-fn kubeconfig_token(config: &kube::config::Kubeconfig) -> anyhow::Result<Option<String>> {
-    let Some(user) = config
-        .current_context
-        .as_ref()
-        .and_then(|current| config.contexts.iter().find(|c| &c.name == current))
+/// The token of the user of the kubeconfig's `context` or current context (inline or
+/// from its token file).
+fn kubeconfig_token(
+    config: &kube::config::Kubeconfig,
+    context: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    let Some(user) = context
+        .or(config.current_context.as_deref())
+        .and_then(|name| config.contexts.iter().find(|c| c.name == name))
         .and_then(|context| context.context.as_ref()?.user.clone())
     else {
         return Ok(None);

@@ -288,6 +288,37 @@ fn agents_that_ask_who_reads_get_the_token_past_the_api_server() {
     );
     let (_, _, err) = observe(&["--token", "mallory-token"]);
     assert!(err.contains("node-a (netprobe/netprobe-a): 401 "), "{err}");
+
+    // --context picks the API server and the user whose token goes to the agents.
+    let contexts = kubeconfig.with_extension("contexts");
+    std::fs::write(
+        &contexts,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n\
+             - {{name: good, cluster: {{server: \"{url}\"}}}}\n\
+             - {{name: gone, cluster: {{server: \"http://127.0.0.1:{dead}\"}}}}\n\
+             users:\n- {{name: alice, user: {{token: alice-token}}}}\n- {{name: nobody, user: {{}}}}\n\
+             contexts:\n- {{name: good, context: {{cluster: good, user: alice}}}}\n\
+             - {{name: gone, context: {{cluster: gone, user: nobody}}}}\ncurrent-context: gone\n",
+            url = api.url(),
+            dead = free_port(),
+        ),
+    )
+    .unwrap();
+    let argv = [
+        "--cluster",
+        "--kubeconfig",
+        contexts.to_str().unwrap(),
+        "-o",
+        "json",
+    ];
+    let result = cluster::run(&parse_args(&argv), Vec::new(), Vec::new());
+    assert!(result.is_err(), "the current context's server is gone");
+    let argv = [&argv[..], &["--context", "good"]].concat();
+    let mut out = Vec::new();
+    cluster::run(&parse_args(&argv), &mut out, Vec::new()).unwrap();
+    assert_eq!(String::from_utf8(out).unwrap().lines().count(), 4);
+    let _ = std::fs::remove_file(&contexts);
     let _ = std::fs::remove_file(&kubeconfig);
 }
 
