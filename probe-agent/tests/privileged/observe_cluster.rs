@@ -251,6 +251,27 @@ fn observe_cluster_merges_the_nodes_and_names_the_one_down() {
     assert!(out.contains(&format!(" {b} REFUSED ")), "{out}");
     assert!(out.contains(":9091 TCP"), "{out}");
     assert_eq!(text(&plugin.stderr), down);
+    // With --server, the plugin asks that one agent: no node column, nothing proxied.
+    let proxied = cluster.api.requests().len();
+    let one = cluster
+        .command(
+            env!("CARGO_BIN_EXE_kubectl-netprobe"),
+            &[
+                "--server",
+                &cluster.agents[1].base,
+                "-o",
+                "compact",
+                "--to-port",
+                "9091",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(one.status.success(), "{}", text(&one.stderr));
+    let out = text(&one.stdout);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(!out.contains(b) && out.contains(" REFUSED "), "{out}");
+    assert_eq!(cluster.api.requests().len(), proxied);
 }
 
 /// A running `observe --follow`, its lines read on a thread.
