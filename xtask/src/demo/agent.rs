@@ -3,8 +3,7 @@
 
 use std::{
     fs::File,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -189,24 +188,30 @@ impl Drop for Agent {
     }
 }
 
-/// A plain HTTP/1.0 GET (the demo only talks to the agent on loopback): (status, body).
+/// A GET on loopback (the agent, Prometheus): (status, body), whatever the status. No proxy
+/// and no redirect, so the answer is the one the addressed server gave.
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    s.read_to_end(&mut response)
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .proxy(None)
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(2)))
+        .timeout_recv_response(Some(Duration::from_secs(10)))
+        .timeout_recv_body(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut response = agent
+        .get(format!("http://{addr}{path}"))
+        .call()
+        .with_context(|| format!("GET {path} from {addr}"))?;
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
         .with_context(|| format!("reading GET {path}"))?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("GET {path}: not an HTTP response: {head:?}"))?;
-    Ok((status, body.to_owned()))
+    Ok((
+        response.status().as_u16(),
+        String::from_utf8_lossy(&body).into_owned(),
+    ))
 }
