@@ -1,5 +1,5 @@
 //! A stand-in for the Kubernetes API server: serves list and watch requests for pods,
-//! Services, EndpointSlices, NetworkPolicies, Namespaces and Events from objects a test
+//! Services, EndpointSlices, NetworkPolicies, Namespaces, Nodes and Events from objects a test
 //! or the demo gives it, the way a real API server answers kube-rs watchers
 //! (`GET <collection>` lists with a `resourceVersion`; `?watch=true&resourceVersion=N`
 //! streams newline-delimited `{"type":"ADDED|MODIFIED|DELETED","object":…}` events after
@@ -42,7 +42,7 @@ use tokio::sync::{oneshot, watch};
 mod pods;
 
 /// The collections served: URL path, kind, list kind, apiVersion, namespaced.
-const COLLECTIONS: [(&str, &str, &str, &str, bool); 6] = [
+const COLLECTIONS: [(&str, &str, &str, &str, bool); 7] = [
     ("/api/v1/pods", "Pod", "PodList", "v1", true),
     ("/api/v1/services", "Service", "ServiceList", "v1", true),
     (
@@ -66,6 +66,7 @@ const COLLECTIONS: [(&str, &str, &str, &str, bool); 6] = [
         "v1",
         false,
     ),
+    ("/api/v1/nodes", "Node", "NodeList", "v1", false),
     (
         "/apis/events.k8s.io/v1/events",
         "Event",

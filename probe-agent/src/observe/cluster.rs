@@ -8,7 +8,7 @@ use std::{io::Write, time::Duration};
 use anyhow::{Context as _, bail};
 use axum::http;
 use futures::{AsyncBufReadExt as _, StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{Api, Client, api::ListParams, client::Body, config::KubeConfigOptions};
 use tokio::sync::mpsc;
 
@@ -202,6 +202,20 @@ async fn observe(
              (see --agent-namespace, --agent-selector)"
         );
     }
+    let uncovered = uncovered(&client, &agents).await;
+    if !uncovered.is_empty() {
+        let nodes = if uncovered.len() == 1 {
+            "node"
+        } else {
+            "nodes"
+        };
+        let names = uncovered.join(", ");
+        writeln!(
+            err,
+            "netprobe: no agent pod on {} {nodes}: {names}",
+            uncovered.len()
+        )?;
+    }
     let query = args.query();
     // The agents' token (with `--api-auth kube` they ask the API server whose it is).
     let token = args.bearer_token()?;
@@ -258,6 +272,25 @@ async fn observe(
         bail!("no agent answered");
     }
     Ok(())
+}
+
+/// The cluster's nodes that no agent pod runs on (tainted, cordoned before the
+/// DaemonSet came, or outside its node selector), when the reader may list nodes.
+async fn uncovered(client: &Client, agents: &[Agent]) -> Vec<String> {
+    let Ok(nodes) = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = nodes
+        .items
+        .into_iter()
+        .filter_map(|node| node.metadata.name)
+        .filter(|name| !agents.iter().any(|agent| &agent.node == name))
+        .collect();
+    names.sort();
+    names
 }
 
 /// One agent's `/v1/verdicts`, or why there is none.

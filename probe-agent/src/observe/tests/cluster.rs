@@ -47,6 +47,11 @@ impl Cluster {
             api.apply(agent_pod(pod, node, phase)).unwrap();
             api.route_pod("netprobe", pod, addr);
         }
+        // node-e runs no agent.
+        for node in ["node-a", "node-b", "node-c", "node-d", "node-e"] {
+            let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}});
+            api.apply(node).unwrap();
+        }
         let mut other = agent_pod("web-0", "node-a", "Running");
         other["metadata"]["labels"] = json!({"app.kubernetes.io/name": "web"});
         api.apply(other).unwrap();
@@ -109,7 +114,8 @@ fn every_agents_answer_is_merged_and_the_silent_ones_named() {
     assert_eq!(
         err,
         format!(
-            "netprobe: 2 of 4 agents did not answer:\n  \
+            "netprobe: no agent pod on 1 node: node-e\n\
+             netprobe: 2 of 4 agents did not answer:\n  \
              node-c (netprobe/netprobe-c): {}\n  \
              node-d (netprobe/netprobe-d): pod netprobe-d is Pending\n",
             cluster.refused()
