@@ -1,6 +1,8 @@
 //! A simulated Kubernetes node built from network namespaces, for `cargo xtask demo`, the
 //! agent's privileged integration tests and xtask's checks; with [`exec`] (running the
-//! tools it drives) and [`kube_objects`] (the Kubernetes objects describing its pods).
+//! tools it drives), [`kube_objects`] (the Kubernetes objects describing its pods),
+//! [`kube_stand_in`] (a Kubernetes API server serving them) and [`Agent`] (one
+//! supervisor for `probe-agent run`).
 //!
 //! ```text
 //!  <prefix>-node  (the node's root namespace: ip_forward on, nftables like kube-proxy)
@@ -22,6 +24,7 @@ mod capture;
 mod dns;
 pub mod exec;
 pub mod kube_objects;
+pub mod kube_stand_in;
 pub mod nft;
 mod node;
 

@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lab::kube_stand_in::KubeStandIn;
 use probe_agent::{
     config::KubeMode,
     enrich::{self, KubeOptions},
@@ -23,7 +24,6 @@ use tokio::{
     net::TcpStream,
     sync::{broadcast, oneshot},
 };
-use xtask::kube_stand_in::KubeStandIn;
 
 mod common;
 

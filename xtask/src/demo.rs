@@ -13,12 +13,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use lab::{self, Node, exec, kube_stand_in::KubeStandIn};
 use serde_json::Value;
-use xtask::{
-    exec,
-    kube_stand_in::KubeStandIn,
-    lab::{self, Node},
-};
 
 use crate::{build, toolchain, util};
 

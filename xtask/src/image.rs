@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use chrono::{DateTime, SecondsFormat};
-use xtask::exec;
+use lab::exec;
 
 use crate::{build, toolchain, util};
 

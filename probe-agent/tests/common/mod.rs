@@ -9,13 +9,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lab::kube_stand_in::KubeStandIn;
 use probe_agent::{
     config::KubeMode,
     enrich::{self, KubeOptions, Names},
     metrics::Metrics,
 };
 use tokio::sync::watch;
-use xtask::kube_stand_in::KubeStandIn;
 
 pub struct StandIn {
     pub api: KubeStandIn,

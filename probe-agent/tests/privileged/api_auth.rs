@@ -4,7 +4,7 @@
 
 use std::{process::Command, time::Duration};
 
-use xtask::kube_stand_in::KubeStandIn;
+use lab::kube_stand_in::KubeStandIn;
 
 use crate::e2e::{Agent, node};
 

@@ -11,13 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lab::kube_stand_in::KubeStandIn;
 use lab::{
     self, Node, Pod, Proto,
     kube_objects::{self, SliceEndpoint, namespace, network_policy as policy},
 };
 use probe_agent::model::{Cause, NodeVerdict, Verdict, VerdictKind};
 use serde_json::{Value, json};
-use xtask::kube_stand_in::KubeStandIn;
 
 use crate::e2e::{Agent, node, sock};
 

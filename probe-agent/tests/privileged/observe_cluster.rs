@@ -11,9 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lab::kube_stand_in::KubeStandIn;
 use lab::{Node, Pod, Proto};
 use serde_json::{Value, json};
-use xtask::kube_stand_in::KubeStandIn;
 
 use crate::e2e::{Agent, node, sock};
 

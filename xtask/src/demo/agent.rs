@@ -12,8 +12,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use lab::{Node, exec};
 use serde_json::Value;
-use xtask::{exec, lab::Node};
 
 use super::{DNS_TIMEOUT, SYN_TIMEOUT, objects};
 use crate::util;

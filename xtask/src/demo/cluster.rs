@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Result;
-use xtask::lab::{self, DnsServer, Listener, Node, Pod, Proto};
+use lab::{self, DnsServer, Listener, Node, Pod, Proto};
 
 use super::{
     EXTERNAL_IP, EXTERNAL_NAME, INVENTORY_VIP, LEDGER_VIP, LEGACY_DNS_VIP, ORDERS_VIP, PAYMENT_VIP,

@@ -1,18 +1,18 @@
 //! The demo node's Kubernetes objects, as a real API server would return them, served
-//! to the agent by [`xtask::kube_stand_in`]: its verdicts carry pod, workload and Service
+//! to the agent by [`lab::kube_stand_in`]: its verdicts carry pod, workload and Service
 //! names, and its diagnosis reads what it needs to say why a flow failed (pod labels,
 //! declared ports and readiness, Service selectors and targetPorts, EndpointSlice
 //! readiness, Namespaces and NetworkPolicies).
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use serde_json::{Value, json};
-use xtask::{
+use lab::{
+    self, Node,
     kube_objects::{
         Pod, SliceEndpoint, endpoint_slice, namespace, network_policy as policy, service,
     },
-    lab::{self, Node},
 };
+use serde_json::{Value, json};
 
 use super::{INVENTORY_VIP, LEDGER_VIP, LEGACY_DNS_VIP, ORDERS_VIP, PAYMENT_VIP};
 

@@ -8,10 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use xtask::{
-    exec,
-    lab::{Node, Pod, Proto},
-};
+use lab::{Node, Pod, Proto, exec};
 
 use super::{
     CORP_NAME, DNS_TIMEOUT, EXTERNAL_IP, EXTERNAL_NAME, INVENTORY_VIP, LEDGER_VIP, LEGACY_DNS_VIP,

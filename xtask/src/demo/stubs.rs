@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use xtask::lab::Pod;
+use lab::Pod;
 
 /// A misbehaving server inside a pod, on a thread of its own until dropped.
 pub(super) struct Stub {

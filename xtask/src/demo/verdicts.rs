@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 
 use anyhow::{Context, Result, ensure};
+use lab::Pod;
 use serde_json::Value;
-use xtask::lab::Pod;
 
 use super::{
     CORP_NAME, EXTERNAL_NAME, INVENTORY_VIP, LEDGER_VIP, LEGACY_DNS_VIP, ORDERS_VIP, PAYMENT_VIP,

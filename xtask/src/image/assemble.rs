@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use xtask::exec;
+use lab::exec;
 
 use super::{BINARY, CMD, PARENT_DIRS, PORT, Spec, USER, rfc3339_utc};
 use crate::util;

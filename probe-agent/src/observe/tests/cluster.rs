@@ -3,8 +3,8 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
+use lab::kube_stand_in::KubeStandIn;
 use serde_json::{Value, json};
-use xtask::kube_stand_in::KubeStandIn;
 
 use super::*;
 use crate::observe::cluster;

@@ -157,7 +157,7 @@ impl KubeStandIn {
     /// under /var/run/netns), e.g. a simulated node whose agent reaches "its" API server
     /// there, as a host-network pod reaches the real one over the node's network.
     pub fn start_in_netns(netns: Option<&str>) -> Result<Self> {
-        let netns = netns.map(lab::netns_path);
+        let netns = netns.map(crate::netns_path);
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
             cluster: Mutex::new(Cluster::default()),
