@@ -4,6 +4,8 @@
 //!
 //! Load: a SYN flood (hping3, as fast as it goes here) from one pod into a port the node
 //! drops, while wrk hammers `/v1/verdicts` and an unrelated pod pair keeps connecting.
+//! Before it, a ramp of SYN rates (25 k, 50 k, 100 k/s asked of hping3, then the flood)
+//! with the events lost at each and where (the kernel's ring or the agent's queue).
 //! Then hostile API clients, one scenario at a time ([`hostile`]).
 
 use std::{
@@ -41,6 +43,15 @@ const RSS_BUDGET_MIB: f64 = 128.0;
 /// The agent's flow table (its default): the flood must fill it and evict.
 const FLOW_CAPACITY: u64 = 65_536;
 const SYN_TIMEOUT: Duration = Duration::from_secs(1);
+/// The ramp's stages below the flood: the rate asked for, as hping3's interval between
+/// SYNs in µs (it sleeps between sends, so it may send slower: the rate it reached is
+/// what is reported).
+const RAMP: [(&str, u32); 3] = [
+    ("ramp: 25 k SYN/s asked", 40),
+    ("ramp: 50 k SYN/s asked", 20),
+    ("ramp: 100 k SYN/s asked", 10),
+];
+const RAMP_STAGE: Duration = Duration::from_secs(5);
 
 #[derive(clap::Args, Debug)]
 pub struct SoakArgs {
@@ -81,7 +92,7 @@ pub fn run(args: SoakArgs) -> Result<()> {
         .flood_seconds
         .unwrap_or(if args.quick { 10 } else { 60 });
     let bin = build::build_agent()?;
-    let figures = load(&bin, Duration::from_secs(seconds))?;
+    let (figures, ramp) = load(&bin, Duration::from_secs(seconds))?;
     let hostile = hostile::run(&bin);
     // The fault scenarios are the agent's resilience tests (they run, with 100 churn
     // cycles, in `cargo xtask test`); here with the full 1,000 cycles.
@@ -91,6 +102,13 @@ pub fn run(args: SoakArgs) -> Result<()> {
         figure.print();
     }
     let mut missed: Vec<&str> = figures.iter().filter(|f| !f.met).map(|f| f.what).collect();
+    // Issue 16's goal, not a budget the soak enforces yet: printed, never failing it.
+    println!(
+        "\n== SYN-rate ramp: events lost and where (goal: 0 at the flood's rate; not enforced)\n"
+    );
+    for figure in &ramp {
+        figure.print();
+    }
     println!("\n== Hostile API clients\n");
     match &hostile {
         Ok(figures) => {
@@ -331,10 +349,26 @@ pub(crate) struct SynFlood {
 impl SynFlood {
     /// `hping3 --flood -S -p <port> <to>` in `from`'s namespace.
     pub(crate) fn start(from: &Pod, to: Ipv4Addr, port: u16, dir: &Path) -> Result<SynFlood> {
+        Self::start_paced(from, to, port, dir, None)
+    }
+
+    /// As [`start`](Self::start), or one SYN every `interval_us` µs (`-i u<N>`).
+    fn start_paced(
+        from: &Pod,
+        to: Ipv4Addr,
+        port: u16,
+        dir: &Path,
+        interval_us: Option<u32>,
+    ) -> Result<SynFlood> {
         let (out, err) = (dir.join("hping3.out"), dir.join("hping3.err"));
+        let pace = match interval_us {
+            Some(us) => vec!["-i".to_string(), format!("u{us}")],
+            None => vec!["--flood".to_string()],
+        };
         let child = from
             .command("hping3")
-            .args(["--flood", "-S", "-p", &port.to_string(), &to.to_string()])
+            .args(pace)
+            .args(["-S", "-p", &port.to_string(), &to.to_string()])
             .stdin(Stdio::null())
             .stdout(File::create(&out)?)
             .stderr(File::create(&err)?)
@@ -371,7 +405,98 @@ fn parse_hping_sent(text: &str) -> Option<u64> {
         .ok()
 }
 
-fn load(bin: &Path, flood: Duration) -> Result<Vec<Figure>> {
+/// The agent's event accounting, from its metrics.
+#[derive(Clone, Copy, Debug, Default)]
+struct Events {
+    emitted: f64,
+    processed: f64,
+    lost_kernel: f64,
+    lost_agent: f64,
+    decode_errors: f64,
+}
+
+impl Events {
+    fn of(samples: &HashMap<String, f64>) -> Events {
+        let get = |name: &str| samples.get(name).copied().unwrap_or_default();
+        Events {
+            emitted: sum_of(samples, "netprobe_kernel_events_total"),
+            processed: sum_of(samples, "netprobe_events_processed_total"),
+            lost_kernel: get("netprobe_events_lost_total{source=\"kernel\"}"),
+            lost_agent: get("netprobe_events_lost_total{source=\"agent\"}"),
+            decode_errors: sum_of(samples, "netprobe_decode_errors_total"),
+        }
+    }
+
+    fn since(&self, before: &Events) -> Events {
+        Events {
+            emitted: self.emitted - before.emitted,
+            processed: self.processed - before.processed,
+            lost_kernel: self.lost_kernel - before.lost_kernel,
+            lost_agent: self.lost_agent - before.lost_agent,
+            decode_errors: self.decode_errors - before.decode_errors,
+        }
+    }
+
+    fn lost(&self) -> f64 {
+        self.lost_kernel + self.lost_agent
+    }
+
+    /// "N lost (x %): kernel ring K, agent queue A".
+    fn losses(&self) -> String {
+        format!(
+            "{:.0} lost ({:.2} %): ring {:.0}, queue {:.0}",
+            self.lost(),
+            100.0 * self.lost() / self.emitted.max(1.0),
+            self.lost_kernel,
+            self.lost_agent
+        )
+    }
+}
+
+/// Waits until the agent has read everything (its processed and the kernel's emitted
+/// totals stop moving: the last reconcile is in), at most 20 s; its metrics then.
+fn settled(agent: &Agent) -> Result<HashMap<String, f64>> {
+    let mut samples = agent.metrics()?;
+    let settle = Instant::now();
+    loop {
+        thread::sleep(SYN_TIMEOUT + Duration::from_millis(1200));
+        let next = agent.metrics()?;
+        let done = sum_of(&next, "netprobe_events_processed_total")
+            == sum_of(&samples, "netprobe_events_processed_total")
+            && sum_of(&next, "netprobe_kernel_events_total")
+                == sum_of(&samples, "netprobe_kernel_events_total");
+        samples = next;
+        if done || settle.elapsed() > Duration::from_secs(20) {
+            return Ok(samples);
+        }
+    }
+}
+
+/// The ramp's paced stages: each [`RAMP_STAGE`] long, settled before the next. One line
+/// each: the rate hping3 reached, and the events lost at it and where.
+fn ramp(agent: &Agent, from: &Pod, to: Ipv4Addr, dir: &Path) -> Result<Vec<(Figure, f64)>> {
+    let mut figures = Vec::new();
+    for (asked, interval_us) in RAMP {
+        let before = Events::of(&settled(agent)?);
+        let hping = SynFlood::start_paced(from, to, 5432, dir, Some(interval_us))?;
+        thread::sleep(RAMP_STAGE);
+        let sent = hping.stop()?.unwrap_or(0) as f64;
+        let events = Events::of(&settled(agent)?).since(&before);
+        let rate = sent / RAMP_STAGE.as_secs_f64();
+        figures.push((
+            Figure {
+                what: asked,
+                figure: format!("{:.0} k SYN/s: {}", rate / 1e3, events.losses()),
+                budget: "0 lost".into(),
+                met: events.lost() == 0.0,
+            },
+            rate,
+        ));
+    }
+    Ok(figures)
+}
+
+fn load(bin: &Path, flood: Duration) -> Result<(Vec<Figure>, Vec<Figure>)> {
     let mut node = Node::new(&lab::unique_prefix("soak"))?;
     let flooder = node.add_pod("flooder", "load", 2)?;
     let victim = node.add_pod("victim", "load", 3)?;
@@ -398,6 +523,8 @@ fn load(bin: &Path, flood: Duration) -> Result<Vec<Figure>> {
         log.display()
     );
     let rss_before = agent.rss_mib()?;
+    let ramp = ramp(&agent, &flooder, victim.ipv4, &dir)?;
+    let before_flood = Events::of(&settled(&agent)?);
 
     // The unrelated healthy flow: one connection every 100 ms, all must succeed.
     let stop = Arc::new(AtomicBool::new(false));
@@ -442,20 +569,7 @@ fn load(bin: &Path, flood: Duration) -> Result<Vec<Figure>> {
     healthy.join().ok();
 
     // Let the agent catch up: the last SYN timeouts, the next reconcile with the kernel.
-    let mut samples = agent.metrics()?;
-    let settle = Instant::now();
-    loop {
-        thread::sleep(SYN_TIMEOUT + Duration::from_millis(1200));
-        let next = agent.metrics()?;
-        let done = sum_of(&next, "netprobe_events_processed_total")
-            == sum_of(&samples, "netprobe_events_processed_total")
-            && sum_of(&next, "netprobe_kernel_events_total")
-                == sum_of(&samples, "netprobe_kernel_events_total");
-        samples = next;
-        if done || settle.elapsed() > Duration::from_secs(20) {
-            break;
-        }
-    }
+    let samples = settled(&agent)?;
     rss_max = rss_max.max(agent.rss_mib()?);
 
     let emitted = sum_of(&samples, "netprobe_kernel_events_total");
@@ -513,7 +627,38 @@ fn load(bin: &Path, flood: Duration) -> Result<Vec<Figure>> {
     );
     let secs = flood.as_secs_f64();
 
-    Ok(vec![
+    // The ramp's last stage: the flood, with wrk on the API.
+    let flood_events = Events::of(&samples).since(&before_flood);
+    let flood_rate = sent.unwrap_or(0) as f64 / secs;
+    let mut ramp_figures: Vec<Figure> = Vec::new();
+    let mut loss_free = None;
+    for (figure, rate) in ramp {
+        if figure.met {
+            loss_free = Some(rate);
+        }
+        ramp_figures.push(figure);
+    }
+    let flood_met = flood_events.lost() == 0.0;
+    if flood_met {
+        loss_free = Some(flood_rate);
+    }
+    ramp_figures.push(Figure {
+        what: "ramp: the flood (hping3 --flood, wrk on)",
+        figure: format!("{:.0} k SYN/s: {}", flood_rate / 1e3, flood_events.losses()),
+        budget: "0 lost".into(),
+        met: flood_met,
+    });
+    ramp_figures.push(Figure {
+        what: "highest loss-free SYN rate of the ramp",
+        figure: match loss_free {
+            Some(rate) => format!("{:.0} k SYN/s", rate / 1e3),
+            None => "none".into(),
+        },
+        budget: format!("the flood's, {:.0} k/s", flood_rate / 1e3),
+        met: flood_met,
+    });
+
+    let figures = vec![
         Figure {
             what: "SYN flood sent (hping3 --flood)",
             figure: match sent {
@@ -574,7 +719,8 @@ fn load(bin: &Path, flood: Duration) -> Result<Vec<Figure>> {
             budget: "all OK".into(),
             met: ok > 0 && failed == 0 && !healthy_verdicts.is_empty() && healthy_wrong == 0,
         },
-    ])
+    ];
+    Ok((figures, ramp_figures))
 }
 
 #[cfg(test)]
