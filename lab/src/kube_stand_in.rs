@@ -173,7 +173,7 @@ impl KubeStandIn {
         let thread = thread::Builder::new()
             .name("kube-stand-in".into())
             .spawn(move || {
-                let bound = (|| -> Result<std::net::TcpListener> {
+                let bound = (|| -> Result<(std::os::fd::OwnedFd, SocketAddr)> {
                     if let Some(path) = &netns {
                         let file = std::fs::File::open(path)
                             .with_context(|| format!("opening {}", path.display()))?;
@@ -181,14 +181,14 @@ impl KubeStandIn {
                         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
                             .with_context(|| format!("entering {}", path.display()))?;
                     }
-                    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-                    listener.set_nonblocking(true)?;
-                    Ok(listener)
+                    reserve_port()
                 })();
-                let (listener, addr) = match bound.and_then(|l| Ok((l.local_addr()?, l))) {
-                    Ok((addr, listener)) => {
+                // Held for the stand-in's life: while it is down nothing listens (clients
+                // are refused) but no other socket can take the port it comes back on.
+                let (_reserved, addr) = match bound {
+                    Ok((reserved, addr)) => {
                         let _ = bound_tx.send(Ok(addr));
-                        (listener, addr)
+                        (reserved, addr)
                     }
                     Err(e) => {
                         let _ = bound_tx.send(Err(e));
@@ -200,18 +200,19 @@ impl KubeStandIn {
                     .build()
                     .expect("a tokio runtime");
                 runtime.block_on(async move {
-                    let mut listener = Some(listener);
                     loop {
                         // Down: nothing listens, so clients get "connection refused".
                         tokio::select! {
                             _ = up.wait_for(|up| *up) => {}
                             _ = &mut stopped => return,
                         }
-                        let bound = match listener.take() {
-                            Some(listener) => tokio::net::TcpListener::from_std(listener),
-                            None => tokio::net::TcpListener::bind(addr).await,
+                        let bound = match listen_on(addr) {
+                            Ok(bound) => bound,
+                            Err(err) => {
+                                eprintln!("kube stand-in: cannot listen on {addr} again: {err}");
+                                return;
+                            }
                         };
-                        let Ok(bound) = bound else { return };
                         let mut down = up.clone();
                         let stopping =
                             axum::serve(bound, app.clone()).with_graceful_shutdown(async move {
@@ -330,10 +331,10 @@ impl KubeStandIn {
     /// as when the API server or the route to it is lost) or brings it back on the same
     /// address.
     pub fn set_down(&self, down: bool) {
+        self.shared.up.send_replace(!down);
         if down {
             self.drop_watches();
         }
-        self.shared.up.send_replace(!down);
     }
 
     /// The Events created so far (`events.k8s.io/v1`, as the API server stored them),
@@ -691,7 +692,8 @@ fn namespaced_collection(path: &str) -> Option<(String, &str)> {
 }
 
 /// The events of `kind` (in `namespace`, if one) after `since`, then new ones as they
-/// happen, until the timeout, a cut or the server stopping.
+/// happen, until the timeout, a cut, the server going down or stopping. (A watch opened
+/// just as the server goes down must end too, or the graceful shutdown waits for it.)
 fn watch_stream(
     shared: Arc<Shared>,
     kind: &'static str,
@@ -702,6 +704,7 @@ fn watch_stream(
     let mut changed = shared.changed.subscribe();
     let mut cut = shared.cut.subscribe();
     cut.mark_unchanged();
+    let mut up = shared.up.subscribe();
     let deadline = tokio::time::Instant::now() + timeout;
     async_stream::stream! {
         let mut sent = since;
@@ -730,8 +733,39 @@ fn watch_stream(
             tokio::select! {
                 changed = changed.changed() => if changed.is_err() { break },
                 _ = cut.changed() => break,
+                _ = up.wait_for(|up| !*up) => break,
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
     }
+}
+
+/// A socket bound to a free loopback port with SO_REUSEPORT and never listening: it holds
+/// the port for [`listen_on`], whose listeners share it, and refuses nothing by itself.
+fn reserve_port() -> Result<(std::os::fd::OwnedFd, SocketAddr)> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, getsockname, setsockopt, socket,
+        sockopt,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    setsockopt(&fd, sockopt::ReusePort, &true)?;
+    let any_port = SockaddrIn::new(127, 0, 0, 1, 0);
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &any_port)?;
+    let bound: SockaddrIn = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
+    Ok((fd, SocketAddr::from((bound.ip(), bound.port()))))
+}
+
+/// A listener on the port [`reserve_port`] holds.
+fn listen_on(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
