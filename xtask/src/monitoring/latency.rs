@@ -38,8 +38,9 @@ fn finite(v: &Value) -> Option<f64> {
 fn destination(s: &Value) -> String {
     let m = &s["metric"];
     let label = |k: &str| m[k].as_str().unwrap_or("").to_owned();
+    // As the panels' legend says it.
     format!(
-        "{}/{}{}:{}",
+        "{}/{} → {}:{}",
         label("dst_namespace"),
         label("dst_service"),
         label("dst_workload"),
