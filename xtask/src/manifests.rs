@@ -411,4 +411,3 @@ fn with_unknown_fields(objects: &[Value]) -> Result<String> {
     }
     Ok(out)
 }
-
