@@ -8,6 +8,11 @@
 //! within a second. So when a batch does not fit, its SYNs are dropped (and counted) and
 //! everything else is carried into the next batch, up to a bound.
 //!
+//! Not at once, though: the tracker stalls now and then (a reconcile of a full table, a
+//! heap trim), and a queue of batches fills fastest when batches are small, one per ring
+//! wake-up at a moderate rate. A batch that finds the queue full is kept whole and grows,
+//! up to [`HOLD_RECORDS`], for the reader's next try; only past that are its SYNs dropped.
+//!
 //! Records are variable-length (wire version 3): a batch holds each one after its length,
 //! a `u16` in native byte order; [`records`] walks them.
 
@@ -16,8 +21,10 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 
 /// Records per batch, at most.
 pub const BATCH_RECORDS: usize = 256;
-/// Records carried over from batches that did not fit, at most: fewer than a batch, so
-/// a batch never grows past [`BATCH_RECORDS`].
+/// Records a batch may hold while the queue is full, waiting for room, before its SYNs
+/// are dropped: with the queue's own 64 batches, a stall of ~0.4 s at 46 k SYN/s.
+pub const HOLD_RECORDS: usize = 4 * BATCH_RECORDS;
+/// Records carried over from batches that did not fit, at most.
 const CARRY_RECORDS: usize = BATCH_RECORDS / 2;
 
 /// The longest record: a header and [`probe_ebpf::CAPTURE_BYTES`] of packet.
@@ -71,21 +78,36 @@ impl Batcher {
         0
     }
 
-    /// Sends what is batched. When the queue is full, the SYNs are dropped and the rest
-    /// is kept for the next batch (beyond [`CARRY_RECORDS`], dropped too). Returns the
-    /// records dropped.
+    /// Sends what is batched. When the queue is full, the batch is kept for the next try
+    /// while it holds fewer than [`HOLD_RECORDS`]; past that its SYNs are dropped and the
+    /// rest is kept (beyond [`CARRY_RECORDS`], dropped too). Returns the records dropped.
     pub fn flush(&mut self, queue: &mpsc::Sender<Vec<u8>>) -> u64 {
         if self.records == 0 {
             return 0;
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_BYTES));
-        let records = std::mem::take(&mut self.records);
-        self.carried = 0;
-        match queue.try_send(batch) {
-            Ok(()) => 0,
-            Err(TrySendError::Full(batch)) => self.carry(&batch),
+        match queue.try_reserve() {
+            Ok(room) => {
+                room.send(std::mem::replace(
+                    &mut self.batch,
+                    Vec::with_capacity(BATCH_BYTES),
+                ));
+                self.records = 0;
+                self.carried = 0;
+                0
+            }
+            Err(TrySendError::Full(())) if self.records < HOLD_RECORDS => 0,
+            Err(TrySendError::Full(())) => {
+                let batch = std::mem::take(&mut self.batch);
+                self.records = 0;
+                self.carried = 0;
+                self.carry(&batch)
+            }
             // The tracker is gone (shutting down): nothing will read them.
-            Err(TrySendError::Closed(_)) => records as u64,
+            Err(TrySendError::Closed(())) => {
+                self.batch.clear();
+                self.carried = 0;
+                std::mem::take(&mut self.records) as u64
+            }
         }
     }
 
@@ -182,11 +204,36 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_keeps_a_batch_until_it_holds_too_many() {
+        let (tx, mut rx) = mpsc::channel(1);
+        tx.try_send(Vec::new()).unwrap();
+        let mut batcher = Batcher::default();
+        let mut dropped = 0;
+        for i in 0..HOLD_RECORDS - 1 {
+            dropped += batcher.push(&record_of(i), &tx);
+            dropped += batcher.flush(&tx);
+        }
+        assert_eq!((dropped, batcher.pending()), (0, HOLD_RECORDS as u64 - 1));
+        // Room again: all of it goes, in order.
+        rx.try_recv().unwrap();
+        assert_eq!(batcher.flush(&tx), 0);
+        let batch = rx.try_recv().unwrap();
+        assert_eq!(records(&batch).count(), HOLD_RECORDS - 1);
+        assert_eq!(records(&batch).nth(300).unwrap(), record_of(300));
+        assert_eq!(batcher.pending(), 0);
+    }
+
+    #[test]
     fn a_full_queue_drops_the_syns_and_carries_the_answers() {
         let (tx, mut rx) = mpsc::channel(1);
         tx.try_send(Vec::new()).unwrap();
         let mut batcher = Batcher::default();
         let mut dropped = 0;
+        // Held up to its bound: SYNs, then the answers and SYNs of the test.
+        for i in 0..HOLD_RECORDS - 5 {
+            dropped += batcher.push(&record_of(i), &tx);
+        }
+        assert_eq!(dropped, 0);
         for kind in [
             EventKind::Syn,
             EventKind::SynAck,
@@ -197,12 +244,13 @@ mod tests {
             dropped += batcher.push(&record(kind, 0), &tx);
         }
         dropped += batcher.flush(&tx);
-        assert_eq!((dropped, batcher.pending()), (2, 3));
+        assert_eq!((dropped, batcher.pending()), (HOLD_RECORDS as u64 - 3, 3));
+        let dropped_before = dropped;
         // Room again: the answers go out first, with what came after them.
         rx.try_recv().unwrap();
         dropped += batcher.push(&record(EventKind::Syn, 1), &tx);
         dropped += batcher.flush(&tx);
-        assert_eq!(dropped, 2);
+        assert_eq!(dropped, dropped_before);
         assert_eq!(
             kinds(&rx.try_recv().unwrap()),
             [
@@ -225,7 +273,8 @@ mod tests {
             dropped += batcher.push(&record(EventKind::SynAck, 0), &tx);
         }
         dropped += batcher.flush(&tx);
-        assert_eq!(batcher.pending(), CARRY_RECORDS as u64);
+        assert!(batcher.pending() <= HOLD_RECORDS as u64);
+        assert!(dropped > 0);
         assert_eq!(dropped + batcher.pending(), total as u64);
     }
 }
