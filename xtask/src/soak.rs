@@ -379,9 +379,17 @@ impl SynFlood {
 
     /// Stops it; the SYNs it says it sent.
     pub(crate) fn stop(mut self) -> Result<Option<u64>> {
-        // SIGINT: hping3 prints its statistics and exits.
+        // SIGINT: hping3 prints its statistics and exits. Paced at a short interval it may
+        // not get to (its alarm handler runs back to back): then it is ended, uncounted.
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
-        self.child.wait()?;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                exec::terminate(&mut self.child, Duration::from_secs(2));
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
         let text = std::fs::read_to_string(&self.out).unwrap_or_default()
             + &std::fs::read_to_string(&self.err).unwrap_or_default();
         Ok(parse_hping_sent(&text))
@@ -473,16 +481,18 @@ fn settled(agent: &Agent) -> Result<HashMap<String, f64>> {
 }
 
 /// The ramp's paced stages: each [`RAMP_STAGE`] long, settled before the next. One line
-/// each: the rate hping3 reached, and the events lost at it and where.
+/// each: the rate the probe saw (its events per second: one per SYN), and the events lost
+/// at it and where.
 fn ramp(agent: &Agent, from: &Pod, to: Ipv4Addr, dir: &Path) -> Result<Vec<(Figure, f64)>> {
     let mut figures = Vec::new();
     for (asked, interval_us) in RAMP {
         let before = Events::of(&settled(agent)?);
         let hping = SynFlood::start_paced(from, to, 5432, dir, Some(interval_us))?;
         thread::sleep(RAMP_STAGE);
-        let sent = hping.stop()?.unwrap_or(0) as f64;
+        hping.stop()?;
         let events = Events::of(&settled(agent)?).since(&before);
-        let rate = sent / RAMP_STAGE.as_secs_f64();
+        // What the probe saw: one event per SYN, at the flooder's veth.
+        let rate = events.emitted / RAMP_STAGE.as_secs_f64();
         figures.push((
             Figure {
                 what: asked,
@@ -629,7 +639,7 @@ fn load(bin: &Path, flood: Duration) -> Result<(Vec<Figure>, Vec<Figure>)> {
 
     // The ramp's last stage: the flood, with wrk on the API.
     let flood_events = Events::of(&samples).since(&before_flood);
-    let flood_rate = sent.unwrap_or(0) as f64 / secs;
+    let flood_rate = flood_events.emitted / secs;
     let mut ramp_figures: Vec<Figure> = Vec::new();
     let mut loss_free = None;
     for (figure, rate) in ramp {
