@@ -1,0 +1,74 @@
+//! What the API reads: verdicts and events, newest kept, and the node-wide verdicts.
+
+use super::*;
+
+impl Tracker {
+    /// Verdicts accepted by `keep`: the `limit` most recently seen, oldest first.
+    pub fn verdicts(&self, keep: &dyn Fn(&Verdict) -> bool, limit: usize) -> Vec<Verdict> {
+        // The newest `limit` by (last_seen, first_seen), kept in a min-heap: memory stays
+        // O(limit) on a full table, and a flow older than the heap's oldest is skipped
+        // before its verdict is even built.
+        // (Sized by the table too: "all" may be asked as usize::MAX.)
+        let mut newest: BinaryHeap<Reverse<Ranked>> =
+            BinaryHeap::with_capacity(limit.min(self.flows.len()) + 1);
+        if limit == 0 {
+            return Vec::new();
+        }
+        for (_, state) in self.flows.iter() {
+            let rank = (state.last_seen, state.first_seen, state.generation);
+            if newest.len() == limit && newest.peek().is_some_and(|Reverse(min)| rank <= min.0) {
+                continue;
+            }
+            let verdict = self.journal.verdict_of(state);
+            if !keep(&verdict) {
+                continue;
+            }
+            newest.push(Reverse(Ranked(rank, verdict)));
+            if newest.len() > limit {
+                newest.pop();
+            }
+        }
+        let mut out: Vec<Ranked> = newest.into_iter().map(|Reverse(r)| r).collect();
+        out.sort_by_key(|ranked| ranked.0);
+        out.into_iter().map(|ranked| ranked.1).collect()
+    }
+
+    /// Recent events accepted by `keep`: the newest `limit`, oldest first.
+    pub fn events(&self, keep: &dyn Fn(&FlowEvent) -> bool, limit: usize) -> Vec<FlowEvent> {
+        let mut out: Vec<FlowEvent> = self
+            .journal
+            .events
+            .iter()
+            .rev()
+            .filter(|event| keep(event))
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// Node-level verdicts: the node-wide incident going on, and the last one ended.
+    pub fn node_verdicts(&self, now: Duration) -> Vec<NodeVerdict> {
+        self.context
+            .node
+            .incidents(now)
+            .into_iter()
+            .map(|incident| {
+                let diagnosis = node_datapath(&incident, self.context.node_name.as_ref());
+                NodeVerdict {
+                    verdict: VerdictKind::Timeout,
+                    cause: diagnosis.cause,
+                    reason: diagnosis.reason,
+                    next: diagnosis.next,
+                    since: self.journal.clock.to_utc(incident.since),
+                    until: incident.until.map(|until| self.journal.clock.to_utc(until)),
+                    failing_pairs: incident.failing_pairs,
+                    pairs: incident.pairs,
+                    sources: incident.sources,
+                    flows: incident.flows,
+                }
+            })
+            .collect()
+    }
+}
