@@ -231,7 +231,7 @@ fn events_per_second(names: Option<Names>) {
 }
 
 fn rss_mib() -> f64 {
-    xtask::lab::rss_kib(std::process::id()).expect("VmRSS") as f64 / 1024.0
+    lab::rss_kib(std::process::id()).expect("VmRSS") as f64 / 1024.0
 }
 
 /// Runs in a child process so the figure is not inflated by the other measurements.

@@ -14,12 +14,12 @@ use aya::{
     programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions},
     sys::{Stats, enable_stats},
 };
+use lab::{self, Node, Pod, Proto};
 use probe_agent::{
     loader::{self, LoadOptions},
     model::{Verdict, VerdictKind},
 };
 use probe_ebpf::{EGRESS_PROGRAM, EMPTY_PROGRAM, INGRESS_PROGRAM};
-use xtask::lab::{self, Node, Pod, Proto};
 
 const COST_RATIO_BUDGET: f64 = 1.3;
 const THROUGHPUT_BUDGET: f64 = 0.97;

@@ -3,7 +3,7 @@
 //! track rate, memory, verdict latency).
 
 use anyhow::Result;
-use xtask::exec;
+use lab::exec;
 
 use crate::{build, toolchain, util};
 

@@ -25,9 +25,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use lab::exec;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use xtask::exec;
 
 use crate::{image, util};
 

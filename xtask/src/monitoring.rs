@@ -47,12 +47,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use lab::{self, Node, Pod, Proto, exec};
 use nix::sys::signal::{Signal, kill};
 use serde_json::{Value, json};
-use xtask::{
-    exec,
-    lab::{self, Node, Pod, Proto},
-};
 
 use crate::{build, demo, manifests, soak, toolchain, util};
 

@@ -24,15 +24,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use lab::{self, Node, Pod, Proto, exec};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 use serde_json::Value;
-use xtask::{
-    exec,
-    lab::{self, Node, Pod, Proto},
-};
 
 use crate::{build, demo::http_get, toolchain, util};
 

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use lab::exec;
 use serde_json::Value;
-use xtask::exec;
 
 use super::{Checks, deploy_dir, parse_objects, policy, seccomp, validate};
 use crate::util;

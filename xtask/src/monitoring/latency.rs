@@ -11,8 +11,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
+use lab::exec;
 use serde_json::Value;
-use xtask::exec;
 
 use super::{NODE, Prometheus, traffic::SteadyTraffic};
 use crate::{demo, manifests};

@@ -12,8 +12,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use lab::exec;
 use serde_json::Value;
-use xtask::exec;
 
 use crate::demo;
 

@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::Result;
-use xtask::lab::{self, DnsServer, Listener, Pod, QueryType};
+use lab::{self, DnsServer, Listener, Pod, QueryType};
 
 /// The server pod's TCP port and the name its DNS server answers.
 pub const TCP_PORT: u16 = 8080;
