@@ -50,6 +50,7 @@ pub fn policy(objects: &[Value], dashboard: &Value) -> Checks {
         "ClusterRole/netprobe",
         "ClusterRole/netprobe-reader",
         "ClusterRoleBinding/netprobe",
+        "Role/netprobe-observer",
         "DaemonSet/netprobe",
         "Service/netprobe",
         "ConfigMap/netprobe-dashboard",
@@ -151,6 +152,22 @@ pub fn policy(objects: &[Value], dashboard: &Value) -> Checks {
             "ClusterRole netprobe-reader rules",
             &reader["rules"],
             &json!([{"nonResourceURLs": ["/v1/*", "/metrics"], "verbs": ["get"]}]),
+        );
+    }
+    // Cluster-wide observe: the agent pods and their proxy, in the agents' namespace only.
+    if let Ok(observer) = find(objects, "Role", "netprobe-observer") {
+        c.eq(
+            "Role netprobe-observer namespace",
+            &observer["metadata"]["namespace"],
+            &json!("netprobe"),
+        );
+        c.eq(
+            "Role netprobe-observer rules",
+            &observer["rules"],
+            &json!([
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+                {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]}
+            ]),
         );
     }
     if let Ok(binding) = find(objects, "ClusterRoleBinding", "netprobe") {
