@@ -68,7 +68,7 @@ fn build(target: Option<&str>) -> Result<PathBuf> {
         bail!(
             "probe-agent's build did not find bpf-linker ({NO_LINKER_WARNING}) although \
              `cargo xtask build` installed it: is {} on PATH?",
-            toolchain::cargo_home()?.join("bin").display()
+            util::cargo_home()?.join("bin").display()
         );
     }
     if !second.embeds_program() {

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use lab::exec;
 
-use crate::{toolchain, util};
+use crate::util;
 
 /// The cargo-deny release the checks are written for (deny.toml's format).
 const CARGO_DENY_VERSION: &str = "0.20.2";
@@ -45,7 +45,7 @@ fn check_advisories(required: bool) -> Result<()> {
         .args(["deny", "fetch", "db"])
         .output()
         .is_ok_and(|out| out.status.success());
-    let db = toolchain::cargo_home()?.join(ADVISORY_DB_DIR);
+    let db = util::cargo_home()?.join(ADVISORY_DB_DIR);
     let mut cmd = util::cargo(["deny", "--all-features"]);
     if fetched {
         println!("xtask: RustSec advisory database fetched");

@@ -6,14 +6,14 @@
 //! Each step checks first and does nothing when already done.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
 };
 
 use anyhow::{Context, Result, bail, ensure};
 use lab::exec::{self, run, run_streaming};
 
-use crate::util;
+use crate::util::{self, cargo_home};
 
 /// bpf-linker release we build. 0.13 links against an LLVM shared library, which lets us
 /// use the exact LLVM that nightly rustc emits bitcode for.
@@ -191,15 +191,6 @@ fn ensure_rust_src(toolchain: &str) -> Result<()> {
         "--toolchain",
         toolchain,
     ]))
-}
-
-/// `CARGO_HOME`, as cargo and rustup resolve it.
-pub fn cargo_home() -> Result<PathBuf> {
-    if let Some(home) = std::env::var_os("CARGO_HOME") {
-        return Ok(PathBuf::from(home));
-    }
-    let home = std::env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
-    Ok(Path::new(&home).join(".cargo"))
 }
 
 /// The installed bpf-linker's version, if it runs.

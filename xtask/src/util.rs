@@ -5,7 +5,16 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+
+/// `CARGO_HOME`, as cargo and rustup resolve it.
+pub fn cargo_home() -> Result<PathBuf> {
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        return Ok(PathBuf::from(home));
+    }
+    let home = std::env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
+    Ok(Path::new(&home).join(".cargo"))
+}
 
 /// How to run a task as root without losing the user's cargo (sudo resets PATH).
 pub const SUDO_HINT: &str = "sudo -E env \"PATH=$PATH\" cargo xtask";
@@ -40,7 +49,7 @@ pub fn require_root(task: &str, why: &str) -> Result<()> {
 /// Makes sure `$CARGO_HOME/bin` is on PATH for the programs we start: bpf-linker is
 /// installed there and aya-build calls it by name.
 pub fn put_cargo_bin_on_path() -> Result<()> {
-    let bin = crate::toolchain::cargo_home()?.join("bin");
+    let bin = cargo_home()?.join("bin");
     let path = std::env::var_os("PATH").unwrap_or_default();
     if std::env::split_paths(&path).any(|p| p == bin) {
         return Ok(());
