@@ -11,8 +11,7 @@
 use std::{
     collections::HashMap,
     fs::File,
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
-    os::unix::process::CommandExt,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -23,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use lab::{self, Node, Pod, Proto, exec};
 use nix::{
     sys::signal::{Signal, kill},
@@ -187,10 +186,20 @@ fn faults(churn_cycles: u32) -> Result<Vec<String>> {
     Ok(figures)
 }
 
-/// The agent as a child process on the node, its API on the host's loopback.
-pub(crate) struct Agent {
-    child: Child,
-    pub(crate) listen: SocketAddr,
+/// The agent on the node (the lab's supervisor), its API on the host's loopback.
+pub(crate) struct Agent(lab::Agent);
+
+impl std::ops::Deref for Agent {
+    type Target = lab::Agent;
+    fn deref(&self) -> &lab::Agent {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut lab::Agent {
+        &mut self.0
+    }
 }
 
 impl Agent {
@@ -201,49 +210,19 @@ impl Agent {
     /// The agent on `node` (no Kubernetes, 1 s SYN timeout), with more `probe-agent run`
     /// arguments (e.g. `--interfaces`); ready (`/readyz` 200) when this returns.
     pub(crate) fn start_with(bin: &Path, node: &Node, log: &Path, args: &[&str]) -> Result<Agent> {
-        let listen = free_port()?;
-        let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(bin)
-            .arg("run")
-            .arg("--netns")
-            .arg(node.netns_path())
-            .args(["--listen", &listen.to_string(), "--kube", "off"])
+        let mut agent = lab::AgentCommand::new(bin, node, log)
             // Loopback, no cluster: open, whatever environment the soak runs in.
-            .args(["--api-auth", "none"])
+            .args(["--kube", "off", "--api-auth", "none"])
             .args(["--syn-timeout", &format!("{}s", SYN_TIMEOUT.as_secs())])
             .args(["--flow-capacity", &FLOW_CAPACITY.to_string()])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut agent = Agent { child, listen };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = agent.child.try_wait()? {
-                bail!("the agent exited ({status}); its log: {}", log.display());
-            }
-            if matches!(http_get(listen, "/readyz"), Ok((200, _))) {
-                return Ok(agent);
-            }
-            ensure!(Instant::now() < deadline, "the agent was not ready in 20 s");
-            thread::sleep(Duration::from_millis(100));
-        }
+            .args(args.iter().copied())
+            .start()?;
+        agent.wait_ready(Duration::from_secs(20))?;
+        Ok(Agent(agent))
     }
 
     pub(crate) fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
-    }
-
-    /// Fails if the agent has exited.
-    pub(crate) fn ensure_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("the agent exited ({status})");
-        }
-        Ok(())
     }
 
     fn rss_mib(&self) -> Result<f64> {
@@ -256,16 +235,6 @@ impl Agent {
         ensure!(status == 200, "GET /metrics: HTTP {status}");
         Ok(parse_samples(&body))
     }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        exec::terminate(&mut self.child, Duration::from_secs(5));
-    }
-}
-
-fn free_port() -> Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// `name{labels} value` lines of a Prometheus exposition, by `name{labels}`.
