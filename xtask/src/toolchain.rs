@@ -5,10 +5,7 @@
 //! python3-venv and, without a kubectl, kubernetes-client for the deploy/ checks).
 //! Each step checks first and does nothing when already done.
 
-use std::{
-    path::Path,
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail, ensure};
 use lab::exec::{self, run, run_streaming};
