@@ -12,7 +12,7 @@ pub mod craft;
 pub mod decode;
 pub mod diagnose;
 pub mod enrich;
-pub mod events;
+pub mod kube_events;
 pub mod loader;
 pub mod local_addresses;
 pub mod metrics;

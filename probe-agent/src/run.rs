@@ -34,7 +34,7 @@ use crate::{
     config::{ApiAuthMode, KubeMode, RunArgs, TaskName},
     decode::{self, DecodeError},
     enrich::{self, KubeOptions, Names},
-    events::{self, CauseReport, EventOptions},
+    kube_events::{self, CauseReport, EventOptions},
     loader::{
         self,
         counts::{CounterReader, FlowCounts},
@@ -227,7 +227,7 @@ pub async fn run(
             instance: node,
         };
         info!(window = ?options.window, "writing Kubernetes Events for failing causes");
-        tokio::spawn(events::write(
+        tokio::spawn(kube_events::write(
             client,
             names,
             options,
@@ -360,7 +360,7 @@ fn cause_reports(
         );
         return None;
     }
-    Some(mpsc::channel(events::QUEUE_CAPACITY))
+    Some(mpsc::channel(kube_events::QUEUE_CAPACITY))
 }
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {

@@ -27,7 +27,7 @@ use crate::{
     decode::{DnsPacket, Packet, decode_dns, flow_from_key},
     diagnose::{self, Failure, PathFacts},
     enrich::{ClusterView, Names},
-    events::CauseReport,
+    kube_events::CauseReport,
     metrics::{Metrics, PacketKind},
     model::{
         Cause, Counts, DnsSummary, Flow, FlowEvent, FlowEventKind, NodeVerdict, Protocol, Verdict,

@@ -153,7 +153,7 @@ pub enum EventResult {
     Failed,
     /// The writer's queue was full: the tracker does not wait for it.
     Dropped,
-    /// The source pod had its share of Events in the window (`events::PER_POD`).
+    /// The source pod had its share of Events in the window (`kube_events::PER_POD`).
     RateLimited,
 }
 

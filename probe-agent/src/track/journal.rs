@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     enrich::Names,
-    events::{self, CauseReport},
+    kube_events::{self, CauseReport},
     metrics::{Latency, Metrics},
     model::{Cause, FlowEvent, FlowEventKind, Verdict, VerdictKind},
 };
@@ -119,7 +119,7 @@ impl Journal {
         if timeout && self.held_reports.len() < HELD_REPORTS {
             self.held_reports.push_back((now + REPORT_HOLD, report));
         } else {
-            events::offer(reports, report, &self.metrics);
+            kube_events::offer(reports, report, &self.metrics);
         }
     }
 
@@ -145,7 +145,7 @@ impl Journal {
                 report.reason = diagnosis.reason.into();
                 report.next = diagnosis.next.map(Arc::from);
             }
-            events::offer(reports, report, &self.metrics);
+            kube_events::offer(reports, report, &self.metrics);
         }
     }
 

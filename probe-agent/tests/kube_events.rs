@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use probe_agent::{
-    events::{self, CauseReport, EventOptions, REPORTING_CONTROLLER},
+    kube_events::{self, CauseReport, EventOptions, REPORTING_CONTROLLER},
     metrics::{EventResult, Metrics},
     model::{Cause, Flow, Protocol},
 };
@@ -36,12 +36,12 @@ async fn cluster(window: Duration) -> Cluster {
         stand_in.names.snapshot().cluster.pods_in(NAMESPACE).len() == 3
     })
     .await;
-    let (reports, queue) = mpsc::channel(events::QUEUE_CAPACITY);
+    let (reports, queue) = mpsc::channel(kube_events::QUEUE_CAPACITY);
     let options = EventOptions {
         window,
         instance: NODE.into(),
     };
-    tokio::spawn(events::write(
+    tokio::spawn(kube_events::write(
         stand_in.client.clone(),
         stand_in.names.clone(),
         options,
@@ -177,16 +177,16 @@ async fn a_failing_cause_is_a_warning_event_on_the_source_pod() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_failing_to_reach_many_peers_gets_its_share_of_events() {
     let cluster = cluster(Duration::from_secs(600)).await;
-    let peers = events::PER_POD as u16 + 3;
+    let peers = kube_events::PER_POD as u16 + 3;
     for i in 0..peers {
         let dst = format!("10.244.2.{}:8080", 10 + i);
         cluster.send(report(Cause::NoAnswer, &dst, 42000 + i)).await;
     }
     cluster.settle(u64::from(peers)).await;
-    cluster.assert_all_counts([u64::from(events::PER_POD), 0, 0, 0, 3]);
+    cluster.assert_all_counts([u64::from(kube_events::PER_POD), 0, 0, 0, 3]);
     assert_eq!(
         cluster.stand_in.api.events().len(),
-        events::PER_POD as usize
+        kube_events::PER_POD as usize
     );
     // A limited report is not remembered as written: the same one again is limited
     // again, not deduplicated.
@@ -194,7 +194,7 @@ async fn a_pod_failing_to_reach_many_peers_gets_its_share_of_events() {
         .send(report(Cause::NoAnswer, "10.244.2.22:8080", 43000))
         .await;
     cluster.settle(u64::from(peers) + 1).await;
-    cluster.assert_all_counts([u64::from(events::PER_POD), 0, 0, 0, 4]);
+    cluster.assert_all_counts([u64::from(kube_events::PER_POD), 0, 0, 0, 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,9 +287,9 @@ fn a_full_queue_drops_and_counts_without_waiting() {
     let metrics = Metrics::default();
     let (reports, _queue) = mpsc::channel(1);
     let flow = report(Cause::NothingListening, "10.244.2.7:5432", 41000);
-    events::offer(&reports, flow.clone(), &metrics);
-    events::offer(&reports, flow.clone(), &metrics);
-    events::offer(&reports, flow, &metrics);
+    kube_events::offer(&reports, flow.clone(), &metrics);
+    kube_events::offer(&reports, flow.clone(), &metrics);
+    kube_events::offer(&reports, flow, &metrics);
     assert!(
         metrics
             .encode()
