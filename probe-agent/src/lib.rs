@@ -8,6 +8,7 @@
 
 pub mod attach;
 pub mod config;
+#[cfg(any(test, feature = "craft"))]
 pub mod craft;
 pub mod decode;
 pub mod diagnose;
