@@ -17,6 +17,7 @@
 //! printed and can be set with NETPROBE_DIFFERENTIAL_SEED (the number of packets with
 //! NETPROBE_DIFFERENTIAL_PACKETS) so that a failure reproduces.
 
+use crate::kernel::header;
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
@@ -37,8 +38,8 @@ use probe_agent::{
     model::{Flow, Protocol},
 };
 use probe_ebpf::{
-    CAPTURE_BYTES, Direction, EGRESS_PROGRAM, EVENT_HEADER_BYTES, EventKind, FlowCounters, HookKey,
-    INGRESS_PROGRAM, IPPROTO_TCP, IPPROTO_UDP, LossCounter, PacketEvent,
+    CAPTURE_BYTES, Direction, EGRESS_PROGRAM, EventKind, FlowCounters, HookKey, INGRESS_PROGRAM,
+    IPPROTO_TCP, IPPROTO_UDP, LossCounter,
 };
 
 const DEFAULT_PACKETS: usize = 100_000;
@@ -613,26 +614,6 @@ impl Probe {
     fn losses(&self, counter: LossCounter) -> u64 {
         loader::kernel_count(&self.maps.losses, counter)
     }
-}
-
-/// The record's header as the kernel wrote it (the key even when `decode` refuses it).
-fn header(record: &[u8]) -> PacketEvent {
-    assert!(
-        (EVENT_HEADER_BYTES..=size_of::<PacketEvent>()).contains(&record.len()),
-        "one record per event, {} bytes",
-        record.len()
-    );
-    let mut event = [0u8; size_of::<PacketEvent>()];
-    event[..record.len()].copy_from_slice(record);
-    // SAFETY: PacketEvent is plain integers (aya::Pod), valid for any bytes, and
-    // read_unaligned has no alignment needs.
-    let event = unsafe { std::ptr::read_unaligned(event.as_ptr().cast::<PacketEvent>()) };
-    assert_eq!(
-        record.len(),
-        EVENT_HEADER_BYTES + event.captured_len as usize,
-        "a record is its header and the bytes captured"
-    );
-    event
 }
 
 /// Whether BPF_PROG_TEST_RUN may refuse `frame` (see [`Rule::RefusedByTestRun`]).

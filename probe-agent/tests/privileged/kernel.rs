@@ -139,8 +139,8 @@ impl Kernel {
     }
 }
 
-/// The record's header as the kernel wrote it.
-fn header(record: &[u8]) -> PacketEvent {
+/// The record's header as the kernel wrote it (the key even when `decode` refuses it).
+pub(crate) fn header(record: &[u8]) -> PacketEvent {
     assert!(
         (EVENT_HEADER_BYTES..=size_of::<PacketEvent>()).contains(&record.len()),
         "one record per event, {} bytes",
