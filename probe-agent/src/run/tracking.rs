@@ -1,0 +1,168 @@
+//! The tracker's loop: decodes and tracks batches, sweeps timeouts, and reconciles with
+//! the kernel's counters, which another task reads off it.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use aya::maps::{MapData, PerCpuArray};
+use probe_ebpf::{FlowCounters, HookKey, LossCounter};
+use tokio::{
+    sync::{mpsc, watch},
+    time::{MissedTickBehavior, interval},
+};
+
+use super::{lock, queue};
+use crate::{
+    decode::{self, DecodeError},
+    loader::{
+        self,
+        counts::{CounterReader, FlowCounts},
+    },
+    metrics::{DecodeErrorKind, LossSource, Metrics},
+    track::{Tracker, monotonic_now},
+};
+
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+
+/// What the kernel counted, read once per [`RECONCILE_EVERY`].
+pub(super) struct KernelCounts {
+    /// Every hook's counters, as one read of the kernel's map found them.
+    flows: FlowCounts,
+    ring_full: u64,
+    submitted: u64,
+}
+
+/// Reads the kernel's per-flow and event counters off the tracking task: a full table is
+/// 65,536 entries, which must not stall decoding under a flood. Read in batches
+/// ([`CounterReader`]: 17 bpf(2) calls for a full table, against 131,073 key by key).
+///
+/// One buffer serves every read (10 MiB for a full table): the tracker hands it back
+/// once reconciled, and the next read waits for it. Fresh ones, queued behind a busy
+/// tracker, took 30 MiB under a flood.
+pub(super) async fn read_kernel_counts(
+    flow_counts: aya::maps::HashMap<MapData, HookKey, FlowCounters>,
+    losses: PerCpuArray<MapData, u64>,
+    (snapshots, mut spent): (mpsc::Sender<KernelCounts>, mpsc::Receiver<FlowCounts>),
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = interval(RECONCILE_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut maps = (flow_counts, losses, CounterReader::default());
+    let mut buffer = Some(FlowCounts::default());
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let mut flows = match buffer.take() {
+            Some(flows) => flows,
+            None => tokio::select! {
+                Some(flows) = spent.recv() => flows,
+                _ = shutdown.changed() => return,
+            },
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            let (flow_counts, losses, reader) = &mut maps;
+            reader.read(flow_counts, &mut flows);
+            let counts = KernelCounts {
+                flows,
+                ring_full: loader::kernel_count(losses, LossCounter::RingFull),
+                submitted: loader::kernel_count(losses, LossCounter::Submitted),
+            };
+            (maps, counts)
+        })
+        .await;
+        let Ok((back, counts)) = read else { return };
+        maps = back;
+        if snapshots.send(counts).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Decodes and tracks batches; sweeps timeouts; reconciles with the kernel's counters.
+pub(super) async fn track_loop(
+    mut batches: mpsc::Receiver<Vec<u8>>,
+    (mut kernel, spent): (mpsc::Receiver<KernelCounts>, mpsc::Sender<FlowCounts>),
+    tracker: Arc<Mutex<Tracker>>,
+    metrics: Arc<Metrics>,
+    per_interface: mpsc::UnboundedSender<(u32, u64)>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sweep = interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut kernel_lost = 0u64;
+    let mut kernel_emitted = 0u64;
+    // Every event the tracker saw or knows lost: with the kernel's total, whether the
+    // ring and the queue are drained.
+    let mut accounted = 0u64;
+    loop {
+        tokio::select! {
+            Some(batch) = batches.recv() => {
+                let mut seen_on: Vec<(u32, u64)> = Vec::new();
+                let mut processed = 0;
+                let mut tracker = lock(&tracker);
+                for raw in queue::records(&batch) {
+                    accounted += 1;
+                    match decode::decode(raw) {
+                        Ok(packet) => {
+                            processed += 1;
+                            match seen_on.iter_mut().find(|(i, _)| *i == packet.ifindex) {
+                                Some((_, n)) => *n += 1,
+                                None => seen_on.push((packet.ifindex, 1)),
+                            }
+                            tracker.on_packet(&packet);
+                        }
+                        Err(err) => metrics.decode_error(decode_error_kind(&err)),
+                    }
+                }
+                drop(tracker);
+                metrics.events_processed(processed);
+                for counted in seen_on {
+                    let _ = per_interface.send(counted);
+                }
+            }
+            _ = sweep.tick() => lock(&tracker).sweep(monotonic_now()),
+            Some(mut counts) = kernel.recv() => {
+                let mut tracker = lock(&tracker);
+                let now = monotonic_now();
+                // Drained: every event the kernel handed over was read or dropped by the
+                // agent, so every count of the snapshot is settled.
+                let drained = accounted + metrics.events_lost_total(LossSource::Agent) >= counts.submitted;
+                let read_up_to = if drained { now } else { tracker.newest_event() };
+                tracker.reconcile(counts.flows.drain(), read_up_to, now);
+                metrics.set_flows_tracked(tracker.flows_tracked() as u64);
+                drop(tracker);
+                // Room for it: the reader holds no buffer until it gets this one.
+                let _ = spent.try_send(std::mem::take(&mut counts.flows));
+                if counts.ring_full > kernel_lost {
+                    metrics.events_lost(LossSource::Kernel, counts.ring_full - kernel_lost);
+                    kernel_lost = counts.ring_full;
+                }
+                let emitted = counts.ring_full + counts.submitted;
+                if emitted > kernel_emitted {
+                    metrics.events_emitted(emitted - kernel_emitted);
+                    kernel_emitted = emitted;
+                }
+                // The flow table churns under a flood (every evicted flow frees its state
+                // and reason): hand the freed pages back to the kernel once a second
+                // rather than let fragmentation hold them.
+                // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+                unsafe { libc::malloc_trim(0) };
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+pub(super) fn decode_error_kind(err: &DecodeError) -> DecodeErrorKind {
+    match err {
+        DecodeError::Truncated(_) | DecodeError::CapturedLength(_) => DecodeErrorKind::Truncated,
+        DecodeError::Version(_) => DecodeErrorKind::Version,
+        DecodeError::Kind(_) | DecodeError::Direction(_) => DecodeErrorKind::Kind,
+        DecodeError::Malformed(_) => DecodeErrorKind::Malformed,
+    }
+}
