@@ -1,8 +1,9 @@
 //! A simulated Kubernetes node built from network namespaces, for `cargo xtask demo`, the
 //! agent's privileged integration tests and xtask's checks; with [`exec`] (running the
 //! tools it drives), [`kube_objects`] (the Kubernetes objects describing its pods),
-//! [`kube_stand_in`] (a Kubernetes API server serving them) and [`Agent`] (one
-//! supervisor for `probe-agent run`).
+//! [`kube_stand_in`] (a Kubernetes API server serving them), [`Agent`] (one
+//! supervisor for `probe-agent run`) and [`craft`] (packets and kernel records built by
+//! hand, for tests, benches and fuzz targets).
 //!
 //! ```text
 //!  <prefix>-node  (the node's root namespace: ip_forward on, nftables like kube-proxy)
@@ -21,6 +22,7 @@
 
 mod agent;
 mod capture;
+pub mod craft;
 mod dns;
 pub mod exec;
 pub mod kube_objects;

@@ -15,8 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lab::craft::{self, Frame, TcpFlags};
 use probe_agent::{
-    craft::{self, Frame, TcpFlags},
     decode,
     enrich::{Directory, Names, PodRecord, PodView, ServiceRecord, object_key},
     metrics::Metrics,

@@ -5,8 +5,8 @@
 use std::{net::SocketAddr, path::Path};
 
 use hickory_proto::{op::ResponseCode, rr::RecordType};
+use lab::craft::{self, Frame, TcpFlags};
 use pnet_packet::ip::IpNextHeaderProtocols;
-use probe_agent::craft::{self, Frame, TcpFlags};
 use probe_ebpf::{Direction, EventKind, IPPROTO_TCP, IPPROTO_UDP};
 
 fn addr(s: &str) -> SocketAddr {

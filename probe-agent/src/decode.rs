@@ -534,7 +534,7 @@ mod tests {
     use pnet_packet::ip::IpNextHeaderProtocols;
 
     use super::*;
-    use crate::craft::{self, Frame, TcpFlags};
+    use lab::craft::{self, Frame, TcpFlags};
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()

@@ -8,8 +8,6 @@
 
 pub mod attach;
 pub mod config;
-#[cfg(any(test, feature = "craft"))]
-pub mod craft;
 pub mod decode;
 pub mod diagnose;
 pub mod enrich;

@@ -8,9 +8,9 @@ use std::{
     time::Duration,
 };
 
+use lab::craft;
 use probe_agent::{
     config::KubeMode,
-    craft,
     decode::{Packet, flow_from_key},
     enrich::{self, KubeOptions, Names},
     metrics::Metrics,

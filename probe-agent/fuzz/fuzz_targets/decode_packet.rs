@@ -5,8 +5,9 @@
 //! and never panic.
 #![no_main]
 
+use lab::craft;
 use libfuzzer_sys::fuzz_target;
-use probe_agent::{craft, decode};
+use probe_agent::decode;
 use probe_agent_fuzz::{CRAFT_IFINDEX, wire_key};
 use probe_ebpf::{CAPTURE_BYTES, Direction, EventKind, FlowCounters, FlowKey};
 

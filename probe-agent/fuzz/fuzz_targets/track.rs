@@ -24,10 +24,10 @@ use std::{
 
 use arbitrary::Arbitrary;
 use hickory_proto::{op::ResponseCode, rr::RecordType};
+use lab::craft::{self, Frame};
 use libfuzzer_sys::fuzz_target;
 use pnet_packet::ip::{IpNextHeaderProtocol, IpNextHeaderProtocols};
 use probe_agent::{
-    craft::{self, Frame},
     decode,
     metrics::Metrics,
     model::{Counts, VerdictKind},

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use chrono::{DateTime, Utc};
+use lab::craft;
 use probe_agent::{
-    craft,
     model::{Flow, FlowEvent, FlowEventKind, Protocol, Verdict, VerdictKind},
     serve::{Filter, MAX_LIMIT, parameter_names},
 };

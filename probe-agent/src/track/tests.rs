@@ -1,11 +1,11 @@
 use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
 
 use hickory_proto::op::ResponseCode;
+use lab::craft;
 use probe_ebpf::{Direction, EventKind, FlowCounters, HookKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::{Clock, Tracker, TrackerConfig};
 use crate::{
-    craft,
     decode::{DnsPacket, Packet, flow_from_key},
     metrics::Metrics,
     model::{Cause, FlowEventKind, Verdict, VerdictKind},

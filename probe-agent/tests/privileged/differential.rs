@@ -30,9 +30,9 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use hickory_proto::{op::ResponseCode, rr::RecordType};
+use lab::craft::{self, Frame, TcpFlags};
 use pnet_packet::ip::{IpNextHeaderProtocol, IpNextHeaderProtocols};
 use probe_agent::{
-    craft::{self, Frame, TcpFlags},
     decode::{self, DecodeError, ParsedPacket},
     loader::{self, LoadOptions, ProbeMaps},
     model::{Flow, Protocol},

@@ -13,9 +13,9 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use hickory_proto::{op::ResponseCode, rr::RecordType};
+use lab::craft::{self, Frame, TcpFlags};
 use pnet_packet::ip::IpNextHeaderProtocols;
 use probe_agent::{
-    craft::{self, Frame, TcpFlags},
     decode::{self, Packet},
     loader::{
         self, LoadOptions, ProbeMaps,

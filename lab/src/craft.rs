@@ -1,4 +1,4 @@
-//! Packet builders for tests and benchmarks, on pnet's mutable packet types and
+//! Packet builders for tests, benchmarks and fuzz targets, on pnet's mutable packet types and
 //! hickory-proto's DNS encoder. Frames start at the Ethernet header, as on a veth.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
