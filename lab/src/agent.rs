@@ -12,9 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
+use serde::de::DeserializeOwned;
 
-use crate::{Node, exec};
+use crate::{Node, Samples, exec};
 
 /// How `probe-agent run` is started; [`AgentCommand::start`] starts it.
 pub struct AgentCommand {
@@ -161,6 +162,35 @@ impl Agent {
     /// GET `path` (with its query) from the agent: (status, body).
     pub fn get(&self, path: &str) -> Result<(u16, String)> {
         http_get(self.listen, path)
+    }
+
+    /// GET `path` and read its JSON answer as `T`; an answer other than 200 is an error.
+    pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let (status, body) = self.get(path)?;
+        ensure!(status == 200, "GET {path}: HTTP {status}: {}", body.trim());
+        serde_json::from_str(&body).with_context(|| format!("GET {path}: {body}"))
+    }
+
+    /// The `/metrics` exposition, as text.
+    pub fn metrics_text(&self) -> Result<String> {
+        let (status, body) = self.get("/metrics")?;
+        ensure!(status == 200, "GET /metrics: HTTP {status}");
+        Ok(body)
+    }
+
+    /// The `/metrics` exposition, as samples.
+    pub fn samples(&self) -> Result<Samples> {
+        Samples::parse(&self.metrics_text()?)
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Resident memory in MiB; an error if the agent is gone.
+    pub fn rss_mib(&self) -> Result<f64> {
+        let kib = crate::rss_kib(self.child.id()).context("the agent has no VmRSS: gone?")?;
+        Ok(kib as f64 / 1024.0)
     }
 
     /// The last `lines` lines of the agent's log.

@@ -29,6 +29,7 @@ pub mod kube_objects;
 pub mod kube_stand_in;
 pub mod nft;
 mod node;
+mod samples;
 
 use std::{
     fmt::Write as _,
@@ -45,6 +46,7 @@ pub use capture::Capture;
 pub use dns::{DnsReply, DnsServer, QueryType, dnsmasq_args, start_dns};
 pub use nft::Proto;
 pub use node::{Listener, Node, Pod};
+pub use samples::Samples;
 
 /// Address of the pods' gateway (held by every host-side veth, kindnet style).
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);

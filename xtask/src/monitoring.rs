@@ -260,8 +260,8 @@ pub fn run() -> Result<()> {
 /// events, one attached to nothing, and an address where no agent answers.
 struct SickAgents {
     // Dropped in this order: the agents, then their node.
-    losing: soak::Agent,
-    bare: soak::Agent,
+    losing: lab::Agent,
+    bare: lab::Agent,
     down: SocketAddr,
     flooder: Pod,
     victim: Pod,
@@ -282,13 +282,13 @@ impl SickAgents {
             Some(victim.ipv4.into()),
             Some(FLOOD_PORT),
         )?;
-        let losing = soak::Agent::start_with(
+        let losing = soak::start_agent(
             &bin,
             &node,
             &dir.join("lossy-agent.log"),
             &["--node-name", NODE_LOSING],
         )?;
-        let bare = soak::Agent::start_with(
+        let bare = soak::start_agent(
             &bin,
             &node,
             &dir.join("bare-agent.log"),
@@ -378,22 +378,17 @@ impl SickAgents {
         let deadline = Instant::now() + Duration::from_secs(10);
         let samples = loop {
             self.ensure_alive()?;
-            let samples = self.losing.metrics()?;
-            if soak::sum_of(&samples, "netprobe_events_lost_total") > 0.0
-                || Instant::now() > deadline
-            {
+            let samples = self.losing.samples()?;
+            if samples.sum("netprobe_events_lost_total") > 0.0 || Instant::now() > deadline {
                 break samples;
             }
             std::thread::sleep(Duration::from_millis(200));
         };
-        let lost = soak::sum_of(&samples, "netprobe_events_lost_total");
-        let emitted = soak::sum_of(&samples, "netprobe_kernel_events_total");
+        let lost = samples.sum("netprobe_events_lost_total");
+        let emitted = samples.sum("netprobe_kernel_events_total");
         let lost_to = |source: &str| {
             samples
-                .get(&format!(
-                    "netprobe_events_lost_total{{source=\"{source}\"}}"
-                ))
-                .copied()
+                .value("netprobe_events_lost_total", &[("source", source)])
                 .unwrap_or_default()
         };
         println!(

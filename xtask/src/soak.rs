@@ -9,7 +9,6 @@
 //! Then hostile API clients, one scenario at a time ([`hostile`]).
 
 use std::{
-    collections::HashMap,
     fs::File,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -23,14 +22,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use lab::{self, Node, Pod, Proto, exec};
+use lab::{self, Agent, Node, Pod, Proto, Samples, exec, http_get};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 use serde_json::Value;
 
-use crate::{build, demo::http_get, toolchain, util};
+use crate::{build, toolchain, util};
 
 mod hostile;
 
@@ -186,74 +185,18 @@ fn faults(churn_cycles: u32) -> Result<Vec<String>> {
     Ok(figures)
 }
 
-/// The agent on the node (the lab's supervisor), its API on the host's loopback.
-pub(crate) struct Agent(lab::Agent);
-
-impl std::ops::Deref for Agent {
-    type Target = lab::Agent;
-    fn deref(&self) -> &lab::Agent {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Agent {
-    fn deref_mut(&mut self) -> &mut lab::Agent {
-        &mut self.0
-    }
-}
-
-impl Agent {
-    fn start(bin: &Path, node: &Node, log: &Path) -> Result<Agent> {
-        Agent::start_with(bin, node, log, &[])
-    }
-
-    /// The agent on `node` (no Kubernetes, 1 s SYN timeout), with more `probe-agent run`
-    /// arguments (e.g. `--interfaces`); ready (`/readyz` 200) when this returns.
-    pub(crate) fn start_with(bin: &Path, node: &Node, log: &Path, args: &[&str]) -> Result<Agent> {
-        let mut agent = lab::AgentCommand::new(bin, node, log)
-            // Loopback, no cluster: open, whatever environment the soak runs in.
-            .args(["--kube", "off", "--api-auth", "none"])
-            .args(["--syn-timeout", &format!("{}s", SYN_TIMEOUT.as_secs())])
-            .args(["--flow-capacity", &FLOW_CAPACITY.to_string()])
-            .args(args.iter().copied())
-            .start()?;
-        agent.wait_ready(Duration::from_secs(20))?;
-        Ok(Agent(agent))
-    }
-
-    pub(crate) fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    fn rss_mib(&self) -> Result<f64> {
-        let kib = lab::rss_kib(self.child.id()).context("the agent has no VmRSS: gone?")?;
-        Ok(kib as f64 / 1024.0)
-    }
-
-    pub(crate) fn metrics(&self) -> Result<HashMap<String, f64>> {
-        let (status, body) = http_get(self.listen, "/metrics")?;
-        ensure!(status == 200, "GET /metrics: HTTP {status}");
-        Ok(parse_samples(&body))
-    }
-}
-
-/// `name{labels} value` lines of a Prometheus exposition, by `name{labels}`.
-fn parse_samples(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-pub(crate) fn sum_of(samples: &HashMap<String, f64>, name: &str) -> f64 {
-    samples
-        .iter()
-        .filter(|(series, _)| *series == name || series.starts_with(&format!("{name}{{")))
-        .map(|(_, value)| value)
-        .sum()
+/// The agent on `node` (no Kubernetes, 1 s SYN timeout), with more `probe-agent run`
+/// arguments (e.g. `--interfaces`); ready (`/readyz` 200) when this returns.
+pub(crate) fn start_agent(bin: &Path, node: &Node, log: &Path, args: &[&str]) -> Result<Agent> {
+    let mut agent = lab::AgentCommand::new(bin, node, log)
+        // Loopback, no cluster: open, whatever environment the soak runs in.
+        .args(["--kube", "off", "--api-auth", "none"])
+        .args(["--syn-timeout", &format!("{}s", SYN_TIMEOUT.as_secs())])
+        .args(["--flow-capacity", &FLOW_CAPACITY.to_string()])
+        .args(args.iter().copied())
+        .start()?;
+    agent.wait_ready(Duration::from_secs(20))?;
+    Ok(agent)
 }
 
 /// wrk's figures: requests, p50 and p99 in ms, non-2xx answers, socket errors.
@@ -390,14 +333,18 @@ struct Events {
 }
 
 impl Events {
-    fn of(samples: &HashMap<String, f64>) -> Events {
-        let get = |name: &str| samples.get(name).copied().unwrap_or_default();
+    fn of(samples: &Samples) -> Events {
+        let lost = |source| {
+            samples
+                .value("netprobe_events_lost_total", &[("source", source)])
+                .unwrap_or_default()
+        };
         Events {
-            emitted: sum_of(samples, "netprobe_kernel_events_total"),
-            processed: sum_of(samples, "netprobe_events_processed_total"),
-            lost_kernel: get("netprobe_events_lost_total{source=\"kernel\"}"),
-            lost_agent: get("netprobe_events_lost_total{source=\"agent\"}"),
-            decode_errors: sum_of(samples, "netprobe_decode_errors_total"),
+            emitted: samples.sum("netprobe_kernel_events_total"),
+            processed: samples.sum("netprobe_events_processed_total"),
+            lost_kernel: lost("kernel"),
+            lost_agent: lost("agent"),
+            decode_errors: samples.sum("netprobe_decode_errors_total"),
         }
     }
 
@@ -429,16 +376,16 @@ impl Events {
 
 /// Waits until the agent has read everything (its processed and the kernel's emitted
 /// totals stop moving: the last reconcile is in), at most 20 s; its metrics then.
-fn settled(agent: &Agent) -> Result<HashMap<String, f64>> {
-    let mut samples = agent.metrics()?;
+fn settled(agent: &Agent) -> Result<Samples> {
+    let mut samples = agent.samples()?;
     let settle = Instant::now();
     loop {
         thread::sleep(SYN_TIMEOUT + Duration::from_millis(1200));
-        let next = agent.metrics()?;
-        let done = sum_of(&next, "netprobe_events_processed_total")
-            == sum_of(&samples, "netprobe_events_processed_total")
-            && sum_of(&next, "netprobe_kernel_events_total")
-                == sum_of(&samples, "netprobe_kernel_events_total");
+        let next = agent.samples()?;
+        let done = next.sum("netprobe_events_processed_total")
+            == samples.sum("netprobe_events_processed_total")
+            && next.sum("netprobe_kernel_events_total")
+                == samples.sum("netprobe_kernel_events_total");
         samples = next;
         if done || settle.elapsed() > Duration::from_secs(20) {
             return Ok(samples);
@@ -489,7 +436,7 @@ fn load(bin: &Path, flood: Duration) -> Result<(Vec<Figure>, Vec<Figure>)> {
     let dir = util::workspace_root().join("target").join("netprobe-soak");
     std::fs::create_dir_all(&dir)?;
     let log = dir.join("agent.log");
-    let agent = Agent::start(bin, &node, &log)?;
+    let agent = start_agent(bin, &node, &log, &[])?;
     println!(
         "== Load: {} s SYN flood (hping3) {} -> {}:5432 (dropped), wrk on /v1/verdicts, \
          a healthy client -> server:8080 loop; agent log {}",
@@ -548,22 +495,19 @@ fn load(bin: &Path, flood: Duration) -> Result<(Vec<Figure>, Vec<Figure>)> {
     let samples = settled(&agent)?;
     rss_max = rss_max.max(agent.rss_mib()?);
 
-    let emitted = sum_of(&samples, "netprobe_kernel_events_total");
-    let processed = sum_of(&samples, "netprobe_events_processed_total");
+    let emitted = samples.sum("netprobe_kernel_events_total");
+    let processed = samples.sum("netprobe_events_processed_total");
     let lost_kernel = samples
-        .get("netprobe_events_lost_total{source=\"kernel\"}")
-        .copied()
+        .value("netprobe_events_lost_total", &[("source", "kernel")])
         .unwrap_or_default();
     let lost_agent = samples
-        .get("netprobe_events_lost_total{source=\"agent\"}")
-        .copied()
+        .value("netprobe_events_lost_total", &[("source", "agent")])
         .unwrap_or_default();
-    let decode_errors = sum_of(&samples, "netprobe_decode_errors_total");
+    let decode_errors = samples.sum("netprobe_decode_errors_total");
     let syns = samples
-        .get("netprobe_packets_total{kind=\"syn\"}")
-        .copied()
+        .value("netprobe_packets_total", &[("kind", "syn")])
         .unwrap_or_default();
-    let tracked = sum_of(&samples, "netprobe_flows_tracked");
+    let tracked = samples.sum("netprobe_flows_tracked");
 
     // The healthy flow's verdicts, as the API gives them.
     let path = format!(
@@ -740,14 +684,5 @@ Requests/sec:   4123.40
                     --- 10.244.0.3 hping statistic ---\n\
                     1234567 packets tramitted, 0 packets received, 100% packet loss\n";
         assert_eq!(parse_hping_sent(text), Some(1_234_567));
-    }
-
-    #[test]
-    fn samples_are_summed_over_labels() {
-        let samples = parse_samples(
-            "# TYPE x counter\nx_total{a=\"1\"} 2\nx_total{a=\"2\"} 3\nx_totally 7\ny 1\n",
-        );
-        assert_eq!(sum_of(&samples, "x_total"), 5.0);
-        assert_eq!(sum_of(&samples, "y"), 1.0);
     }
 }

@@ -62,21 +62,16 @@ impl Agent {
     }
 
     pub(crate) fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> T {
-        let mut response = ureq::get(&format!("{}{path_and_query}", self.base))
-            .call()
-            .unwrap_or_else(|err| panic!("GET {path_and_query}: {err}"));
-        let body = response.body_mut().read_to_string().expect("body");
-        serde_json::from_str(&body).unwrap_or_else(|err| panic!("{path_and_query}: {err}: {body}"))
+        self.0
+            .get_json(path_and_query)
+            .unwrap_or_else(|err| panic!("{err:#}"))
     }
 
     /// The `/metrics` exposition.
     pub(crate) fn metrics(&self) -> String {
-        ureq::get(&format!("{}/metrics", self.base))
-            .call()
-            .expect("GET /metrics")
-            .body_mut()
-            .read_to_string()
-            .expect("metrics body")
+        self.0
+            .metrics_text()
+            .unwrap_or_else(|err| panic!("{err:#}"))
     }
 
     /// The value of the series `name{labels}` (exactly as exposed), if exposed.

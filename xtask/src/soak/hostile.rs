@@ -22,14 +22,14 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use lab::{self, Node, Pod, Proto};
+use lab::{self, Agent, Node, Pod, Proto, http_get};
 use nix::sys::socket::{
     AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt, socket, sockopt,
 };
 use serde_json::Value;
 
-use super::{Agent, Figure, RSS_BUDGET_MIB, SYN_TIMEOUT, SynFlood};
-use crate::{demo::http_get, util};
+use super::{Figure, RSS_BUDGET_MIB, SYN_TIMEOUT, SynFlood, start_agent};
+use crate::util;
 
 /// What hostile clients may add to the agent's RSS, over the same agent (its table full)
 /// with no hostile client; the soak's absolute budget holds too.
@@ -74,7 +74,7 @@ pub(super) fn run(bin: &Path) -> Result<Vec<Figure>> {
         .join("netprobe-soak-hostile");
     std::fs::create_dir_all(&dir)?;
     let log = dir.join("agent.log");
-    let agent = Agent::start(bin, &node, &log)?;
+    let agent = start_agent(bin, &node, &log, &[])?;
     println!(
         "\n== Hostile API clients ({IDLE} idle, {NEVER_READERS} never reading limit=10000, \
          {SLOWLORIS}-connection slowloris); agent log {}",
@@ -276,8 +276,7 @@ fn measure(agent: &Agent, probes: &mut Probes) -> Result<During> {
     let started = Instant::now();
     let mut rss_max: f64 = 0.0;
     while started.elapsed() < MEASURE {
-        let kib = lab::rss_kib(agent.child.id()).context("the agent is gone")?;
-        rss_max = rss_max.max(kib as f64 / 1024.0);
+        rss_max = rss_max.max(agent.rss_mib()?);
         thread::sleep(Duration::from_millis(250));
     }
     stop.store(true, Ordering::SeqCst);
