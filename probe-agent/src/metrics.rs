@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     fmt,
-    sync::{Arc, Mutex, PoisonError, RwLock},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -21,9 +21,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::model::{Cause, Endpoint, Verdict, VerdictKind};
+use crate::model::{Cause, DnsSummary, Endpoint, Verdict, VerdictKind};
 
 mod exposition;
+mod handles;
 mod kinds;
 mod latency;
 
@@ -48,16 +49,39 @@ struct VerdictLabels {
     dst_port: String,
 }
 
+/// What a flow's metrics are labelled by, borrowed from a verdict or from a flow's
+/// state: the hot path builds no [`Verdict`] to count one.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowLabels<'a> {
+    pub verdict: VerdictKind,
+    pub dst_port: u16,
+    pub src: Option<&'a Arc<Endpoint>>,
+    pub dst: Option<&'a Arc<Endpoint>>,
+    pub dns: Option<&'a DnsSummary>,
+}
+
+impl<'a> From<&'a Verdict> for FlowLabels<'a> {
+    fn from(v: &'a Verdict) -> Self {
+        Self {
+            verdict: v.verdict,
+            dst_port: v.flow.dst_port,
+            src: v.src.as_ref(),
+            dst: v.dst.as_ref(),
+            dns: v.dns.as_ref(),
+        }
+    }
+}
+
 impl VerdictLabels {
-    fn of(v: &Verdict) -> Self {
+    fn of(v: &FlowLabels) -> Self {
         Self {
             verdict: v.verdict.as_str(),
-            src_namespace: endpoint_label(&v.src, |e| &e.namespace),
-            src_workload: endpoint_label(&v.src, |e| &e.workload),
-            dst_namespace: endpoint_label(&v.dst, |e| &e.namespace),
-            dst_workload: endpoint_label(&v.dst, |e| &e.workload),
-            dst_service: endpoint_label(&v.dst, |e| &e.service),
-            dst_port: v.flow.dst_port.to_string(),
+            src_namespace: endpoint_label(v.src, |e| &e.namespace),
+            src_workload: endpoint_label(v.src, |e| &e.workload),
+            dst_namespace: endpoint_label(v.dst, |e| &e.namespace),
+            dst_workload: endpoint_label(v.dst, |e| &e.workload),
+            dst_service: endpoint_label(v.dst, |e| &e.service),
+            dst_port: v.dst_port.to_string(),
         }
     }
 
@@ -76,8 +100,8 @@ impl VerdictLabels {
 }
 
 /// One name of a flow end as a label value: escaped, empty where unknown.
-fn endpoint_label(end: &Option<Arc<Endpoint>>, name: fn(&Endpoint) -> &Option<Arc<str>>) -> String {
-    end.as_deref()
+fn endpoint_label(end: Option<&Arc<Endpoint>>, name: fn(&Endpoint) -> &Option<Arc<str>>) -> String {
+    end.map(|end| &**end)
         .and_then(|end| name(end).as_deref())
         .map(escape)
         .unwrap_or_default()
@@ -109,16 +133,16 @@ struct DnsFailureLabels {
 
 impl DnsFailureLabels {
     /// `None` unless `v` is a failed DNS lookup.
-    fn of(v: &Verdict) -> Option<Self> {
-        let dns = v.dns.as_ref()?;
+    fn of(v: &FlowLabels) -> Option<Self> {
+        let dns = v.dns?;
         let rcode = match v.verdict {
             VerdictKind::DnsTimeout => "TIMEOUT",
             kind if kind.is_failure() => dns.rcode.as_deref().map_or(OTHER, rcode_label),
             _ => return None,
         };
         Some(Self {
-            src_namespace: endpoint_label(&v.src, |e| &e.namespace),
-            src_workload: endpoint_label(&v.src, |e| &e.workload),
+            src_namespace: endpoint_label(v.src, |e| &e.namespace),
+            src_workload: endpoint_label(v.src, |e| &e.workload),
             qname: escape(&dns.qname.to_ascii_lowercase()),
             rcode,
         })
@@ -251,36 +275,6 @@ fn rcode_label(rcode: &str) -> &'static str {
     by_value.or_else(by_name).copied().unwrap_or(OTHER)
 }
 
-/// Cached verdict counters kept at most (see [`Metrics::verdict_reached`]).
-const VERDICT_CACHE_ENTRIES: usize = 8192;
-
-/// A named flow end, compared by identity: the name directory shares one `Arc` per
-/// address and snapshot, and holding it here keeps the address from being reused.
-#[derive(Clone, Debug)]
-struct SameEndpoint(Arc<Endpoint>);
-
-impl PartialEq for SameEndpoint {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for SameEndpoint {}
-
-impl std::hash::Hash for SameEndpoint {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        Arc::as_ptr(&self.0).hash(state);
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct VerdictKey {
-    verdict: VerdictKind,
-    port: u16,
-    src: Option<SameEndpoint>,
-    dst: Option<SameEndpoint>,
-}
-
 /// The agent's metrics, exposed with the `netprobe_` prefix.
 pub struct Metrics {
     registry: Registry,
@@ -288,7 +282,7 @@ pub struct Metrics {
     dns_failures: CappedFamily<DnsFailureLabels>,
     /// Counters by verdict, port and the identity of the two named ends: the hot path
     /// skips building and hashing seven label strings for every final verdict.
-    verdict_counters: RwLock<HashMap<VerdictKey, Counter>>,
+    verdict_counters: handles::Handles<VerdictKind, Counter>,
     packets: Family<PacketLabels, Counter>,
     /// Handles on `packets`' fixed series: the hot path skips the family's lock and hash.
     packet_counters: Vec<Counter>,
@@ -328,7 +322,7 @@ impl Metrics {
             registry: Registry::with_prefix("netprobe"),
             verdicts: CappedFamily::new(max_series),
             dns_failures: CappedFamily::new(max_series / 4),
-            verdict_counters: RwLock::new(HashMap::new()),
+            verdict_counters: handles::Handles::default(),
             packets: Family::default(),
             packet_counters: Vec::new(),
             dns_responses: Family::default(),
@@ -518,51 +512,26 @@ impl Metrics {
     }
 
     /// Counts a flow reaching a final verdict.
-    pub fn verdict_reached(&self, v: &Verdict) {
-        if let Some(labels) = DnsFailureLabels::of(v) {
+    pub fn verdict_reached<'a>(&self, v: impl Into<FlowLabels<'a>>) {
+        let v = v.into();
+        if let Some(labels) = DnsFailureLabels::of(&v) {
             self.dns_failures
                 .counter(labels, |l| DnsFailureLabels::overflow(l.rcode))
                 .inc();
         }
-        let key = VerdictKey {
-            verdict: v.verdict,
-            port: v.flow.dst_port,
-            src: v.src.clone().map(SameEndpoint),
-            dst: v.dst.clone().map(SameEndpoint),
-        };
-        let cached = self
-            .verdict_counters
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .cloned();
-        let counter = cached.unwrap_or_else(|| {
-            let counter = self.verdict_counter(v);
-            let mut cache = self
-                .verdict_counters
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            // Each new name snapshot brings new endpoint identities: start over rather
-            // than grow.
-            if cache.len() >= VERDICT_CACHE_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(key, counter.clone());
-            counter
-        });
-        counter.inc();
+        self.verdict_counters
+            .get_or_insert(v.verdict, &v, || {
+                self.verdicts.counter(VerdictLabels::of(&v), |l| {
+                    VerdictLabels::overflow(l.verdict)
+                })
+            })
+            .inc();
     }
 
     /// Observes how long a TCP handshake or a DNS exchange of `v`'s flow took (in the
     /// histogram of `v`'s names and destination port).
-    pub fn latency(&self, latency: Latency, v: &Verdict, took: Duration) {
-        self.latencies.observe(latency, v, took);
-    }
-
-    /// The counter of `v`'s label set, created within the series cap.
-    fn verdict_counter(&self, v: &Verdict) -> Counter {
-        self.verdicts
-            .counter(VerdictLabels::of(v), |l| VerdictLabels::overflow(l.verdict))
+    pub fn latency<'a>(&self, latency: Latency, v: impl Into<FlowLabels<'a>>, took: Duration) {
+        self.latencies.observe(latency, &v.into(), took);
     }
 
     pub fn packets(&self, kind: PacketKind, n: u64) {

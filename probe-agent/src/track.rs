@@ -50,6 +50,7 @@ mod recover;
 mod search;
 mod sweep;
 mod tcp;
+mod text;
 
 use dns::{dns_message, dns_summary, expire_dns, expire_held, settle_dns};
 use journal::Journal;
@@ -249,7 +250,7 @@ impl FlowState {
             flow,
             generation,
             verdict: VerdictKind::Pending,
-            reason: "".into(),
+            reason: text::text!(""),
             cause: None,
             explanation: None,
             next: None,
@@ -367,37 +368,19 @@ struct Context {
     /// This node's Kubernetes name: a pod scheduled here is local too.
     node_name: Option<Arc<str>>,
     node: NodeWatch,
-    interner: Interner,
-}
-
-/// Explanations and commands shared between flows: a thousand flows timing out the same
-/// way hold one copy of the words.
-#[derive(Default)]
-struct Interner(std::cell::RefCell<std::collections::HashSet<Arc<str>>>);
-
-/// Distinct texts kept; beyond, the set starts over (flows keep their copies).
-const INTERNED: usize = 4096;
-
-impl Interner {
-    fn intern(&self, text: &str) -> Arc<str> {
-        let mut texts = self.0.borrow_mut();
-        if let Some(shared) = texts.get(text) {
-            return Arc::clone(shared);
-        }
-        if texts.len() >= INTERNED {
-            texts.clear();
-        }
-        let shared: Arc<str> = text.into();
-        texts.insert(Arc::clone(&shared));
-        shared
-    }
+    /// Diagnoses of refused and unreachable connections, made once per pair of ends.
+    diagnoses: std::cell::RefCell<explain::Diagnoses>,
 }
 
 /// The reason as reported: what was seen, then why.
 fn shown_reason(state: &FlowState) -> Arc<str> {
-    match &state.explanation {
-        Some(why) => format!("{}: {why}", state.reason).into(),
-        None => Arc::clone(&state.reason),
+    joined_reason(&state.reason, state.explanation.as_ref())
+}
+
+fn joined_reason(seen: &Arc<str>, why: Option<&Arc<str>>) -> Arc<str> {
+    match why {
+        Some(why) => format!("{seen}: {why}").into(),
+        None => Arc::clone(seen),
     }
 }
 
@@ -426,7 +409,7 @@ impl Tracker {
                 search: SearchPaths::default(),
                 node_name: None,
                 node: NodeWatch::default(),
-                interner: Interner::default(),
+                diagnoses: Default::default(),
             },
             newest_event: Duration::ZERO,
             eviction_horizon: Duration::ZERO,
@@ -531,13 +514,13 @@ impl Tracker {
             self.on_far_side(key, &view, packet, now);
             return;
         }
-        let evicted = self.flows.len() == self.flows.cap().get() && !self.flows.contains(&key);
+        let created = !self.flows.contains(&key);
+        let evicted = created && self.flows.len() == self.flows.cap().get();
         if evicted && let Some((_, lru)) = self.flows.peek_lru() {
             self.eviction_horizon = self.eviction_horizon.max(lru.last_seen);
         }
         let horizon = self.eviction_horizon;
         let flow = self.flow_of_connection(&key, &view);
-        let created = !self.flows.contains(&key);
         let state = flow_entry(
             &mut self.flows,
             &mut self.next_generation,
@@ -588,14 +571,15 @@ impl Tracker {
         let (syn_timeout, dns_timeout) = (self.config.syn_timeout, self.config.dns_timeout);
         let journal = &mut self.journal;
         let metrics = &journal.metrics;
-        let Some(state) = self.flows.get_mut(&key) else {
+        // (Made the most recent by `flow_entry` already.)
+        let Some(state) = self.flows.peek_mut(&key) else {
             return;
         };
         state.last_seen = state.last_seen.max(now);
         let before = state.verdict;
         let was_truncated = state.dns.truncated.is_some();
         metrics.packets(packet.kind.into(), 1);
-        let mut deadlines = Vec::new();
+        let mut deadlines = smallvec::SmallVec::<[Duration; 4]>::new();
         // Answers over TCP, for the truncated UDP lookups they retry.
         let mut tcp_answers = Vec::new();
         let tcp = packet.tcp.as_ref();
@@ -713,6 +697,9 @@ impl Tracker {
     /// A DNS-over-TCP connection that could not be made fails the truncated lookups of
     /// its client to that server.
     fn tcp_retry_failed(&mut self, key: FlowKey, before: VerdictKind, now: Duration) {
+        if self.retries.is_empty() {
+            return;
+        }
         let Some(state) = self.flows.peek(&key) else {
             return;
         };

@@ -5,18 +5,13 @@
 //! they are what the client waited, network included; a flow whose client is not a pod of
 //! the node is not timed (its server's veth sees only the server's turnaround).
 
-use std::{
-    collections::HashMap,
-    sync::{PoisonError, RwLock},
-    time::Duration,
-};
+use std::time::Duration;
 
 use prometheus_client::{
     encoding::EncodeLabelSet, metrics::histogram::Histogram, registry::Registry,
 };
 
-use super::{CappedFamily, OTHER, SameEndpoint, endpoint_label};
-use crate::model::Verdict;
+use super::{CappedFamily, FlowLabels, OTHER, endpoint_label, handles::Handles};
 
 /// Bucket upper bounds, in seconds: steps of about ×2 (1, 2.5, 5 per decade) from 50 µs,
 /// a call to a pod of the same node, to 5 s, a SYN retransmitted twice or a slow upstream
@@ -47,14 +42,14 @@ struct PathLabels {
 }
 
 impl PathLabels {
-    fn of(v: &Verdict) -> Self {
+    fn of(v: &FlowLabels) -> Self {
         Self {
-            src_namespace: endpoint_label(&v.src, |e| &e.namespace),
-            src_workload: endpoint_label(&v.src, |e| &e.workload),
-            dst_namespace: endpoint_label(&v.dst, |e| &e.namespace),
-            dst_workload: endpoint_label(&v.dst, |e| &e.workload),
-            dst_service: endpoint_label(&v.dst, |e| &e.service),
-            dst_port: v.flow.dst_port.to_string(),
+            src_namespace: endpoint_label(v.src, |e| &e.namespace),
+            src_workload: endpoint_label(v.src, |e| &e.workload),
+            dst_namespace: endpoint_label(v.dst, |e| &e.namespace),
+            dst_workload: endpoint_label(v.dst, |e| &e.workload),
+            dst_service: endpoint_label(v.dst, |e| &e.service),
+            dst_port: v.dst_port.to_string(),
         }
     }
 
@@ -77,17 +72,6 @@ fn histogram() -> Histogram {
 
 type HistogramFamily = CappedFamily<PathLabels, Histogram, fn() -> Histogram>;
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct LatencyKey {
-    latency: Latency,
-    port: u16,
-    src: Option<SameEndpoint>,
-    dst: Option<SameEndpoint>,
-}
-
-/// Histograms kept at most in the cache of handles (see [`Latencies::observe`]).
-const CACHE_ENTRIES: usize = 8192;
-
 /// The two histogram families, each with at most `max` label sets (beyond, one more set
 /// with every label `other`).
 pub(super) struct Latencies {
@@ -95,7 +79,7 @@ pub(super) struct Latencies {
     dns: HistogramFamily,
     /// Histograms by what was timed, port and the identity of the two named ends: the hot
     /// path skips building and hashing six label strings.
-    cache: RwLock<HashMap<LatencyKey, Histogram>>,
+    cache: Handles<Latency, Histogram>,
 }
 
 impl Latencies {
@@ -103,7 +87,7 @@ impl Latencies {
         Self {
             handshakes: CappedFamily::with_constructor(max, histogram),
             dns: CappedFamily::with_constructor(max, histogram),
-            cache: RwLock::new(HashMap::new()),
+            cache: Handles::default(),
         }
     }
 
@@ -122,33 +106,15 @@ impl Latencies {
     }
 
     /// Observes `took` for the flow of `v` (its names and destination port).
-    pub(super) fn observe(&self, latency: Latency, v: &Verdict, took: Duration) {
-        let key = LatencyKey {
-            latency,
-            port: v.flow.dst_port,
-            src: v.src.clone().map(SameEndpoint),
-            dst: v.dst.clone().map(SameEndpoint),
+    pub(super) fn observe(&self, latency: Latency, v: &FlowLabels, took: Duration) {
+        let family = match latency {
+            Latency::TcpHandshake => &self.handshakes,
+            Latency::DnsResponse => &self.dns,
         };
-        let cached = self
-            .cache
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .cloned();
-        let histogram = cached.unwrap_or_else(|| {
-            let family = match latency {
-                Latency::TcpHandshake => &self.handshakes,
-                Latency::DnsResponse => &self.dns,
-            };
-            let histogram = family.metric(PathLabels::of(v), |_| PathLabels::overflow());
-            let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
-            // New name snapshots bring new endpoint identities: start over rather than grow.
-            if cache.len() >= CACHE_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(key, histogram.clone());
-            histogram
-        });
-        histogram.observe(took.as_secs_f64());
+        self.cache
+            .get_or_insert(latency, v, || {
+                family.metric(PathLabels::of(v), |_| PathLabels::overflow())
+            })
+            .observe(took.as_secs_f64());
     }
 }

@@ -61,8 +61,26 @@ pub(super) struct Explainer<'a> {
     node: Option<&'a Arc<str>>,
     /// A node-wide failure going on: timeouts are its, not their own.
     incident: Option<&'a Incident>,
-    interner: &'a Interner,
+    diagnoses: &'a std::cell::RefCell<Diagnoses>,
 }
+
+/// What a refused or unreachable connection's diagnosis depends on besides the cluster:
+/// the verdict and the two ends ([`diagnose::explain`] reads no more of the flow).
+type Pair = (VerdictKind, Protocol, IpAddr, IpAddr, u16);
+
+/// A diagnosis as a flow holds it: cause, explanation and next command, shared.
+type Diagnosed = Option<(Cause, Arc<str>, Option<Arc<str>>)>;
+
+/// Diagnoses by pair, for the name snapshot they were made with: a flood of refused SYNs
+/// diagnoses (and formats the words for) each pair once.
+#[derive(Default)]
+pub(super) struct Diagnoses {
+    snapshot: Option<Arc<crate::enrich::Snapshot>>,
+    by_pair: HashMap<Pair, Diagnosed, foldhash::fast::RandomState>,
+}
+
+/// Pairs whose diagnosis is kept; beyond, the cache starts over.
+const DIAGNOSED_PAIRS: usize = 4096;
 
 impl<'a> Explainer<'a> {
     pub(super) fn new(journal: &'a Journal, context: &'a Context, pairing: &'a Pairing) -> Self {
@@ -72,7 +90,7 @@ impl<'a> Explainer<'a> {
             pairing,
             node: context.node_name.as_ref(),
             incident: context.node.current(),
-            interner: &context.interner,
+            diagnoses: &context.diagnoses,
         }
     }
 
@@ -94,11 +112,69 @@ impl<'a> Explainer<'a> {
     }
 
     fn set(&self, state: &mut FlowState, diagnosis: Option<diagnose::Diagnosis>) {
-        state.cause = diagnosis.as_ref().map(|d| d.cause);
-        state.explanation = diagnosis.as_ref().map(|d| self.interner.intern(&d.reason));
-        state.next = diagnosis
-            .and_then(|d| d.next)
-            .map(|next| self.interner.intern(&next));
+        Self::apply(state, Self::shared(diagnosis));
+    }
+
+    /// A diagnosis with its words shared between the flows failing the same way.
+    fn shared(diagnosis: Option<diagnose::Diagnosis>) -> Diagnosed {
+        diagnosis.map(|d| {
+            (
+                d.cause,
+                text::shared(format_args!("{}", d.reason)),
+                d.next.map(|next| text::shared(format_args!("{next}"))),
+            )
+        })
+    }
+
+    fn apply(state: &mut FlowState, diagnosed: Diagnosed) {
+        match diagnosed {
+            Some((cause, explanation, next)) => {
+                state.cause = Some(cause);
+                state.explanation = Some(explanation);
+                state.next = next;
+            }
+            None => {
+                state.cause = None;
+                state.explanation = None;
+                state.next = None;
+            }
+        }
+    }
+
+    /// A refused or unreachable connection, diagnosed once per pair and name snapshot.
+    fn rejected(&self, state: &mut FlowState, snapshot: &Arc<crate::enrich::Snapshot>) {
+        let flow = &state.flow;
+        let pair = (
+            state.verdict,
+            flow.protocol,
+            flow.src_ip,
+            flow.dst_ip,
+            flow.dst_port,
+        );
+        let mut diagnoses = self.diagnoses.borrow_mut();
+        let same_snapshot = diagnoses
+            .snapshot
+            .as_ref()
+            .is_some_and(|cached| Arc::ptr_eq(cached, snapshot));
+        if !same_snapshot || diagnoses.by_pair.len() >= DIAGNOSED_PAIRS {
+            diagnoses.by_pair.clear();
+            diagnoses.snapshot = Some(Arc::clone(snapshot));
+        }
+        let diagnosed = diagnoses
+            .by_pair
+            .entry(pair)
+            .or_insert_with(|| {
+                let failure = Failure {
+                    flow,
+                    verdict: state.verdict,
+                    dns: None,
+                    lookup: None,
+                    path: PathFacts::default(),
+                };
+                Self::shared(diagnose::explain(&snapshot.cluster, &failure))
+            })
+            .clone();
+        Self::apply(state, diagnosed);
     }
 
     fn diagnose(&self, state: &mut FlowState) {
@@ -145,6 +221,13 @@ impl<'a> Explainer<'a> {
             return;
         }
         let snapshot = self.journal.names.snapshot();
+        if matches!(
+            state.verdict,
+            VerdictKind::Refused | VerdictKind::Unreachable
+        ) {
+            self.rejected(state, &snapshot);
+            return;
+        }
         let view = &snapshot.cluster;
         let dns = dns_summary(state);
         let chain = match (&dns, state.verdict) {

@@ -10,21 +10,37 @@ use std::{
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    Clock, FlowState, HELD_REPORTS, REPORT_HOLD, dns::dns_summary, node::Incident, node_datapath,
-    orient::Side, shown_reason,
+    Clock, FlowState, HELD_REPORTS, REPORT_HOLD, dns::dns_summary, joined_reason, node::Incident,
+    node_datapath, orient::Side, shown_reason,
 };
 use crate::{
     enrich::Names,
     kube_events::{self, CauseReport},
-    metrics::{Latency, Metrics},
-    model::{Cause, FlowEvent, FlowEventKind, Verdict, VerdictKind},
+    metrics::{FlowLabels, Latency, Metrics},
+    model::{Cause, DnsSummary, Endpoint, Flow, FlowEvent, FlowEventKind, Verdict, VerdictKind},
 };
+
+/// One change of a flow as recorded: what a [`FlowEvent`] is made of, without the words
+/// and names that only a reader needs (joined, looked up and formatted when read).
+pub(super) struct Entry {
+    time: chrono::DateTime<chrono::Utc>,
+    flow: Flow,
+    event: FlowEventKind,
+    verdict: VerdictKind,
+    cause: Option<Cause>,
+    ifindex: u32,
+    /// What was seen, and why (shown joined as the reason).
+    reason: Arc<str>,
+    explanation: Option<Arc<str>>,
+    next: Option<Arc<str>>,
+    dns: Option<Box<DnsSummary>>,
+}
 
 /// Where changes are reported: the recent-event ring, followers, metrics. Kept apart
 /// from the flow table so a flow's state can be reported while it is borrowed.
 pub(super) struct Journal {
     pub(super) clock: Clock,
-    pub(super) events: VecDeque<FlowEvent>,
+    pub(super) events: VecDeque<Entry>,
     pub(super) capacity: usize,
     pub(super) events_tx: broadcast::Sender<FlowEvent>,
     pub(super) interfaces: HashMap<u32, Arc<str>>,
@@ -55,51 +71,84 @@ impl Journal {
         if matches!(kind, FlowEventKind::Timeout) && !verdict_changed {
             return;
         }
-        let verdict = self.verdict_of(state);
-        if let Some((latency, took)) = timed {
-            self.metrics.latency(latency, &verdict, took);
-        }
-        if verdict_changed && state.verdict.is_final() {
-            self.metrics.verdict_reached(&verdict);
-            if let Some(cause) = verdict.cause.filter(|c| c.is_failure()) {
-                self.metrics.cause_reached(cause);
-                self.report(&verdict, cause, now);
+        let reached = verdict_changed && state.verdict.is_final();
+        // Names are looked up only for what is counted: a timing or a new final verdict.
+        if timed.is_some() || reached {
+            let names = self.names.snapshot();
+            let (src, dst) = (
+                names.source(state.flow.src_ip),
+                names.destination(state.flow.dst_ip, state.flow.dst_port),
+            );
+            let dns = dns_summary(state);
+            let labels = FlowLabels {
+                verdict: state.verdict,
+                dst_port: state.flow.dst_port,
+                src: src.as_ref(),
+                dst: dst.as_ref(),
+                dns: dns.as_ref(),
+            };
+            if let Some((latency, took)) = timed {
+                self.metrics.latency(latency, labels, took);
+            }
+            if reached {
+                self.metrics.verdict_reached(labels);
+                if let Some(cause) = state.cause.filter(|c| c.is_failure()) {
+                    self.metrics.cause_reached(cause);
+                    self.report(state, src.as_deref(), cause, now);
+                }
             }
         }
-        // The event shares the verdict's names, interface and DNS summary: looked up once.
-        let event = FlowEvent {
+        let entry = Entry {
             time: self.clock.to_utc(now),
-            flow: verdict.flow,
+            flow: state.flow,
             event: kind,
-            verdict: verdict.verdict,
-            reason: verdict.reason,
-            cause: verdict.cause,
-            next: verdict.next,
-            interface: verdict.interface,
-            src: verdict.src,
-            dst: verdict.dst,
-            dns: verdict.dns,
+            verdict: state.verdict,
+            cause: state.cause,
+            ifindex: state.ifindex,
+            reason: Arc::clone(&state.reason),
+            explanation: state.explanation.clone(),
+            next: state.next.clone(),
+            dns: super::dns::is_dns(state)
+                .then(|| dns_summary(state).map(Box::new))
+                .flatten(),
         };
+        if self.events_tx.receiver_count() > 0 {
+            // A follower that went away in between is fine.
+            let _ = self.events_tx.send(self.event_of(&entry));
+        }
         if self.events.len() == self.capacity {
             self.events.pop_front();
         }
-        if self.events_tx.receiver_count() > 0 {
-            // A follower that went away in between is fine.
-            let _ = self.events_tx.send(event.clone());
+        self.events.push_back(entry);
+    }
+
+    /// The event an entry records, with its words joined and its ends named (as named now).
+    pub(super) fn event_of(&self, entry: &Entry) -> FlowEvent {
+        FlowEvent {
+            time: entry.time,
+            flow: entry.flow,
+            event: entry.event,
+            verdict: entry.verdict,
+            reason: joined_reason(&entry.reason, entry.explanation.as_ref()),
+            cause: entry.cause,
+            next: entry.next.clone(),
+            interface: self.interface_name(entry.ifindex),
+            src: self.names.source(entry.flow.src_ip),
+            dst: self
+                .names
+                .destination(entry.flow.dst_ip, entry.flow.dst_port),
+            dns: entry.dns.as_deref().cloned(),
         }
-        self.events.push_back(event);
     }
 
     /// Hands a new failing cause of a flow from a known pod to the Event writer; a
     /// timeout's waits [`REPORT_HOLD`] first.
-    fn report(&mut self, verdict: &Verdict, cause: Cause, now: Duration) {
+    fn report(&mut self, state: &FlowState, src: Option<&Endpoint>, cause: Cause, now: Duration) {
         let Some(reports) = &self.reports else {
             return;
         };
-        let Some((namespace, pod)) = verdict
-            .src
-            .as_ref()
-            .and_then(|src| Some((src.namespace.clone()?, src.pod.clone()?)))
+        let Some((namespace, pod)) =
+            src.and_then(|src| Some((src.namespace.clone()?, src.pod.clone()?)))
         else {
             return;
         };
@@ -108,9 +157,9 @@ impl Journal {
             namespace,
             pod,
             cause,
-            reason: Arc::clone(&verdict.reason),
-            next: verdict.next.clone(),
-            flow: verdict.flow,
+            reason: shown_reason(state),
+            next: state.next.clone(),
+            flow: state.flow,
         };
         let timeout = matches!(
             cause,

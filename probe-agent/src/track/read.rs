@@ -40,9 +40,9 @@ impl Tracker {
             .events
             .iter()
             .rev()
+            .map(|entry| self.journal.event_of(entry))
             .filter(|event| keep(event))
             .take(limit)
-            .cloned()
             .collect();
         out.reverse();
         out

@@ -1,11 +1,15 @@
 //! TCP handshakes → verdicts: the SYN, SYN-ACK, RST and ICMP errors of a connection
 //! attempt, told apart by sequence numbers and by which end sent them.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use probe_ebpf::EventKind;
 
-use super::{FlowState, SYN_RETRANSMISSION_SLACK, orient::Sender};
+use super::{
+    FlowState, SYN_RETRANSMISSION_SLACK,
+    orient::Sender,
+    text::{Millis, Secs, text},
+};
 use crate::{decode::TcpFacts, model::Protocol, model::VerdictKind};
 
 /// A client whose SYN-ACK came later than this, and that answered it with a bare RST,
@@ -19,12 +23,12 @@ const TCP_ACK: u8 = 0x10;
 /// microseconds apart; past this, the SYN was not seen and the answer stands alone.
 pub(super) const EARLY_ANSWER_WAIT: Duration = Duration::from_millis(200);
 
-pub(super) fn secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
+pub(super) fn secs(d: Duration) -> Secs {
+    Secs(d)
 }
 
-pub(super) fn millis(d: Duration) -> String {
-    format!("{} ms", d.as_millis())
+pub(super) fn millis(d: Duration) -> Millis {
+    Millis(d)
 }
 
 /// What a SYN is to the flow that has its 5-tuple.
@@ -64,11 +68,10 @@ pub(super) fn on_syn(
         state.attempt_syns += 1;
         match state.verdict {
             VerdictKind::Pending => {
-                state.reason =
-                    format!("{} SYNs sent, waiting for an answer", state.attempt_syns).into();
+                state.reason = text!("{} SYNs sent, waiting for an answer", state.attempt_syns);
             }
             VerdictKind::Timeout if state.answered_at.is_none() => {
-                state.reason = timeout_reason(state, now).into();
+                state.reason = timeout_reason(state, now);
             }
             _ => {}
         }
@@ -78,7 +81,7 @@ pub(super) fn on_syn(
     state.attempt_start = Some(now);
     state.attempt_syns += 1;
     state.isn = seq;
-    state.reason = "SYN sent, waiting for an answer".into();
+    state.reason = text!("SYN sent, waiting for an answer");
     if let Some(seq) = seq {
         open_client_stream(state, seq);
     }
@@ -100,10 +103,10 @@ fn open_client_stream(state: &mut FlowState, seq: u32) {
     }
 }
 
-pub(super) fn timeout_reason(state: &FlowState, now: Duration) -> String {
+pub(super) fn timeout_reason(state: &FlowState, now: Duration) -> Arc<str> {
     let elapsed = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
     let plural = if state.attempt_syns == 1 { "" } else { "s" };
-    format!(
+    text!(
         "{} SYN{plural} in {} and no answer",
         state.attempt_syns,
         secs(elapsed)
@@ -126,21 +129,24 @@ pub(super) fn on_syn_ack(state: &mut FlowState, ack: Option<u32>, now: Duration)
     }
     if matches!(state.verdict, VerdictKind::Pending | VerdictKind::Timeout) {
         let took = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
-        let slow = if state.verdict == VerdictKind::Timeout || state.attempt_syns > 1 {
-            format!(" (slow: {} SYNs)", state.attempt_syns)
+        state.reason = if state.verdict == VerdictKind::Timeout || state.attempt_syns > 1 {
+            text!(
+                "handshake completed in {} (slow: {} SYNs)",
+                millis(took),
+                state.attempt_syns
+            )
         } else {
-            String::new()
+            text!("handshake completed in {}", millis(took))
         };
         state.verdict = VerdictKind::Ok;
         state.answered_at = Some(now);
-        state.reason = format!("handshake completed in {}{slow}", millis(took)).into();
     }
 }
 
 pub(super) fn refused(state: &mut FlowState, now: Duration) {
     let took = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
     state.verdict = VerdictKind::Refused;
-    state.reason = format!("SYN answered by RST in {}", millis(took)).into();
+    state.reason = text!("SYN answered by RST in {}", millis(took));
 }
 
 /// A RST means what its sender makes it: the server refusing a SYN (REFUSED) or
@@ -333,6 +339,6 @@ pub(super) fn expire_syn(state: &mut FlowState, now: Duration, syn_timeout: Dura
         return false;
     }
     state.verdict = VerdictKind::Timeout;
-    state.reason = timeout_reason(state, now).into();
+    state.reason = timeout_reason(state, now);
     true
 }
