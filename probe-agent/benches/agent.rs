@@ -217,7 +217,7 @@ fn events_per_second(names: Option<Names>) {
     let full_table = (allocations() - allocated) as f64 / more.len() as f64;
     report(
         "  the same, the flow table full",
-        &format!("{full_table:.2}"),
+        &format!("{full_table:.3}"),
         "0",
         full_table == 0.0,
     );
