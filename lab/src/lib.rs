@@ -25,6 +25,7 @@ mod capture;
 pub mod craft;
 mod dns;
 pub mod exec;
+pub mod incidents;
 pub mod kube_objects;
 pub mod kube_stand_in;
 pub mod nft;

@@ -1,9 +1,10 @@
 //! `cargo xtask demo`: a simulated node with a few pods, the agent watching it, and the
-//! incidents of docs/verdicts.md played with real tools, then the verdicts the agent gave them.
+//! catalog's incidents (`lab::incidents`) played with real tools, then the verdicts the
+//! agent gave them, checked against the catalog.
 
 use std::{
     fs::File,
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     process::{Command, Stdio},
     sync::{
         Arc,
@@ -13,41 +14,26 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use lab::{self, Node, exec, kube_stand_in::KubeStandIn};
+use lab::{
+    self, Node, exec,
+    incidents::{self, Cluster},
+    kube_stand_in::KubeStandIn,
+};
 use serde_json::Value;
 
 use crate::{build, toolchain, util};
 
 mod agent;
-mod cluster;
-mod objects;
 mod play;
-mod stubs;
 mod verdicts;
 
 use agent::Agent;
 pub(crate) use agent::http_get;
-use cluster::Cluster;
 
 /// Namespaces are `demo-node`, `demo-checkout`, ...: short enough to type by hand.
 const PREFIX: &str = "demo";
 const SYN_TIMEOUT: Duration = Duration::from_secs(3);
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
-const PAYMENT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
-const ORDERS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
-const INVENTORY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
-const LEDGER_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
-const LEGACY_DNS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 53);
-/// payment's port whose server closes each connection without reading it (reset).
-const RESET_PORT: u16 = 8081;
-/// payment's port that the node's firewall rejects (ICMP port unreachable).
-const REJECTED_PORT: u16 = 9100;
-/// A name the SERVFAIL server is asked for.
-const CORP_NAME: &str = "ledger.corp.example";
-/// A name outside the cluster (the lab's DNS server knows it): a pod finds it after its
-/// three search domains answered NXDOMAIN.
-const EXTERNAL_NAME: &str = "api.example.com";
-const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// How long nothing happens before the node-wide outage, so that the agent, which weighs
 /// the pod pairs of the last 10 s, does not mix it up with the incidents before it: their
 /// pairs must have left that window when the outage's SYNs time out (3 s after sending).
@@ -129,10 +115,11 @@ pub fn run_then(args: DemoArgs, then: Option<AfterIncidents<'_>>) -> Result<()> 
     // Declared before the agent, so dropped after it: the agent stops before its node goes.
     let mut node = Node::new(PREFIX)?;
     let cluster = Cluster::create(&mut node)?;
+    print_cluster(&node);
     // The Kubernetes API the agent names flows from and diagnoses them with: a stand-in
     // serving the demo's Namespaces, Pods, Services, EndpointSlices and NetworkPolicies.
     let kube_api = KubeStandIn::start_in_netns(Some(node.netns()))?;
-    let kube_objects = objects::objects(&node);
+    let kube_objects = incidents::objects(&node);
     for object in &kube_objects {
         kube_api.apply(object.clone())?;
     }
@@ -164,7 +151,7 @@ pub fn run_then(args: DemoArgs, then: Option<AfterIncidents<'_>>) -> Result<()> 
     println!("\n== Playing the incidents (what the pods' users see)\n");
     let played = Instant::now();
     let with_agent = agent.is_some();
-    let outcomes = cluster.play(&node, with_agent, &mut || alive(&mut agent))?;
+    let outcomes = play::play(&node, &cluster, with_agent, &mut || alive(&mut agent))?;
     let lab_ok = outcomes.iter().all(|o| o.as_expected);
 
     let Some(mut agent) = agent else {
@@ -195,7 +182,7 @@ pub fn run_then(args: DemoArgs, then: Option<AfterIncidents<'_>>) -> Result<()> 
             .args(["observe", "--server", &agent.url()])
             .stdin(Stdio::null()),
     );
-    let missing = cluster.check_verdicts(&agent)?;
+    let missing = verdicts::check_verdicts(&agent, &cluster)?;
     agent.ensure_alive()?;
     let events = kube_api.events();
     print_events(&events);
@@ -238,6 +225,24 @@ pub fn run_then(args: DemoArgs, then: Option<AfterIncidents<'_>>) -> Result<()> 
     drop(node);
     println!("Done.");
     Ok(())
+}
+
+/// The node's pods and the Services in front of them.
+fn print_cluster(node: &Node) {
+    println!(
+        "\n== Demo node: namespace {} (agent attaches to veth* there)\n",
+        node.netns()
+    );
+    let row = |cols: [&str; 6]| {
+        let [pod, ns, netns, v4, v6, veth] = cols;
+        println!("  {pod:<10} {ns:<12} {netns:<14} {v4:<12} {v6:<16} {veth}");
+    };
+    row(["pod", "namespace", "netns", "IPv4", "IPv6", "host veth"]);
+    for p in node.pods() {
+        let (v4, v6) = (p.ipv4.to_string(), p.ipv6.to_string());
+        row([&p.name, &p.k8s_namespace, &p.netns, &v4, &v6, &p.host_if]);
+    }
+    println!("\n  {}", Cluster::services_summary());
 }
 
 /// The Events the agent wrote, as `kubectl describe pod` lists them.
@@ -287,7 +292,7 @@ fn print_examples(agent: &Agent, cluster: &Cluster) {
          sudo ip netns exec {checkout} getent hosts orders.production\n\n\
          Ctrl-C stops the agent and removes the demo's namespaces.",
         url = agent.url(),
-        checkout = cluster.checkout.netns,
+        checkout = cluster.pod("checkout").map_or("", |p| p.netns.as_str()),
     );
 }
 

@@ -9,10 +9,10 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use lab::Node;
+use lab::{Node, incidents as objects};
 use serde_json::Value;
 
-use super::{DNS_TIMEOUT, SYN_TIMEOUT, objects};
+use super::{DNS_TIMEOUT, SYN_TIMEOUT};
 use crate::util;
 
 /// probe-agent, started as a child by the lab's supervisor; stopped with SIGTERM on drop,

@@ -1,42 +1,57 @@
-//! The demo's cluster: its pods, their servers and the Services in front of them.
+//! The incidents' cluster: its pods, their servers and the Services in front of them.
 
 use std::net::{IpAddr, SocketAddr};
 
-use anyhow::Result;
-use lab::{self, DnsServer, Listener, Node, Pod, Proto};
+use anyhow::{Context, Result};
 
 use super::{
     EXTERNAL_IP, EXTERNAL_NAME, INVENTORY_VIP, LEDGER_VIP, LEGACY_DNS_VIP, ORDERS_VIP, PAYMENT_VIP,
-    RESET_PORT, objects, stubs::Stub,
+    RESET_PORT, SLOW_PORT, objects, stubs::Stub,
 };
+use crate::{self as lab, DnsServer, Listener, Node, Pod, Proto};
 
-/// The demo's pods, servers and Services.
-pub(super) struct Cluster {
-    pub(super) payment: Pod,
-    pub(super) db: Pod,
-    pub(super) checkout: Pod,
-    pub(super) batch: Pod,
-    pub(super) cache: Pod,
-    pub(super) worker: Pod,
-    // Kept alive for the demo's lifetime (they stop when dropped).
+/// The pods (lab name, Kubernetes namespace, index: 10.244.0.<index>).
+const PODS: [(&str, &str, u8); 8] = [
+    ("kube-dns", "kube-system", 2),
+    ("payment", "production", 3),
+    ("db", "production", 4),
+    ("checkout", "production", 5),
+    ("batch", "jobs", 6),
+    ("cache", "production", 7),
+    ("worker", "production", 8),
+    ("legacy-dns", "infra", 9),
+];
+
+/// The incidents' pods, servers and Services; stopped when dropped (the node removes the
+/// rest).
+pub struct Cluster {
+    pods: Vec<Pod>,
+    // Kept alive for the cluster's lifetime (they stop when dropped).
     _dns: DnsServer,
     _servers: Vec<Listener>,
     _stubs: Vec<Stub>,
 }
 
 impl Cluster {
-    pub(super) fn create(node: &mut Node) -> Result<Cluster> {
-        let kube_dns = node.add_pod("kube-dns", "kube-system", 2)?;
-        let payment = node.add_pod("payment", "production", 3)?;
-        let db = node.add_pod("db", "production", 4)?;
-        let checkout = node.add_pod("checkout", "production", 5)?;
-        let batch = node.add_pod("batch", "jobs", 6)?;
-        let cache = node.add_pod("cache", "production", 7)?;
-        let worker = node.add_pod("worker", "production", 8)?;
-        let legacy_dns = node.add_pod("legacy-dns", "infra", 9)?;
+    /// Adds the pods to `node`, starts their servers and DNS, and writes the Services'
+    /// nftables rules (kube-proxy's DNAT and rejects).
+    pub fn create(node: &mut Node) -> Result<Cluster> {
+        let pods = PODS
+            .iter()
+            .map(|&(name, namespace, index)| node.add_pod(name, namespace, index))
+            .collect::<Result<Vec<Pod>>>()?;
+        let pod = |name: &str| pods.iter().find(|p| p.name == name).expect("a pod of PODS");
+        let (kube_dns, payment, db, cache, worker, legacy_dns) = (
+            pod("kube-dns"),
+            pod("payment"),
+            pod("db"),
+            pod("cache"),
+            pod("worker"),
+            pod("legacy-dns"),
+        );
 
         let dns = lab::start_dns(
-            &kube_dns,
+            kube_dns,
             &[
                 (
                     "kube-dns.kube-system.svc.cluster.local",
@@ -76,13 +91,14 @@ impl Cluster {
         }
         let servers = vec![
             payment.listen_tcp(8080)?,
+            payment.listen_tcp(SLOW_PORT)?,
             db.listen_tcp(5432)?,
             cache.listen_tcp(6379)?,
             worker.listen_tcp(7000)?,
         ];
         let stubs = vec![
-            Stub::reset_tcp(&payment, RESET_PORT)?,
-            Stub::servfail_dns(&legacy_dns)?,
+            Stub::reset_tcp(payment, RESET_PORT)?,
+            Stub::servfail_dns(legacy_dns)?,
         ];
         node.add_service(
             Proto::Udp,
@@ -112,55 +128,41 @@ impl Cluster {
         )?;
         // orders has no ready endpoint: kube-proxy rejects its SYNs.
         node.reject_service(Proto::Tcp, IpAddr::V4(ORDERS_VIP), 80)?;
-
-        println!(
-            "\n== Demo node: namespace {} (agent attaches to veth* there)\n",
-            node.netns()
-        );
-        let row = |cols: [&str; 6]| {
-            let [pod, ns, netns, v4, v6, veth] = cols;
-            println!("  {pod:<10} {ns:<12} {netns:<14} {v4:<12} {v6:<16} {veth}");
-        };
-        row(["pod", "namespace", "netns", "IPv4", "IPv6", "host veth"]);
-        for p in node.pods() {
-            let (v4, v6) = (p.ipv4.to_string(), p.ipv6.to_string());
-            row([&p.name, &p.k8s_namespace, &p.netns, &v4, &v6, &p.host_if]);
-        }
-        println!(
-            "\n  Services: kube-dns {dns}:53 -> kube-dns pod, payment-service {PAYMENT_VIP}:80 -> payment:8080,\n            \
-             orders {ORDERS_VIP}:80 (its one pod {orders} not ready: rejected),\n            \
-             inventory {INVENTORY_VIP}:80 -> payment:9091 (targetPort 9091), postgres -> db :5432, redis -> cache :6379,\n            \
-             ledger {LEDGER_VIP}:80 -> {ledger} {ledger_ip}:8080 on node {other} (not simulated: discarded),\n            \
-             infra/legacy-dns {LEGACY_DNS_VIP}:53 -> legacy-dns pod (answers SERVFAIL)\n  \
-             NetworkPolicies: production/db-allow-api (db admits app=api on 5432), jobs/default-deny-egress",
-            dns = lab::DEFAULT_DNS,
-            orders = objects::ORDERS_POD,
-            ledger = objects::LEDGER_POD,
-            ledger_ip = objects::LEDGER_POD_IP,
-            other = objects::OTHER_NODE,
-        );
         Ok(Cluster {
-            payment,
-            db,
-            checkout,
-            batch,
-            cache,
-            worker,
+            pods,
             _dns: dns,
             _servers: servers,
             _stubs: stubs,
         })
     }
 
-    /// The node-wide outage's connections: (client, server, port), fresh pod pairs that
-    /// no other incident uses.
-    pub(super) fn outage_pairs(&self) -> [(&Pod, &Pod, u16); 5] {
-        [
-            (&self.checkout, &self.payment, 8080),
-            (&self.worker, &self.payment, 8080),
-            (&self.worker, &self.cache, 6379),
-            (&self.db, &self.payment, 8080),
-            (&self.db, &self.cache, 6379),
-        ]
+    /// The pod with lab name `name`.
+    pub fn pod(&self, name: &str) -> Result<&Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no pod {name} in the incidents' cluster"))
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// A one-paragraph summary of the Services and policies, for the demo's output.
+    pub fn services_summary() -> String {
+        format!(
+            "Services: kube-dns {dns}:53 -> kube-dns pod, payment-service {PAYMENT_VIP}:80 -> payment:8080,\n            \
+             orders {ORDERS_VIP}:80 (its one pod {orders} not ready: rejected),\n            \
+             inventory {INVENTORY_VIP}:80 -> payment:9091 (targetPort 9091), postgres -> db :5432, redis -> cache :6379,\n            \
+             ledger {LEDGER_VIP}:80 -> {ledger} {ledger_ip}:8080 on node {other} (not simulated: discarded),\n            \
+             infra/legacy-dns {LEGACY_DNS_VIP}:53 -> legacy-dns pod (answers SERVFAIL)\n  \
+             NetworkPolicies: production/db-allow-api (db admits app=api on 5432), production/cache-allow-clients,\n            \
+             jobs/default-deny-egress",
+            dns = lab::DEFAULT_DNS,
+            orders = objects::ORDERS_POD,
+            ledger = objects::LEDGER_POD,
+            ledger_ip = objects::LEDGER_POD_IP,
+            other = objects::OTHER_NODE,
+        )
     }
 }

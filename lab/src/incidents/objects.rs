@@ -1,22 +1,22 @@
-//! The demo node's Kubernetes objects, as a real API server would return them, served
-//! to the agent by [`lab::kube_stand_in`]: its verdicts carry pod, workload and Service
+//! The incidents' Kubernetes objects, as a real API server would return them, served
+//! to the agent by [`crate::kube_stand_in`]: its verdicts carry pod, workload and Service
 //! names, and its diagnosis reads what it needs to say why a flow failed (pod labels,
 //! declared ports and readiness, Service selectors and targetPorts, EndpointSlice
 //! readiness, Namespaces and NetworkPolicies).
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use lab::{
-    self, Node,
+use serde_json::{Value, json};
+
+use super::{INVENTORY_VIP, LEDGER_VIP, LEGACY_DNS_VIP, ORDERS_VIP, PAYMENT_VIP, SLOW_PORT};
+use crate::{
+    self as lab, Node,
     kube_objects::{
         Pod, SliceEndpoint, endpoint_slice, namespace, network_policy as policy, service,
     },
 };
-use serde_json::{Value, json};
 
-use super::{INVENTORY_VIP, LEDGER_VIP, LEGACY_DNS_VIP, ORDERS_VIP, PAYMENT_VIP};
-
-/// The demo's Kubernetes node name (the agent is started with `--node-name` this).
+/// The node's Kubernetes name (start the agent with `--node-name` this).
 pub const NODE: &str = "demo-node";
 
 /// The `orders` pod exists only in the API (it is not ready, so no lab pod backs it).
@@ -53,7 +53,7 @@ const PODS: [PodSpec; 8] = [
         name: "payment-7c9f8b6d4-x2k9p",
         owner: ("ReplicaSet", "payment-7c9f8b6d4"),
         labels: &[("app", "payment")],
-        ports: &[(8080, "http", "TCP")],
+        ports: &[(8080, "http", "TCP"), (SLOW_PORT, "https", "TCP")],
     },
     PodSpec {
         lab: "db",
@@ -130,7 +130,7 @@ fn slice(
     endpoint_slice(namespace, service, ports, &endpoints)
 }
 
-/// Namespaces, Pods, Services, EndpointSlices and NetworkPolicies of the demo node.
+/// Namespaces, Pods, Services, EndpointSlices and NetworkPolicies of the incidents' node.
 pub fn objects(node: &Node) -> Vec<Value> {
     let mut objects: Vec<Value> = ["default", "kube-system", "production", "jobs", "infra"]
         .into_iter()
@@ -327,6 +327,18 @@ pub fn objects(node: &Node) -> Vec<Value> {
                              "ports": [{"protocol": "TCP", "port": 5432}]}],
             }),
         ),
+        // Admits cache's clients: a drop between them is the node's, not policy's.
+        policy(
+            "production",
+            "cache-allow-clients",
+            json!({
+                "podSelector": {"matchLabels": {"app": "cache"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "checkout"}}},
+                                      {"podSelector": {"matchLabels": {"app": "worker"}}},
+                                      {"podSelector": {"matchLabels": {"app": "db"}}}]}],
+            }),
+        ),
         // Jobs may not talk to anything, DNS included.
         policy(
             "jobs",
@@ -337,7 +349,7 @@ pub fn objects(node: &Node) -> Vec<Value> {
     objects
 }
 
-/// The uid of the demo's pod number `n`.
+/// The uid of pod number `n`.
 fn demo_uid(n: usize) -> String {
     format!("00000000-0000-4000-8000-{n:012}")
 }

@@ -11,11 +11,11 @@ use std::{
     time::Duration,
 };
 
+use crate::Pod;
 use anyhow::{Context, Result};
-use lab::Pod;
 
 /// A misbehaving server inside a pod, on a thread of its own until dropped.
-pub(super) struct Stub {
+pub(crate) struct Stub {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -37,7 +37,7 @@ impl Stub {
 
     /// Accepts on `port` of `pod` and closes each connection once its request arrived,
     /// without reading it: the kernel answers with a RST ("Connection reset by peer").
-    pub(super) fn reset_tcp(pod: &Pod, port: u16) -> Result<Stub> {
+    pub(crate) fn reset_tcp(pod: &Pod, port: u16) -> Result<Stub> {
         let socket = pod
             .in_netns(move || TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)))
             .with_context(|| format!("listening on port {port} in pod {}", pod.name))?;
@@ -63,7 +63,7 @@ impl Stub {
 
     /// A DNS server on port 53 of `pod` answering SERVFAIL to every query, as one whose
     /// upstream is gone does.
-    pub(super) fn servfail_dns(pod: &Pod) -> Result<Stub> {
+    pub(crate) fn servfail_dns(pod: &Pod) -> Result<Stub> {
         let socket = pod
             .in_netns(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 53)))
             .with_context(|| format!("listening on udp/53 in pod {}", pod.name))?;
