@@ -1094,3 +1094,44 @@ fn kernel_log_is_stripped_unless_asked_for() {
     );
     assert!(lines[0].ends_with("ports 41234->8080"), "{lines:?}");
 }
+
+/// The plain-data fast path passes on only what the full parse would find uninteresting:
+/// in both IP versions, a segment whose flags or port matter still reaches it.
+#[test]
+fn the_plain_data_fast_path_passes_on_only_uninteresting_segments() {
+    let mut k = Kernel::load();
+    let push = TcpFlags::PSH | TcpFlags::ACK;
+    for (client, server, dns) in [
+        ("10.244.0.5:41234", "10.244.0.9:8080", "10.96.0.10:53"),
+        (
+            "[fd00:10:244::5]:41234",
+            "[fd00:10:244::9]:8080",
+            "[fd00:10:96::a]:53",
+        ),
+    ] {
+        let (client, server, dns) = (addr(client), addr(server), addr(dns));
+        k.leaving_pod(&Frame::plain().tcp_with(client, server, push, 1, 1, b"GET / HTTP/1.1"));
+        k.entering_pod(&Frame::plain().tcp_with(server, client, TcpFlags::ACK, 1, 15, &[]));
+        k.leaving_pod(&Frame::plain().tcp(client, server, TcpFlags::FIN | TcpFlags::ACK));
+        assert!(
+            k.raw_events().is_empty(),
+            "{client}: plain data is passed on"
+        );
+
+        k.leaving_pod(&Frame::plain().tcp(client, server, TcpFlags::SYN));
+        k.entering_pod(&Frame::plain().tcp(server, client, TcpFlags::SYN | TcpFlags::ACK));
+        k.leaving_pod(&Frame::plain().tcp(client, server, TcpFlags::RST | TcpFlags::ACK));
+        k.leaving_pod(&Frame::plain().tcp_with(client, dns, push, 1, 1, b"\0\x02ab"));
+        k.entering_pod(&Frame::plain().tcp_with(dns, client, push, 1, 5, b"\0\x02cd"));
+        let reported: Vec<u32> = k.raw_events().iter().map(|r| header(r).kind).collect();
+        let expected = [
+            EventKind::Syn,
+            EventKind::SynAck,
+            EventKind::Rst,
+            EventKind::DnsTcpSegment,
+            EventKind::DnsTcpSegment,
+        ]
+        .map(|kind| kind as u32);
+        assert_eq!(reported, expected, "{client}: each reaches the full parse");
+    }
+}
