@@ -20,19 +20,26 @@ use crate::{
 
 /// The kernel counts last seen for a flow at the hooks it is counted at, per kind and,
 /// for what both ends send (RSTs, DNS-over-TCP segments), per sender: each is one hook.
+/// (32 bits each, saturating: every flow of the table carries them, and no connection
+/// sends 4 billion SYNs.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Seen {
-    syn: u64,
-    syn_ack: u64,
-    rst: [u64; 2],
-    icmp_unreachable: u64,
-    dns_queries: u64,
-    dns_responses: u64,
-    dns_tcp_segments: [u64; 2],
+    syn: u32,
+    syn_ack: u32,
+    rst: [u32; 2],
+    icmp_unreachable: u32,
+    dns_queries: u32,
+    dns_responses: u32,
+    dns_tcp_segments: [u32; 2],
+}
+
+/// A kernel count as [`Seen`] keeps it.
+fn narrow(count: u64) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
 }
 
 impl Seen {
-    fn field(&mut self, kind: EventKind, sender: Sender) -> &mut u64 {
+    fn field(&mut self, kind: EventKind, sender: Sender) -> &mut u32 {
         match kind {
             EventKind::Syn => &mut self.syn,
             EventKind::SynAck => &mut self.syn_ack,
@@ -62,9 +69,9 @@ impl Seen {
                 kernel - 1
             }
         } else {
-            kernel.saturating_sub(*seen + 1)
+            kernel.saturating_sub(u64::from(*seen) + 1)
         };
-        *seen = (*seen).max(kernel);
+        *seen = (*seen).max(narrow(kernel));
         lost
     }
 }
@@ -110,11 +117,11 @@ pub fn recover_lost(
     let mut top_up = |kind: EventKind, packet_kind: PacketKind| -> bool {
         let kernel = kernel_count(kernel, kind);
         let seen = seen.field(kind, sender);
-        if kernel > *seen {
-            let lost = kernel - *seen;
+        if kernel > u64::from(*seen) {
+            let lost = kernel - u64::from(*seen);
             metrics.packets(packet_kind, lost);
             add_lost(counts, kind, lost);
-            *seen = kernel;
+            *seen = narrow(kernel);
             recovered = true;
             true
         } else {
