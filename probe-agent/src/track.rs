@@ -108,9 +108,26 @@ const SEARCH_WINDOW: Duration = Duration::from_millis(500);
 /// are unique), so the key itself needs no order.
 #[derive(Clone, Copy, Debug)]
 struct Deadline {
-    at: Duration,
+    at: At,
     generation: u64,
     key: FlowKey,
+}
+
+/// A deadline's time, in monotonic nanoseconds: 8 bytes where a `Duration` takes 16, in
+/// a queue that holds up to twice as many entries as the flow table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct At(u64);
+
+impl From<Duration> for At {
+    fn from(at: Duration) -> Self {
+        Self(u64::try_from(at.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+impl At {
+    fn get(self) -> Duration {
+        Duration::from_nanos(self.0)
+    }
 }
 
 impl PartialEq for Deadline {
@@ -229,7 +246,8 @@ struct FlowState {
     isn: Option<u32>,
     /// An answer (SYN-ACK or RST) read before the SYN it answers, with the number it
     /// acknowledges: events of two hooks can come out of order.
-    early_answer: Option<(EventKind, u32, Duration)>,
+    /// (Boxed: rare, and every flow of the table carries the field.)
+    early_answer: Option<Box<(EventKind, u32, Duration)>>,
     /// When the current attempt's SYN-ACK came, for telling a late one.
     answered_at: Option<Duration>,
     ifindex: u32,
@@ -667,7 +685,7 @@ impl Tracker {
         }
         for at in deadlines {
             self.deadlines.push(Reverse(Deadline {
-                at,
+                at: at.into(),
                 generation: state.generation,
                 key,
             }));

@@ -46,7 +46,7 @@ impl Tracker {
                     }
                     far.dns_answers.push((now, dns));
                     self.deadlines.push(Reverse(Deadline {
-                        at: now + tcp::EARLY_ANSWER_WAIT,
+                        at: (now + tcp::EARLY_ANSWER_WAIT).into(),
                         generation,
                         key,
                     }));

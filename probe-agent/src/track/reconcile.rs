@@ -78,7 +78,7 @@ impl Tracker {
                 };
                 if let Some(start) = start {
                     self.deadlines.push(Reverse(Deadline {
-                        at: start + timeout,
+                        at: (start + timeout).into(),
                         generation: state.generation,
                         key,
                     }));

@@ -139,7 +139,7 @@ pub fn recover_lost(
         state.attempt_start = Some(Duration::from_nanos(kernel.first_seen_ns));
         state.attempt_syns = counts.syn;
         // An answer that waited for this SYN answers it.
-        match state.early_answer.take() {
+        match state.early_answer.take().map(|answer| *answer) {
             Some((EventKind::SynAck, ack, at)) => on_syn_ack(state, Some(ack), at),
             Some((_, _, at)) => super::tcp::refused(state, at),
             None => {}

@@ -39,7 +39,7 @@ impl Tracker {
             key,
         })) = self.deadlines.peek().copied()
         {
-            if at > now {
+            if at.get() > now {
                 break;
             }
             self.deadlines.pop();
@@ -66,7 +66,7 @@ impl Tracker {
                     );
                     self.deadlines.extend(deadlines.into_iter().map(|at| {
                         Reverse(Deadline {
-                            at,
+                            at: at.into(),
                             generation,
                             key,
                         })
@@ -88,7 +88,7 @@ impl Tracker {
                 match tcp::answer_past_the_veth(state, now) {
                     tcp::PastTheVeth::WaitUntil(at) => {
                         self.deadlines.push(Reverse(Deadline {
-                            at,
+                            at: at.into(),
                             generation,
                             key,
                         }));

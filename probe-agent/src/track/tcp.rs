@@ -86,7 +86,7 @@ pub(super) fn on_syn(
         open_client_stream(state, seq);
     }
     // An answer read before this SYN answers it now, if it acknowledges this SYN.
-    if let Some((kind, ack, at)) = state.early_answer.take()
+    if let Some((kind, ack, at)) = state.early_answer.take().map(|answer| *answer)
         && seq.is_none_or(|seq| ack == seq.wrapping_add(1))
     {
         match kind {
@@ -119,7 +119,7 @@ pub(super) fn on_syn_ack(state: &mut FlowState, ack: Option<u32>, now: Duration)
     if state.attempt_start.is_none()
         && let Some(ack) = ack
     {
-        state.early_answer = Some((EventKind::SynAck, ack, now));
+        state.early_answer = Some(Box::new((EventKind::SynAck, ack, now)));
         return;
     }
     if let (Some(isn), Some(ack)) = (state.isn, ack)
@@ -161,7 +161,7 @@ pub(super) fn on_rst(state: &mut FlowState, sender: Sender, tcp: Option<&TcpFact
             // A server RST before the SYN was read: it answers that SYN.
             _ if state.attempt_start.is_none() && state.flow.protocol == Protocol::Tcp => {
                 if let Some(tcp) = tcp {
-                    state.early_answer = Some((EventKind::Rst, tcp.ack, now));
+                    state.early_answer = Some(Box::new((EventKind::Rst, tcp.ack, now)));
                 } else {
                     refused(state, now);
                 }
@@ -243,7 +243,7 @@ pub(super) fn on_icmp_unreachable(state: &mut FlowState) {
 /// An answer whose SYN never came: judged on its own, as a SYN-ACK (OK) or a RST of a
 /// connection not seen starting (RESET).
 pub(super) fn expire_early_answer(state: &mut FlowState, now: Duration) -> bool {
-    let Some((kind, _, at)) = state.early_answer else {
+    let Some((kind, _, at)) = state.early_answer.as_deref().copied() else {
         return false;
     };
     if state.attempt_start.is_some() || now.saturating_sub(at) < EARLY_ANSWER_WAIT {
