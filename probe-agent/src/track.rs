@@ -43,6 +43,7 @@ mod explain;
 mod far_side;
 mod journal;
 mod node;
+mod order;
 mod orient;
 mod read;
 mod reconcile;
@@ -55,6 +56,7 @@ mod text;
 use dns::{dns_message, dns_summary, expire_dns, expire_held, settle_dns};
 use journal::Journal;
 use node::{Change, Incident, NodeWatch};
+use order::{Deadline, Ranked};
 use orient::{Pairing, Sender, Side, View};
 pub use search::Chain;
 use search::SearchPaths;
@@ -103,52 +105,6 @@ const DEPARTED_INTERFACES: usize = 1024;
 /// How long an NXDOMAIN for a search-path expansion waits for the lookup to go on
 /// (resolvers send the next name at once) before it counts as the lookup's failure.
 const SEARCH_WINDOW: Duration = Duration::from_millis(500);
-
-/// When to look at a flow again. Ordered by time, then by flow instance (generations
-/// are unique), so the key itself needs no order.
-#[derive(Clone, Copy, Debug)]
-struct Deadline {
-    at: At,
-    generation: u64,
-    key: FlowKey,
-}
-
-/// A deadline's time, in monotonic nanoseconds: 8 bytes where a `Duration` takes 16, in
-/// a queue that holds up to twice as many entries as the flow table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct At(u64);
-
-impl From<Duration> for At {
-    fn from(at: Duration) -> Self {
-        Self(u64::try_from(at.as_nanos()).unwrap_or(u64::MAX))
-    }
-}
-
-impl At {
-    fn get(self) -> Duration {
-        Duration::from_nanos(self.0)
-    }
-}
-
-impl PartialEq for Deadline {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.generation) == (other.at, other.generation)
-    }
-}
-
-impl Eq for Deadline {}
-
-impl PartialOrd for Deadline {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Deadline {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.generation).cmp(&(other.at, other.generation))
-    }
-}
 
 /// A DNS query still waiting for its response.
 #[derive(Clone, Debug)]
@@ -324,29 +280,6 @@ impl FarSide {
             rsts: 0,
             dns_answers: Vec::new(),
         })
-    }
-}
-
-/// A verdict with its place in recency order: (last_seen, first_seen, generation).
-struct Ranked((Duration, Duration, u64), Verdict);
-
-impl PartialEq for Ranked {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
-    }
-}
-
-impl Eq for Ranked {}
-
-impl PartialOrd for Ranked {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Ranked {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.cmp(&other.0)
     }
 }
 
