@@ -34,8 +34,8 @@ const ANCHOR_COST: &str = "before: 51 vs 39 ns = 1.32x, budget was 1.3x";
 /// Rounds of iperf3 traffic the cost is read over, the probe between two empty classifiers.
 const COST_ROUNDS: usize = 6;
 const COST_ROUND_SECONDS: u32 = 2;
-/// Pairs of throughput rounds, bare and probed, their order swapped from pair to pair.
-const IPERF_PAIRS: usize = 5;
+/// Triples of throughput rounds (bare, empty classifier, probe), their order rotating.
+const IPERF_TRIPLES: usize = 6;
 const IPERF_SECONDS: u32 = 3;
 /// BPF_PROG_TEST_RUN repetitions per reading of the plain-data profile, and readings.
 const TEST_RUN_REPEAT: u32 = 1_000_000;
@@ -261,47 +261,91 @@ fn plain_data_profile(probe: &mut Ebpf) {
     ));
 }
 
-/// Throughput bare and with the probe attached, in pairs whose order alternates so drift
-/// hits both alike; means compared, each side's spread shown.
+/// Throughput bare, with the empty classifier and with the probe attached (on both hooks
+/// of both veths), in triples whose order rotates so drift hits each alike; means
+/// compared, each side's and each triple's spread shown. The empty classifier's figure
+/// tells what attaching any classifier costs from what the probe's code does.
 fn throughput(probe: &mut Ebpf, interfaces: &[&str], client: &Pod, server: &Pod) {
-    let (mut bare, mut probed) = (Vec::new(), Vec::new());
-    for pair in 0..IPERF_PAIRS {
-        for probed_now in [pair % 2 == 1, pair % 2 == 0] {
-            if probed_now {
-                let links = attach_probe(probe, interfaces);
-                probed.push(iperf(client, server, IPERF_SECONDS));
-                detach(probe, links);
-            } else {
-                bare.push(iperf(client, server, IPERF_SECONDS));
-            }
+    let mut empty = loader::load(LoadOptions::default()).expect("load the baseline");
+    loader::load_program(&mut empty, EMPTY_PROGRAM).unwrap();
+    // Bare, empty classifier, probe.
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    for triple in 0..IPERF_TRIPLES {
+        for arm in (0..3).map(|i| (i + triple) % 3) {
+            let rate = match arm {
+                0 => iperf(client, server, IPERF_SECONDS),
+                1 => {
+                    let mut links = Vec::new();
+                    for interface in interfaces {
+                        for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+                            let link = attach(
+                                &mut empty,
+                                EMPTY_PROGRAM,
+                                interface,
+                                hook,
+                                LinkOrder::default(),
+                            );
+                            links.push((EMPTY_PROGRAM, link));
+                        }
+                    }
+                    let rate = iperf(client, server, IPERF_SECONDS);
+                    detach(&mut empty, links);
+                    rate
+                }
+                _ => {
+                    let links = attach_probe(probe, interfaces);
+                    let rate = iperf(client, server, IPERF_SECONDS);
+                    detach(probe, links);
+                    rate
+                }
+            };
+            rates[arm].push(rate);
         }
     }
-    let ratio = mean(&probed) / mean(&bare);
+    let [bare, with_empty, probed] = &rates;
+    let ratio = mean(probed) / mean(bare);
     let spread = |values: &[f64]| {
         let (lo, hi) = min_max(values);
-        format!("{:.2}-{:.2}", lo / 1e9, hi / 1e9)
+        format!(
+            "{:.2} ({:.2}-{:.2})",
+            mean(values) / 1e9,
+            lo / 1e9,
+            hi / 1e9
+        )
     };
-    let pair_ratios: Vec<f64> = probed.iter().zip(&bare).map(|(p, b)| p / b).collect();
-    let (lo, hi) = min_max(&pair_ratios);
+    let ratios = |of: &[f64], to: &[f64]| {
+        let each: Vec<f64> = of.iter().zip(to).map(|(a, b)| a / b).collect();
+        let (lo, hi) = min_max(&each);
+        format!(
+            "{:.1}% ({:.1}%-{:.1}%)",
+            mean(of) / mean(to) * 100.0,
+            lo * 100.0,
+            hi * 100.0
+        )
+    };
     report(
         "iperf3 over veth, probe attached vs bare",
         &format!(
             "{:.1}% ({:.2} vs {:.2} Gbit/s)",
             ratio * 100.0,
-            mean(&probed) / 1e9,
-            mean(&bare) / 1e9
+            mean(probed) / 1e9,
+            mean(bare) / 1e9
         ),
         &format!("≥ {:.0}%", THROUGHPUT_BUDGET * 100.0),
         ratio >= THROUGHPUT_BUDGET,
     );
     anchor(&format!(
-        "bare veth {:.2} Gbit/s ({} Gbit/s), probed {} Gbit/s; pairs {:.1}%-{:.1}% \
-         ({IPERF_PAIRS} pairs x {IPERF_SECONDS} s, order alternating); budget was 97%",
-        mean(&bare) / 1e9,
-        spread(&bare),
-        spread(&probed),
-        lo * 100.0,
-        hi * 100.0,
+        "Gbit/s, mean (min-max): bare veth {}, empty classifier {}, probe {}",
+        spread(bare),
+        spread(with_empty),
+        spread(probed),
+    ));
+    anchor(&format!(
+        "probe vs bare per triple {}; empty classifier vs bare {}; probe vs empty {} \
+         ({IPERF_TRIPLES} triples x {IPERF_SECONDS} s, order rotating); budget was 97%",
+        ratios(probed, bare),
+        ratios(with_empty, bare),
+        ratios(probed, with_empty),
     ));
 }
 
