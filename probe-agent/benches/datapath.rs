@@ -23,7 +23,7 @@ use probe_agent::{
     loader::{self, LoadOptions},
     model::{Verdict, VerdictKind},
 };
-use probe_ebpf::{EGRESS_PROGRAM, EMPTY_PROGRAM, INGRESS_PROGRAM};
+use probe_ebpf::{EGRESS_PROGRAM, EMPTY_PROGRAM, INGRESS_PROGRAM, TOUCH_PROGRAM};
 
 const COST_RATIO_BUDGET: f64 = 1.15;
 const THROUGHPUT_BUDGET: f64 = 0.99;
@@ -136,59 +136,100 @@ fn min_max(values: &[f64]) -> (f64, f64) {
         })
 }
 
+/// Attaches `program` of `ebpf` at both hooks of every interface, at `order` in the chains.
+fn attach_everywhere(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    interfaces: &[&str],
+    order: fn() -> LinkOrder,
+) -> Vec<(&'static str, SchedClassifierLinkId)> {
+    let mut links = Vec::new();
+    for interface in interfaces {
+        for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+            links.push((program, attach(ebpf, program, interface, hook, order())));
+        }
+    }
+    links
+}
+
+/// Runs and run time so far, summed over programs.
+fn runs(readings: &[(u64, Duration)]) -> (u64, Duration) {
+    readings
+        .iter()
+        .fold((0, Duration::ZERO), |(runs, time), &(r, t)| {
+            (runs + r, time + t)
+        })
+}
+
+fn ns((runs, time): (u64, Duration)) -> f64 {
+    time.as_nanos() as f64 / runs.max(1) as f64
+}
+
 /// Cost per run of the probe and of an empty classifier on the same packets: on every hook
 /// of both veths an empty classifier runs just before the probe and another just after
-/// (so neither gains from its place in the chain), read over several rounds of iperf3.
+/// (so neither gains from its place in the chain), read over rounds of iperf3. Rounds
+/// with the probe alternate with rounds where a classifier that reads one byte of the
+/// packet takes its place: the floor of any classifier that looks at packets.
 fn classifier_cost(probe: &mut Ebpf, interfaces: &[&str], client: &Pod, server: &Pod) {
     // Kernel run-time statistics, on while this fd lives (not during the throughput
     // rounds: timing every run has a cost of its own).
     let stats_on = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS");
-    let mut empties = [(); 2].map(|_| {
-        let mut empty = loader::load(LoadOptions::default()).expect("load the baseline");
-        loader::load_program(&mut empty, EMPTY_PROGRAM).unwrap();
-        empty
-    });
-    let probe_links = attach_probe(probe, interfaces);
-    for interface in interfaces {
-        for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
-            let [ahead, behind] = &mut empties;
-            attach(ahead, EMPTY_PROGRAM, interface, hook, LinkOrder::first());
-            attach(behind, EMPTY_PROGRAM, interface, hook, LinkOrder::last());
+    let load = |program: &'static str| {
+        let mut ebpf = loader::load(LoadOptions::default()).expect("load a baseline");
+        loader::load_program(&mut ebpf, program).unwrap();
+        ebpf
+    };
+    let (mut ahead, mut behind, mut touch) = (
+        load(EMPTY_PROGRAM),
+        load(EMPTY_PROGRAM),
+        load(TOUCH_PROGRAM),
+    );
+    // [probe, its empties, touch, its empties], runs and time; the probe's rounds' ratios.
+    let mut totals = [(0, Duration::ZERO); 4];
+    let mut rounds = Vec::new();
+    for round in 0..2 * COST_ROUNDS {
+        let probed = round % 2 == 0;
+        let middle = if probed {
+            attach_probe(probe, interfaces)
+        } else {
+            attach_everywhere(&mut touch, TOUCH_PROGRAM, interfaces, LinkOrder::default)
+        };
+        let first = attach_everywhere(&mut ahead, EMPTY_PROGRAM, interfaces, LinkOrder::first);
+        let last = attach_everywhere(&mut behind, EMPTY_PROGRAM, interfaces, LinkOrder::last);
+        let mut read = |probe: &mut Ebpf| {
+            let middle = if probed {
+                runs(&[stats(probe, INGRESS_PROGRAM), stats(probe, EGRESS_PROGRAM)])
+            } else {
+                stats(&mut touch, TOUCH_PROGRAM)
+            };
+            let empties = runs(&[
+                stats(&mut ahead, EMPTY_PROGRAM),
+                stats(&mut behind, EMPTY_PROGRAM),
+            ]);
+            (middle, empties)
+        };
+        let before = read(probe);
+        iperf(client, server, COST_ROUND_SECONDS);
+        let after = read(probe);
+        let delta = |a: (u64, Duration), b: (u64, Duration)| (a.0 - b.0, a.1 - b.1);
+        let (middle_round, empty_round) = (delta(after.0, before.0), delta(after.1, before.1));
+        let slot = if probed { 0 } else { 2 };
+        totals[slot] = runs(&[totals[slot], middle_round]);
+        totals[slot + 1] = runs(&[totals[slot + 1], empty_round]);
+        if probed {
+            rounds.push(ns(middle_round) / ns(empty_round));
+        }
+        detach(&mut ahead, first);
+        detach(&mut behind, last);
+        if probed {
+            detach(probe, middle);
+        } else {
+            detach(&mut touch, middle);
         }
     }
-    let mut read = |probe: &mut Ebpf| {
-        let (in_runs, in_time) = stats(probe, INGRESS_PROGRAM);
-        let (out_runs, out_time) = stats(probe, EGRESS_PROGRAM);
-        let (a_runs, a_time) = stats(&mut empties[0], EMPTY_PROGRAM);
-        let (b_runs, b_time) = stats(&mut empties[1], EMPTY_PROGRAM);
-        [
-            (in_runs + out_runs, in_time + out_time),
-            (a_runs + b_runs, a_time + b_time),
-        ]
-    };
-    let ns = |(runs, time): (u64, Duration)| time.as_nanos() as f64 / runs.max(1) as f64;
-    let mut rounds = Vec::new();
-    let (mut probe_total, mut empty_total) = ((0, Duration::ZERO), (0, Duration::ZERO));
-    for _ in 0..COST_ROUNDS {
-        let [probe_before, empty_before] = read(probe);
-        iperf(client, server, COST_ROUND_SECONDS);
-        let [probe_after, empty_after] = read(probe);
-        let probe_round = (
-            probe_after.0 - probe_before.0,
-            probe_after.1 - probe_before.1,
-        );
-        let empty_round = (
-            empty_after.0 - empty_before.0,
-            empty_after.1 - empty_before.1,
-        );
-        rounds.push(ns(probe_round) / ns(empty_round));
-        probe_total = (probe_total.0 + probe_round.0, probe_total.1 + probe_round.1);
-        empty_total = (empty_total.0 + empty_round.0, empty_total.1 + empty_round.1);
-    }
-    drop(empties);
     drop(stats_on);
-    detach(probe, probe_links);
-    let (probe_ns, empty_ns) = (ns(probe_total), ns(empty_total));
+    let (probe_ns, empty_ns) = (ns(totals[0]), ns(totals[1]));
+    let (touch_ns, touch_empty_ns) = (ns(totals[2]), ns(totals[3]));
     let ratio = probe_ns / empty_ns;
     let (lo, hi) = min_max(&rounds);
     report(
@@ -200,7 +241,12 @@ fn classifier_cost(probe: &mut Ebpf, interfaces: &[&str], client: &Pod, server: 
     anchor(&format!(
         "empty classifier {empty_ns:.1} ns/run; {ANCHOR_COST}; rounds {lo:.2}x-{hi:.2}x \
          ({COST_ROUNDS} x {COST_ROUND_SECONDS} s of iperf3, {} probe runs, {} empty runs)",
-        probe_total.0, empty_total.0
+        totals[0].0, totals[1].0
+    ));
+    anchor(&format!(
+        "a classifier that reads one packet byte: {:.2}x ({touch_ns:.1} vs {touch_empty_ns:.1} ns, \
+         {COST_ROUNDS} rounds between the probe's)",
+        touch_ns / touch_empty_ns
     ));
 }
 

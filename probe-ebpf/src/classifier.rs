@@ -91,6 +91,17 @@ pub fn netprobe_empty(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// A second baseline for `cargo xtask bench`: reads the packet's EtherType, no more.
+#[classifier]
+pub fn netprobe_touch(ctx: TcContext) -> i32 {
+    let start = ctx.data();
+    if start + ETH_HLEN <= ctx.data_end() {
+        // Volatile: the load stays although nothing uses its value.
+        unsafe { core::ptr::read_volatile((start + 12) as *const u16) };
+    }
+    TC_ACT_UNSPEC
+}
+
 #[inline(always)]
 fn observe(ctx: &TcContext, direction: Direction) {
     if is_plain_tcp(ctx) {

@@ -27,6 +27,9 @@ pub const INGRESS_PROGRAM: &str = "netprobe_ingress";
 pub const EGRESS_PROGRAM: &str = "netprobe_egress";
 /// A classifier that does nothing: the baseline `cargo xtask bench` compares against.
 pub const EMPTY_PROGRAM: &str = "netprobe_empty";
+/// A classifier that reads one byte of the packet and nothing else: the floor of any
+/// classifier that looks at packets, which `cargo xtask bench` prints beside the probe.
+pub const TOUCH_PROGRAM: &str = "netprobe_touch";
 
 /// Bytes of each interesting packet copied into its event, from the Ethernet header on,
 /// at most. Enough for Ethernet + two VLAN tags + IPv6 + UDP + a DNS header and a
