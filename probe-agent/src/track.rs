@@ -722,8 +722,14 @@ impl Tracker {
                             state.verdict,
                             VerdictKind::Timeout | VerdictKind::DnsTimeout
                         )
-                        && state.cause != Some(Cause::NetworkPolicy)
+                        && !matches!(
+                            state.cause,
+                            Some(Cause::NetworkPolicy | Cause::NodeDatapath)
+                        )
                     {
+                        // Counted under its new cause too: the counter says what failed
+                        // because of the outage, not only what failed after it was seen.
+                        self.journal.metrics.cause_reached(Cause::NodeDatapath);
                         state.cause = Some(Cause::NodeDatapath);
                         state.explanation = Some(Arc::clone(&reason));
                         state.next = next.clone();
