@@ -85,6 +85,11 @@ impl Batcher {
         if self.records == 0 {
             return 0;
         }
+        // The queue's room is counted in batches: while the tracker is behind, a short
+        // batch waits to fill rather than take a slot for a few records.
+        if self.records < BATCH_RECORDS && queue.capacity() < queue.max_capacity() / 2 {
+            return 0;
+        }
         match queue.try_reserve() {
             Ok(room) => {
                 room.send(std::mem::replace(
@@ -201,6 +206,32 @@ mod tests {
             record_of(BATCH_RECORDS + 2)
         );
         assert_eq!(batcher.pending(), 0);
+    }
+
+    #[test]
+    fn a_short_batch_waits_to_fill_while_the_queue_is_backed_up() {
+        let (tx, mut rx) = mpsc::channel(4);
+        for _ in 0..3 {
+            tx.try_send(Vec::new()).unwrap();
+        }
+        let mut batcher = Batcher::default();
+        for i in 0..10 {
+            assert_eq!(batcher.push(&record_of(i), &tx), 0);
+        }
+        assert_eq!((batcher.flush(&tx), batcher.pending()), (0, 10));
+        // Filled, it goes out even though the tracker is still behind.
+        for i in 10..BATCH_RECORDS {
+            assert_eq!(batcher.push(&record_of(i), &tx), 0);
+        }
+        assert_eq!(batcher.pending(), 0);
+        for _ in 0..3 {
+            assert!(rx.try_recv().unwrap().is_empty());
+        }
+        assert_eq!(records(&rx.try_recv().unwrap()).count(), BATCH_RECORDS);
+        // The tracker caught up: a short batch goes at once.
+        batcher.push(&record_of(0), &tx);
+        assert_eq!((batcher.flush(&tx), batcher.pending()), (0, 0));
+        assert_eq!(records(&rx.try_recv().unwrap()).count(), 1);
     }
 
     #[test]
