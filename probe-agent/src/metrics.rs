@@ -41,6 +41,13 @@ const OTHER: &str = "other";
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct VerdictLabels {
     verdict: &'static str,
+    #[prometheus(flatten)]
+    path: PathLabels,
+}
+
+/// Who talked to whom: bounded names (namespaces, workloads, Services, the port).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PathLabels {
     src_namespace: String,
     src_workload: String,
     dst_namespace: String,
@@ -76,6 +83,21 @@ impl VerdictLabels {
     fn of(v: &FlowLabels) -> Self {
         Self {
             verdict: v.verdict.as_str(),
+            path: PathLabels::of(v),
+        }
+    }
+
+    fn overflow(verdict: &'static str) -> Self {
+        Self {
+            verdict,
+            path: PathLabels::overflow(),
+        }
+    }
+}
+
+impl PathLabels {
+    fn of(v: &FlowLabels) -> Self {
+        Self {
             src_namespace: endpoint_label(v.src, |e| &e.namespace),
             src_workload: endpoint_label(v.src, |e| &e.workload),
             dst_namespace: endpoint_label(v.dst, |e| &e.namespace),
@@ -85,10 +107,10 @@ impl VerdictLabels {
         }
     }
 
-    fn overflow(verdict: &'static str) -> Self {
+    /// The one label set past the cap.
+    fn overflow() -> Self {
         let other = || OTHER.to_string();
         Self {
-            verdict,
             src_namespace: other(),
             src_workload: other(),
             dst_namespace: other(),

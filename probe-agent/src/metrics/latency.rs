@@ -7,11 +7,9 @@
 
 use std::time::Duration;
 
-use prometheus_client::{
-    encoding::EncodeLabelSet, metrics::histogram::Histogram, registry::Registry,
-};
+use prometheus_client::{metrics::histogram::Histogram, registry::Registry};
 
-use super::{CappedFamily, FlowLabels, OTHER, endpoint_label, handles::Handles};
+use super::{CappedFamily, FlowLabels, PathLabels, handles::Handles};
 
 /// Bucket upper bounds, in seconds: steps of about ×2 (1, 2.5, 5 per decade) from 50 µs,
 /// a call to a pod of the same node, to 5 s, a SYN retransmitted twice or a slow upstream
@@ -28,42 +26,6 @@ pub enum Latency {
     TcpHandshake,
     /// A DNS exchange: from a query to the response with its id.
     DnsResponse,
-}
-
-/// The labels of `netprobe_verdicts_total` but `verdict`: the same bounded names.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct PathLabels {
-    src_namespace: String,
-    src_workload: String,
-    dst_namespace: String,
-    dst_workload: String,
-    dst_service: String,
-    dst_port: String,
-}
-
-impl PathLabels {
-    fn of(v: &FlowLabels) -> Self {
-        Self {
-            src_namespace: endpoint_label(v.src, |e| &e.namespace),
-            src_workload: endpoint_label(v.src, |e| &e.workload),
-            dst_namespace: endpoint_label(v.dst, |e| &e.namespace),
-            dst_workload: endpoint_label(v.dst, |e| &e.workload),
-            dst_service: endpoint_label(v.dst, |e| &e.service),
-            dst_port: v.dst_port.to_string(),
-        }
-    }
-
-    fn overflow() -> Self {
-        let other = || OTHER.to_string();
-        Self {
-            src_namespace: other(),
-            src_workload: other(),
-            dst_namespace: other(),
-            dst_workload: other(),
-            dst_service: other(),
-            dst_port: other(),
-        }
-    }
 }
 
 fn histogram() -> Histogram {
