@@ -414,7 +414,7 @@ mod tests {
         assert_eq!(camel_case(Cause::NoReadyEndpoints), "NoReadyEndpoints");
         assert_eq!(camel_case(Cause::NetworkPolicy), "NetworkPolicy");
         assert_eq!(camel_case(Cause::DnsNoAnswer), "DnsNoAnswer");
-        for cause in Cause::ALL {
+        for &cause in Cause::ALL {
             let reason = camel_case(cause);
             assert!(
                 reason.chars().all(|c| c.is_ascii_alphanumeric()),

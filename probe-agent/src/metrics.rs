@@ -388,7 +388,7 @@ impl Metrics {
                     .get_or_create(&KubeLabels { kind }),
             );
         }
-        for cause in Cause::ALL.into_iter().filter(|c| c.is_failure()) {
+        for &cause in Cause::ALL.iter().filter(|c| c.is_failure()) {
             let counter = metrics.causes.get_or_create(&CauseLabels { cause }).clone();
             metrics.cause_counters.insert(cause, counter);
         }

@@ -5,22 +5,20 @@ use std::{fmt, net::IpAddr, str::FromStr, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use strum::{IntoStaticStr, VariantArray};
 
 /// Transport protocol of a flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, IntoStaticStr)]
+#[serde(rename_all = "UPPERCASE")]
+#[strum(serialize_all = "UPPERCASE")]
 pub enum Protocol {
-    #[serde(rename = "TCP")]
     Tcp,
-    #[serde(rename = "UDP")]
     Udp,
 }
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcp => "TCP",
-            Self::Udp => "UDP",
-        }
+        self.into()
     }
 }
 
@@ -64,8 +62,22 @@ impl fmt::Display for Flow {
 }
 
 /// What happened to a flow (docs/verdicts.md, "Verdicts").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    PartialOrd,
+    Ord,
+    IntoStaticStr,
+    VariantArray,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum VerdictKind {
     Ok,
     Pending,
@@ -85,36 +97,10 @@ pub enum VerdictKind {
 }
 
 impl VerdictKind {
-    pub const ALL: [VerdictKind; 12] = [
-        Self::Ok,
-        Self::Pending,
-        Self::Timeout,
-        Self::Refused,
-        Self::Reset,
-        Self::Unreachable,
-        Self::Nxdomain,
-        Self::Servfail,
-        Self::DnsRefused,
-        Self::DnsError,
-        Self::DnsTimeout,
-        Self::Aborted,
-    ];
+    pub const ALL: &[VerdictKind] = Self::VARIANTS;
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "OK",
-            Self::Pending => "PENDING",
-            Self::Timeout => "TIMEOUT",
-            Self::Refused => "REFUSED",
-            Self::Reset => "RESET",
-            Self::Unreachable => "UNREACHABLE",
-            Self::Nxdomain => "NXDOMAIN",
-            Self::Servfail => "SERVFAIL",
-            Self::DnsRefused => "DNS_REFUSED",
-            Self::DnsError => "DNS_ERROR",
-            Self::DnsTimeout => "DNS_TIMEOUT",
-            Self::Aborted => "ABORTED",
-        }
+        self.into()
     }
 
     /// A verdict that is not expected to change without new packets.
@@ -134,9 +120,7 @@ impl fmt::Display for VerdictKind {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown verdict {0:?} (expected one of OK, PENDING, TIMEOUT, REFUSED, RESET, UNREACHABLE, NXDOMAIN, SERVFAIL, DNS_REFUSED, DNS_ERROR, DNS_TIMEOUT, ABORTED)"
-)]
+#[error("unknown verdict {0:?} (expected one of {known})", known = VerdictKind::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "))]
 pub struct UnknownVerdict(pub String);
 
 impl FromStr for VerdictKind {
@@ -145,7 +129,8 @@ impl FromStr for VerdictKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let wanted = s.trim().to_ascii_uppercase();
         Self::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|kind| kind.as_str() == wanted)
             .ok_or_else(|| UnknownVerdict(s.to_string()))
     }
@@ -153,8 +138,22 @@ impl FromStr for VerdictKind {
 
 /// Why a flow failed: a stable, machine-readable id (`cause` in the API). The `reason`
 /// beside it says the same in words, naming the objects involved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    PartialOrd,
+    Ord,
+    IntoStaticStr,
+    VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Cause {
     /// Not a failure: an NXDOMAIN for one search-path expansion of a name whose lookup
     /// went on (`<name>.<ns>.svc.cluster.local` before `<name>.`).
@@ -197,44 +196,10 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 16] = [
-        Self::SearchPathExpansion,
-        Self::NameNotFound,
-        Self::DnsServerError,
-        Self::DnsNoAnswer,
-        Self::NoReadyEndpoints,
-        Self::TargetPortMismatch,
-        Self::NothingListening,
-        Self::ConnectionReset,
-        Self::DestinationUnreachable,
-        Self::NetworkPolicy,
-        Self::DroppedBetween,
-        Self::ServerSilent,
-        Self::NoAnswer,
-        Self::NodeDatapath,
-        Self::LateAnswer,
-        Self::DnsTcpBlocked,
-    ];
+    pub const ALL: &[Cause] = Self::VARIANTS;
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::SearchPathExpansion => "search_path_expansion",
-            Self::NameNotFound => "name_not_found",
-            Self::DnsServerError => "dns_server_error",
-            Self::DnsNoAnswer => "dns_no_answer",
-            Self::NoReadyEndpoints => "no_ready_endpoints",
-            Self::TargetPortMismatch => "target_port_mismatch",
-            Self::NothingListening => "nothing_listening",
-            Self::ConnectionReset => "connection_reset",
-            Self::DestinationUnreachable => "destination_unreachable",
-            Self::NetworkPolicy => "network_policy",
-            Self::DroppedBetween => "dropped_between",
-            Self::ServerSilent => "server_silent",
-            Self::NoAnswer => "no_answer",
-            Self::NodeDatapath => "node_datapath",
-            Self::LateAnswer => "late_answer",
-            Self::DnsTcpBlocked => "dns_tcp_blocked",
-        }
+        self.into()
     }
 
     /// Every cause but [`Cause::SearchPathExpansion`] explains a failure.
@@ -250,7 +215,7 @@ impl fmt::Display for Cause {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown cause {0:?} (expected one of {known})", known = Cause::ALL.map(Cause::as_str).join(", "))]
+#[error("unknown cause {0:?} (expected one of {known})", known = Cause::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "))]
 pub struct UnknownCause(pub String);
 
 impl FromStr for Cause {
@@ -259,7 +224,8 @@ impl FromStr for Cause {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let wanted = s.trim().to_ascii_lowercase();
         Self::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|cause| cause.as_str() == wanted)
             .ok_or_else(|| UnknownCause(s.to_string()))
     }
@@ -354,8 +320,11 @@ pub struct NodeVerdict {
 }
 
 /// What a flow event records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, IntoStaticStr, VariantArray,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum FlowEventKind {
     Syn,
     SynAck,
@@ -394,19 +363,7 @@ impl From<probe_ebpf::EventKind> for FlowEventKind {
 
 impl FlowEventKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Syn => "SYN",
-            Self::SynAck => "SYN_ACK",
-            Self::Rst => "RST",
-            Self::IcmpUnreachable => "ICMP_UNREACHABLE",
-            Self::DnsQuery => "DNS_QUERY",
-            Self::DnsResponse => "DNS_RESPONSE",
-            Self::SynDelivered => "SYN_DELIVERED",
-            Self::DnsTcpSegment => "DNS_TCP_SEGMENT",
-            Self::Timeout => "TIMEOUT",
-            Self::Recovered => "RECOVERED",
-            Self::SearchExpansion => "SEARCH_EXPANSION",
-        }
+        self.into()
     }
 }
 
@@ -462,10 +419,36 @@ mod tests {
             Ok(VerdictKind::DnsRefused)
         );
         assert!("TIMEOUTS".parse::<VerdictKind>().is_err());
-        for kind in VerdictKind::ALL {
+        for &kind in VerdictKind::ALL {
             assert_eq!(kind.as_str().parse::<VerdictKind>(), Ok(kind));
-            let json = serde_json::to_string(&kind).unwrap();
-            assert_eq!(json, format!("\"{}\"", kind.as_str()));
         }
+    }
+
+    /// The API's JSON and the names in filters, metrics and messages are one table.
+    #[test]
+    fn names_are_the_json_names() {
+        fn json(value: impl Serialize) -> String {
+            serde_json::to_value(value)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+        for &kind in VerdictKind::ALL {
+            assert_eq!(json(kind), kind.as_str());
+        }
+        for &cause in Cause::ALL {
+            assert_eq!(json(cause), cause.as_str());
+            assert_eq!(cause.as_str().parse::<Cause>(), Ok(cause));
+        }
+        for &event in FlowEventKind::VARIANTS {
+            assert_eq!(json(event), event.as_str());
+        }
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            assert_eq!(json(protocol), protocol.as_str());
+        }
+        assert_eq!(VerdictKind::DnsRefused.as_str(), "DNS_REFUSED");
+        assert_eq!(Cause::DnsTcpBlocked.as_str(), "dns_tcp_blocked");
+        assert_eq!(FlowEventKind::SynAck.as_str(), "SYN_ACK");
     }
 }

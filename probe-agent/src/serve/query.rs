@@ -403,7 +403,7 @@ mod tests {
     #[test]
     fn error_messages_list_every_accepted_verdict_and_cause() {
         let verdicts = Param::Verdict.expected();
-        for kind in VerdictKind::ALL {
+        for &kind in VerdictKind::ALL {
             assert!(verdicts.contains(kind.as_str()), "{kind} missing");
             let unknown = "bogus".parse::<VerdictKind>().unwrap_err().to_string();
             assert!(
@@ -412,7 +412,7 @@ mod tests {
             );
         }
         let causes = Param::Cause.expected();
-        for cause in Cause::ALL {
+        for &cause in Cause::ALL {
             assert!(
                 causes.contains(cause.as_str()),
                 "{} missing",
