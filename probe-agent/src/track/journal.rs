@@ -21,7 +21,8 @@ use crate::{
 };
 
 /// One change of a flow as recorded: what a [`FlowEvent`] is made of, without the words
-/// and names that only a reader needs (joined, looked up and formatted when read).
+/// that only a reader needs (joined and formatted when read). Its ends are named as they
+/// were when it happened: a pod deleted since, or its IP's next owner, does not rename it.
 pub(super) struct Entry {
     time: chrono::DateTime<chrono::Utc>,
     flow: Flow,
@@ -29,6 +30,8 @@ pub(super) struct Entry {
     verdict: VerdictKind,
     cause: Option<Cause>,
     ifindex: u32,
+    src: Option<Arc<Endpoint>>,
+    dst: Option<Arc<Endpoint>>,
     /// What was seen, and why (shown joined as the reason).
     reason: Arc<str>,
     explanation: Option<Arc<str>>,
@@ -72,13 +75,13 @@ impl Journal {
             return;
         }
         let reached = verdict_changed && state.verdict.is_final();
-        // Names are looked up only for what is counted: a timing or a new final verdict.
+        let (src, dst) = (
+            self.names.source(state.flow.src_ip),
+            self.names
+                .destination(state.flow.dst_ip, state.flow.dst_port),
+        );
+        // DNS summaries are built only for what is counted: a timing or a new final verdict.
         if timed.is_some() || reached {
-            let names = self.names.snapshot();
-            let (src, dst) = (
-                names.source(state.flow.src_ip),
-                names.destination(state.flow.dst_ip, state.flow.dst_port),
-            );
             let dns = dns_summary(state);
             let labels = FlowLabels {
                 verdict: state.verdict,
@@ -105,6 +108,8 @@ impl Journal {
             verdict: state.verdict,
             cause: state.cause,
             ifindex: state.ifindex,
+            src,
+            dst,
             reason: Arc::clone(&state.reason),
             explanation: state.explanation.clone(),
             next: state.next.clone(),
@@ -122,7 +127,7 @@ impl Journal {
         self.events.push_back(entry);
     }
 
-    /// The event an entry records, with its words joined and its ends named (as named now).
+    /// The event an entry records, with its words joined.
     pub(super) fn event_of(&self, entry: &Entry) -> FlowEvent {
         FlowEvent {
             time: entry.time,
@@ -133,10 +138,8 @@ impl Journal {
             cause: entry.cause,
             next: entry.next.clone(),
             interface: self.interface_name(entry.ifindex),
-            src: self.names.source(entry.flow.src_ip),
-            dst: self
-                .names
-                .destination(entry.flow.dst_ip, entry.flow.dst_port),
+            src: entry.src.clone(),
+            dst: entry.dst.clone(),
             dns: entry.dns.as_deref().cloned(),
         }
     }

@@ -1369,3 +1369,36 @@ fn an_answer_whose_syn_never_comes_is_judged_alone() {
     t.sweep(ms(1200));
     assert_eq!(only(&t).verdict, VerdictKind::Ok);
 }
+
+/// A directory naming one pod `name` at `ip`.
+fn directory_with_pod(name: &str, ip: &str) -> crate::enrich::Directory {
+    use crate::enrich::{Directory, PodView, object_key};
+
+    let mut directory = Directory::default();
+    let pod: PodView = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "shop", "creationTimestamp": "2026-11-23T09:00:00Z"},
+        "status": {"phase": "Running", "podIP": ip},
+    }))
+    .unwrap();
+    directory
+        .pods
+        .apply(object_key(&pod.metadata), (&pod).into());
+    directory
+}
+
+#[test]
+fn an_event_keeps_the_names_its_ends_had_when_it_happened() {
+    let client_ip = CLIENT.parse::<SocketAddr>().unwrap().ip().to_string();
+    let names = crate::enrich::Names::none();
+    names.publish(directory_with_pod("checkout-1", &client_ip).snapshot());
+    let mut t = tracker().with_names(names.clone());
+    t.on_packet(&tcp(EventKind::Syn, 0));
+    // The pod is gone and its IP went to another: the event still names the first.
+    names.publish(directory_with_pod("batch-7", &client_ip).snapshot());
+    let pod = |e: &crate::model::FlowEvent| e.src.as_ref().and_then(|s| s.pod.clone());
+    let events = t.events(&|_| true, 10);
+    assert_eq!(pod(&events[0]).as_deref(), Some("checkout-1"));
+    t.on_packet(&tcp(EventKind::Rst, 5));
+    let events = t.events(&|_| true, 10);
+    assert_eq!(pod(&events[1]).as_deref(), Some("batch-7"));
+}
