@@ -183,12 +183,12 @@ fn catalog_incidents_say_why() {
     // Metrics: each failing flow counted under its cause when it failed. A lookup's
     // retries share its flow (one row, a count per query).
     let exposed = agent.metrics();
+    let samples = lab::Samples::parse(&exposed).expect("a Prometheus exposition");
     let counted = |name: &str| -> usize {
-        let series = format!("netprobe_causes_total{{cause=\"{name}\"}} ");
-        exposed
-            .lines()
-            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
-            .unwrap_or_else(|| panic!("no {series}: {exposed}"))
+        samples
+            .value("netprobe_causes_total", &[("cause", name)])
+            .unwrap_or_else(|| panic!("no netprobe_causes_total{{cause={name:?}}}: {exposed}"))
+            as usize
     };
     let rows = |name: &str| {
         verdicts
