@@ -21,7 +21,7 @@ pub use objects::{
 };
 pub use watch::{KubeOptions, client, watch};
 
-use crate::model::Endpoint;
+use crate::model::{Endpoint, Flow};
 
 /// The names currently known; cheap to clone, shared by the watcher (writer) and the
 /// tracker (reader).
@@ -53,6 +53,26 @@ impl Names {
     /// The server end of a flow.
     pub fn destination(&self, ip: IpAddr, port: u16) -> Option<Arc<Endpoint>> {
         self.snapshot.load().destination(ip, port)
+    }
+
+    /// A reader for one thread that keeps the snapshot it last loaded: naming a flow is
+    /// then one pointer comparison while the names are unchanged (the packet path).
+    pub fn cached(&self) -> CachedNames {
+        CachedNames(arc_swap::Cache::new(Arc::clone(&self.snapshot)))
+    }
+}
+
+/// See [`Names::cached`].
+pub struct CachedNames(arc_swap::Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>);
+
+impl CachedNames {
+    /// The client and server ends of `flow`, from the newest snapshot.
+    pub fn ends(&mut self, flow: &Flow) -> (Option<Arc<Endpoint>>, Option<Arc<Endpoint>>) {
+        let snapshot = self.0.load();
+        (
+            snapshot.source(flow.src_ip),
+            snapshot.destination(flow.dst_ip, flow.dst_port),
+        )
     }
 }
 

@@ -19,7 +19,7 @@ use lru::LruCache;
 use probe_ebpf::{EventKind, FlowCounters, FlowKey, HookKey};
 use tokio::sync::{broadcast, mpsc};
 
-pub use clock::{Clock, monotonic_now};
+pub use clock::{Clock, UnixNanos, monotonic_now};
 use explain::{Explainer, node_datapath, node_outcome};
 use far_side::dns_answers_past_the_veth;
 
@@ -349,6 +349,7 @@ impl Tracker {
                 departed: VecDeque::new(),
                 metrics,
                 names: Names::none(),
+                named: Names::none().cached(),
                 reports: None,
                 held_reports: VecDeque::new(),
             },
@@ -386,6 +387,7 @@ impl Tracker {
 
     /// Names flow ends from the Kubernetes API (see [`crate::enrich`]).
     pub fn with_names(mut self, names: Names) -> Self {
+        self.journal.named = names.cached();
         self.journal.names = names;
         self
     }

@@ -10,11 +10,11 @@ use std::{
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    Clock, FlowState, HELD_REPORTS, REPORT_HOLD, dns::dns_summary, joined_reason, node::Incident,
-    node_datapath, orient::Side, shown_reason,
+    Clock, FlowState, HELD_REPORTS, REPORT_HOLD, UnixNanos, dns::dns_summary, joined_reason,
+    node::Incident, node_datapath, orient::Side, shown_reason,
 };
 use crate::{
-    enrich::Names,
+    enrich::{CachedNames, Names},
     kube_events::{self, CauseReport},
     metrics::{FlowLabels, Latency, Metrics},
     model::{Cause, DnsSummary, Endpoint, Flow, FlowEvent, FlowEventKind, Verdict, VerdictKind},
@@ -24,7 +24,7 @@ use crate::{
 /// that only a reader needs (joined and formatted when read). Its ends are named as they
 /// were when it happened: a pod deleted since, or its IP's next owner, does not rename it.
 pub(super) struct Entry {
-    time: chrono::DateTime<chrono::Utc>,
+    time: UnixNanos,
     flow: Flow,
     event: FlowEventKind,
     verdict: VerdictKind,
@@ -52,6 +52,8 @@ pub(super) struct Journal {
     pub(super) metrics: Arc<Metrics>,
     /// Kubernetes names of flow ends, read when a verdict or event is reported.
     pub(super) names: Names,
+    /// The same, as read on the packet path (see [`Names::cached`]).
+    pub(super) named: CachedNames,
     /// Where new failing causes of known pods go (`--events`); full means dropped.
     pub(super) reports: Option<mpsc::Sender<CauseReport>>,
     /// Reports of timeouts, held until it is known whether they are part of a node-wide
@@ -75,11 +77,7 @@ impl Journal {
             return;
         }
         let reached = verdict_changed && state.verdict.is_final();
-        let (src, dst) = (
-            self.names.source(state.flow.src_ip),
-            self.names
-                .destination(state.flow.dst_ip, state.flow.dst_port),
-        );
+        let (src, dst) = self.named.ends(&state.flow);
         // DNS summaries are built only for what is counted: a timing or a new final verdict.
         if timed.is_some() || reached {
             let dns = dns_summary(state);
@@ -102,7 +100,7 @@ impl Journal {
             }
         }
         let entry = Entry {
-            time: self.clock.to_utc(now),
+            time: self.clock.to_unix_nanos(now),
             flow: state.flow,
             event: kind,
             verdict: state.verdict,
@@ -130,7 +128,7 @@ impl Journal {
     /// The event an entry records, with its words joined.
     pub(super) fn event_of(&self, entry: &Entry) -> FlowEvent {
         FlowEvent {
-            time: entry.time,
+            time: entry.time.to_utc(),
             flow: entry.flow,
             event: entry.event,
             verdict: entry.verdict,

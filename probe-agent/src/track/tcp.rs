@@ -8,7 +8,7 @@ use probe_ebpf::EventKind;
 use super::{
     FlowState, SYN_RETRANSMISSION_SLACK,
     orient::Sender,
-    text::{Millis, Secs, text},
+    text::{self, Millis, Secs, text},
 };
 use crate::{decode::TcpFacts, model::Protocol, model::VerdictKind};
 
@@ -68,7 +68,9 @@ pub(super) fn on_syn(
         state.attempt_syns += 1;
         match state.verdict {
             VerdictKind::Pending => {
-                state.reason = text!("{} SYNs sent, waiting for an answer", state.attempt_syns);
+                state.reason = text::numbered("SYNs sent", state.attempt_syns, |n| {
+                    text!("{n} SYNs sent, waiting for an answer")
+                });
             }
             VerdictKind::Timeout if state.answered_at.is_none() => {
                 state.reason = timeout_reason(state, now);
@@ -136,7 +138,9 @@ pub(super) fn on_syn_ack(state: &mut FlowState, ack: Option<u32>, now: Duration)
                 state.attempt_syns
             )
         } else {
-            text!("handshake completed in {}", millis(took))
+            text::numbered("handshake completed", text::whole_millis(took), |ms| {
+                text!("handshake completed in {ms} ms")
+            })
         };
         state.verdict = VerdictKind::Ok;
         state.answered_at = Some(now);
@@ -146,7 +150,9 @@ pub(super) fn on_syn_ack(state: &mut FlowState, ack: Option<u32>, now: Duration)
 pub(super) fn refused(state: &mut FlowState, now: Duration) {
     let took = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
     state.verdict = VerdictKind::Refused;
-    state.reason = text!("SYN answered by RST in {}", millis(took));
+    state.reason = text::numbered("SYN answered by RST", text::whole_millis(took), |ms| {
+        text!("SYN answered by RST in {ms} ms")
+    });
 }
 
 /// A RST means what its sender makes it: the server refusing a SYN (REFUSED) or
