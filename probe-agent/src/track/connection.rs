@@ -22,7 +22,7 @@ impl Tracker {
             .filter(|key| flows.contains(key))
             .or_else(|| {
                 self.pairing
-                    .by_client_endpoint(&view.flow, view.key.protocol)
+                    .by_client_endpoint(&view.key)
                     .filter(|key| flows.contains(key))
             })
             .or_else(|| {

@@ -43,7 +43,7 @@ pub struct Pairing {
     views: LruCache<FlowKey, FlowKey>,
     /// Client-side views by the client's own address and port: a server-side view of the
     /// same client endpoint (after a DNAT) is the same connection.
-    by_client: LruCache<(u8, IpAddr, u16), FlowKey>,
+    by_client: LruCache<ClientEndpoint, FlowKey>,
     /// Pod addresses of this node → the veth behind which each was seen.
     local: LruCache<IpAddr, u32>,
     /// Pod addresses the node routes to (or resolved) behind an attached veth, as last
@@ -131,18 +131,15 @@ impl Pairing {
 
     /// Records a client-side view: the connection's own key.
     pub fn client_view(&mut self, view: &View) {
-        self.views.pop(&view.key);
-        self.by_client.put(
-            (view.key.protocol, view.flow.src_ip, view.flow.src_port),
-            view.key,
-        );
+        if !self.views.is_empty() {
+            self.views.pop(&view.key);
+        }
+        self.by_client.put(ClientEndpoint::of(&view.key), view.key);
     }
 
     /// The connection whose client side used this client address and port, if any.
-    pub fn by_client_endpoint(&self, flow: &Flow, protocol: u8) -> Option<FlowKey> {
-        self.by_client
-            .peek(&(protocol, flow.src_ip, flow.src_port))
-            .copied()
+    pub fn by_client_endpoint(&self, view: &FlowKey) -> Option<FlowKey> {
+        self.by_client.peek(&ClientEndpoint::of(view)).copied()
     }
 
     /// Remembers `packet`'s pod end as a pod of this node when the pod sent it.
@@ -181,6 +178,23 @@ impl Pairing {
 }
 
 const DNS_PORT: u16 = 53;
+
+/// A client's address, port and protocol, as two integers: hashed once per packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ClientEndpoint {
+    address: u128,
+    port_and_protocol: u32,
+}
+
+impl ClientEndpoint {
+    /// The source end of a view oriented client → server.
+    fn of(view: &FlowKey) -> Self {
+        Self {
+            address: u128::from_ne_bytes(view.src_addr),
+            port_and_protocol: u32::from(view.src_port) << 8 | u32::from(view.protocol),
+        }
+    }
+}
 
 /// The kernel's key of an API flow (IPv4 as IPv4-mapped IPv6, as the kernel stores it).
 pub fn key_of(flow: &Flow) -> FlowKey {
