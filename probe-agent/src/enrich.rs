@@ -7,6 +7,7 @@
 //! stale until the watch is back, never taken from a pod that gave its IP away.
 
 mod directory;
+mod intern;
 mod objects;
 mod watch;
 
@@ -16,8 +17,8 @@ use arc_swap::ArcSwap;
 
 pub use directory::{ClusterView, Directory, Snapshot};
 pub use objects::{
-    DeclaredPort, NamespaceRecord, PodRecord, PodView, ServicePortRecord, ServiceRecord,
-    SliceEndpoint, SliceRecord, TargetPort, object_key,
+    DeclaredPort, Labels, NamespaceRecord, PodRecord, PodView, ServicePortRecord, ServiceRecord,
+    SliceEndpoint, SliceRecord, TargetPort, Uid, object_key,
 };
 pub use watch::{KubeOptions, client, watch};
 

@@ -190,12 +190,8 @@ impl Writer {
 
     fn pod_uid(&self, namespace: &str, pod: &str) -> Option<String> {
         let snapshot = self.names.snapshot();
-        let record = snapshot
-            .cluster
-            .pods_in(namespace)
-            .iter()
-            .find(|record| *record.name == *pod)?;
-        record.uid.as_deref().map(String::from)
+        let record = snapshot.cluster.pod(namespace, pod)?;
+        record.uid.as_ref().map(ToString::to_string)
     }
 
     async fn create(&self, namespace: &str, event: &Event) -> anyhow::Result<()> {

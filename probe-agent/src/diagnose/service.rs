@@ -5,7 +5,9 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use super::Diagnosis;
 use crate::{
-    enrich::{ClusterView, DeclaredPort, PodRecord, ServicePortRecord, ServiceRecord, TargetPort},
+    enrich::{
+        ClusterView, DeclaredPort, Labels, PodRecord, ServicePortRecord, ServiceRecord, TargetPort,
+    },
     model::{Cause, Flow, Protocol, VerdictKind},
 };
 
@@ -38,10 +40,7 @@ pub fn backends<'a>(view: &'a ClusterView, flow: &Flow) -> Option<Backends<'a>> 
             let pod = endpoint
                 .pod
                 .as_ref()
-                .and_then(|name| {
-                    view.pod_by_name
-                        .get(&(Arc::clone(&service.namespace), Arc::clone(name)))
-                })
+                .and_then(|name| view.pod(&service.namespace, name))
                 .or_else(|| view.pod_by_ip.get(&endpoint.ip));
             if let Some(pod) = pod
                 && !ready.iter().any(|p: &Arc<PodRecord>| Arc::ptr_eq(p, pod))
@@ -313,10 +312,10 @@ fn declares(pod: &PodRecord, port: u16, protocol: &str) -> bool {
 }
 
 /// A Service selector (equality only) against a pod's labels.
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+fn selects(selector: &BTreeMap<String, String>, labels: &Labels) -> bool {
     selector
         .iter()
-        .all(|(key, value)| labels.get(key) == Some(value))
+        .all(|(key, value)| labels.get(key) == Some(value.as_str()))
 }
 
 fn describe_selector(selector: &BTreeMap<String, String>) -> String {

@@ -116,10 +116,8 @@ pub struct Snapshot {
 pub struct ClusterView {
     /// Pods by their own IPs (host-network pods are not here), as [`Directory::ip_owners`].
     pub pod_by_ip: HashMap<IpAddr, Arc<PodRecord>>,
-    /// Every pod, by namespace.
+    /// Every pod, by namespace, sorted by name (see [`ClusterView::pod`]).
     pub pods: HashMap<Arc<str>, Vec<Arc<PodRecord>>>,
-    /// Every pod, by namespace and name.
-    pub pod_by_name: HashMap<ObjectKey, Arc<PodRecord>>,
     pub services: HashMap<ObjectKey, Arc<ServiceRecord>>,
     pub service_by_ip: HashMap<IpAddr, Arc<ServiceRecord>>,
     /// EndpointSlices by (namespace, Service).
@@ -135,6 +133,15 @@ pub struct ClusterView {
 impl ClusterView {
     pub fn pods_in(&self, namespace: &str) -> &[Arc<PodRecord>] {
         self.pods.get(namespace).map_or(&[], Vec::as_slice)
+    }
+
+    /// A pod by namespace and name: found in its namespace's pods, which are sorted by
+    /// name (a map by name would cost as much as the directory's own).
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Arc<PodRecord>> {
+        let pods = self.pods_in(namespace);
+        pods.binary_search_by(|pod| (*pod.name).cmp(name))
+            .ok()
+            .map(|at| &pods[at])
     }
 
     pub fn policies_in(&self, namespace: &str) -> &[Arc<NetworkPolicy>] {
@@ -223,8 +230,7 @@ impl Directory {
 
     fn cluster_view(&self, owners: &BTreeMap<IpAddr, &PodRecord>) -> ClusterView {
         let mut view = ClusterView::default();
-        for (key, pod) in self.pods.shared() {
-            view.pod_by_name.insert(key.clone(), Arc::clone(pod));
+        for (_, pod) in self.pods.shared() {
             view.pods
                 .entry(Arc::clone(&pod.namespace))
                 .or_default()

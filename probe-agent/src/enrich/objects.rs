@@ -5,7 +5,7 @@
 //! tens of MiB of transient JSON), and only these fields are ever allocated. Services
 //! and EndpointSlices are small and use the k8s-openapi types.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use k8s_openapi::{
     NamespaceResourceScope,
@@ -14,8 +14,12 @@ use k8s_openapi::{
         discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+    jiff::Timestamp,
 };
 use serde::Deserialize;
+use smallvec::SmallVec;
+
+use super::intern::{self, Label, Pool};
 
 /// A Pod, as far as naming goes (`v1/Pod`; unknown fields are skipped while decoding).
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -106,39 +110,175 @@ impl k8s_openapi::Metadata for PodView {
 /// Namespace and name: how objects of one kind are told apart.
 pub type ObjectKey = (Arc<str>, Arc<str>);
 
+/// The key of an object: the same texts as its record holds (see [`intern`]).
 pub fn object_key(meta: &ObjectMeta) -> ObjectKey {
+    intern::with(|pool| key_in(pool, meta))
+}
+
+fn key_in(pool: &mut Pool, meta: &ObjectMeta) -> ObjectKey {
     (
-        meta.namespace.as_deref().unwrap_or_default().into(),
-        meta.name.as_deref().unwrap_or_default().into(),
+        pool.text(meta.namespace.as_deref().unwrap_or_default()),
+        pool.text(meta.name.as_deref().unwrap_or_default()),
     )
 }
 
-/// What the directory keeps of a pod.
+/// What the directory keeps of a pod. A cluster holds thousands: what pods share (texts,
+/// label sets, port lists) is held once for all of them (see [`intern`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodRecord {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
     /// `metadata.uid`: what `kubectl describe pod` matches its Events on.
-    pub uid: Option<Arc<str>>,
+    pub uid: Option<Uid>,
     pub workload: Arc<str>,
     pub node: Option<Arc<str>>,
     pub host_ip: Option<IpAddr>,
-    pub ips: Vec<IpAddr>,
+    /// One for most pods (two when dual-stack): held inline.
+    pub ips: SmallVec<[IpAddr; 1]>,
     pub host_network: bool,
     /// `Succeeded` or `Failed`: its IP is free for a new pod.
     pub finished: bool,
-    /// RFC 3339 creation time; newer pods win an IP.
-    pub created: String,
+    /// `metadata.creationTimestamp` (none sorts first); newer pods win an IP.
+    pub created: Option<Timestamp>,
     /// What Service selectors and NetworkPolicy podSelectors match.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// The ports its containers declare.
-    pub ports: Vec<DeclaredPort>,
+    pub ports: Arc<[DeclaredPort]>,
     /// Its `Ready` condition is `True`.
     pub ready: bool,
 }
 
+/// An object's labels, sorted by key: a label set is held once for all the records that
+/// carry it (a workload's pods), its keys and values shared with every other set.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Labels(Arc<[Label]>);
+
+impl Labels {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|at| &*self.0[at].1)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn new_in<'a>(pool: &mut Pool, labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut labels: Vec<Label> = labels
+            .into_iter()
+            .map(|(k, v)| (pool.text(k), pool.text(v)))
+            .collect();
+        labels.sort_by(|a, b| a.0.cmp(&b.0));
+        // A key given twice keeps its last value, as a map would.
+        labels.reverse();
+        labels.dedup_by(|later, earlier| later.0 == earlier.0);
+        labels.reverse();
+        Self(pool.labels(&labels))
+    }
+}
+
+impl Default for Labels {
+    fn default() -> Self {
+        intern::with(|pool| Self(pool.labels(&[])))
+    }
+}
+
+impl From<&BTreeMap<String, String>> for Labels {
+    fn from(labels: &BTreeMap<String, String>) -> Self {
+        intern::with(|pool| Labels::new_in(pool, labels.iter().map(|(k, v)| (&**k, &**v))))
+    }
+}
+
+impl<'a> FromIterator<(&'a str, &'a str)> for Labels {
+    fn from_iter<T: IntoIterator<Item = (&'a str, &'a str)>>(labels: T) -> Self {
+        intern::with(|pool| Labels::new_in(pool, labels))
+    }
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// A `metadata.uid`. The API server makes them UUIDs, kept as their 16 bytes; any other
+/// text (or a UUID not written the canonical lowercase way) is kept as it is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Uid {
+    Uuid([u8; 16]),
+    Text(Arc<str>),
+}
+
+impl Uid {
+    pub fn new(text: &str) -> Self {
+        Self::parse_uuid(text).map_or_else(|| Self::Text(text.into()), Self::Uuid)
+    }
+
+    /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in lowercase hex, exactly.
+    fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+        let text = text.as_bytes();
+        if text.len() != 36 {
+            return None;
+        }
+        let mut bytes = [0; 16];
+        let mut digits = text
+            .iter()
+            .enumerate()
+            .filter(|(at, _)| !matches!(at, 8 | 13 | 18 | 23));
+        for byte in &mut bytes {
+            let mut nibble = || match digits.next()?.1 {
+                d @ b'0'..=b'9' => Some(d - b'0'),
+                d @ b'a'..=b'f' => Some(d - b'a' + 10),
+                _ => None,
+            };
+            *byte = (nibble()? << 4) | nibble()?;
+        }
+        [8, 13, 18, 23]
+            .iter()
+            .all(|&at| text[at] == b'-')
+            .then_some(bytes)
+    }
+}
+
+impl fmt::Display for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Text(text) => f.write_str(text),
+            Self::Uuid(bytes) => {
+                for (at, byte) in bytes.iter().enumerate() {
+                    if matches!(at, 4 | 6 | 8 | 10) {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{byte:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
 /// A container port a pod declares (`spec.containers[].ports[]`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DeclaredPort {
     pub name: Option<Arc<str>>,
     pub port: u16,
@@ -164,10 +304,18 @@ impl DeclaredPort {
 
 impl From<&PodView> for PodRecord {
     fn from(pod: &PodView) -> Self {
-        let (namespace, name) = object_key(&pod.metadata);
-        let spec = pod.spec.clone().unwrap_or_default();
-        let status = pod.status.clone().unwrap_or_default();
-        let mut ips: Vec<IpAddr> = status
+        intern::with(|pool| Self::new_in(pool, pod))
+    }
+}
+
+impl PodRecord {
+    fn new_in(pool: &mut Pool, pod: &PodView) -> Self {
+        let (namespace, name) = key_in(pool, &pod.metadata);
+        let default_spec = PodSpecView::default();
+        let spec = pod.spec.as_ref().unwrap_or(&default_spec);
+        let default_status = PodStatusView::default();
+        let status = pod.status.as_ref().unwrap_or(&default_status);
+        let mut ips: SmallVec<[IpAddr; 1]> = status
             .pod_ips
             .iter()
             .flatten()
@@ -178,15 +326,15 @@ impl From<&PodView> for PodRecord {
         {
             ips.push(ip);
         }
-        let ports = spec
+        let ports: Vec<DeclaredPort> = spec
             .containers
             .iter()
             .flat_map(|c| &c.ports)
             .filter_map(|p| {
                 Some(DeclaredPort {
-                    name: p.name.as_deref().map(Arc::from),
+                    name: p.name.as_deref().map(|name| pool.text(name)),
                     port: u16::try_from(p.container_port).ok()?,
-                    protocol: p.protocol.as_deref().unwrap_or("TCP").into(),
+                    protocol: pool.text(p.protocol.as_deref().unwrap_or("TCP")),
                 })
             })
             .collect();
@@ -194,25 +342,21 @@ impl From<&PodView> for PodRecord {
             .conditions
             .iter()
             .any(|c| c.kind == "Ready" && c.status == "True");
+        let labels = pod.metadata.labels.iter().flatten();
         Self {
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
-            ports,
+            labels: Labels::new_in(pool, labels.map(|(k, v)| (&**k, &**v))),
+            ports: pool.ports(&ports),
             ready,
-            workload: workload_of(&pod.metadata, &name),
+            workload: workload_of(pool, &pod.metadata, &name),
             namespace,
             name,
-            uid: pod.metadata.uid.as_deref().map(Arc::from),
-            node: spec.node_name.as_deref().map(Arc::from),
+            uid: pod.metadata.uid.as_deref().map(Uid::new),
+            node: spec.node_name.as_deref().map(|node| pool.text(node)),
             host_ip: status.host_ip.as_deref().and_then(|ip| ip.parse().ok()),
             ips,
             host_network: spec.host_network.unwrap_or(false),
             finished: matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")),
-            created: pod
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.to_string())
-                .unwrap_or_default(),
+            created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
         }
     }
 }
@@ -223,7 +367,7 @@ impl From<&PodView> for PodRecord {
 /// A ReplicaSet created by a Deployment is named `<deployment>-<pod-template-hash>` and
 /// its pods carry that hash as a label, so the Deployment is found without reading
 /// ReplicaSets (which the agent's ClusterRole does not allow).
-fn workload_of(meta: &ObjectMeta, pod_name: &Arc<str>) -> Arc<str> {
+fn workload_of(pool: &mut Pool, meta: &ObjectMeta, pod_name: &Arc<str>) -> Arc<str> {
     let owner = meta
         .owner_references
         .iter()
@@ -240,8 +384,8 @@ fn workload_of(meta: &ObjectMeta, pod_name: &Arc<str>) -> Arc<str> {
                 .as_ref()
                 .and_then(|labels| labels.get("pod-template-hash"));
             match hash.and_then(|hash| owner.name.strip_suffix(&format!("-{hash}"))) {
-                Some(deployment) if !deployment.is_empty() => deployment.into(),
-                _ => owner.name.as_str().into(),
+                Some(deployment) if !deployment.is_empty() => pool.text(deployment),
+                _ => pool.text(&owner.name),
             }
         }
         // A CronJob names each of its Jobs `<cronjob>-<scheduled time in minutes since
@@ -252,13 +396,13 @@ fn workload_of(meta: &ObjectMeta, pod_name: &Arc<str>) -> Arc<str> {
                     && minutes.len() >= 8
                     && minutes.bytes().all(|b| b.is_ascii_digit()) =>
             {
-                cronjob.into()
+                pool.text(cronjob)
             }
-            _ => owner.name.as_str().into(),
+            _ => pool.text(&owner.name),
         },
         // A static (mirror) pod is "owned" by its Node: the pod is the workload.
         "Node" => Arc::clone(pod_name),
-        _ => owner.name.as_str().into(),
+        _ => pool.text(&owner.name),
     }
 }
 
@@ -300,7 +444,13 @@ impl std::fmt::Display for TargetPort {
 
 impl From<&Service> for ServiceRecord {
     fn from(service: &Service) -> Self {
-        let (namespace, name) = object_key(&service.metadata);
+        intern::with(|pool| Self::new_in(pool, service))
+    }
+}
+
+impl ServiceRecord {
+    fn new_in(pool: &mut Pool, service: &Service) -> Self {
+        let (namespace, name) = key_in(pool, &service.metadata);
         let spec = service.spec.clone().unwrap_or_default();
         let mut cluster_ips: Vec<IpAddr> = spec
             .cluster_ips
@@ -324,13 +474,13 @@ impl From<&Service> for ServiceRecord {
                     Some(IntOrString::Int(n)) => TargetPort::Number(u16::try_from(*n).ok()?),
                     Some(IntOrString::String(name)) => match name.parse::<u16>() {
                         Ok(n) => TargetPort::Number(n),
-                        Err(_) => TargetPort::Name(name.as_str().into()),
+                        Err(_) => TargetPort::Name(pool.text(name)),
                     },
                 };
                 Some(ServicePortRecord {
-                    name: p.name.as_deref().map(Arc::from),
+                    name: p.name.as_deref().map(|name| pool.text(name)),
                     port,
-                    protocol: p.protocol.as_deref().unwrap_or("TCP").into(),
+                    protocol: pool.text(p.protocol.as_deref().unwrap_or("TCP")),
                     target_port,
                 })
             })
@@ -366,13 +516,19 @@ pub struct SliceEndpoint {
 
 impl From<&EndpointSlice> for SliceRecord {
     fn from(slice: &EndpointSlice) -> Self {
-        let (namespace, _) = object_key(&slice.metadata);
+        intern::with(|pool| Self::new_in(pool, slice))
+    }
+}
+
+impl SliceRecord {
+    fn new_in(pool: &mut Pool, slice: &EndpointSlice) -> Self {
+        let (namespace, _) = key_in(pool, &slice.metadata);
         let service = slice
             .metadata
             .labels
             .as_ref()
             .and_then(|labels| labels.get("kubernetes.io/service-name"))
-            .map(|name| Arc::from(name.as_str()));
+            .map(|name| pool.text(name));
         let ports = slice
             .ports
             .iter()
@@ -388,7 +544,7 @@ impl From<&EndpointSlice> for SliceRecord {
                     .as_ref()
                     .filter(|target| target.kind.as_deref() == Some("Pod"))
                     .and_then(|target| target.name.as_deref())
-                    .map(Arc::from);
+                    .map(|name| pool.text(name));
                 // Absent "ready" means ready (discovery.k8s.io/v1 EndpointConditions).
                 let ready = endpoint
                     .conditions
@@ -420,16 +576,30 @@ impl From<&EndpointSlice> for SliceRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamespaceRecord {
     pub name: Arc<str>,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
+}
+
+impl NamespaceRecord {
+    /// The labels of a namespace not (yet) known: the one the API server sets on every
+    /// namespace, so selecting a namespace by name still works.
+    pub fn default_labels(name: &str) -> Labels {
+        Labels::from_iter([("kubernetes.io/metadata.name", name)])
+    }
 }
 
 impl From<&Namespace> for NamespaceRecord {
     fn from(namespace: &Namespace) -> Self {
-        let (_, name) = object_key(&namespace.metadata);
-        let mut labels = namespace.metadata.labels.clone().unwrap_or_default();
-        labels
-            .entry("kubernetes.io/metadata.name".into())
-            .or_insert_with(|| name.to_string());
-        Self { name, labels }
+        intern::with(|pool| {
+            let (_, name) = key_in(pool, &namespace.metadata);
+            let labels = namespace.metadata.labels.iter().flatten();
+            let set = labels.map(|(k, v)| (&**k, &**v));
+            let labels = match namespace.metadata.labels.as_ref() {
+                Some(given) if given.contains_key("kubernetes.io/metadata.name") => {
+                    Labels::new_in(pool, set)
+                }
+                _ => Labels::new_in(pool, set.chain([("kubernetes.io/metadata.name", &*name)])),
+            };
+            Self { name, labels }
+        })
     }
 }

@@ -1,9 +1,9 @@
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use serde_json::{Value, json};
 
 use super::{
-    Directory,
+    Directory, Labels, NamespaceRecord, Uid,
     objects::{PodRecord, PodView, ServiceRecord, SliceRecord, object_key},
 };
 
@@ -248,4 +248,102 @@ fn a_host_network_pod_behind_a_service_is_named_by_its_port() {
             (Some("node-a"), None)
         );
     }
+}
+
+#[test]
+fn pods_share_what_they_have_in_common() {
+    let web = |name: &str, ip: &str| {
+        pod(
+            "shop",
+            name,
+            ip,
+            "",
+            json!({
+                "metadata": {"labels": {"app": "web", "tier": "front"}},
+                "spec": {"containers": [{"name": "c", "ports": [
+                    {"name": "http", "containerPort": 8080}
+                ]}]},
+            }),
+        )
+    };
+    let (a, b) = (web("web-a", "10.0.0.1"), web("web-b", "10.0.0.2"));
+    let (record_a, record_b) = (PodRecord::from(&a), PodRecord::from(&b));
+    assert!(Arc::ptr_eq(&record_a.namespace, &record_b.namespace));
+    assert!(Arc::ptr_eq(
+        &record_a.node.unwrap(),
+        &record_b.node.unwrap()
+    ));
+    assert!(Arc::ptr_eq(&record_a.ports, &record_b.ports));
+    assert_eq!(record_a.labels, record_b.labels);
+    // The directory's key holds the record's own texts.
+    let (namespace, name) = object_key(&a.metadata);
+    assert!(Arc::ptr_eq(&namespace, &record_a.namespace));
+    assert!(Arc::ptr_eq(&name, &record_a.name));
+    // Nothing is lost: labels by key, ports as declared.
+    assert_eq!(record_a.labels.get("tier"), Some("front"));
+    assert_eq!(record_a.labels.get("zone"), None);
+    assert_eq!(
+        record_a.labels.iter().collect::<Vec<_>>(),
+        [("app", "web"), ("tier", "front")]
+    );
+    assert_eq!(
+        super::DeclaredPort::describe(&record_a.ports),
+        "8080/TCP (http)"
+    );
+}
+
+#[test]
+fn labels_are_sorted_and_a_namespace_is_selected_by_its_name() {
+    let labels = Labels::from(&BTreeMap::from([
+        ("b".to_string(), "2".to_string()),
+        ("a".to_string(), "1".to_string()),
+    ]));
+    assert_eq!(labels.iter().collect::<Vec<_>>(), [("a", "1"), ("b", "2")]);
+    assert_eq!(
+        Labels::from_iter([("k", "old"), ("k", "new")]).get("k"),
+        Some("new")
+    );
+    assert!(Labels::default().is_empty());
+    let namespace: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "shop", "labels": {"env": "prod"}}}))
+            .unwrap();
+    let record = NamespaceRecord::from(&namespace);
+    assert_eq!(
+        record.labels.get("kubernetes.io/metadata.name"),
+        Some("shop")
+    );
+    assert_eq!(record.labels.get("env"), Some("prod"));
+    assert_eq!(
+        NamespaceRecord::default_labels("shop").get("kubernetes.io/metadata.name"),
+        Some("shop")
+    );
+}
+
+#[test]
+fn uids_read_back_as_written() {
+    for text in [
+        "c0ffee00-0000-4000-8000-000000000001",
+        "C0FFEE00-0000-4000-8000-000000000001",
+        "c0ffee00000040008000000000000001",
+        "5e0a-9",
+        "",
+    ] {
+        assert_eq!(Uid::new(text).to_string(), text);
+    }
+    assert!(matches!(
+        Uid::new("c0ffee00-0000-4000-8000-000000000001"),
+        Uid::Uuid(_)
+    ));
+    assert!(matches!(Uid::new("5e0a-9"), Uid::Text(_)));
+    let record = PodRecord::from(&pod(
+        "a",
+        "p",
+        "10.0.0.1",
+        "",
+        json!({"metadata": {"uid": "0a1b2c3d-4e5f-6789-abcd-ef0123456789"}}),
+    ));
+    assert_eq!(
+        record.uid.map(|uid| uid.to_string()).as_deref(),
+        Some("0a1b2c3d-4e5f-6789-abcd-ef0123456789")
+    );
 }

@@ -1,7 +1,7 @@
 //! The NetworkPolicy rules themselves: which policies isolate a pod, and whether a rule's
 //! peers and ports admit the far end.
 
-use std::{borrow::Cow, collections::BTreeMap, net::IpAddr};
+use std::{borrow::Cow, net::IpAddr};
 
 use ipnet::IpNet;
 use k8s_openapi::{
@@ -10,11 +10,11 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
-use kube::core::{Selector, SelectorExt};
+use kube::core::{Expression, Selector};
 
 use super::Peer;
 use crate::{
-    enrich::{ClusterView, PodRecord},
+    enrich::{ClusterView, Labels, NamespaceRecord, PodRecord},
     model::Protocol,
 };
 
@@ -220,13 +220,10 @@ fn peer_matches(
 
 /// A namespace's labels. Until the Namespace itself is known, the one label the API
 /// server sets on every namespace, so selecting a namespace by name still works.
-fn namespace_labels<'v>(view: &'v ClusterView, name: &str) -> Cow<'v, BTreeMap<String, String>> {
+fn namespace_labels<'v>(view: &'v ClusterView, name: &str) -> Cow<'v, Labels> {
     match view.namespaces.get(name) {
         Some(record) => Cow::Borrowed(&record.labels),
-        None => Cow::Owned(BTreeMap::from([(
-            "kubernetes.io/metadata.name".to_string(),
-            name.to_string(),
-        )])),
+        None => Cow::Owned(NamespaceRecord::default_labels(name)),
     }
 }
 
@@ -238,6 +235,22 @@ fn in_block(block: &IPBlock, ip: IpAddr) -> bool {
 
 /// `matchLabels` AND `matchExpressions`; an empty selector matches everything. A selector
 /// the API would reject (an unknown operator, In without values) selects nothing.
-pub(super) fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    Selector::try_from(selector.clone()).is_ok_and(|selector| selector.matches(labels))
+pub(super) fn selects(selector: &LabelSelector, labels: &Labels) -> bool {
+    Selector::try_from(selector.clone()).is_ok_and(|selector| {
+        selector
+            .into_iter()
+            .all(|expression| matches(&expression, labels))
+    })
+}
+
+/// kube's `Expression::matches`, on a [`Labels`].
+fn matches(expression: &Expression, labels: &Labels) -> bool {
+    match expression {
+        Expression::In(key, values) => labels.get(key).is_some_and(|v| values.contains(v)),
+        Expression::NotIn(key, values) => labels.get(key).is_none_or(|v| !values.contains(v)),
+        Expression::Exists(key) => labels.contains_key(key),
+        Expression::DoesNotExist(key) => !labels.contains_key(key),
+        Expression::Equal(key, value) => labels.get(key) == Some(value),
+        Expression::NotEqual(key, value) => labels.get(key) != Some(value),
+    }
 }

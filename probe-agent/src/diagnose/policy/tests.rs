@@ -7,7 +7,7 @@ use k8s_openapi::{
 };
 
 use super::{rules::selects, *};
-use crate::enrich::{NamespaceRecord, PodView};
+use crate::enrich::{Labels, NamespaceRecord, PodView};
 
 const POSTGRES: &str = "10.0.1.5";
 const CHECKOUT: &str = "10.0.1.7";
@@ -663,7 +663,7 @@ fn label_selector_operators() {
     ]);
     let selects_with = |selector: Value| {
         let selector: LabelSelector = serde_json::from_value(selector).unwrap();
-        selects(&selector, &labels)
+        selects(&selector, &Labels::from(&labels))
     };
     let expression = |key: &str, operator: &str, values: &[&str]| {
         selects_with(json!({"matchExpressions": [
