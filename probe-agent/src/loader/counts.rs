@@ -7,8 +7,14 @@
 //! batch operations, so the call is made here with the kernel's attribute layout from
 //! aya-obj; when the kernel refuses it (too old, or a filter forbids the command), the
 //! reader falls back to the iterator and stays with it.
+//!
+//! Either way a read hands its entries over one batch at a time, into one buffer of
+//! [`BATCH_ENTRIES`]: a whole table at once took 10 MiB.
 
-use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::{
+    ops::ControlFlow,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use aya_obj::generated::{bpf_attr, bpf_attr__bindgen_ty_3, bpf_cmd};
@@ -18,7 +24,7 @@ use probe_ebpf::{FlowCounters, HookKey};
 /// boundary, so a call may return fewer; a single bucket never holds this many.
 pub const BATCH_ENTRIES: usize = 4096;
 
-/// The kernel's counters, as one read of the map found them: `keys[i]` counted
+/// The kernel's counters, as one batch of a read found them: `keys[i]` counted
 /// `values[i]`. Kept apart because that is how the kernel copies a batch out.
 #[derive(Debug, Default)]
 pub struct FlowCounts {
@@ -43,11 +49,6 @@ impl FlowCounts {
     /// Every entry, leaving the buffers empty (and their capacity for the next read).
     pub fn drain(&mut self) -> impl Iterator<Item = (HookKey, FlowCounters)> + '_ {
         self.keys.drain(..).zip(self.values.drain(..))
-    }
-
-    fn truncate(&mut self, len: usize) {
-        self.keys.truncate(len);
-        self.values.truncate(len);
     }
 }
 
@@ -96,18 +97,24 @@ impl CounterReader {
         self.mode == Mode::Batch
     }
 
-    /// Replaces `into`'s contents with every entry of `map`.
+    /// Reads every entry of `map` into `batch`, at most [`BATCH_ENTRIES`] at a time, and
+    /// hands each batch to `each`, with whether it is the read's last (which may be
+    /// empty); `batch` is cleared after each. `each` breaks to stop the read there.
+    ///
+    /// Should batches fail midway, the read starts over key by key: entries already
+    /// handed over come again, with counters at least as high.
     pub fn read(
         &mut self,
         map: &HashMap<MapData, HookKey, FlowCounters>,
-        into: &mut FlowCounts,
+        batch: &mut FlowCounts,
+        mut each: impl FnMut(&mut FlowCounts, bool) -> ControlFlow<()>,
     ) -> ReadStats {
-        into.clear();
+        batch.clear();
         if self.mode == Mode::Batch {
-            match read_batched(map, into) {
-                Ok(syscalls) => {
+            match read_batched(map, batch, &mut each) {
+                Ok((entries, syscalls)) => {
                     return ReadStats {
-                        entries: into.len(),
+                        entries,
                         syscalls,
                         batched: true,
                     };
@@ -118,25 +125,51 @@ impl CounterReader {
                     );
                     self.mode = Mode::Iterate;
                 }
-                // This read only: entries read so far are dropped and read again.
+                // This read only: it starts over, key by key.
                 Err(Refused::ThisTime(_)) => {}
             }
-            into.clear();
+            batch.clear();
         }
-        let mut entries = 0u64;
-        for (key, value) in map.iter().filter_map(Result::ok) {
-            into.keys.push(key);
-            into.values.push(value);
-            entries += 1;
-        }
+        let (entries, syscalls) = read_iterating(map, batch, &mut each);
         ReadStats {
-            entries: into.len(),
-            // aya's iterator: the next key and its value per entry, and the call that
-            // finds no next key. (An entry gone between the two calls is skipped.)
-            syscalls: 2 * entries + 1,
+            entries,
+            syscalls,
             batched: false,
         }
     }
+}
+
+/// Hands `batch` to `each` and empties it; returns whether to go on.
+fn hand_over(
+    batch: &mut FlowCounts,
+    last: bool,
+    each: &mut impl FnMut(&mut FlowCounts, bool) -> ControlFlow<()>,
+) -> bool {
+    let going = each(batch, last).is_continue();
+    batch.clear();
+    going
+}
+
+/// Every entry key by key (aya's iterator), in batches of [`BATCH_ENTRIES`]; returns the
+/// entries and the bpf(2) calls.
+fn read_iterating(
+    map: &HashMap<MapData, HookKey, FlowCounters>,
+    batch: &mut FlowCounts,
+    each: &mut impl FnMut(&mut FlowCounts, bool) -> ControlFlow<()>,
+) -> (usize, u64) {
+    let mut entries = 0;
+    for (key, value) in map.iter().filter_map(Result::ok) {
+        batch.keys.push(key);
+        batch.values.push(value);
+        entries += 1;
+        if batch.len() == BATCH_ENTRIES && !hand_over(batch, false, each) {
+            return (entries, 2 * entries as u64);
+        }
+    }
+    hand_over(batch, true, each);
+    // The next key and its value per entry, and the call that finds no next key. (An
+    // entry gone between the two calls is skipped.)
+    (entries, 2 * entries as u64 + 1)
 }
 
 enum Refused {
@@ -146,21 +179,23 @@ enum Refused {
     ThisTime(#[allow(dead_code)] std::io::Error),
 }
 
-/// Appends every entry to `into` in batches of [`BATCH_ENTRIES`]; returns the bpf(2) calls.
+/// Every entry in batches of up to [`BATCH_ENTRIES`], one per bpf(2) call, each handed to
+/// `each`; returns the entries and the calls.
 fn read_batched(
     map: &HashMap<MapData, HookKey, FlowCounters>,
-    into: &mut FlowCounts,
-) -> Result<u64, Refused> {
+    batch: &mut FlowCounts,
+    each: &mut impl FnMut(&mut FlowCounts, bool) -> ControlFlow<()>,
+) -> Result<(usize, u64), Refused> {
     let fd = map.map().fd().as_fd().as_raw_fd();
     // The opaque position between calls: a hash map's is its next bucket's index (a u32);
     // room for a key, as libbpf gives it.
     let mut position = [0u64; size_of::<HookKey>().div_ceil(8)];
     let mut syscalls = 0;
-    let start = into.len();
+    let mut entries = 0;
     loop {
-        into.keys.reserve(BATCH_ENTRIES);
-        into.values.reserve(BATCH_ENTRIES);
-        let len = into.len();
+        batch.clear();
+        batch.keys.reserve(BATCH_ENTRIES);
+        batch.values.reserve(BATCH_ENTRIES);
         // SAFETY: bpf_attr is a C union of integers, valid all zero.
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
         attr.batch = bpf_attr__bindgen_ty_3 {
@@ -172,8 +207,8 @@ fn read_batched(
                 position.as_ptr() as u64
             },
             out_batch: position.as_mut_ptr() as u64,
-            keys: into.keys.spare_capacity_mut().as_mut_ptr() as u64,
-            values: into.values.spare_capacity_mut().as_mut_ptr() as u64,
+            keys: batch.keys.spare_capacity_mut().as_mut_ptr() as u64,
+            values: batch.values.spare_capacity_mut().as_mut_ptr() as u64,
             count: BATCH_ENTRIES as u32,
             map_fd: fd as u32,
             elem_flags: 0,
@@ -202,32 +237,31 @@ fn read_batched(
             )
             // ENOTSUPP, the kernel's own "not supported" (no libc name).
             | Some(524) => {
-                into.truncate(start);
                 return Err(Refused::ForGood(error.expect("an error")));
             }
             Some(_) => {
-                into.truncate(start);
                 return Err(Refused::ThisTime(error.expect("an error")));
             }
         };
         // SAFETY: the kernel reports how many entries it copied, never more than `count`.
         let copied = unsafe { attr.batch.count } as usize;
         let copied = copied.min(BATCH_ENTRIES);
-        // SAFETY: the kernel initialised the first `copied` spare slots of each buffer;
-        // HookKey and FlowCounters are plain integers, valid for any bytes.
-        unsafe {
-            into.keys.set_len(len + copied);
-            into.values.set_len(len + copied);
-        }
-        if end {
-            return Ok(syscalls);
-        }
-        if copied == 0 {
+        if !end && copied == 0 {
             // Not the end and nothing copied: not a reply this loop can make progress on.
-            into.truncate(start);
             return Err(Refused::ThisTime(std::io::Error::other(
                 "an empty batch before the end",
             )));
+        }
+        // SAFETY: the kernel initialised the first `copied` spare slots of each buffer
+        // (empty before the call); HookKey and FlowCounters are plain integers, valid for
+        // any bytes.
+        unsafe {
+            batch.keys.set_len(copied);
+            batch.values.set_len(copied);
+        }
+        entries += copied;
+        if !hand_over(batch, end, each) || end {
+            return Ok((entries, syscalls));
         }
     }
 }

@@ -19,12 +19,12 @@ use super::{
     interfaces::{learn_local_addresses, note_changes, publish, relist, watch_links},
     ring::read_ring,
     tasks::{first_to_end, spawn_task},
-    tracking::{read_kernel_counts, track_loop},
+    tracking::{COUNT_BUFFERS, read_kernel_counts, track_loop},
 };
 use crate::{
     attach::{self, Attacher, LinkChange},
     config::{RunArgs, TaskName},
-    loader,
+    loader::{self, counts::FlowCounts},
     metrics::Metrics,
     model::InterfaceStatus,
     track::Tracker,
@@ -86,7 +86,12 @@ pub(super) async fn run_probe(
     );
     let (per_interface_tx, mut per_interface) = mpsc::unbounded_channel();
     let (snapshots_tx, snapshots) = mpsc::channel(1);
-    let (spent_tx, spent) = mpsc::channel(1);
+    let (spent_tx, spent) = mpsc::channel(COUNT_BUFFERS);
+    for _ in 1..COUNT_BUFFERS {
+        spent_tx
+            .try_send(FlowCounts::default())
+            .expect("room for every buffer");
+    }
     let kernel_reader = spawn_task(TaskName::KernelCounts, fault, {
         let counts = read_kernel_counts(
             maps.flow_counts,

@@ -2,6 +2,7 @@
 //! the kernel's counters, which another task reads off it.
 
 use std::{
+    ops::ControlFlow,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -27,59 +28,109 @@ use crate::{
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
-/// What the kernel counted, read once per [`RECONCILE_EVERY`].
+/// What the kernel counted, read once per [`RECONCILE_EVERY`] and handed over a batch at
+/// a time.
 pub(super) struct KernelCounts {
-    /// Every hook's counters, as one read of the kernel's map found them.
+    /// Up to [`BATCH_ENTRIES`](loader::counts::BATCH_ENTRIES) hooks' counters, as one
+    /// batch of the read found them.
     flows: FlowCounts,
+    /// Whether this batch ends the read.
+    last: bool,
+    /// The event counters, read after the batch: whether its counts are settled.
     ring_full: u64,
     submitted: u64,
 }
 
+/// Buffers of one batch that go round between the counter reader and the tracker: one
+/// filled while the tracker reconciles the other.
+pub(super) const COUNT_BUFFERS: usize = 2;
+
 /// Reads the kernel's per-flow and event counters off the tracking task: a full table is
 /// 65,536 entries, which must not stall decoding under a flood. Read in batches
-/// ([`CounterReader`]: 17 bpf(2) calls for a full table, against 131,073 key by key).
+/// ([`CounterReader`]: 17 bpf(2) calls for a full table, against 131,073 key by key),
+/// each handed to the tracker as it comes.
 ///
-/// One buffer serves every read (10 MiB for a full table): the tracker hands it back
-/// once reconciled, and the next read waits for it. Fresh ones, queued behind a busy
-/// tracker, took 30 MiB under a flood.
+/// [`COUNT_BUFFERS`] buffers of one batch serve every read (640 KiB each): the tracker
+/// hands each back once reconciled, and the reader waits for one. A buffer for the whole
+/// table held 10 MiB, and fresh ones, queued behind a busy tracker, 30 MiB under a flood.
+/// `spent` starts with the buffers beyond the reader's own.
 pub(super) async fn read_kernel_counts(
     flow_counts: aya::maps::HashMap<MapData, HookKey, FlowCounters>,
     losses: PerCpuArray<MapData, u64>,
-    (snapshots, mut spent): (mpsc::Sender<KernelCounts>, mpsc::Receiver<FlowCounts>),
+    (counts, spent): (mpsc::Sender<KernelCounts>, mpsc::Receiver<FlowCounts>),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = interval(RECONCILE_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut maps = (flow_counts, losses, CounterReader::default());
-    let mut buffer = Some(FlowCounts::default());
+    let mut reader = CountsReader {
+        flow_counts,
+        losses,
+        reader: CounterReader::default(),
+        batch: FlowCounts::default(),
+        counts,
+        spent,
+    };
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let mut flows = match buffer.take() {
-            Some(flows) => flows,
-            None => tokio::select! {
-                Some(flows) = spent.recv() => flows,
-                _ = shutdown.changed() => return,
-            },
-        };
+        // Blocking: the bpf(2) calls, and waiting for the tracker between batches.
         let read = tokio::task::spawn_blocking(move || {
-            let (flow_counts, losses, reader) = &mut maps;
-            reader.read(flow_counts, &mut flows);
-            let counts = KernelCounts {
-                flows,
+            let going = reader.read();
+            (reader, going)
+        })
+        .await;
+        match read {
+            Ok((back, true)) => reader = back,
+            // The tracker is gone (shut down), or the read panicked.
+            _ => return,
+        }
+    }
+}
+
+/// The counter reader's state, moved onto a blocking thread for each read.
+struct CountsReader {
+    flow_counts: aya::maps::HashMap<MapData, HookKey, FlowCounters>,
+    losses: PerCpuArray<MapData, u64>,
+    reader: CounterReader,
+    /// The buffer being filled.
+    batch: FlowCounts,
+    counts: mpsc::Sender<KernelCounts>,
+    spent: mpsc::Receiver<FlowCounts>,
+}
+
+impl CountsReader {
+    /// Reads the whole map, handing each batch to the tracker; false once it is gone.
+    fn read(&mut self) -> bool {
+        let Self {
+            flow_counts,
+            losses,
+            reader,
+            batch,
+            counts,
+            spent,
+        } = self;
+        let mut going = true;
+        reader.read(flow_counts, batch, |filled, last| {
+            // The next batch goes into a buffer the tracker is done with.
+            let Some(next) = spent.blocking_recv() else {
+                going = false;
+                return ControlFlow::Break(());
+            };
+            let handed = KernelCounts {
+                flows: std::mem::replace(filled, next),
+                last,
                 ring_full: loader::kernel_count(losses, LossCounter::RingFull),
                 submitted: loader::kernel_count(losses, LossCounter::Submitted),
             };
-            (maps, counts)
-        })
-        .await;
-        let Ok((back, counts)) = read else { return };
-        maps = back;
-        if snapshots.send(counts).await.is_err() {
-            return;
-        }
+            if counts.blocking_send(handed).is_err() {
+                going = false;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        going
     }
 }
 
@@ -130,13 +181,13 @@ pub(super) async fn track_loop(
                 let mut tracker = lock(&tracker);
                 let now = monotonic_now();
                 // Drained: every event the kernel handed over was read or dropped by the
-                // agent, so every count of the snapshot is settled.
+                // agent, so every count of the batch is settled.
                 let drained = accounted + metrics.events_lost_total(LossSource::Agent) >= counts.submitted;
                 let read_up_to = if drained { now } else { tracker.newest_event() };
                 tracker.reconcile(counts.flows.drain(), read_up_to, now);
                 metrics.set_flows_tracked(tracker.flows_tracked() as u64);
                 drop(tracker);
-                // Room for it: the reader holds no buffer until it gets this one.
+                // Room for it: no more buffers go round than the channel holds.
                 let _ = spent.try_send(std::mem::take(&mut counts.flows));
                 if counts.ring_full > kernel_lost {
                     metrics.events_lost(LossSource::Kernel, counts.ring_full - kernel_lost);
@@ -147,11 +198,13 @@ pub(super) async fn track_loop(
                     metrics.events_emitted(emitted - kernel_emitted);
                     kernel_emitted = emitted;
                 }
-                // The flow table churns under a flood (every evicted flow frees its state
-                // and reason): hand the freed pages back to the kernel once a second
-                // rather than let fragmentation hold them.
-                // SAFETY: malloc_trim only releases free memory; it is thread-safe.
-                unsafe { libc::malloc_trim(0) };
+                if counts.last {
+                    // The flow table churns under a flood (every evicted flow frees its
+                    // state and reason): hand the freed pages back to the kernel once a
+                    // second rather than let fragmentation hold them.
+                    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+                    unsafe { libc::malloc_trim(0) };
+                }
             }
             _ = shutdown.changed() => return,
         }

@@ -966,6 +966,7 @@ fn fill_counts(k: &mut Kernel, hooks: u32) {
     }
 }
 
+/// Every entry of the counter map as `reader` hands it over, batch by batch.
 fn read_counts(
     k: &Kernel,
     mut reader: CounterReader,
@@ -974,12 +975,21 @@ fn read_counts(
     ReadStats,
     std::time::Duration,
 ) {
-    let mut read = FlowCounts::default();
+    let mut batch = FlowCounts::default();
+    let mut entries = std::collections::HashMap::new();
+    let (mut handed, mut lasts) = (0, 0);
     let started = std::time::Instant::now();
-    let stats = reader.read(&k.maps.flow_counts, &mut read);
+    let stats = reader.read(&k.maps.flow_counts, &mut batch, |batch, last| {
+        assert!(batch.len() <= BATCH_ENTRIES, "{} entries", batch.len());
+        assert_eq!(lasts, 0, "no batch after the last");
+        handed += batch.len();
+        lasts += usize::from(last);
+        entries.extend(batch.drain());
+        std::ops::ControlFlow::Continue(())
+    });
     let took = started.elapsed();
-    assert_eq!(stats.entries, read.len());
-    let entries: std::collections::HashMap<_, _> = read.drain().collect();
+    assert_eq!(lasts, 1, "one last batch");
+    assert_eq!(stats.entries, handed);
     assert_eq!(entries.len(), stats.entries, "no entry read twice");
     (entries, stats, took)
 }
@@ -1019,6 +1029,18 @@ fn the_counter_map_is_read_in_batches_as_key_by_key() {
     for (hook, counters) in &batched {
         assert_eq!(k.counts(hook).as_ref(), Some(counters));
     }
+
+    // Stopped after its first batch, a read makes no further call.
+    let mut batch = FlowCounts::default();
+    let mut first = 0;
+    let stopped = CounterReader::default().read(&k.maps.flow_counts, &mut batch, |batch, _| {
+        first = batch.len();
+        std::ops::ControlFlow::Break(())
+    });
+    assert_eq!(stopped.syscalls, 1, "{stopped:?}");
+    assert_eq!(stopped.entries, first);
+    assert!(first > 0 && first <= BATCH_ENTRIES, "{first}");
+    assert!(batch.is_empty(), "the buffer is left empty");
 
     // Counted by the program, read back in a batch.
     let (client, server) = (addr("10.244.0.5:41234"), addr("10.96.45.123:8080"));
