@@ -44,16 +44,17 @@ fn main() -> anyhow::Result<()> {
                 "programs loaded; capabilities kept for attaching new veths"
             );
             // glibc gives each thread that allocates its own heap arena (up to 8 per core),
-            // and freed memory in one arena cannot serve another: under a flood with the
-            // API busy, RSS grew past the budget from fragmentation alone. Two arenas
-            // are plenty for an agent with a handful of busy threads.
+            // and freed memory in one arena cannot serve another: the tracker moves
+            // between tokio's workers, so the flow table spread over two arenas, each with
+            // its own free space (50.4 MiB at a soak flood's worst; 47.4-47.7 in one).
+            // Small blocks still come from each thread's cache, without the arena's lock.
             // SAFETY: called before any other thread exists.
-            unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
             // glibc raises its mmap threshold to the size of any large block freed (up to
-            // 32 MiB), after which the once-a-second read of the kernel's counters (10 MiB
-            // for a full table) is carved out of the arenas and fragments them: a 60 s
-            // flood at 110k SYN/s reached 132 MiB. A fixed threshold keeps such blocks in
-            // their own mappings, returned whole on free (103 MiB worst, 76-88 steady).
+            // 32 MiB), after which large blocks (the timeout queue, a 10,000-verdict API
+            // answer, once the whole counter table) are carved out of the arena and
+            // fragment it: a 60 s flood at 110k SYN/s reached 132 MiB. A fixed threshold
+            // keeps such blocks in their own mappings, returned whole on free.
             // SAFETY: as above.
             unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024) };
             // Built after entering the namespace: runtime threads inherit it.
