@@ -222,15 +222,26 @@ fn events_per_second(names: Option<Names>) {
     // full table, under a flood of new flows, is measured apart.
     let more = wire_records(100_000, 8080);
     let allocated = allocations();
+    let started = Instant::now();
     for raw in &more {
         measured.on_packet(&decode::decode(raw).expect("valid record"));
     }
+    let full_elapsed = started.elapsed();
     let full_table = (allocations() - allocated) as f64 / more.len() as f64;
     report(
         "  the same, the flow table full",
         &format!("{full_table:.3}"),
         "0",
         full_table == 0.0,
+    );
+    // A fresh table's rate includes the first touch of its memory (page faults); a
+    // flood meets a full table, each new flow evicting the oldest.
+    let full_rate = more.len() as f64 / full_elapsed.as_secs_f64();
+    report(
+        "  events/s, the flow table full (each SYN evicts)",
+        &format!("{:.2} M events/s", full_rate / 1e6),
+        &format!("≥ {:.1} M events/s", budget / 1e6),
+        full_rate >= budget,
     );
     measured.sweep(Duration::from_secs(10));
     drop(measured);
