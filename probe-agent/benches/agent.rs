@@ -234,8 +234,8 @@ fn events_per_second(names: Option<Names>) {
         "0",
         full_table == 0.0,
     );
-    // A fresh table's rate includes the first touch of its memory (page faults); a
-    // flood meets a full table, each new flow evicting the oldest.
+    // A flood meets a full table: each new flow evicts the oldest (an LRU pop, a rehash
+    // and a drop that a fresh table's first 65,536 flows do not pay).
     let full_rate = more.len() as f64 / full_elapsed.as_secs_f64();
     report(
         "  events/s, the flow table full (each SYN evicts)",

@@ -591,14 +591,13 @@ impl From<&Namespace> for NamespaceRecord {
     fn from(namespace: &Namespace) -> Self {
         intern::with(|pool| {
             let (_, name) = key_in(pool, &namespace.metadata);
-            let labels = namespace.metadata.labels.iter().flatten();
-            let set = labels.map(|(k, v)| (&**k, &**v));
-            let labels = match namespace.metadata.labels.as_ref() {
-                Some(given) if given.contains_key("kubernetes.io/metadata.name") => {
-                    Labels::new_in(pool, set)
-                }
-                _ => Labels::new_in(pool, set.chain([("kubernetes.io/metadata.name", &*name)])),
-            };
+            let given = namespace.metadata.labels.iter().flatten();
+            // The API server's own label first: a value the namespace gives comes later
+            // and wins (see `Labels::new_in`).
+            let labels = [("kubernetes.io/metadata.name", &*name)]
+                .into_iter()
+                .chain(given.map(|(k, v)| (&**k, &**v)));
+            let labels = Labels::new_in(pool, labels);
             Self { name, labels }
         })
     }

@@ -313,6 +313,17 @@ fn labels_are_sorted_and_a_namespace_is_selected_by_its_name() {
         Some("shop")
     );
     assert_eq!(record.labels.get("env"), Some("prod"));
+    // A value the namespace gives itself is kept.
+    let renamed: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({
+        "metadata": {"name": "shop", "labels": {"kubernetes.io/metadata.name": "given"}}
+    }))
+    .unwrap();
+    assert_eq!(
+        NamespaceRecord::from(&renamed)
+            .labels
+            .get("kubernetes.io/metadata.name"),
+        Some("given")
+    );
     assert_eq!(
         NamespaceRecord::default_labels("shop").get("kubernetes.io/metadata.name"),
         Some("shop")

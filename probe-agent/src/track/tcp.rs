@@ -139,7 +139,10 @@ pub(super) fn on_syn_ack(state: &mut FlowState, ack: Option<u32>, now: Duration)
             )
         } else {
             text::numbered("handshake completed", text::whole_millis(took), |ms| {
-                text!("handshake completed in {ms} ms")
+                text!(
+                    "handshake completed in {}",
+                    millis(Duration::from_millis(ms))
+                )
             })
         };
         state.verdict = VerdictKind::Ok;
@@ -151,7 +154,10 @@ pub(super) fn refused(state: &mut FlowState, now: Duration) {
     let took = now.saturating_sub(state.attempt_start.unwrap_or(state.first_seen));
     state.verdict = VerdictKind::Refused;
     state.reason = text::numbered("SYN answered by RST", text::whole_millis(took), |ms| {
-        text!("SYN answered by RST in {ms} ms")
+        text!(
+            "SYN answered by RST in {}",
+            millis(Duration::from_millis(ms))
+        )
     });
 }
 
