@@ -50,6 +50,7 @@ mod reconcile;
 mod recover;
 mod search;
 mod sweep;
+mod table;
 mod tcp;
 mod text;
 
@@ -60,6 +61,7 @@ use order::{Deadline, Ranked};
 use orient::{Pairing, Sender, Side, View};
 pub use search::Chain;
 use search::SearchPaths;
+use table::{FlowTable, Slot};
 use tcp::{SynIs, expire_syn, on_icmp_unreachable, on_rst, on_syn, on_syn_ack, timeout_reason};
 
 /// Tracker settings (`probe-agent run` flags).
@@ -289,7 +291,7 @@ impl FarSide {
 /// Everything the tracker knows. Shared behind a mutex by the event loop and the API.
 pub struct Tracker {
     config: TrackerConfig,
-    flows: LruCache<FlowKey, FlowState>,
+    flows: FlowTable<FlowState>,
     deadlines: BinaryHeap<Reverse<Deadline>>,
     next_generation: u64,
     journal: Journal,
@@ -342,7 +344,7 @@ impl Tracker {
     pub fn new(config: TrackerConfig, clock: Clock, metrics: Arc<Metrics>) -> Self {
         let (events_tx, _) = broadcast::channel(1024);
         Self {
-            flows: LruCache::new(config.flow_capacity),
+            flows: FlowTable::new(config.flow_capacity),
             journal: Journal {
                 clock,
                 events: VecDeque::with_capacity(config.event_capacity.get()),
@@ -470,21 +472,21 @@ impl Tracker {
             self.on_far_side(key, &view, packet, now);
             return;
         }
-        let created = !self.flows.contains(&key);
-        let evicted = created && self.flows.len() == self.flows.cap().get();
-        if evicted && let Some((_, lru)) = self.flows.peek_lru() {
-            self.eviction_horizon = self.eviction_horizon.max(lru.last_seen);
-        }
-        let horizon = self.eviction_horizon;
         let flow = self.flow_of_connection(&key, &view);
-        let state = flow_entry(
+        let (slot, created) = flow_entry(
             &mut self.flows,
             &mut self.next_generation,
+            &mut self.eviction_horizon,
             &key,
             flow,
             now,
             packet.ifindex,
         );
+        if view.side == Side::Client {
+            self.flows.index_client(slot);
+        }
+        let horizon = self.eviction_horizon;
+        let state = self.flows.at_mut(slot);
         if created {
             state.counted_at = view.side;
         }
@@ -506,11 +508,11 @@ impl Tracker {
                 self.new_connection_on(key, now);
             }
         }
-        self.apply(key, &view, packet, now);
+        self.apply(slot, key, &view, packet, now);
     }
 
     /// Applies a packet counted at this hook to its connection.
-    fn apply(&mut self, key: FlowKey, view: &View, packet: &Packet, now: Duration) {
+    fn apply(&mut self, slot: Slot, key: FlowKey, view: &View, packet: &Packet, now: Duration) {
         // A query may show that NXDOMAINs held for this client were search-path expansions.
         let going_on = match (packet.kind, &packet.dns) {
             (
@@ -528,9 +530,7 @@ impl Tracker {
         let journal = &mut self.journal;
         let metrics = &journal.metrics;
         // (Made the most recent by `flow_entry` already.)
-        let Some(state) = self.flows.peek_mut(&key) else {
-            return;
-        };
+        let state = self.flows.at_mut(slot);
         state.last_seen = state.last_seen.max(now);
         let before = state.verdict;
         let was_truncated = state.dns.truncated.is_some();
@@ -625,7 +625,7 @@ impl Tracker {
             self.deadlines.push(Reverse(Deadline {
                 at: at.into(),
                 generation: state.generation,
-                key,
+                slot,
             }));
         }
         node_outcome(&mut self.context.node, journal, state, before, now);
@@ -757,32 +757,37 @@ impl Tracker {
             let flows = &self.flows;
             self.deadlines.retain(|Reverse(deadline)| {
                 flows
-                    .peek(&deadline.key)
-                    .is_some_and(|s| s.generation == deadline.generation)
+                    .at_slot(deadline.slot)
+                    .is_some_and(|(_, s)| s.generation == deadline.generation)
             });
         }
     }
 }
 
-/// The flow's state, created (evicting the least recently used flow at capacity) if new.
-/// One table lookup when the flow is known. (The flows-tracked gauge is refreshed by the
-/// reconcile pass, once a second.)
-fn flow_entry<'a>(
-    flows: &'a mut LruCache<FlowKey, FlowState>,
+/// The flow's slot, its state created if new (evicting the least recently used flow at
+/// capacity, whose last activity moves the eviction horizon). Made the most recent.
+/// (The flows-tracked gauge is refreshed by the reconcile pass, once a second.)
+fn flow_entry(
+    flows: &mut FlowTable<FlowState>,
     next_generation: &mut u64,
+    eviction_horizon: &mut Duration,
     key: &FlowKey,
     flow: Flow,
     now: Duration,
     ifindex: u32,
-) -> &'a mut FlowState {
-    let state = flows.get_or_insert_mut(*key, || {
+) -> (Slot, bool) {
+    let entered = flows.entry(key, || {
         *next_generation += 1;
         FlowState::new(flow, *next_generation, now, ifindex)
     });
+    if let Some(evicted) = entered.evicted {
+        *eviction_horizon = (*eviction_horizon).max(evicted.last_seen);
+    }
+    let state = flows.at_mut(entered.slot);
     if state.ifindex == 0 {
         state.ifindex = ifindex;
     }
-    state
+    (entered.slot, entered.created)
 }
 
 #[cfg(test)]

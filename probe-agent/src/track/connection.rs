@@ -20,11 +20,7 @@ impl Tracker {
             .bound_to(&view.key)
             .or(Some(view.key))
             .filter(|key| flows.contains(key))
-            .or_else(|| {
-                self.pairing
-                    .by_client_endpoint(&view.key)
-                    .filter(|key| flows.contains(key))
-            })
+            .or_else(|| flows.by_client_endpoint(&view.key))
             .or_else(|| {
                 // SNAT: conntrack knows the client's own tuple from the server's answer.
                 let translation = self
@@ -43,14 +39,16 @@ impl Tracker {
                 // The client is a pod here whose side was not read (its events lost under
                 // a flood): the flow is still the client's, recovered from its veth's
                 // counters; this packet is its far side.
-                let state = flow_entry(
+                let (slot, _) = flow_entry(
                     &mut self.flows,
                     &mut self.next_generation,
+                    &mut self.eviction_horizon,
                     &view.key,
                     view.flow,
                     packet.monotonic,
                     0,
                 );
+                let state = self.flows.at_mut(slot);
                 state.counted_at = Side::Client;
                 state.far = Some(FarSide::seen_at(packet.ifindex, view));
                 self.pairing.bind(view.key, view.key);
@@ -59,14 +57,16 @@ impl Tracker {
             if let Some((original, flow)) = translated {
                 // A client elsewhere through NAT (a NodePort, SNATed or not): counted here
                 // under what the client asked for, the backend named.
-                let state = flow_entry(
+                let (slot, _) = flow_entry(
                     &mut self.flows,
                     &mut self.next_generation,
+                    &mut self.eviction_horizon,
                     &original,
                     flow,
                     packet.monotonic,
                     packet.ifindex,
                 );
+                let state = self.flows.at_mut(slot);
                 state.counted_at = Side::Server;
                 state.far = Some(FarSide::seen_at(packet.ifindex, view));
                 self.pairing.bind(view.key, original);

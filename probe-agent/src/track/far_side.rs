@@ -13,9 +13,10 @@ impl Tracker {
         packet: &Packet,
         now: Duration,
     ) {
-        let Some(state) = self.flows.peek_mut(&key) else {
+        let Some(slot) = self.flows.find(&key) else {
             return;
         };
+        let state = self.flows.at_mut(slot);
         // An answer to a query still waiting at the client's veth.
         let waited_for = packet
             .dns
@@ -48,7 +49,7 @@ impl Tracker {
                     self.deadlines.push(Reverse(Deadline {
                         at: (now + tcp::EARLY_ANSWER_WAIT).into(),
                         generation,
-                        key,
+                        slot,
                     }));
                 }
             }

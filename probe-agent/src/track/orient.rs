@@ -41,9 +41,6 @@ pub struct Pairing {
     /// Views seen → the key of their connection, where that is another view's (a
     /// connection's own view is its key in the flow table, not stored twice).
     views: LruCache<FlowKey, FlowKey>,
-    /// Client-side views by the client's own address and port: a server-side view of the
-    /// same client endpoint (after a DNAT) is the same connection.
-    by_client: LruCache<ClientEndpoint, FlowKey>,
     /// Pod addresses of this node → the veth behind which each was seen.
     local: LruCache<IpAddr, u32>,
     /// Pod addresses the node routes to (or resolved) behind an attached veth, as last
@@ -60,7 +57,6 @@ impl Pairing {
             // The server sides of flows counted at the client's; an evicted one is found
             // again by the client's endpoint.
             views: LruCache::new(flows),
-            by_client: LruCache::new(flows),
             local: LruCache::new(NonZeroUsize::new(LOCAL_ADDRESSES).expect("non-zero")),
             routed: HashMap::new(),
         }
@@ -129,17 +125,12 @@ impl Pairing {
         }
     }
 
-    /// Records a client-side view: the connection's own key.
+    /// Records a client-side view: the connection's own key (the flow table indexes it
+    /// by its client endpoint).
     pub fn client_view(&mut self, view: &View) {
         if !self.views.is_empty() {
             self.views.pop(&view.key);
         }
-        self.by_client.put(ClientEndpoint::of(&view.key), view.key);
-    }
-
-    /// The connection whose client side used this client address and port, if any.
-    pub fn by_client_endpoint(&self, view: &FlowKey) -> Option<FlowKey> {
-        self.by_client.peek(&ClientEndpoint::of(view)).copied()
     }
 
     /// Remembers `packet`'s pod end as a pod of this node when the pod sent it.
@@ -178,23 +169,6 @@ impl Pairing {
 }
 
 const DNS_PORT: u16 = 53;
-
-/// A client's address, port and protocol, as two integers: hashed once per packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct ClientEndpoint {
-    address: u128,
-    port_and_protocol: u32,
-}
-
-impl ClientEndpoint {
-    /// The source end of a view oriented client → server.
-    fn of(view: &FlowKey) -> Self {
-        Self {
-            address: u128::from_ne_bytes(view.src_addr),
-            port_and_protocol: u32::from(view.src_port) << 8 | u32::from(view.protocol),
-        }
-    }
-}
 
 /// The kernel's key of an API flow (IPv4 as IPv4-mapped IPv6, as the kernel stores it).
 pub fn key_of(flow: &Flow) -> FlowKey {

@@ -48,17 +48,19 @@ impl Tracker {
             let Ok(flow) = flow_from_key(&key) else {
                 return;
             };
-            flow_entry(
+            let (slot, _) = flow_entry(
                 &mut self.flows,
                 &mut self.next_generation,
+                &mut self.eviction_horizon,
                 &key,
                 flow,
                 first_seen,
                 ifindex,
-            )
-            .counted_at = side;
+            );
+            self.flows.at_mut(slot).counted_at = side;
         }
-        let state = self.flows.peek_mut(&key).expect("present");
+        let slot = self.flows.find(&key).expect("present");
+        let state = self.flows.at_mut(slot);
         let before = state.verdict;
         let recovered =
             recover::recover_lost(state, counters, sender, last_seen, &self.journal.metrics);
@@ -80,7 +82,7 @@ impl Tracker {
                     self.deadlines.push(Reverse(Deadline {
                         at: (start + timeout).into(),
                         generation: state.generation,
-                        key,
+                        slot,
                     }));
                 }
             }

@@ -36,15 +36,15 @@ impl Tracker {
         while let Some(Reverse(Deadline {
             at,
             generation,
-            key,
+            slot,
         })) = self.deadlines.peek().copied()
         {
             if at.get() > now {
                 break;
             }
             self.deadlines.pop();
-            // `peek_mut`: a timeout is not a use, it must not refresh the flow's LRU rank.
-            let Some(state) = self.flows.peek_mut(&key) else {
+            // A timeout is not a use: it must not refresh the flow's LRU rank.
+            let Some((key, state)) = self.flows.at_slot_mut(slot) else {
                 continue;
             };
             if state.generation != generation {
@@ -68,7 +68,7 @@ impl Tracker {
                         Reverse(Deadline {
                             at: at.into(),
                             generation,
-                            key,
+                            slot,
                         })
                     }));
                 }
@@ -90,7 +90,7 @@ impl Tracker {
                         self.deadlines.push(Reverse(Deadline {
                             at: at.into(),
                             generation,
-                            key,
+                            slot,
                         }));
                         continue;
                     }
