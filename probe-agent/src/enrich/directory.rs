@@ -96,16 +96,20 @@ pub struct Directory {
     pub policies: Kind<NetworkPolicy>,
 }
 
+/// A map read for every event (a flow's two ends named): foldhash, seeded per process,
+/// where std's SipHash cost ~200 instructions per lookup.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// IP → name, immutable once built.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// Pod IPs (not host-network) and Service ClusterIPs.
-    by_ip: HashMap<IpAddr, Arc<Endpoint>>,
+    by_ip: FastMap<IpAddr, Arc<Endpoint>>,
     /// Backends without an address of their own (host-network pods share their node's):
     /// told apart by the port their Service's EndpointSlice sends to.
-    host_ports: HashMap<(IpAddr, u16), Arc<Endpoint>>,
+    host_ports: FastMap<(IpAddr, u16), Arc<Endpoint>>,
     /// Node addresses.
-    nodes: HashMap<IpAddr, Arc<Endpoint>>,
+    nodes: FastMap<IpAddr, Arc<Endpoint>>,
     /// The objects themselves, for diagnosing failures.
     pub cluster: ClusterView,
 }
@@ -115,11 +119,11 @@ pub struct Snapshot {
 #[derive(Debug, Default)]
 pub struct ClusterView {
     /// Pods by their own IPs (host-network pods are not here), as [`Directory::ip_owners`].
-    pub pod_by_ip: HashMap<IpAddr, Arc<PodRecord>>,
+    pub pod_by_ip: FastMap<IpAddr, Arc<PodRecord>>,
     /// Every pod, by namespace, sorted by name (see [`ClusterView::pod`]).
     pub pods: HashMap<Arc<str>, Vec<Arc<PodRecord>>>,
     pub services: HashMap<ObjectKey, Arc<ServiceRecord>>,
-    pub service_by_ip: HashMap<IpAddr, Arc<ServiceRecord>>,
+    pub service_by_ip: FastMap<IpAddr, Arc<ServiceRecord>>,
     /// EndpointSlices by (namespace, Service).
     pub slices: HashMap<ObjectKey, Vec<Arc<SliceRecord>>>,
     pub namespaces: HashMap<Arc<str>, Arc<NamespaceRecord>>,
