@@ -776,18 +776,19 @@ fn flow_entry(
     now: Duration,
     ifindex: u32,
 ) -> (Slot, bool) {
-    let entered = flows.entry(key, || {
-        *next_generation += 1;
-        FlowState::new(flow, *next_generation, now, ifindex)
-    });
-    if let Some(evicted) = entered.evicted {
-        *eviction_horizon = (*eviction_horizon).max(evicted.last_seen);
-    }
-    let state = flows.at_mut(entered.slot);
+    let (slot, created) = flows.entry(
+        key,
+        || {
+            *next_generation += 1;
+            FlowState::new(flow, *next_generation, now, ifindex)
+        },
+        |evicted| *eviction_horizon = (*eviction_horizon).max(evicted.last_seen),
+    );
+    let state = flows.at_mut(slot);
     if state.ifindex == 0 {
         state.ifindex = ifindex;
     }
-    (entered.slot, entered.created)
+    (slot, created)
 }
 
 #[cfg(test)]

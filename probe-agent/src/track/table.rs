@@ -20,20 +20,14 @@ const NONE: Slot = Slot::MAX;
 
 struct Entry<V> {
     key: FlowKey,
+    /// The key's hash: an eviction or an index resize does not hash it again.
+    hash: u64,
     value: V,
     /// Neighbours in the recency list.
     newer: Slot,
     older: Slot,
     /// The client-endpoint index points here.
     by_client: bool,
-}
-
-/// What [`FlowTable::entry`] did.
-pub struct Entered<V> {
-    pub slot: Slot,
-    pub created: bool,
-    /// The least recently used entry, evicted to make room.
-    pub evicted: Option<V>,
 }
 
 pub struct FlowTable<V> {
@@ -112,41 +106,52 @@ impl<V> FlowTable<V> {
         Some((entry.key, &mut entry.value))
     }
 
-    /// `key`'s entry made the most recent, created by `make` if new (evicting the least
-    /// recently used at capacity).
-    pub fn entry(&mut self, key: &FlowKey, make: impl FnOnce() -> V) -> Entered<V> {
-        if let Some(slot) = self.find(key) {
-            self.unlink(slot);
-            self.link_newest(slot);
-            return Entered {
-                slot,
-                created: false,
-                evicted: None,
-            };
-        }
-        let evicted = if self.entries.len() == self.capacity.get() {
-            Some(self.remove(self.oldest))
-        } else {
-            None
-        };
-        let slot = self.entries.insert(Entry {
-            key: *key,
-            value: make(),
-            newer: NONE,
-            older: NONE,
-            by_client: false,
-        }) as Slot;
+    /// `key`'s entry made the most recent, created by `make` if new; at capacity the
+    /// least recently used entry is handed to `evicted`, and its slot taken over in place.
+    /// Returns the slot and whether the entry was created.
+    pub fn entry(
+        &mut self,
+        key: &FlowKey,
+        make: impl FnOnce() -> V,
+        evicted: impl FnOnce(&V),
+    ) -> (Slot, bool) {
         let hash = self.hasher.hash_one(key);
-        let entries = &self.entries;
-        self.by_key.insert_unique(hash, slot, |&s| {
-            self.hasher.hash_one(entries[s as usize].key)
-        });
-        self.link_newest(slot);
-        Entered {
-            slot,
-            created: true,
-            evicted,
+        if let Some(&slot) = self
+            .by_key
+            .find(hash, |&s| self.entries[s as usize].key == *key)
+        {
+            if slot != self.newest {
+                self.unlink(slot);
+                self.link_newest(slot);
+            }
+            return (slot, false);
         }
+        let slot = if self.entries.len() == self.capacity.get() {
+            let slot = self.oldest;
+            self.unindex(slot);
+            self.unlink(slot);
+            let entry = &mut self.entries[slot as usize];
+            evicted(&entry.value);
+            entry.key = *key;
+            entry.hash = hash;
+            entry.by_client = false;
+            entry.value = make();
+            slot
+        } else {
+            self.entries.insert(Entry {
+                key: *key,
+                hash,
+                value: make(),
+                newer: NONE,
+                older: NONE,
+                by_client: false,
+            }) as Slot
+        };
+        let entries = &self.entries;
+        self.by_key
+            .insert_unique(hash, slot, |&s| entries[s as usize].hash);
+        self.link_newest(slot);
+        (slot, true)
     }
 
     /// Every entry, in no particular order.
@@ -195,15 +200,10 @@ impl<V> FlowTable<V> {
             .map(|&s| self.entries[s as usize].key)
     }
 
-    /// Takes the entry at `slot` out of the table and its indexes.
-    fn remove(&mut self, slot: Slot) -> V {
-        self.unlink(slot);
-        let entries = &self.entries;
-        let entry = &entries[slot as usize];
-        if let Ok(found) = self
-            .by_key
-            .find_entry(self.hasher.hash_one(entry.key), |&s| s == slot)
-        {
+    /// Takes the entry at `slot` out of both indexes.
+    fn unindex(&mut self, slot: Slot) {
+        let entry = &self.entries[slot as usize];
+        if let Ok(found) = self.by_key.find_entry(entry.hash, |&s| s == slot) {
             found.remove();
         }
         if entry.by_client
@@ -215,7 +215,6 @@ impl<V> FlowTable<V> {
         {
             found.remove();
         }
-        self.entries.remove(slot as usize).value
     }
 
     fn unlink(&mut self, slot: Slot) {
@@ -292,17 +291,26 @@ mod tests {
         FlowTable::new(NonZeroUsize::new(capacity).unwrap())
     }
 
+    /// Enters the flow from client port `port` to 80: its slot, whether it was created,
+    /// and what was evicted for it.
+    fn enter(flows: &mut FlowTable<u32>, port: u16, value: u32) -> (Slot, bool, Option<u32>) {
+        let mut evicted = None;
+        let (slot, created) = flows.entry(&key(port, 80), || value, |v| evicted = Some(*v));
+        (slot, created, evicted)
+    }
+
     #[test]
     fn evicts_the_least_recently_entered() {
         let mut flows = table(3);
         for port in 1..=3 {
-            assert!(flows.entry(&key(port, 80), || u32::from(port)).created);
+            assert!(enter(&mut flows, port, u32::from(port)).1);
         }
         // 1 is used again: 2 is now the oldest.
-        let again = flows.entry(&key(1, 80), || unreachable!());
-        assert!(!again.created);
-        let fourth = flows.entry(&key(4, 80), || 4);
-        assert_eq!(fourth.evicted, Some(2));
+        let mut evicted = None;
+        let (_, created) = flows.entry(&key(1, 80), || unreachable!(), |v| evicted = Some(*v));
+        assert!(!created);
+        assert_eq!(evicted, None);
+        assert_eq!(enter(&mut flows, 4, 4).2, Some(2));
         assert!(!flows.contains(&key(2, 80)));
         assert_eq!(flows.len(), 3);
         let mut values: Vec<u32> = flows.iter().map(|(_, v)| *v).collect();
@@ -310,16 +318,15 @@ mod tests {
         assert_eq!(values, [1, 3, 4]);
         // Peeking does not refresh: 3 goes next.
         assert_eq!(flows.peek(&key(3, 80)), Some(&3));
-        assert_eq!(flows.entry(&key(5, 80), || 5).evicted, Some(3));
+        assert_eq!(enter(&mut flows, 5, 5).2, Some(3));
     }
 
     #[test]
     fn a_reused_slot_is_found_by_its_new_key_only() {
         let mut flows = table(1);
-        let first = flows.entry(&key(1, 80), || 1).slot;
-        let second = flows.entry(&key(2, 80), || 2);
-        assert_eq!(second.slot, first);
-        assert_eq!(second.evicted, Some(1));
+        let (first, _, _) = enter(&mut flows, 1, 1);
+        let (second, created, evicted) = enter(&mut flows, 2, 2);
+        assert_eq!((second, created, evicted), (first, true, Some(1)));
         assert_eq!(flows.find(&key(1, 80)), None);
         assert_eq!(flows.find(&key(2, 80)), Some(first));
         assert_eq!(*flows.at_mut(first), 2);
@@ -328,10 +335,10 @@ mod tests {
     #[test]
     fn client_endpoint_finds_the_newest_indexed_connection() {
         let mut flows = table(4);
-        let old = flows.entry(&key(1000, 80), || 1).slot;
+        let old = flows.entry(&key(1000, 80), || 1, |_| ()).0;
         flows.index_client(old);
         // Same client endpoint, another server (a DNAT's backend seen apart).
-        let new = flows.entry(&key(1000, 8080), || 2).slot;
+        let new = flows.entry(&key(1000, 8080), || 2, |_| ()).0;
         assert_eq!(
             flows.by_client_endpoint(&key(1000, 443)),
             Some(key(1000, 80))
@@ -344,7 +351,7 @@ mod tests {
         assert_eq!(flows.by_client_endpoint(&key(1001, 80)), None);
         // Evicting the indexed entry drops it from the index.
         for port in 1..=4 {
-            flows.entry(&key(port, 80), || 0);
+            enter(&mut flows, port, 0);
         }
         assert!(!flows.contains(&key(1000, 8080)));
         assert_eq!(flows.by_client_endpoint(&key(1000, 443)), None);
@@ -355,7 +362,7 @@ mod tests {
         let mut flows = table(64);
         for round in 0..10_000u32 {
             let port = (round % 300) as u16;
-            let slot = flows.entry(&key(port, 80), || round).slot;
+            let (slot, _, _) = enter(&mut flows, port, round);
             if round % 3 == 0 {
                 flows.index_client(slot);
             }
