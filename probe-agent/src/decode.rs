@@ -442,7 +442,11 @@ pub fn decode_dns(bytes: &[u8]) -> Option<DnsPacket> {
         dns.qname = Some(query.name().to_string());
         dns.qtype = Some(query.query_type().to_string());
     }
-    if let Ok(message) = Message::from_vec(bytes) {
+    // The extended bits live in an OPT record, among the additional ones: without any,
+    // the header's rcode is the whole of it and the message need not be parsed whole.
+    if header.counts.additionals > 0
+        && let Ok(message) = Message::from_vec(bytes)
+    {
         dns.rcode = message.metadata.response_code;
     }
     Some(dns)
