@@ -62,9 +62,9 @@ pub struct Packet {
     pub monotonic: Duration,
     /// The tuple as on the wire (`src` sent it); for an ICMP error, the quoted packet's.
     pub tuple: Flow,
-    /// Where the kernel counted it, and its counters just after.
+    /// Where the kernel counted it, and what that hook had counted just after.
     pub hook: HookKey,
-    pub counters: FlowCounters,
+    pub counted: HookCount,
     /// The pod end at this hook: the sender of what leaves a pod, the receiver of what
     /// enters it (for an ICMP error, of the error itself).
     pub pod: IpAddr,
@@ -72,6 +72,32 @@ pub struct Packet {
     pub tcp: Option<TcpFacts>,
     /// Set for DNS packets whose header could be read.
     pub dns: Option<DnsPacket>,
+}
+
+/// A hook's count of the packet's kind just after it, and since when the hook counts:
+/// what tells the events lost before it (the whole counters stay in the kernel's map).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HookCount {
+    pub of_kind: u64,
+    pub since: Duration,
+}
+
+impl HookCount {
+    /// `counters`' count of `kind`.
+    pub fn of(counters: &FlowCounters, kind: EventKind) -> Self {
+        Self {
+            of_kind: match kind {
+                EventKind::Syn => counters.syn,
+                EventKind::SynAck => counters.syn_ack,
+                EventKind::Rst => counters.rst,
+                EventKind::IcmpUnreachable => counters.icmp_unreachable,
+                EventKind::DnsQuery => counters.dns_queries,
+                EventKind::DnsResponse => counters.dns_responses,
+                EventKind::DnsTcpSegment => counters.dns_tcp_segments,
+            },
+            since: Duration::from_nanos(counters.first_seen_ns),
+        }
+    }
 }
 
 /// What the agent needs of a TCP header: which connection a SYN starts (its ISN), which
@@ -138,7 +164,7 @@ pub fn decode(record: &[u8]) -> Result<Packet, DecodeError> {
         monotonic: Duration::from_nanos(event.timestamp_ns),
         tuple,
         hook: event.hook,
-        counters: event.counters,
+        counted: HookCount::of(&event.counters, kind),
         pod: match direction {
             Direction::FromPod => outer_src,
             Direction::ToPod => outer_dst,

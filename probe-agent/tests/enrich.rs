@@ -11,13 +11,13 @@ use std::{
 use lab::craft;
 use probe_agent::{
     config::KubeMode,
-    decode::{Packet, flow_from_key},
+    decode::{HookCount, Packet, flow_from_key},
     enrich::{self, KubeOptions, Names},
     metrics::Metrics,
     model::{Endpoint, Verdict, VerdictKind},
     track::{Clock, Tracker, TrackerConfig},
 };
-use probe_ebpf::{Direction, EventKind, FlowCounters, HookKey, IPPROTO_TCP};
+use probe_ebpf::{Direction, EventKind, HookKey, IPPROTO_TCP};
 use serde_json::json;
 
 mod common;
@@ -100,7 +100,7 @@ fn verdict_of(
                 ifindex: 7,
                 direction: direction as u32,
             },
-            counters: FlowCounters::default(),
+            counted: HookCount::default(),
             pod: client.ip(),
             tcp: None,
             dns: None,

@@ -9,7 +9,7 @@ use lab::craft;
 use libfuzzer_sys::fuzz_target;
 use probe_agent::decode;
 use probe_agent_fuzz::{CRAFT_IFINDEX, wire_key};
-use probe_ebpf::{CAPTURE_BYTES, Direction, EventKind, FlowCounters, FlowKey};
+use probe_ebpf::{CAPTURE_BYTES, Direction, EventKind, FlowKey};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, frame)) = data.split_first() else {
@@ -77,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(packet.hook.tuple, key);
         assert_eq!(packet.hook.ifindex, CRAFT_IFINDEX);
         assert_eq!(packet.hook.direction, direction as u32);
-        assert_eq!(packet.counters, FlowCounters::default());
+        assert_eq!(packet.counted, decode::HookCount::default());
         assert_eq!(decode::flow_from_key(&key), Ok(packet.tuple));
         assert_eq!(packet.tuple.protocol, tuple.protocol);
         assert_eq!(packet.direction, direction);

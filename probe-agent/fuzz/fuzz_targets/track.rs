@@ -417,7 +417,8 @@ fuzz_target!(|input: Input| {
             .filter(|d| d.is_response)
             .map(|d| d.rcode);
         // The kernel's counters just after this packet, as its event carries them.
-        packet.counters = kernel.count(hook, connection(kind, &tuple), kind, rcode, 1, now);
+        let counters = kernel.count(hook, connection(kind, &tuple), kind, rcode, 1, now);
+        packet.counted = decode::HookCount::of(&counters, kind);
         tracker.on_packet(&packet);
     }
 

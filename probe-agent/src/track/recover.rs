@@ -13,7 +13,7 @@ use super::{
     tcp::{on_icmp_unreachable, on_rst, on_syn_ack},
 };
 use crate::{
-    decode::Packet,
+    decode::{HookCount, Packet},
     metrics::{Metrics, PacketKind},
     model::{Counts, DnsSummary, VerdictKind},
 };
@@ -55,15 +55,14 @@ impl Seen {
     /// before it. A hook counting since before `horizon` (when flows were last evicted)
     /// may hold an evicted flow's counts: its first event recovers nothing.
     pub fn take(&mut self, packet: &Packet, sender: Sender, horizon: Duration) -> u64 {
-        let kernel = kernel_count(&packet.counters, packet.kind);
+        let kernel = packet.counted.of_kind;
         // No counters (the kernel's map was full): nothing is known.
         if kernel == 0 {
             return 0;
         }
         let seen = self.field(packet.kind, sender);
         let lost = if *seen == 0 {
-            let counting_since = Duration::from_nanos(packet.counters.first_seen_ns);
-            if counting_since < horizon {
+            if packet.counted.since < horizon {
                 0
             } else {
                 kernel - 1
@@ -77,15 +76,7 @@ impl Seen {
 }
 
 fn kernel_count(counters: &FlowCounters, kind: EventKind) -> u64 {
-    match kind {
-        EventKind::Syn => counters.syn,
-        EventKind::SynAck => counters.syn_ack,
-        EventKind::Rst => counters.rst,
-        EventKind::IcmpUnreachable => counters.icmp_unreachable,
-        EventKind::DnsQuery => counters.dns_queries,
-        EventKind::DnsResponse => counters.dns_responses,
-        EventKind::DnsTcpSegment => counters.dns_tcp_segments,
-    }
+    HookCount::of(counters, kind).of_kind
 }
 
 /// Adds `lost` packets of `kind` to the flow's counts.

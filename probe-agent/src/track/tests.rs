@@ -6,7 +6,7 @@ use probe_ebpf::{Direction, EventKind, FlowCounters, HookKey, IPPROTO_TCP, IPPRO
 
 use super::{Clock, Tracker, TrackerConfig};
 use crate::{
-    decode::{DnsPacket, Packet, flow_from_key},
+    decode::{DnsPacket, HookCount, Packet, flow_from_key},
     metrics::Metrics,
     model::{Cause, FlowEventKind, Verdict, VerdictKind},
 };
@@ -64,7 +64,7 @@ fn packet(
             ifindex: 7,
             direction: direction as u32,
         },
-        counters: FlowCounters::default(),
+        counted: HookCount::default(),
         pod: client.ip(),
         tcp: None,
         dns,
@@ -380,8 +380,10 @@ fn kernel_counts_recover_lost_events_without_double_counting() {
     let mut t = tracker();
     // The SYN's event carries its hook's counters: the first SYN there.
     let mut syn = tcp(EventKind::Syn, 1000);
-    syn.counters.syn = 1;
-    syn.counters.first_seen_ns = 1_000_000_000;
+    syn.counted = HookCount {
+        of_kind: 1,
+        since: ms(1000),
+    };
     t.on_packet(&syn);
     let key = craft::flow_key(
         IPPROTO_TCP,
@@ -434,11 +436,10 @@ fn a_lost_syn_recovered_after_its_answer_keeps_the_answer() {
         // it carries its hook's counters (the first answer there).
         let mut t = tracker();
         let mut packet = tcp(answer, 1010);
-        match answer {
-            EventKind::SynAck => packet.counters.syn_ack = 1,
-            _ => packet.counters.rst = 1,
-        }
-        packet.counters.first_seen_ns = 1_010_000_000;
+        packet.counted = HookCount {
+            of_kind: 1,
+            since: ms(1010),
+        };
         t.on_packet(&packet);
         let syns = FlowCounters {
             syn: 1,

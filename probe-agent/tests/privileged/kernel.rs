@@ -16,7 +16,7 @@ use hickory_proto::{op::ResponseCode, rr::RecordType};
 use lab::craft::{self, Frame, TcpFlags};
 use pnet_packet::ip::IpNextHeaderProtocols;
 use probe_agent::{
-    decode::{self, Packet},
+    decode::{self, HookCount, Packet},
     loader::{
         self, LoadOptions, ProbeMaps,
         counts::{BATCH_ENTRIES, CounterReader, FlowCounts, ReadStats},
@@ -228,7 +228,10 @@ fn syn_and_syn_ack_are_counted_raw_at_their_hooks() {
     assert!(syn.first_seen_ns > 0 && syn.last_seen_ns >= syn.first_seen_ns);
     let syn_ack = k.counts(&to_pod(server, client)).expect("SYN-ACK counted");
     assert!(counts(0, 1, 0, 0)(&syn_ack), "{syn_ack:?}");
-    assert_eq!(events[1].counters, syn_ack);
+    assert_eq!(
+        events[1].counted,
+        HookCount::of(&syn_ack, EventKind::SynAck)
+    );
     assert!(k.counts(&from_pod(server, client)).is_none());
     assert!(k.counts(&to_pod(client, server)).is_none());
     assert_eq!(k.flows(), 2);
@@ -327,7 +330,7 @@ fn vlan_tags_and_ipv4_options_are_stepped_over() {
             .iter()
             .all(|e| e.tuple.to_string() == "10.244.0.5:1111 -> 10.244.0.9:2222 TCP")
     );
-    let syns: Vec<u64> = events.iter().map(|e| e.counters.syn).collect();
+    let syns: Vec<u64> = events.iter().map(|e| e.counted.of_kind).collect();
     assert_eq!(
         syns,
         [1, 2, 3],
@@ -493,7 +496,7 @@ fn dns_queries_and_responses_are_counted_with_their_rcodes() {
         ),
         (0, 2, 1, 1, 0)
     );
-    assert_eq!(events[3].counters, c);
+    assert_eq!(events[3].counted, HookCount::of(&c, events[3].kind));
     assert_eq!(k.flows(), 2);
 }
 
@@ -586,10 +589,7 @@ fn dns_over_tcp_segments_with_payload_are_reported() {
         [request_hook, request_hook, answer_hook, request_hook]
     );
     assert_eq!(
-        events
-            .iter()
-            .map(|e| e.counters.dns_tcp_segments)
-            .collect::<Vec<_>>(),
+        events.iter().map(|e| e.counted.of_kind).collect::<Vec<_>>(),
         [1, 2, 1, 3]
     );
     let first = events[0].tcp.as_ref().expect("TCP facts");
@@ -726,7 +726,7 @@ fn pod_to_pod_on_one_node_is_counted_at_every_hook() {
     k.entering_pod(&syn);
     let events = k.events();
     assert_eq!(
-        events.iter().map(|e| e.counters.syn).collect::<Vec<_>>(),
+        events.iter().map(|e| e.counted.of_kind).collect::<Vec<_>>(),
         [2, 2]
     );
     assert_eq!(k.flows(), 4);
@@ -774,7 +774,7 @@ fn a_syn_reaching_the_server_pod_is_a_plain_syn_at_its_veth() {
         );
         assert_eq!(pair[0].direction, Direction::FromPod);
         assert_eq!(pair[0].hook, from_pod(client, service));
-        assert_eq!(pair[0].counters.syn, n);
+        assert_eq!(pair[0].counted.of_kind, n);
         assert_eq!(
             pair[1].tuple.to_string(),
             "10.244.0.5:43000 -> 10.244.0.9:8080 TCP"
@@ -787,7 +787,7 @@ fn a_syn_reaching_the_server_pod_is_a_plain_syn_at_its_veth() {
             pod.ip(),
             "the server pod is the hook's pod end"
         );
-        assert_eq!(pair[1].counters.syn, n);
+        assert_eq!(pair[1].counted.of_kind, n);
         let tcp = pair[1].tcp.as_ref().expect("TCP facts");
         assert_eq!(tcp.flags, TcpFlags::SYN);
     }
