@@ -211,6 +211,7 @@ pub struct ParsedPacket {
 
 /// Parses Ethernet (with up to two VLAN tags) → IPv4/IPv6 → TCP/UDP/ICMP(v6), by the
 /// kernel program's rules: what it steps over, this steps over too.
+#[inline]
 pub fn parse_packet(bytes: &[u8]) -> Result<ParsedPacket, DecodeError> {
     let ethernet =
         EthernetPacket::new(bytes).ok_or(DecodeError::Malformed("truncated Ethernet header"))?;
@@ -320,6 +321,7 @@ fn ipv6_transport(bytes: &[u8]) -> Result<Transport<'_>, DecodeError> {
     ))
 }
 
+#[inline]
 fn transport_facts(
     src: IpAddr,
     dst: IpAddr,
@@ -519,6 +521,7 @@ pub fn event_kind(parsed: &ParsedPacket) -> Option<EventKind> {
 
 /// The kernel's tuple and event kind must agree with what pnet reads in the bytes: the
 /// tuple as on the wire (for an ICMP error, the quoted packet's).
+#[inline]
 fn check_agrees(kind: EventKind, tuple: &Flow, parsed: &ParsedPacket) -> Result<(), DecodeError> {
     let mut read = parsed
         .tuple
