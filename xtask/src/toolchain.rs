@@ -373,7 +373,9 @@ pub fn ensure_image_packages() -> Result<()> {
 
 /// What `cargo xtask soak` drives besides [`PACKAGES`] (which has hping3, the SYN flood).
 pub const SOAK_PACKAGES: &[&str] = &[
-    "wrk", // HTTP load on the API
+    "wrk",         // HTTP load on the API
+    "tcpreplay",   // the SYN-rate ramp: SYNs at the rate asked (hping3 -i tops out at ~15 k/s)
+    "netsniff-ng", // trafgen: writes the SYNs tcpreplay replays
 ];
 
 /// What `cargo xtask check-runtime` drives besides [`PACKAGES`].
