@@ -35,7 +35,7 @@ use crate::{build, toolchain, util};
 mod hostile;
 mod paced_syns;
 
-use paced_syns::{PacedSyns, Sent};
+use paced_syns::{PacedSyns, SENDER_MAX_RATE};
 
 /// The agent's memory budget (docs/budgets.md).
 const RSS_BUDGET_MIB: f64 = 128.0;
@@ -413,9 +413,10 @@ struct RampResult {
     stage: &'static RampStage,
     /// SYN/s the probe saw: its events over the stage (one per SYN, at the flooder's veth).
     reached: f64,
-    /// SYN/s tcpreplay says it sent.
+    /// SYN/s the tcpreplays say they sent, how many there were and the cores they used
+    /// (each SYN's way through the veth and the node included).
     sent: f64,
-    /// Cores tcpreplay used (the veth's share of each SYN included).
+    senders: u32,
     sender_cores: f64,
     events: Events,
 }
@@ -428,10 +429,11 @@ impl RampResult {
             Figure {
                 what: self.stage.rate_line,
                 figure: format!(
-                    "{:.1} k of {:.0} k SYN/s (sent {:.1} k/s, {:.2} core)",
+                    "{:.1} k of {:.0} k SYN/s (sent {:.1} k/s by {}, {:.2} core)",
                     self.reached / 1e3,
                     asked / 1e3,
                     self.sent / 1e3,
+                    self.senders,
                     self.sender_cores
                 ),
                 budget: format!("≥ {:.0} % of asked", RAMP_KEPT_UP * 100.0),
@@ -464,11 +466,23 @@ fn ramp(
     let mut results = Vec::new();
     for stage in &RAMP {
         let before = Events::of(&settled(agent)?);
-        let Sent {
-            packets,
-            seconds,
-            cpu_seconds,
-        } = PacedSyns::start(from, &trace, stage.asked, RAMP_STAGE, dir)?.wait()?;
+        // The stage's rate split evenly over as many senders as it takes, started together.
+        let senders = stage.asked.div_ceil(SENDER_MAX_RATE);
+        let cpu_before = paced_syns::children_cpu()?;
+        let running = (0..senders)
+            .map(|i| {
+                let name = format!("{}-{i}", stage.asked);
+                let rate = stage.asked / senders;
+                PacedSyns::start(from, &trace, rate, RAMP_STAGE, dir, &name)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (mut packets, mut seconds) = (0, 0.0_f64);
+        for sender in running {
+            let sent = sender.wait()?;
+            packets += sent.packets;
+            seconds = seconds.max(sent.seconds);
+        }
+        let cpu_seconds = paced_syns::children_cpu()? - cpu_before;
         let events = Events::of(&settled(agent)?).since(&before);
         // Over the time tcpreplay sent (its start-up not counted).
         let seconds = if seconds > 0.0 {
@@ -480,6 +494,7 @@ fn ramp(
             stage,
             reached: events.emitted / seconds,
             sent: packets as f64 / seconds,
+            senders,
             sender_cores: cpu_seconds / seconds,
             events,
         });

@@ -2,9 +2,9 @@
 //! (one per source port) and tcpreplay replays it at the rate asked, from the pod's `eth0`.
 //!
 //! Why not hping3 `-i u<N>`: it re-arms an itimer per packet and tops out at ~12–17 k/s
-//! whatever is asked; eight of them at once reach ~40 k/s, both cores busy.
-//! tcpreplay keeps to its schedule (catching up after a late wake-up) at ~0.3–0.6 core for
-//! 25–100 k/s, the veth's and the node's share of each SYN included.
+//! whatever is asked; eight of them at once reach ~40 k/s, both cores busy. tcpreplay
+//! keeps to its schedule (catching up after a late wake-up); what it costs is mostly each
+//! SYN's way through the veth and the node, which runs on its core.
 
 use std::{
     fs::File,
@@ -21,6 +21,9 @@ use nix::sys::resource::{UsageWho, getrusage};
 
 /// One SYN per source port: the trace loops, the ports recycle as hping3's do.
 const SOURCE_PORTS: (u16, u16) = (1024, 65535);
+/// The most one tcpreplay is asked for: each SYN's way through the veth and the node (the
+/// probe's program included) runs on its sender's core, ~75 k/s filling one here.
+pub(crate) const SENDER_MAX_RATE: u32 = 50_000;
 
 /// A pcap of SYNs from `from` to `to:port`, addressed to the node's end of `from`'s veth
 /// (so the node routes them, as it would a pod's own), written into `dir`.
@@ -67,8 +70,6 @@ pub(crate) struct PacedSyns {
     child: Child,
     out: PathBuf,
     seconds: Duration,
-    /// This process's reaped children's CPU time when it started.
-    children_cpu: f64,
 }
 
 /// What tcpreplay says it sent.
@@ -76,22 +77,21 @@ pub(crate) struct PacedSyns {
 pub(crate) struct Sent {
     pub packets: u64,
     pub seconds: f64,
-    /// Its CPU time (user and system, the veth's share of each SYN included), in seconds.
-    pub cpu_seconds: f64,
 }
 
 impl PacedSyns {
-    /// `trace` replayed in a loop at `rate` packets/s from `from`'s `eth0` for `seconds`.
+    /// `trace` replayed in a loop at `rate` packets/s from `from`'s `eth0` for `seconds`;
+    /// its output in `dir`, named after `name`.
     pub(crate) fn start(
         from: &Pod,
         trace: &Path,
         rate: u32,
         seconds: Duration,
         dir: &Path,
+        name: &str,
     ) -> Result<PacedSyns> {
-        let out = dir.join(format!("tcpreplay-{rate}.out"));
+        let out = dir.join(format!("tcpreplay-{name}.out"));
         let log = File::create(&out)?;
-        let children_cpu = children_cpu()?;
         // nano: sleeps between sends (gtod spins a core); -K: the trace is read once.
         let child = from
             .command("tcpreplay")
@@ -115,7 +115,6 @@ impl PacedSyns {
             child,
             out,
             seconds,
-            children_cpu,
         })
     }
 
@@ -134,18 +133,11 @@ impl PacedSyns {
             );
             thread::sleep(Duration::from_millis(50));
         };
-        // Reaped: its CPU time is now this process's children's. The soak starts no other
-        // process while a stage runs, so the difference is tcpreplay's.
-        let cpu_seconds = children_cpu()? - self.children_cpu;
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
         ensure!(status.success(), "tcpreplay failed ({status}):\n{text}");
         let (packets, seconds) = parse_sent(&text)
             .with_context(|| format!("no \"Actual:\" line from tcpreplay:\n{text}"))?;
-        Ok(Sent {
-            packets,
-            seconds,
-            cpu_seconds,
-        })
+        Ok(Sent { packets, seconds })
     }
 }
 
@@ -156,8 +148,9 @@ impl Drop for PacedSyns {
     }
 }
 
-/// User and system CPU seconds of this process's reaped children.
-fn children_cpu() -> Result<f64> {
+/// User and system CPU seconds of this process's reaped children: around senders started
+/// and waited for while nothing else runs, theirs.
+pub(crate) fn children_cpu() -> Result<f64> {
     let usage = getrusage(UsageWho::RUSAGE_CHILDREN)?;
     let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
     Ok(seconds(usage.user_time()) + seconds(usage.system_time()))
