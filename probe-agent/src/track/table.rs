@@ -154,11 +154,18 @@ impl<V> FlowTable<V> {
         (slot, true)
     }
 
-    /// Every entry, in no particular order.
+    /// Every entry, the most recently used first: a reader after the newest few can stop
+    /// looking at an entry as soon as it is older than what it keeps.
     pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &V)> {
-        self.entries.iter().map(|(_, e)| (&e.key, &e.value))
+        let mut next = self.newest;
+        std::iter::from_fn(move || {
+            let entry = self.entries.get(next as usize)?;
+            next = entry.older;
+            Some((&entry.key, &entry.value))
+        })
     }
 
+    /// Every entry, in no particular order.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&FlowKey, &mut V)> {
         self.entries.iter_mut().map(|(_, e)| (&e.key, &mut e.value))
     }
@@ -313,9 +320,9 @@ mod tests {
         assert_eq!(enter(&mut flows, 4, 4).2, Some(2));
         assert!(!flows.contains(&key(2, 80)));
         assert_eq!(flows.len(), 3);
-        let mut values: Vec<u32> = flows.iter().map(|(_, v)| *v).collect();
-        values.sort_unstable();
-        assert_eq!(values, [1, 3, 4]);
+        // Most recently used first.
+        let values: Vec<u32> = flows.iter().map(|(_, v)| *v).collect();
+        assert_eq!(values, [4, 1, 3]);
         // Peeking does not refresh: 3 goes next.
         assert_eq!(flows.peek(&key(3, 80)), Some(&3));
         assert_eq!(enter(&mut flows, 5, 5).2, Some(3));
