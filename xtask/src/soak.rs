@@ -635,17 +635,19 @@ fn load(bin: &Path, flood: Duration) -> Result<(Vec<Figure>, Vec<Figure>, Vec<Fi
     let flood_events = Events::of(&samples).since(&before_flood);
     let flood_rate = flood_events.emitted / secs;
     let mut ramp_figures: Vec<Figure> = Vec::new();
-    let mut loss_free = None;
+    // The stages' rates, paced or not, need not rise: the flood's may be the lower.
+    let mut loss_free: Option<f64> = None;
+    let mut lossless_at = |rate: f64| loss_free = Some(loss_free.map_or(rate, |r| r.max(rate)));
     for stage in &ramp {
         let [rate, losses] = stage.figures();
         if losses.met {
-            loss_free = Some(stage.reached);
+            lossless_at(stage.reached);
         }
         ramp_figures.extend([rate, losses]);
     }
     let flood_met = flood_events.lost() == 0.0;
     if flood_met {
-        loss_free = Some(flood_rate);
+        lossless_at(flood_rate);
     }
     ramp_figures.push(Figure {
         what: "ramp: the flood (hping3 --flood, wrk on)",
