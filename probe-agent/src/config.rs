@@ -48,7 +48,7 @@ pub struct RunArgs {
     #[arg(long, env = "NETPROBE_DNS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub dns_timeout: Duration,
     /// Flows tracked at most (least recently used evicted); also sizes the kernel's table.
-    #[arg(long, env = "NETPROBE_FLOW_CAPACITY", default_value = "65536")]
+    #[arg(long, env = "NETPROBE_FLOW_CAPACITY", default_value = "65536", value_parser = flow_capacity)]
     pub flow_capacity: NonZeroUsize,
     /// Recent flow events kept for /v1/flows.
     #[arg(long, env = "NETPROBE_EVENT_CAPACITY", default_value = "4096")]
@@ -166,6 +166,18 @@ pub enum AttachModeArg {
     Clsact,
 }
 
+/// The most flows a table may be sized for: slots are 32-bit numbers, and the kernel's
+/// table is sized the same (at ~350 bytes a flow, 16 M flows are ~5.6 GiB).
+pub const MAX_FLOW_CAPACITY: usize = 1 << 24;
+
+fn flow_capacity(text: &str) -> Result<NonZeroUsize, String> {
+    let flows: NonZeroUsize = text.parse().map_err(|e| format!("{e}"))?;
+    if flows.get() > MAX_FLOW_CAPACITY {
+        return Err(format!("at most {MAX_FLOW_CAPACITY} flows"));
+    }
+    Ok(flows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +227,13 @@ mod tests {
     fn bad_values_are_rejected() {
         assert!(Cli::try_parse_from(["probe-agent", "run", "--syn-timeout", "soon"]).is_err());
         assert!(Cli::try_parse_from(["probe-agent", "run", "--flow-capacity", "0"]).is_err());
+        let too_many = (MAX_FLOW_CAPACITY + 1).to_string();
+        let error = Cli::try_parse_from(["probe-agent", "run", "--flow-capacity", &too_many])
+            .expect_err("refused");
+        assert!(
+            error.to_string().contains("at most 16777216 flows"),
+            "{error}"
+        );
         let cli = Cli::try_parse_from([
             "probe-agent",
             "run",
