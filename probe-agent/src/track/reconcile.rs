@@ -37,7 +37,9 @@ impl Tracker {
         now: Duration,
     ) {
         let last_seen = Duration::from_nanos(counters.last_seen_ns);
-        if !self.flows.contains(&key) {
+        let slot = if let Some(slot) = self.flows.find(&key) {
+            slot
+        } else {
             // Created by events that were all lost. Only recent activity brings a
             // flow back, and only one that cannot be an evicted flow's counts.
             let first_seen = Duration::from_nanos(counters.first_seen_ns);
@@ -58,8 +60,8 @@ impl Tracker {
                 ifindex,
             );
             self.flows.at_mut(slot).counted_at = side;
-        }
-        let slot = self.flows.find(&key).expect("present");
+            slot
+        };
         let state = self.flows.at_mut(slot);
         let before = state.verdict;
         let recovered =

@@ -75,10 +75,6 @@ impl Seen {
     }
 }
 
-fn kernel_count(counters: &FlowCounters, kind: EventKind) -> u64 {
-    HookCount::of(counters, kind).of_kind
-}
-
 /// Adds `lost` packets of `kind` to the flow's counts.
 pub fn add_lost(counts: &mut Counts, kind: EventKind, lost: u64) {
     match kind {
@@ -106,7 +102,7 @@ pub fn recover_lost(
     let seen = &mut state.kernel_seen;
     let counts = &mut state.counts;
     let mut top_up = |kind: EventKind, packet_kind: PacketKind| -> bool {
-        let kernel = kernel_count(kernel, kind);
+        let kernel = HookCount::of(kernel, kind).of_kind;
         let seen = seen.field(kind, sender);
         if kernel > u64::from(*seen) {
             let lost = kernel - u64::from(*seen);

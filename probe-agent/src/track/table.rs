@@ -70,7 +70,10 @@ impl<V> FlowTable<V> {
 
     /// The slot of `key`'s entry. Does not make it the most recent.
     pub fn find(&self, key: &FlowKey) -> Option<Slot> {
-        let hash = self.hasher.hash_one(key);
+        self.find_hashed(self.hasher.hash_one(key), key)
+    }
+
+    fn find_hashed(&self, hash: u64, key: &FlowKey) -> Option<Slot> {
         self.by_key
             .find(hash, |&slot| self.entries[slot as usize].key == *key)
             .copied()
@@ -116,10 +119,7 @@ impl<V> FlowTable<V> {
         evicted: impl FnOnce(&V),
     ) -> (Slot, bool) {
         let hash = self.hasher.hash_one(key);
-        if let Some(&slot) = self
-            .by_key
-            .find(hash, |&s| self.entries[s as usize].key == *key)
-        {
+        if let Some(slot) = self.find_hashed(hash, key) {
             if slot != self.newest {
                 self.unlink(slot);
                 self.link_newest(slot);
