@@ -42,6 +42,7 @@ mod dns_stream;
 mod explain;
 mod far_side;
 mod journal;
+mod lru_slab;
 mod node;
 mod order;
 mod orient;
@@ -311,7 +312,7 @@ pub struct Tracker {
     retries: LruCache<(IpAddr, IpAddr, String), (FlowKey, u64)>,
     /// When each client last sent a SYN to a DNS server's TCP port, by (client, server):
     /// a truncated answer with no retry since was kept by its client, not failed.
-    dns_tcp_attempts: LruCache<(IpAddr, IpAddr), Duration>,
+    dns_tcp_attempts: lru_slab::LruSlab<(IpAddr, IpAddr), Duration>,
 }
 
 /// Truncated lookups waiting for their TCP retry, at most.
@@ -359,8 +360,8 @@ impl Tracker {
                 held_reports: VecDeque::new(),
             },
             pairing: Pairing::new(config.flow_capacity),
-            config,
-            deadlines: BinaryHeap::new(),
+            // Reserved to the bound compaction keeps it under: no growth on the packet path.
+            deadlines: BinaryHeap::with_capacity(deadline_bound(config.flow_capacity)),
             next_generation: 0,
             context: Context {
                 search: SearchPaths::default(),
@@ -372,9 +373,10 @@ impl Tracker {
             eviction_horizon: Duration::ZERO,
             conntrack: None,
             retries: LruCache::new(NonZeroUsize::new(TRUNCATED_LOOKUPS).expect("non-zero")),
-            dns_tcp_attempts: LruCache::new(
+            dns_tcp_attempts: lru_slab::LruSlab::new(
                 NonZeroUsize::new(TRUNCATED_LOOKUPS).expect("non-zero"),
             ),
+            config,
         }
     }
 
@@ -463,6 +465,7 @@ impl Tracker {
     /// Applies one decoded packet, as one hook saw it.
     pub fn on_packet(&mut self, packet: &Packet) {
         let now = packet.monotonic;
+        self.make_deadline_room();
         self.newest_event = self.newest_event.max(now);
         self.pairing.learn_local(packet);
         let flows = &self.flows;
@@ -747,21 +750,41 @@ impl Tracker {
     /// Drops queue entries of flows that are gone, once the queue outgrows the table:
     /// keeps memory bounded under a flood of short-lived flows.
     fn compact_deadlines(&mut self) {
-        let bound = self
-            .flows
-            .cap()
-            .get()
-            .saturating_mul(2)
-            .saturating_add(1024);
-        if self.deadlines.len() > bound {
-            let flows = &self.flows;
-            self.deadlines.retain(|Reverse(deadline)| {
-                flows
-                    .at_slot(deadline.slot)
-                    .is_some_and(|(_, s)| s.generation == deadline.generation)
-            });
+        if self.deadlines.len() > deadline_bound(self.flows.cap()) {
+            self.drop_dead_deadlines();
         }
     }
+
+    /// Before a packet, when the queue is near its reserved size, drops the deadlines of
+    /// flows that are gone, so the packet path does not grow it. A queue still over half
+    /// full after that holds that many live deadlines: it is given room to double, so
+    /// this pass runs at most once per half a queue of packets.
+    fn make_deadline_room(&mut self) {
+        if self.deadlines.len() + DEADLINES_PER_PACKET <= self.deadlines.capacity() {
+            return;
+        }
+        self.drop_dead_deadlines();
+        if self.deadlines.len() * 2 > self.deadlines.capacity() {
+            self.deadlines.reserve(self.deadlines.capacity());
+        }
+    }
+
+    fn drop_dead_deadlines(&mut self) {
+        let flows = &self.flows;
+        self.deadlines.retain(|Reverse(deadline)| {
+            flows
+                .at_slot(deadline.slot)
+                .is_some_and(|(_, s)| s.generation == deadline.generation)
+        });
+    }
+}
+
+/// Deadlines one packet queues, at most, but for a DNS-over-TCP segment of many messages.
+const DEADLINES_PER_PACKET: usize = 64;
+
+/// Deadlines queued before those of flows that are gone are dropped: two per flow.
+fn deadline_bound(flow_capacity: NonZeroUsize) -> usize {
+    flow_capacity.get().saturating_mul(2).saturating_add(1024)
 }
 
 /// The flow's slot, its state created if new (evicting the least recently used flow at

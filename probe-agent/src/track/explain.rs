@@ -65,22 +65,32 @@ pub(super) struct Explainer<'a> {
 }
 
 /// What a refused or unreachable connection's diagnosis depends on besides the cluster:
-/// the verdict and the two ends ([`diagnose::explain`] reads no more of the flow).
-type Pair = (VerdictKind, Protocol, IpAddr, IpAddr, u16);
+/// the verdict and the server end ([`diagnose::service::rejected`] reads no more of the
+/// flow: a flood from many clients to one server is diagnosed once).
+type Server = (VerdictKind, Protocol, IpAddr, u16);
 
 /// A diagnosis as a flow holds it: cause, explanation and next command, shared.
 type Diagnosed = Option<(Cause, Arc<str>, Option<Arc<str>>)>;
 
-/// Diagnoses by pair, for the name snapshot they were made with: a flood of refused SYNs
-/// diagnoses (and formats the words for) each pair once.
-#[derive(Default)]
+/// Diagnoses by server end, for the name snapshot they were made with: a flood of
+/// refused SYNs diagnoses (and formats the words for) each server once.
 pub(super) struct Diagnoses {
     snapshot: Option<Arc<crate::enrich::Snapshot>>,
-    by_pair: HashMap<Pair, Diagnosed, foldhash::fast::RandomState>,
+    by_server: HashMap<Server, Diagnosed, foldhash::fast::RandomState>,
 }
 
-/// Pairs whose diagnosis is kept; beyond, the cache starts over.
-const DIAGNOSED_PAIRS: usize = 4096;
+/// Servers whose diagnosis is kept; beyond, the cache starts over.
+const DIAGNOSED_SERVERS: usize = 4096;
+
+impl Default for Diagnoses {
+    fn default() -> Self {
+        Self {
+            snapshot: None,
+            // Reserved whole: the cache never grows on the packet path.
+            by_server: HashMap::with_capacity_and_hasher(DIAGNOSED_SERVERS, Default::default()),
+        }
+    }
+}
 
 impl<'a> Explainer<'a> {
     pub(super) fn new(journal: &'a Journal, context: &'a Context, pairing: &'a Pairing) -> Self {
@@ -141,28 +151,22 @@ impl<'a> Explainer<'a> {
         }
     }
 
-    /// A refused or unreachable connection, diagnosed once per pair and name snapshot.
+    /// A refused or unreachable connection, diagnosed once per server and name snapshot.
     fn rejected(&self, state: &mut FlowState, snapshot: &Arc<crate::enrich::Snapshot>) {
         let flow = &state.flow;
-        let pair = (
-            state.verdict,
-            flow.protocol,
-            flow.src_ip,
-            flow.dst_ip,
-            flow.dst_port,
-        );
+        let server = (state.verdict, flow.protocol, flow.dst_ip, flow.dst_port);
         let mut diagnoses = self.diagnoses.borrow_mut();
         let same_snapshot = diagnoses
             .snapshot
             .as_ref()
             .is_some_and(|cached| Arc::ptr_eq(cached, snapshot));
-        if !same_snapshot || diagnoses.by_pair.len() >= DIAGNOSED_PAIRS {
-            diagnoses.by_pair.clear();
+        if !same_snapshot || diagnoses.by_server.len() >= DIAGNOSED_SERVERS {
+            diagnoses.by_server.clear();
             diagnoses.snapshot = Some(Arc::clone(snapshot));
         }
         let diagnosed = diagnoses
-            .by_pair
-            .entry(pair)
+            .by_server
+            .entry(server)
             .or_insert_with(|| {
                 let failure = Failure {
                     flow,

@@ -8,7 +8,7 @@
 
 use std::{collections::HashSet, net::IpAddr, num::NonZeroUsize, time::Duration};
 
-use lru::LruCache;
+use super::lru_slab::LruSlab;
 
 /// Outcomes older than this no longer count.
 pub const WINDOW: Duration = Duration::from_secs(10);
@@ -44,7 +44,7 @@ pub struct Incident {
 }
 
 pub struct NodeWatch {
-    pairs: LruCache<(IpAddr, IpAddr), Outcome>,
+    pairs: LruSlab<(IpAddr, IpAddr), Outcome>,
     current: Option<Incident>,
     ended: Option<Incident>,
     evaluated: Option<Duration>,
@@ -53,7 +53,7 @@ pub struct NodeWatch {
 impl Default for NodeWatch {
     fn default() -> Self {
         Self {
-            pairs: LruCache::new(NonZeroUsize::new(PAIRS).expect("non-zero")),
+            pairs: LruSlab::new(NonZeroUsize::new(PAIRS).expect("non-zero")),
             current: None,
             ended: None,
             evaluated: None,

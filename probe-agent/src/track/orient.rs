@@ -7,9 +7,9 @@
 
 use std::{collections::HashMap, net::IpAddr, num::NonZeroUsize};
 
-use lru::LruCache;
 use probe_ebpf::{Direction, EventKind, FlowKey};
 
+use super::lru_slab::LruSlab;
 use crate::{decode::Packet, model::Flow};
 
 /// Which end of the connection sent the packet.
@@ -40,9 +40,9 @@ pub struct View {
 pub struct Pairing {
     /// Views seen → the key of their connection, where that is another view's (a
     /// connection's own view is its key in the flow table, not stored twice).
-    views: LruCache<FlowKey, FlowKey>,
+    views: LruSlab<FlowKey, FlowKey>,
     /// Pod addresses of this node → the veth behind which each was seen.
-    local: LruCache<IpAddr, u32>,
+    local: LruSlab<IpAddr, u32>,
     /// Pod addresses the node routes to (or resolved) behind an attached veth, as last
     /// listed: known before they send anything.
     routed: HashMap<IpAddr, u32>,
@@ -56,8 +56,8 @@ impl Pairing {
         Self {
             // The server sides of flows counted at the client's; an evicted one is found
             // again by the client's endpoint.
-            views: LruCache::new(flows),
-            local: LruCache::new(NonZeroUsize::new(LOCAL_ADDRESSES).expect("non-zero")),
+            views: LruSlab::new(flows),
+            local: LruSlab::new(NonZeroUsize::new(LOCAL_ADDRESSES).expect("non-zero")),
             routed: HashMap::new(),
         }
     }

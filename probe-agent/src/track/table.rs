@@ -1,62 +1,37 @@
 //! The flow table: flows by key, the least recently used evicted first.
 //!
-//! Entries live in a slab reserved for the table's capacity up front, so a new flow
-//! allocates nothing and a page is touched only when the table grows into it. Two index
-//! tables of slot numbers find them: by key, and by the client's own address and port
-//! (a server-side view of the same client endpoint, after a DNAT, is the same
-//! connection). The recency list is threaded through the entries as slot numbers.
+//! Entries live in an [`LruSlab`] reserved for the table's capacity up front, so a new
+//! flow allocates nothing. A second index of slot numbers finds them by the client's own
+//! address and port (a server-side view of the same client endpoint, after a DNAT, is the
+//! same connection).
 
 use std::{hash::BuildHasher, num::NonZeroUsize};
 
 use hashbrown::HashTable;
 use probe_ebpf::FlowKey;
-use slab::Slab;
 
-/// Where an entry is stored: stable while it stays in the table.
-pub type Slot = u32;
-
-/// End of the recency list.
-const NONE: Slot = Slot::MAX;
+use super::lru_slab::LruSlab;
+pub use super::lru_slab::Slot;
 
 struct Entry<V> {
-    key: FlowKey,
-    /// The key's hash: an eviction or an index resize does not hash it again.
-    hash: u64,
     value: V,
-    /// Neighbours in the recency list.
-    newer: Slot,
-    older: Slot,
     /// The client-endpoint index points here.
     by_client: bool,
 }
 
 pub struct FlowTable<V> {
-    entries: Slab<Entry<V>>,
-    by_key: HashTable<Slot>,
+    entries: LruSlab<FlowKey, Entry<V>>,
     by_client: HashTable<Slot>,
     hasher: foldhash::fast::RandomState,
-    newest: Slot,
-    oldest: Slot,
-    capacity: NonZeroUsize,
 }
 
 impl<V> FlowTable<V> {
     pub fn new(capacity: NonZeroUsize) -> Self {
-        assert!(
-            capacity.get() < NONE as usize,
-            "flow capacity beyond 2^32 - 1"
-        );
-        // Twice the entries: removals leave tombstones, and with this room hashbrown
-        // clears them in place instead of doubling the index.
-        let index = || HashTable::with_capacity(capacity.get().saturating_mul(2));
         Self {
-            entries: Slab::with_capacity(capacity.get()),
-            by_key: index(),
-            by_client: index(),
+            entries: LruSlab::new(capacity),
+            // Twice the entries, as the key index (see [`LruSlab::new`]).
+            by_client: HashTable::with_capacity(capacity.get().saturating_mul(2)),
             hasher: Default::default(),
-            newest: NONE,
-            oldest: NONE,
-            capacity,
         }
     }
 
@@ -65,48 +40,40 @@ impl<V> FlowTable<V> {
     }
 
     pub fn cap(&self) -> NonZeroUsize {
-        self.capacity
+        self.entries.cap()
     }
 
     /// The slot of `key`'s entry. Does not make it the most recent.
     pub fn find(&self, key: &FlowKey) -> Option<Slot> {
-        self.find_hashed(self.hasher.hash_one(key), key)
-    }
-
-    fn find_hashed(&self, hash: u64, key: &FlowKey) -> Option<Slot> {
-        self.by_key
-            .find(hash, |&slot| self.entries[slot as usize].key == *key)
-            .copied()
+        self.entries.find(key)
     }
 
     pub fn contains(&self, key: &FlowKey) -> bool {
-        self.find(key).is_some()
+        self.entries.contains(key)
     }
 
     pub fn peek(&self, key: &FlowKey) -> Option<&V> {
-        self.find(key)
-            .map(|slot| &self.entries[slot as usize].value)
+        self.entries.peek(key).map(|e| &e.value)
     }
 
     pub fn peek_mut(&mut self, key: &FlowKey) -> Option<&mut V> {
-        let slot = self.find(key)?;
-        Some(&mut self.entries[slot as usize].value)
+        self.entries.peek_mut(key).map(|e| &mut e.value)
     }
 
     /// The entry at `slot`, which must be occupied.
     pub fn at_mut(&mut self, slot: Slot) -> &mut V {
-        &mut self.entries[slot as usize].value
+        &mut self.entries.at_mut(slot).value
     }
 
     /// The key and entry at `slot`, if it holds one.
     pub fn at_slot(&self, slot: Slot) -> Option<(FlowKey, &V)> {
-        let entry = self.entries.get(slot as usize)?;
-        Some((entry.key, &entry.value))
+        self.entries.at_slot(slot).map(|(k, e)| (*k, &e.value))
     }
 
     pub fn at_slot_mut(&mut self, slot: Slot) -> Option<(FlowKey, &mut V)> {
-        let entry = self.entries.get_mut(slot as usize)?;
-        Some((entry.key, &mut entry.value))
+        self.entries
+            .at_slot_mut(slot)
+            .map(|(k, e)| (*k, &mut e.value))
     }
 
     /// `key`'s entry made the most recent, created by `make` if new; at capacity the
@@ -118,82 +85,63 @@ impl<V> FlowTable<V> {
         make: impl FnOnce() -> V,
         evicted: impl FnOnce(&V),
     ) -> (Slot, bool) {
-        let hash = self.hasher.hash_one(key);
-        if let Some(slot) = self.find_hashed(hash, key) {
-            if slot != self.newest {
-                self.unlink(slot);
-                self.link_newest(slot);
-            }
-            return (slot, false);
-        }
-        let slot = if self.entries.len() == self.capacity.get() {
-            let slot = self.oldest;
-            self.unindex(slot);
-            self.unlink(slot);
-            let entry = &mut self.entries[slot as usize];
-            evicted(&entry.value);
-            entry.key = *key;
-            entry.hash = hash;
-            entry.by_client = false;
-            entry.value = make();
-            slot
-        } else {
-            self.entries.insert(Entry {
-                key: *key,
-                hash,
+        let (by_client, hasher) = (&mut self.by_client, &self.hasher);
+        self.entries.entry(
+            key,
+            || Entry {
                 value: make(),
-                newer: NONE,
-                older: NONE,
                 by_client: false,
-            }) as Slot
-        };
-        let entries = &self.entries;
-        self.by_key
-            .insert_unique(hash, slot, |&s| entries[s as usize].hash);
-        self.link_newest(slot);
-        (slot, true)
+            },
+            |slot, key, entry| {
+                if entry.by_client
+                    && let Ok(found) = by_client
+                        .find_entry(hasher.hash_one(ClientEndpoint::of(key)), |&s| s == slot)
+                {
+                    found.remove();
+                }
+                evicted(&entry.value);
+            },
+        )
     }
 
     /// Every entry, the most recently used first: a reader after the newest few can stop
     /// looking at an entry as soon as it is older than what it keeps.
     pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &V)> {
-        let mut next = self.newest;
-        std::iter::from_fn(move || {
-            let entry = self.entries.get(next as usize)?;
-            next = entry.older;
-            Some((&entry.key, &entry.value))
-        })
+        self.entries.iter().map(|(k, e)| (k, &e.value))
     }
 
     /// Every entry, in no particular order.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&FlowKey, &mut V)> {
-        self.entries.iter_mut().map(|(_, e)| (&e.key, &mut e.value))
+        self.entries.iter_mut().map(|(k, e)| (k, &mut e.value))
     }
 
     /// Indexes the entry at `slot` by its client's endpoint (its key's source): the
     /// newest connection from an endpoint is the one found.
     pub fn index_client(&mut self, slot: Slot) {
-        if self.entries[slot as usize].by_client {
+        if self.entries.at(slot).by_client {
             return;
         }
-        let endpoint = ClientEndpoint::of(&self.entries[slot as usize].key);
+        let endpoint = ClientEndpoint::of(self.entries.key_at(slot));
         let hash = self.hasher.hash_one(endpoint);
         let entries = &self.entries;
         let hasher = &self.hasher;
-        match self.by_client.entry(
+        let previous = match self.by_client.entry(
             hash,
-            |&s| ClientEndpoint::of(&entries[s as usize].key) == endpoint,
-            |&s| hasher.hash_one(ClientEndpoint::of(&entries[s as usize].key)),
+            |&s| ClientEndpoint::of(entries.key_at(s)) == endpoint,
+            |&s| hasher.hash_one(ClientEndpoint::of(entries.key_at(s))),
         ) {
             hashbrown::hash_table::Entry::Occupied(mut found) => {
-                let previous = std::mem::replace(found.get_mut(), slot);
-                self.entries[previous as usize].by_client = false;
+                Some(std::mem::replace(found.get_mut(), slot))
             }
             hashbrown::hash_table::Entry::Vacant(vacant) => {
                 vacant.insert(slot);
+                None
             }
+        };
+        if let Some(previous) = previous {
+            self.entries.at_mut(previous).by_client = false;
         }
-        self.entries[slot as usize].by_client = true;
+        self.entries.at_mut(slot).by_client = true;
     }
 
     /// The key of the newest connection indexed with the client endpoint of `view` (a
@@ -202,55 +150,9 @@ impl<V> FlowTable<V> {
         let endpoint = ClientEndpoint::of(view);
         self.by_client
             .find(self.hasher.hash_one(endpoint), |&s| {
-                ClientEndpoint::of(&self.entries[s as usize].key) == endpoint
+                ClientEndpoint::of(self.entries.key_at(s)) == endpoint
             })
-            .map(|&s| self.entries[s as usize].key)
-    }
-
-    /// Takes the entry at `slot` out of both indexes.
-    fn unindex(&mut self, slot: Slot) {
-        let entry = &self.entries[slot as usize];
-        if let Ok(found) = self.by_key.find_entry(entry.hash, |&s| s == slot) {
-            found.remove();
-        }
-        if entry.by_client
-            && let Ok(found) = self
-                .by_client
-                .find_entry(self.hasher.hash_one(ClientEndpoint::of(&entry.key)), |&s| {
-                    s == slot
-                })
-        {
-            found.remove();
-        }
-    }
-
-    fn unlink(&mut self, slot: Slot) {
-        let (newer, older) = {
-            let entry = &self.entries[slot as usize];
-            (entry.newer, entry.older)
-        };
-        match newer {
-            NONE => self.newest = older,
-            newer => self.entries[newer as usize].older = older,
-        }
-        match older {
-            NONE => self.oldest = newer,
-            older => self.entries[older as usize].newer = newer,
-        }
-    }
-
-    fn link_newest(&mut self, slot: Slot) {
-        let previous = self.newest;
-        {
-            let entry = &mut self.entries[slot as usize];
-            entry.newer = NONE;
-            entry.older = previous;
-        }
-        match previous {
-            NONE => self.oldest = slot,
-            previous => self.entries[previous as usize].newer = slot,
-        }
-        self.newest = slot;
+            .map(|&s| *self.entries.key_at(s))
     }
 }
 
@@ -379,7 +281,7 @@ mod tests {
             assert!(flows.find(key).is_some());
         }
         assert_eq!(flows.iter().count(), flows.len());
-        assert_eq!(flows.by_key.len(), flows.len());
+        assert_eq!(flows.entries.iter().count(), flows.len());
         assert!(flows.by_client.len() <= flows.len());
     }
 }
