@@ -7,15 +7,18 @@
 
 pub mod policy;
 
+use std::sync::Arc;
+
 use crate::model::Cause;
 
 /// A cause with its words.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnosis {
     pub cause: Cause,
-    pub reason: String,
+    /// Shared words (see [`crate::text`]): the same diagnosis made again allocates nothing.
+    pub reason: Arc<str>,
     /// The one command that confirms the cause.
-    pub next: Option<String>,
+    pub next: Option<Arc<str>>,
 }
 
 pub mod dns;

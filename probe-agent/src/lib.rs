@@ -21,4 +21,5 @@ pub mod observe;
 pub mod privileges;
 pub mod run;
 pub mod serve;
+pub mod text;
 pub mod track;

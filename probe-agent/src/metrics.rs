@@ -322,7 +322,7 @@ pub struct Metrics {
     kube_watch_errors: Family<KubeLabels, Counter>,
     causes: Family<CauseLabels, Counter>,
     /// Handles on `causes`' series, by cause: the hot path skips the family's lock.
-    cause_counters: HashMap<Cause, Counter>,
+    cause_counters: HashMap<Cause, Counter, foldhash::fast::RandomState>,
     dns_search_expansions: Counter,
     node_datapath_down: Gauge,
     k8s_events: Family<EventResultLabels, Counter>,
@@ -360,7 +360,7 @@ impl Metrics {
             kube_objects: Family::default(),
             kube_watch_errors: Family::default(),
             causes: Family::default(),
-            cause_counters: HashMap::new(),
+            cause_counters: HashMap::default(),
             dns_search_expansions: Counter::default(),
             node_datapath_down: Gauge::default(),
             k8s_events: Family::default(),

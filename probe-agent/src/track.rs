@@ -33,6 +33,7 @@ use crate::{
         Cause, Counts, DnsSummary, Flow, FlowEvent, FlowEventKind, NodeVerdict, Protocol, Verdict,
         VerdictKind,
     },
+    text,
 };
 
 mod clock;
@@ -53,7 +54,6 @@ mod search;
 mod sweep;
 mod table;
 mod tcp;
-mod text;
 
 use dns::{dns_message, dns_summary, expire_dns, expire_held, settle_dns};
 use journal::Journal;
@@ -344,7 +344,7 @@ fn joined_reason(seen: &Arc<str>, why: Option<&Arc<str>>) -> Arc<str> {
 impl Tracker {
     pub fn new(config: TrackerConfig, clock: Clock, metrics: Arc<Metrics>) -> Self {
         let (events_tx, _) = broadcast::channel(1024);
-        Self {
+        let mut tracker = Self {
             flows: FlowTable::new(config.flow_capacity),
             journal: Journal {
                 clock,
@@ -377,7 +377,21 @@ impl Tracker {
                 NonZeroUsize::new(TRUNCATED_LOOKUPS).expect("non-zero"),
             ),
             config,
-        }
+        };
+        // The table's memory is taken at start, as a full table holds it: a flood of new
+        // flows then never waits on page faults (what `--flow-capacity` costs is seen at once).
+        let unspecified = IpAddr::from([0u8; 4]);
+        let stand_in = Flow {
+            protocol: Protocol::Tcp,
+            src_ip: unspecified,
+            src_port: 0,
+            dst_ip: unspecified,
+            dst_port: 0,
+        };
+        tracker
+            .flows
+            .prefault(|| FlowState::new(stand_in, 0, Duration::ZERO, 0));
+        tracker
     }
 
     /// The Kubernetes node this tracker runs on: its pods are local ends of flows.
@@ -720,8 +734,7 @@ impl Tracker {
                     return;
                 };
                 let diagnosis = node_datapath(incident, self.context.node_name.as_ref());
-                let (reason, next): (Arc<str>, Option<Arc<str>>) =
-                    (diagnosis.reason.into(), diagnosis.next.map(Arc::from));
+                let (reason, next) = (diagnosis.reason, diagnosis.next);
                 for (_, state) in self.flows.iter_mut() {
                     let recent = now.saturating_sub(state.last_seen) < node::WINDOW;
                     // A policy's denial stays the policy's.

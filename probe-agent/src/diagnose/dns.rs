@@ -1,6 +1,7 @@
 //! DNS causes: a name that does not exist (with the Services it was probably meant to
 //! be), a failing DNS server, queries that get no answer.
 
+use crate::text::text;
 use strsim::levenshtein;
 
 use super::Diagnosis;
@@ -25,10 +26,10 @@ pub fn name_not_found(view: &ClusterView, asked: &str, tried: &[String]) -> Diag
     let Some((service, namespace)) = wanted else {
         return Diagnosis {
             cause: Cause::NameNotFound,
-            reason: format!(
+            reason: text!(
                 "no such name: {asked} is neither a Service nor an external name the DNS server knows"
             ),
-            next: Some(format!("nslookup {asked}")),
+            next: Some(text!("nslookup {asked}")),
         };
     };
     let exists = view
@@ -39,10 +40,10 @@ pub fn name_not_found(view: &ClusterView, asked: &str, tried: &[String]) -> Diag
         // The Service is there: DNS has no record for it.
         return Diagnosis {
             cause: Cause::NameNotFound,
-            reason: format!(
+            reason: text!(
                 "Service {namespace}/{service} exists but DNS has no record for it (a headless Service without ready endpoints, or the DNS server does not serve the cluster domain)"
             ),
-            next: Some(format!(
+            next: Some(text!(
                 "kubectl get endpointslices -l kubernetes.io/service-name={service} -n {namespace}"
             )),
         };
@@ -68,10 +69,10 @@ pub fn name_not_found(view: &ClusterView, asked: &str, tried: &[String]) -> Diag
         // pod meant an external name.
         return Diagnosis {
             cause: Cause::NameNotFound,
-            reason: format!(
+            reason: text!(
                 "no such name: {asked} is neither a Service (there is no namespace {namespace}) nor an external name the DNS server knows"
             ),
-            next: Some(format!("nslookup {asked}")),
+            next: Some(text!("nslookup {asked}")),
         };
     }
     let mut parts = vec![if namespace_missing {
@@ -113,8 +114,8 @@ pub fn name_not_found(view: &ClusterView, asked: &str, tried: &[String]) -> Diag
     let reason = parts.join("; ");
     Diagnosis {
         cause: Cause::NameNotFound,
-        reason,
-        next: Some(next),
+        reason: reason.into(),
+        next: Some(next.into()),
     }
 }
 
@@ -156,10 +157,10 @@ fn contains_all_parts(name: &str, wanted: &str) -> bool {
 pub fn server_error(server: &str, logs: String) -> Diagnosis {
     Diagnosis {
         cause: Cause::DnsServerError,
-        reason: format!(
+        reason: text!(
             "the DNS server {server} cannot resolve it: it cannot reach its upstream, or refuses this client"
         ),
-        next: Some(logs),
+        next: Some(logs.into()),
     }
 }
 
@@ -167,7 +168,7 @@ pub fn server_error(server: &str, logs: String) -> Diagnosis {
 pub fn no_answer(server: &str) -> Diagnosis {
     Diagnosis {
         cause: Cause::DnsNoAnswer,
-        reason: format!(
+        reason: text!(
             "the DNS server {server} never answered: port 53 blocked (NetworkPolicy egress, node firewall) or the DNS pods down"
         ),
         next: Some("kubectl get pods -n kube-system -l k8s-app=kube-dns -o wide".into()),
@@ -234,7 +235,7 @@ mod tests {
         );
         assert_eq!(d.cause, Cause::NameNotFound);
         assert_eq!(
-            d.reason,
+            &*d.reason,
             "no Service paymnt-service in production; did you mean payment-service?"
         );
         assert_eq!(
@@ -255,7 +256,7 @@ mod tests {
             &["flagsmith-postgresql.flagsmith.svc.cluster.local.".to_string()],
         );
         assert_eq!(
-            d.reason,
+            &*d.reason,
             "no Service flagsmith-postgresql in flagsmith; did you mean flagsmith-dev-postgresql?"
         );
     }
@@ -265,7 +266,7 @@ mod tests {
         let view = view(&[("billing", "ledger"), ("production", "orders")]);
         let d = name_not_found(&view, "ledger", &chain("ledger", "production"));
         assert_eq!(
-            d.reason,
+            &*d.reason,
             "no Service ledger in production; a Service ledger exists in namespace billing (ledger.billing)"
         );
         assert_eq!(
@@ -286,7 +287,7 @@ mod tests {
             &chain("flagsmith-postgresql", "flagsmith"),
         );
         assert_eq!(
-            d.reason,
+            &*d.reason,
             "no Service flagsmith-postgresql in flagsmith; did you mean flagsmith-dev-postgresql?; a Service flagsmith-postgresql exists in namespace db (flagsmith-postgresql.db)"
         );
         assert_eq!(
@@ -300,7 +301,7 @@ mod tests {
         let view = view(&[("production", "orders")]);
         let d = name_not_found(&view, "exmaple.com", &chain("exmaple.com", "production"));
         assert_eq!(
-            d.reason,
+            &*d.reason,
             "no such name: exmaple.com is neither a Service (there is no namespace com) nor an external name the DNS server knows"
         );
         assert_eq!(d.next.as_deref(), Some("nslookup exmaple.com"));
@@ -310,7 +311,7 @@ mod tests {
     fn unrelated_names_are_not_suggested() {
         let view = view(&[("production", "orders"), ("production", "inventory")]);
         let d = name_not_found(&view, "payment", &chain("payment", "production"));
-        assert_eq!(d.reason, "no Service payment in production");
+        assert_eq!(&*d.reason, "no Service payment in production");
         assert_eq!(
             d.next.as_deref(),
             Some("kubectl get services -n production")
@@ -326,7 +327,7 @@ mod tests {
             &["orders.prodution.svc.cluster.local.".to_string()],
         );
         assert_eq!(
-            d.reason,
+            &*d.reason,
             "no namespace prodution, so no Service orders in it; a Service orders exists in namespace production (orders.production)"
         );
     }
@@ -348,6 +349,6 @@ mod tests {
             "payment",
             &chain("payment", "production"),
         );
-        assert_eq!(d.reason, "no Service payment in production");
+        assert_eq!(&*d.reason, "no Service payment in production");
     }
 }

@@ -2,6 +2,7 @@
 //! it, the node between two of its pods, a server that got it and stayed silent, or a
 //! path this node cannot see.
 
+use crate::text::text;
 use std::{net::SocketAddr, sync::Arc};
 
 use super::{
@@ -71,8 +72,8 @@ impl PolicyFinding {
     fn diagnosis(self) -> Diagnosis {
         Diagnosis {
             cause: Cause::NetworkPolicy,
-            next: self.outcome.next(),
-            reason: self.reason,
+            next: self.outcome.next().map(Into::into),
+            reason: self.reason.into(),
         }
     }
 }
@@ -138,11 +139,11 @@ pub fn timeout(view: &ClusterView, flow: &Flow, facts: &PathFacts) -> Diagnosis 
     if flow.protocol == Protocol::Tcp && flow.dst_port == 53 && facts.delivered.is_none() {
         return Diagnosis {
             cause: Cause::DnsTcpBlocked,
-            reason: format!(
+            reason: text!(
                 "DNS over TCP to {}:53 could not connect: a truncated answer's retry (or a resolver using TCP) is dropped; a NetworkPolicy or firewall that allows only UDP 53 is the usual cause{policy_note}",
                 flow.dst_ip
             ),
-            next: Some(format!(
+            next: Some(text!(
                 "dig +tcp @{} kubernetes.default.svc.cluster.local",
                 flow.dst_ip
             )),
@@ -155,11 +156,11 @@ pub fn timeout(view: &ClusterView, flow: &Flow, facts: &PathFacts) -> Diagnosis 
     if let Some((at, interface)) = &facts.answer_lost {
         return Diagnosis {
             cause: Cause::DroppedBetween,
-            reason: format!(
+            reason: text!(
                 "the server answered: its SYN-ACK left {} through {interface} but never reached the client's veth: dropped on the way back in the node (firewall rules, conntrack, the bridge){policy_note}",
                 server(*at)
             ),
-            next: Some(format!(
+            next: Some(text!(
                 "sudo nft list ruleset | grep -n -e {} -e {}",
                 at.ip(),
                 flow.src_ip
@@ -170,12 +171,12 @@ pub fn timeout(view: &ClusterView, flow: &Flow, facts: &PathFacts) -> Diagnosis 
         let next = netstat_command(view, at);
         return Diagnosis {
             cause: Cause::ServerSilent,
-            reason: format!(
+            reason: text!(
                 "the SYN reached {} through {interface} and the server never answered: it does not accept on port {} (hung, backlog full) or a firewall inside the pod drops it{policy_note}",
                 server(*at),
                 at.port()
             ),
-            next,
+            next: next.map(Into::into),
         };
     }
     if facts.destination_local
@@ -184,24 +185,25 @@ pub fn timeout(view: &ClusterView, flow: &Flow, facts: &PathFacts) -> Diagnosis 
         let at = SocketAddr::new(flow.dst_ip, flow.dst_port);
         return Diagnosis {
             cause: Cause::ServerSilent,
-            reason: format!(
+            reason: text!(
                 "the SYN from {} (not a pod of this node) reached {} through {interface} and the server never answered: it does not accept on port {} (hung, backlog full) or a firewall inside the pod drops it{policy_note}",
                 flow.src_ip,
                 server(at),
                 at.port()
             ),
-            next: netstat_command(view, &at),
+            next: netstat_command(view, &at).map(Into::into),
         };
     }
     if facts.destination_local {
         return Diagnosis {
             cause: Cause::DroppedBetween,
-            reason: format!(
+            reason: text!(
                 "both ends are {on_node} and the SYN left the client's veth but never reached the server's: dropped in the node (firewall rules, NetworkPolicy enforcement or the bridge){policy_note}"
             ),
-            next: Some(format!(
+            next: Some(text!(
                 "sudo nft list ruleset | grep -n -e {} -e {}",
-                flow.dst_ip, flow.src_ip
+                flow.dst_ip,
+                flow.src_ip
             )),
         };
     }
@@ -210,11 +212,11 @@ pub fn timeout(view: &ClusterView, flow: &Flow, facts: &PathFacts) -> Diagnosis 
         .map(|(pod, _)| format!("kubectl get pod {} -n {} -o wide", pod.name, pod.namespace));
     Diagnosis {
         cause: Cause::NoAnswer,
-        reason: format!(
+        reason: text!(
             "only the client side was seen ({} is not known on this node): packets are dropped on the path (NetworkPolicy, firewall or broken route){policy_note}",
             flow.dst_ip
         ),
-        next,
+        next: next.map(Into::into),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Refused and unreachable connections: a Service with no ready endpoints, a targetPort
 //! its pods do not declare, or simply nothing listening.
 
+use crate::text::text;
 use std::{collections::BTreeMap, sync::Arc};
 
 use super::Diagnosis;
@@ -76,7 +77,7 @@ pub fn rejected(view: &ClusterView, flow: &Flow, verdict: VerdictKind) -> Diagno
             VerdictKind::Refused => nothing_listening_behind(&backends),
             _ => Diagnosis {
                 cause: Cause::DestinationUnreachable,
-                reason: format!(
+                reason: text!(
                     "Service {} has {} ready endpoints, yet the node answered unreachable: its Service rules (kube-proxy) are stale or a firewall rejects port {}",
                     qualified(&backends.service.namespace, &backends.service.name),
                     backends.ready_count,
@@ -93,35 +94,37 @@ pub fn rejected(view: &ClusterView, flow: &Flow, verdict: VerdictKind) -> Diagno
             }
             return Diagnosis {
                 cause: Cause::NothingListening,
-                reason: format!(
+                reason: text!(
                     "nothing listens on port {} of pod {} (it declares {})",
                     flow.dst_port,
                     qualified(&pod.namespace, &pod.name),
                     DeclaredPort::describe(&pod.ports)
                 ),
-                next: Some(format!(
+                next: Some(text!(
                     "kubectl describe pod {} -n {}",
-                    pod.name, pod.namespace
+                    pod.name,
+                    pod.namespace
                 )),
             };
         }
         return Diagnosis {
             cause: Cause::DestinationUnreachable,
-            reason: format!(
+            reason: text!(
                 "pod {} is unreachable on port {} (a firewall rejects it or the pod is gone)",
                 qualified(&pod.namespace, &pod.name),
                 flow.dst_port
             ),
-            next: Some(format!(
+            next: Some(text!(
                 "kubectl get pod {} -n {} -o wide",
-                pod.name, pod.namespace
+                pod.name,
+                pod.namespace
             )),
         };
     }
     match verdict {
         VerdictKind::Refused => Diagnosis {
             cause: Cause::NothingListening,
-            reason: format!(
+            reason: text!(
                 "nothing listens on port {} (port/targetPort mismatch or app down)",
                 flow.dst_port
             ),
@@ -130,11 +133,11 @@ pub fn rejected(view: &ClusterView, flow: &Flow, verdict: VerdictKind) -> Diagno
         _ => Diagnosis {
             cause: Cause::DestinationUnreachable,
             reason: match flow.protocol {
-                Protocol::Tcp => format!(
+                Protocol::Tcp => text!(
                     "a Service without ready endpoints (kube-proxy REJECT) or no route to port {}",
                     flow.dst_port
                 ),
-                Protocol::Udp => format!(
+                Protocol::Udp => text!(
                     "nothing listens on port {} or it is rejected",
                     flow.dst_port
                 ),
@@ -153,7 +156,7 @@ fn endpoints_not_listed(backends: &Backends, verdict: VerdictKind) -> Diagnosis 
             VerdictKind::Refused => Cause::NothingListening,
             _ => Cause::DestinationUnreachable,
         },
-        reason: format!(
+        reason: text!(
             "Service {} rejected it; its endpoints are not known yet (the agent is still listing EndpointSlices)",
             qualified(&service.namespace, &service.name)
         ),
@@ -197,7 +200,7 @@ fn no_ready_endpoints(view: &ClusterView, backends: &Backends) -> Diagnosis {
     };
     Diagnosis {
         cause: Cause::NoReadyEndpoints,
-        reason,
+        reason: reason.into(),
         next: Some(slices_command(service)),
     }
 }
@@ -246,7 +249,7 @@ fn selected_by_mismatched_service(
 fn mismatch(service: &ServiceRecord, port: &ServicePortRecord, pod: &PodRecord) -> Diagnosis {
     Diagnosis {
         cause: Cause::TargetPortMismatch,
-        reason: format!(
+        reason: text!(
             "Service {} port {} sends to targetPort {}, but pod {} declares {}",
             qualified(&service.namespace, &service.name),
             port.port,
@@ -254,9 +257,10 @@ fn mismatch(service: &ServiceRecord, port: &ServicePortRecord, pod: &PodRecord) 
             pod.name,
             DeclaredPort::describe(&pod.ports)
         ),
-        next: Some(format!(
+        next: Some(text!(
             "kubectl get service {} -n {} -o jsonpath='{{.spec.ports}}'",
-            service.name, service.namespace
+            service.name,
+            service.namespace
         )),
     }
 }
@@ -275,7 +279,7 @@ fn nothing_listening_behind(backends: &Backends) -> Diagnosis {
     };
     Diagnosis {
         cause: Cause::NothingListening,
-        reason: format!(
+        reason: text!(
             "Service {} sends to {target} of {} ready pod(s) ({}), {declared}, but nothing listens there (the app is down or bound to another port or address)",
             qualified(&service.namespace, &service.name),
             backends.ready_count,
@@ -287,7 +291,7 @@ fn nothing_listening_behind(backends: &Backends) -> Diagnosis {
         ),
         next: pods
             .first()
-            .map(|pod| format!("kubectl logs {pod} -n {}", service.namespace)),
+            .map(|pod| text!("kubectl logs {pod} -n {}", service.namespace)),
     }
 }
 
@@ -326,15 +330,25 @@ fn describe_selector(selector: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
-pub fn slices_command(service: &ServiceRecord) -> String {
-    format!(
+pub fn slices_command(service: &ServiceRecord) -> Arc<str> {
+    text!(
         "kubectl get endpointslices -l kubernetes.io/service-name={} -n {}",
-        service.name, service.namespace
+        service.name,
+        service.namespace
     )
 }
 
-pub fn qualified(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
+/// `namespace/name`, written where it is used (no string of its own).
+pub fn qualified<'a>(namespace: &'a str, name: &'a str) -> Qualified<'a> {
+    Qualified(namespace, name)
+}
+
+pub struct Qualified<'a>(&'a str, &'a str);
+
+impl std::fmt::Display for Qualified<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0, self.1)
+    }
 }
 
 fn same_protocol(name: &str, protocol: Protocol) -> bool {
@@ -423,7 +437,7 @@ mod tests {
             let d = rejected(&view(target), &to_service(), VerdictKind::Refused);
             assert_eq!(d.cause, Cause::TargetPortMismatch, "{d:?}");
             assert_eq!(
-                d.reason,
+                &*d.reason,
                 format!(
                     "Service shop/web port 80 sends to targetPort {shown}, but pod web-1 declares 8080/TCP (http)"
                 )
@@ -447,7 +461,7 @@ mod tests {
         );
         assert_eq!(d.cause, Cause::NothingListening, "{d:?}");
         assert_eq!(
-            d.reason,
+            &*d.reason,
             "Service shop/web sends to targetPort 9090 of 1 ready pod(s) (web-1), which declare no ports, but nothing listens there (the app is down or bound to another port or address)"
         );
         // Reached directly, the pod is no mismatch either.
@@ -479,7 +493,7 @@ mod tests {
             );
             assert_ne!(d.cause, Cause::NoReadyEndpoints, "{d:?}");
             assert_eq!(
-                d.reason,
+                &*d.reason,
                 "Service shop/web rejected it; its endpoints are not known yet (the agent is still listing EndpointSlices)"
             );
         }

@@ -2,6 +2,7 @@
 //! flow's cause from what the node and the cluster show.
 
 use super::*;
+use crate::text::text;
 
 /// Tells the node watch about a flow that reached a new final verdict.
 pub(super) fn node_outcome(
@@ -39,13 +40,15 @@ pub(super) fn denied_by_policy(journal: &Journal, flow: &Flow) -> bool {
 pub(super) fn node_datapath(incident: &Incident, node: Option<&Arc<str>>) -> diagnose::Diagnosis {
     diagnose::Diagnosis {
         cause: Cause::NodeDatapath,
-        reason: format!(
+        reason: text!(
             "{} of {} pod pairs of this node time out at once (from {} pods): the node's datapath is down (CNI, bridge, routes or node firewall), not this flow",
-            incident.failing_pairs, incident.pairs, incident.sources
+            incident.failing_pairs,
+            incident.pairs,
+            incident.sources
         ),
         next: Some(match node {
             Some(node) => {
-                format!("kubectl get pods -A -o wide --field-selector spec.nodeName={node}")
+                text!("kubectl get pods -A -o wide --field-selector spec.nodeName={node}")
             }
             None => "ip route; sudo nft list ruleset".into(),
         }),
@@ -199,10 +202,10 @@ impl<'a> Explainer<'a> {
                 state,
                 Some(diagnose::Diagnosis {
                     cause: Cause::DnsTcpBlocked,
-                    reason: format!(
+                    reason: text!(
                         "the answer did not fit in UDP and the client could not retry over TCP to {server}:53: a NetworkPolicy or firewall that allows only UDP 53 is the usual cause"
                     ),
-                    next: Some(format!("dig +tcp @{server} {qname}")),
+                    next: Some(text!("dig +tcp @{server} {qname}")),
                 }),
             );
             return;
@@ -215,11 +218,11 @@ impl<'a> Explainer<'a> {
                 state,
                 Some(diagnose::Diagnosis {
                     cause: Cause::LateAnswer,
-                    reason: format!(
+                    reason: text!(
                         "the server answered after {}: slow to accept (accept queue full, CPU-starved or paused), or the client's connect timeout is shorter than the server's answer time",
                         tcp::secs(took)
                     ),
-                    next: Some(format!("ss -ltn 'sport = :{}'", state.flow.dst_port)),
+                    next: Some(text!("ss -ltn 'sport = :{}'", state.flow.dst_port)),
                 }),
             );
             return;

@@ -192,8 +192,8 @@ impl Journal {
             if let Some(incident) = incident {
                 let diagnosis = node_datapath(incident, node);
                 report.cause = diagnosis.cause;
-                report.reason = diagnosis.reason.into();
-                report.next = diagnosis.next.map(Arc::from);
+                report.reason = diagnosis.reason;
+                report.next = diagnosis.next;
             }
             kube_events::offer(reports, report, &self.metrics);
         }

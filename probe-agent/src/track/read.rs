@@ -59,8 +59,8 @@ impl Tracker {
                 NodeVerdict {
                     verdict: VerdictKind::Timeout,
                     cause: diagnosis.cause,
-                    reason: diagnosis.reason,
-                    next: diagnosis.next,
+                    reason: diagnosis.reason.to_string(),
+                    next: diagnosis.next.map(|next| next.to_string()),
                     since: self.journal.clock.to_utc(incident.since),
                     until: incident.until.map(|until| self.journal.clock.to_utc(until)),
                     failing_pairs: incident.failing_pairs,

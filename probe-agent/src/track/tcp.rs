@@ -55,6 +55,10 @@ pub(super) fn syn_is(state: &FlowState, seq: Option<u32>) -> SynIs {
     }
 }
 
+/// A first SYN's reason: every new connection's, shared without a lookup.
+static SYN_SENT: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from("SYN sent, waiting for an answer"));
+
 /// Returns the deadline to check when this SYN starts the connection's attempt.
 pub(super) fn on_syn(
     state: &mut FlowState,
@@ -83,7 +87,7 @@ pub(super) fn on_syn(
     state.attempt_start = Some(now);
     state.attempt_syns += 1;
     state.isn = seq;
-    state.reason = text!("SYN sent, waiting for an answer");
+    state.reason = Arc::clone(&SYN_SENT);
     if let Some(seq) = seq {
         open_client_stream(state, seq);
     }

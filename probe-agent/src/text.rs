@@ -1,5 +1,5 @@
-//! Reasons as shared texts: formatted into a reused buffer and interned, so writing a
-//! flow's reason for each packet allocates only for words not seen before.
+//! Reasons and diagnoses as shared texts: formatted into a reused buffer and interned,
+//! so writing a flow's words for each packet allocates only for words not seen before.
 
 use std::{
     cell::RefCell,
@@ -76,7 +76,7 @@ pub fn numbered(site: &'static str, n: u64, render: impl FnOnce(u64) -> Arc<str>
 /// `format!` into a shared text: `text!("SYN answered by RST in {}", millis(took))`.
 macro_rules! text {
     ($($words:tt)*) => {
-        $crate::track::text::shared(format_args!($($words)*))
+        $crate::text::shared(format_args!($($words)*))
     };
 }
 pub(crate) use text;
