@@ -344,7 +344,7 @@ fn joined_reason(seen: &Arc<str>, why: Option<&Arc<str>>) -> Arc<str> {
 impl Tracker {
     pub fn new(config: TrackerConfig, clock: Clock, metrics: Arc<Metrics>) -> Self {
         let (events_tx, _) = broadcast::channel(1024);
-        let mut tracker = Self {
+        Self {
             flows: FlowTable::new(config.flow_capacity),
             journal: Journal {
                 clock,
@@ -377,21 +377,7 @@ impl Tracker {
                 NonZeroUsize::new(TRUNCATED_LOOKUPS).expect("non-zero"),
             ),
             config,
-        };
-        // The table's memory is taken at start, as a full table holds it: a flood of new
-        // flows then never waits on page faults (what `--flow-capacity` costs is seen at once).
-        let unspecified = IpAddr::from([0u8; 4]);
-        let stand_in = Flow {
-            protocol: Protocol::Tcp,
-            src_ip: unspecified,
-            src_port: 0,
-            dst_ip: unspecified,
-            dst_port: 0,
-        };
-        tracker
-            .flows
-            .prefault(|| FlowState::new(stand_in, 0, Duration::ZERO, 0));
-        tracker
+        }
     }
 
     /// The Kubernetes node this tracker runs on: its pods are local ends of flows.

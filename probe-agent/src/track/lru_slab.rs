@@ -52,27 +52,6 @@ impl<K: Hash + Eq + Copy, V> LruSlab<K, V> {
         }
     }
 
-    /// Touches every page the map can grow into, as a full map would, with copies of
-    /// `key` and `make()` that are dropped at once: a new entry then never waits for the
-    /// kernel to fault a page in (the kernel preallocates its hash maps alike). Only on an
-    /// empty map.
-    pub fn prefault(&mut self, key: K, make: impl Fn() -> V) {
-        if !self.entries.is_empty() {
-            return;
-        }
-        for _ in 0..self.capacity.get() {
-            self.entries.insert(Entry {
-                key,
-                hash: 0,
-                value: make(),
-                newer: NONE,
-                older: NONE,
-            });
-        }
-        // Keeps the touched storage: the next inserts go where these were.
-        self.entries.clear();
-    }
-
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -321,20 +300,6 @@ mod tests {
         assert_eq!(recent.iter().count(), 0);
         recent.put(9, 9);
         assert_eq!(recent.iter().count(), 1);
-    }
-
-    #[test]
-    fn a_prefaulted_map_starts_empty_and_fills_in_place() {
-        let mut recent = map(4);
-        recent.prefault(0, || 7);
-        assert!(recent.is_empty());
-        assert_eq!(recent.iter().count(), 0);
-        for key in 1..=5 {
-            recent.put(key, u32::from(key));
-        }
-        assert_eq!(recent.len(), 4);
-        assert!(!recent.contains(&0) && !recent.contains(&1));
-        assert_eq!(recent.entries.capacity(), 4);
     }
 
     #[test]

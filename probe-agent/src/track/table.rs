@@ -35,15 +35,6 @@ impl<V> FlowTable<V> {
         }
     }
 
-    /// Takes the table's memory now (see [`LruSlab::prefault`]), with `make()` as the
-    /// stand-in for each entry.
-    pub fn prefault(&mut self, make: impl Fn() -> V) {
-        self.entries.prefault(FlowKey::default(), || Entry {
-            value: make(),
-            by_client: false,
-        });
-    }
-
     pub fn len(&self) -> usize {
         self.entries.len()
     }
