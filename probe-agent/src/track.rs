@@ -325,7 +325,7 @@ struct Context {
     /// This node's Kubernetes name: a pod scheduled here is local too.
     node_name: Option<Arc<str>>,
     node: NodeWatch,
-    /// Diagnoses of refused and unreachable connections, made once per pair of ends.
+    /// Diagnoses of refused and unreachable connections, made once per server end.
     diagnoses: std::cell::RefCell<explain::Diagnoses>,
 }
 
