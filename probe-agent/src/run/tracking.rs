@@ -34,8 +34,6 @@ pub(super) struct KernelCounts {
     /// Up to [`BATCH_ENTRIES`](loader::counts::BATCH_ENTRIES) hooks' counters, as one
     /// batch of the read found them.
     flows: FlowCounts,
-    /// Whether this batch ends the read.
-    last: bool,
     /// The event counters, read after the batch: whether its counts are settled.
     ring_full: u64,
     submitted: u64,
@@ -78,6 +76,12 @@ pub(super) async fn read_kernel_counts(
         // Blocking: the bpf(2) calls, and waiting for the tracker between batches.
         let read = tokio::task::spawn_blocking(move || {
             let going = reader.read();
+            // Under a flood the heap churns (an evicted flow frees its boxed parts, the
+            // API's answers come and go): the freed pages go back to the kernel once a
+            // second rather than fragmentation holding them. Here, off the tracking task:
+            // a trim of a large heap takes milliseconds the queue would have to absorb.
+            // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+            unsafe { libc::malloc_trim(0) };
             (reader, going)
         })
         .await;
@@ -112,7 +116,7 @@ impl CountsReader {
             spent,
         } = self;
         let mut going = true;
-        reader.read(flow_counts, batch, |filled, last| {
+        reader.read(flow_counts, batch, |filled, _last| {
             // The next batch goes into a buffer the tracker is done with.
             let Some(next) = spent.blocking_recv() else {
                 going = false;
@@ -120,7 +124,6 @@ impl CountsReader {
             };
             let handed = KernelCounts {
                 flows: std::mem::replace(filled, next),
-                last,
                 ring_full: loader::kernel_count(losses, LossCounter::RingFull),
                 submitted: loader::kernel_count(losses, LossCounter::Submitted),
             };
@@ -197,13 +200,6 @@ pub(super) async fn track_loop(
                 if emitted > kernel_emitted {
                     metrics.events_emitted(emitted - kernel_emitted);
                     kernel_emitted = emitted;
-                }
-                if counts.last {
-                    // The flow table churns under a flood (every evicted flow frees its
-                    // state and reason): hand the freed pages back to the kernel once a
-                    // second rather than let fragmentation hold them.
-                    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
-                    unsafe { libc::malloc_trim(0) };
                 }
             }
             _ = shutdown.changed() => return,
