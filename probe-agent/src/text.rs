@@ -15,8 +15,6 @@ const KEPT: usize = 4096;
 struct Texts {
     buffer: String,
     shared: HashSet<Arc<str>, foldhash::fast::RandomState>,
-    /// Texts without arguments, by where their words are: found without hashing them.
-    fixed: HashMap<(usize, usize), Arc<str>, foldhash::fast::RandomState>,
     /// Texts that depend on one number at one call site (see [`numbered`]).
     numbered: HashMap<(usize, u64), Arc<str>, foldhash::fast::RandomState>,
 }
@@ -25,34 +23,39 @@ thread_local! {
     static TEXTS: RefCell<Texts> = RefCell::new(Texts::default());
 }
 
-/// The text `args` formats to, shared with every earlier use of the same words.
+/// The text `args` formats to, shared with every earlier use of the same words. (A text
+/// without arguments is [`fixed_text!`]: no formatting, no lookup.)
 pub fn shared(args: fmt::Arguments) -> Arc<str> {
     TEXTS.with_borrow_mut(|texts| {
-        let Texts {
-            buffer,
-            shared,
-            fixed,
-            ..
-        } = texts;
-        if let Some(words) = args.as_str() {
-            return Arc::clone(
-                fixed
-                    .entry((words.as_ptr() as usize, words.len()))
-                    .or_insert_with(|| words.into()),
-            );
-        }
+        let Texts { buffer, shared, .. } = texts;
         buffer.clear();
         fmt::write(buffer, args).expect("formatting into a String cannot fail");
         if let Some(text) = shared.get(buffer.as_str()) {
             return Arc::clone(text);
         }
-        if shared.len() >= KEPT {
-            shared.clear();
-        }
         let text: Arc<str> = buffer.as_str().into();
-        shared.insert(Arc::clone(&text));
+        keep(shared, &text);
         text
     })
+}
+
+/// `text` shared with every earlier use of the same words: the one kept, or `text` itself
+/// (kept from now on) if its words are new. For words already made, nothing is formatted.
+pub fn interned(text: Arc<str>) -> Arc<str> {
+    TEXTS.with_borrow_mut(|texts| {
+        if let Some(kept) = texts.shared.get(&*text) {
+            return Arc::clone(kept);
+        }
+        keep(&mut texts.shared, &text);
+        text
+    })
+}
+
+fn keep(shared: &mut HashSet<Arc<str>, foldhash::fast::RandomState>, text: &Arc<str>) {
+    if shared.len() >= KEPT {
+        shared.clear();
+    }
+    shared.insert(Arc::clone(text));
 }
 
 /// The text of call site `site` for the number `n` (milliseconds, a count): formatted
@@ -80,6 +83,17 @@ macro_rules! text {
     };
 }
 pub(crate) use text;
+
+/// A text without arguments, made once per call site and shared from then on:
+/// `fixed_text!("SYN sent, waiting for an answer")`.
+macro_rules! fixed_text {
+    ($words:literal) => {{
+        static TEXT: std::sync::LazyLock<std::sync::Arc<str>> =
+            std::sync::LazyLock::new(|| std::sync::Arc::from($words));
+        std::sync::Arc::clone(&TEXT)
+    }};
+}
+pub(crate) use fixed_text;
 
 /// A duration in seconds with one decimal ("3.0s").
 pub struct Secs(pub std::time::Duration);
@@ -122,6 +136,23 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(&*text!("fixed"), "fixed");
         assert!(Arc::ptr_eq(&text!("fixed"), &text!("fixed")));
+        let at_one_site = || fixed_text!("fixed here");
+        assert_eq!(&*at_one_site(), "fixed here");
+        assert!(Arc::ptr_eq(&at_one_site(), &at_one_site()));
+    }
+
+    #[test]
+    fn an_interned_text_is_the_one_kept_for_its_words() {
+        let kept = text!("{} SYNs", 7);
+        let again: Arc<str> = Arc::from("7 SYNs");
+        assert!(Arc::ptr_eq(&interned(again), &kept));
+        let new: Arc<str> = Arc::from("words never formatted before");
+        let first = interned(Arc::clone(&new));
+        assert!(Arc::ptr_eq(&first, &new));
+        assert!(Arc::ptr_eq(
+            &interned(Arc::from("words never formatted before")),
+            &new
+        ));
     }
 
     #[test]

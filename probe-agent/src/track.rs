@@ -182,9 +182,6 @@ impl std::ops::DerefMut for LazyDns {
 /// Caps the queries remembered per flow: a flood of ids on one tuple stays bounded.
 const MAX_PENDING_QUERIES: usize = 16;
 
-/// A new flow's reason, before its first packet says one: shared by every flow.
-static NO_REASON: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
-
 #[derive(Clone, Debug)]
 struct FlowState {
     flow: Flow,
@@ -230,7 +227,8 @@ impl FlowState {
             flow,
             generation,
             verdict: VerdictKind::Pending,
-            reason: Arc::clone(&NO_REASON),
+            // Until its first packet says one: shared by every new flow.
+            reason: text::fixed_text!(""),
             cause: None,
             explanation: None,
             next: None,

@@ -133,8 +133,8 @@ impl<'a> Explainer<'a> {
         diagnosis.map(|d| {
             (
                 d.cause,
-                text::shared(format_args!("{}", d.reason)),
-                d.next.map(|next| text::shared(format_args!("{next}"))),
+                text::interned(d.reason),
+                d.next.map(text::interned),
             )
         })
     }

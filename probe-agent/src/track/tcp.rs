@@ -8,7 +8,7 @@ use probe_ebpf::EventKind;
 use super::{
     FlowState, SYN_RETRANSMISSION_SLACK,
     orient::Sender,
-    text::{self, Millis, Secs, text},
+    text::{self, Millis, Secs, fixed_text, text},
 };
 use crate::{decode::TcpFacts, model::Protocol, model::VerdictKind};
 
@@ -55,10 +55,6 @@ pub(super) fn syn_is(state: &FlowState, seq: Option<u32>) -> SynIs {
     }
 }
 
-/// A first SYN's reason: every new connection's, shared without a lookup.
-static SYN_SENT: std::sync::LazyLock<Arc<str>> =
-    std::sync::LazyLock::new(|| Arc::from("SYN sent, waiting for an answer"));
-
 /// Returns the deadline to check when this SYN starts the connection's attempt.
 pub(super) fn on_syn(
     state: &mut FlowState,
@@ -87,7 +83,7 @@ pub(super) fn on_syn(
     state.attempt_start = Some(now);
     state.attempt_syns += 1;
     state.isn = seq;
-    state.reason = Arc::clone(&SYN_SENT);
+    state.reason = fixed_text!("SYN sent, waiting for an answer");
     if let Some(seq) = seq {
         open_client_stream(state, seq);
     }
