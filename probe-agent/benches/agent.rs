@@ -1,7 +1,7 @@
 //! Agent budgets (docs/budgets.md, "cargo xtask bench"): decoded events per second through
 //! decode + track on one core (and each half alone, so a miss says where the time goes),
-//! heap allocations per event, the bytes of a SYN's record, and resident memory after
-//! 1,000,000 distinct 5-tuples. Prints one line per figure with its budget and the figure
+//! heap allocations per event, the bytes of a SYN's record, how long the API's usual
+//! question holds the tracker, and resident memory after 1,000,000 distinct 5-tuples. Prints one line per figure with its budget and the figure
 //! issue 16 measured before, so the next run can be compared. Run by `cargo xtask bench`.
 
 use std::{
@@ -38,6 +38,10 @@ const TABLE_BEFORE: &str = "1.64-1.96 M events/s (1.71-1.86 M named), 0.33 alloc
 const RSS_BEFORE: &str = "55.9-56.1 MiB (58.9-59.1 MiB named)";
 const RECORD_BYTES_BEFORE: usize = size_of::<PacketEvent>();
 const RSS_BUDGET_MIB: f64 = 64.0;
+/// The API's usual question (`/v1/verdicts?limit=100`, what the soak's wrk asks) holds the
+/// tracker's lock while it reads: under a flood the tracker must not wait long for it.
+const NEWEST_VERDICTS_BUDGET: Duration = Duration::from_millis(1);
+const NEWEST_VERDICTS_BEFORE: &str = "967 µs, the whole table walked for every question";
 const DISTINCT_TUPLES: u32 = 1_000_000;
 /// Rounds of the decode+track rate, each with a fresh tracker.
 const ROUNDS: usize = 5;
@@ -307,6 +311,39 @@ fn events_per_second(names: Option<Names>) {
     );
 }
 
+/// How long the tracker is held by the API's usual question on a full table (the newest
+/// 100 verdicts), against a filter that matches nothing, which has to read every flow.
+fn newest_verdicts_of_a_full_table() {
+    let mut tracker = tracker(65_536);
+    for raw in &wire_records(100_000, 80) {
+        tracker.on_packet(&decode::decode(raw).expect("valid record"));
+    }
+    let time = |keep: &dyn Fn(&probe_agent::model::Verdict) -> bool, reps: u32| {
+        let mut times: Vec<Duration> = (0..reps)
+            .map(|_| {
+                let started = Instant::now();
+                std::hint::black_box(tracker.verdicts(keep, 100));
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[times.len() / 2]
+    };
+    let newest = time(&|_| true, 200);
+    let nothing = time(&|_| false, 5);
+    report(
+        "API: newest 100 verdicts, full table, held",
+        &format!("{:.1} µs", newest.as_secs_f64() * 1e6),
+        &format!("≤ {} ms", NEWEST_VERDICTS_BUDGET.as_millis()),
+        newest <= NEWEST_VERDICTS_BUDGET,
+    );
+    anchor(&format!(
+        "a filter matching none of the {} flows: {:.1} ms; before: {NEWEST_VERDICTS_BEFORE}",
+        tracker.flows_tracked(),
+        nothing.as_secs_f64() * 1e3
+    ));
+}
+
 /// The median of `rates`, and their range.
 fn median_and_spread(rates: &mut [f64]) -> (f64, String) {
     rates.sort_by(f64::total_cmp);
@@ -410,6 +447,7 @@ fn main() {
     let names = cluster_names(CLUSTER_PODS);
     let names_heap = (held_bytes() - before) as f64 / (1024.0 * 1024.0);
     events_per_second(Some(names));
+    newest_verdicts_of_a_full_table();
     for (child, what) in [
         ("rss-child", "agent RSS after 1,000,000 distinct 5-tuples"),
         ("rss-named-child", "same, with 10,000 pods named"),

@@ -197,6 +197,9 @@ struct FlowState {
     counts: Counts,
     first_seen: Duration,
     last_seen: Duration,
+    /// The activity clock ([`TableMarks::activity`]) when the flow was last made the
+    /// most recent.
+    active_at: Duration,
     /// First SYN of the current connection attempt, and how many SYNs it has sent.
     attempt_start: Option<Duration>,
     attempt_syns: u64,
@@ -235,6 +238,7 @@ impl FlowState {
             counts: Counts::default(),
             first_seen: now,
             last_seen: now,
+            active_at: now,
             attempt_start: None,
             attempt_syns: 0,
             isn: None,
@@ -292,16 +296,13 @@ pub struct Tracker {
     config: TrackerConfig,
     flows: FlowTable<FlowState>,
     deadlines: BinaryHeap<Reverse<Deadline>>,
-    next_generation: u64,
+    marks: TableMarks,
     journal: Journal,
     context: Context,
     pairing: Pairing,
     /// Newest kernel timestamp of an event processed: the kernel's counts of a hook last
     /// seen before it were all read or lost (the ring keeps order).
     newest_event: Duration,
-    /// Last-seen time of the most recent flow evicted from the table: a kernel hook
-    /// counting since before it may hold counts of an evicted flow.
-    eviction_horizon: Duration,
     /// The node's connection tracking: pairs a server-side view with its client's
     /// across an SNAT (hairpin, NodePort), where the client's address was rewritten.
     conntrack: Option<crate::nat::Conntrack>,
@@ -360,7 +361,7 @@ impl Tracker {
             pairing: Pairing::new(config.flow_capacity),
             // Reserved to the bound compaction keeps it under: no growth on the packet path.
             deadlines: BinaryHeap::with_capacity(deadline_bound(config.flow_capacity)),
-            next_generation: 0,
+            marks: TableMarks::default(),
             context: Context {
                 search: SearchPaths::default(),
                 node_name: None,
@@ -368,7 +369,6 @@ impl Tracker {
                 diagnoses: Default::default(),
             },
             newest_event: Duration::ZERO,
-            eviction_horizon: Duration::ZERO,
             conntrack: None,
             retries: LruCache::new(NonZeroUsize::new(TRUNCATED_LOOKUPS).expect("non-zero")),
             dns_tcp_attempts: lru_slab::LruSlab::new(
@@ -476,8 +476,7 @@ impl Tracker {
         let flow = self.flow_of_connection(&key, &view);
         let (slot, created) = flow_entry(
             &mut self.flows,
-            &mut self.next_generation,
-            &mut self.eviction_horizon,
+            &mut self.marks,
             &key,
             flow,
             now,
@@ -486,7 +485,7 @@ impl Tracker {
         if view.side == Side::Client {
             self.flows.index_client(slot);
         }
-        let horizon = self.eviction_horizon;
+        let horizon = self.marks.eviction_horizon;
         let state = self.flows.at_mut(slot);
         if created {
             state.counted_at = view.side;
@@ -531,6 +530,8 @@ impl Tracker {
         let journal = &mut self.journal;
         let metrics = &journal.metrics;
         // (Made the most recent by `flow_entry` already.)
+        // (Made the most recent, its activity marked, by `flow_entry` already: `now` is
+        // not past the activity clock.)
         let state = self.flows.at_mut(slot);
         state.last_seen = state.last_seen.max(now);
         let before = state.verdict;
@@ -784,13 +785,37 @@ fn deadline_bound(flow_capacity: NonZeroUsize) -> usize {
     flow_capacity.get().saturating_mul(2).saturating_add(1024)
 }
 
+/// What the flow table's entries are marked with as they come, go and move up.
+#[derive(Default)]
+struct TableMarks {
+    /// The last flow's generation: a slot taken over holds a new one.
+    next_generation: u64,
+    /// Last-seen time of the most recent flow evicted from the table: a kernel hook
+    /// counting since before it may hold counts of an evicted flow.
+    eviction_horizon: Duration,
+    /// The newest last-seen time of any flow made the most recent so far. Each flow keeps
+    /// it as `active_at`, which never rises from the most recent flow to the least and is
+    /// never below the flow's own last-seen time: a reader after the `limit` newest stops
+    /// at the first flow whose `active_at` is older than all it keeps.
+    activity: Duration,
+}
+
+impl TableMarks {
+    /// Marks a flow made the most recent (or about to be) with the activity clock, moved
+    /// up to its last-seen time or `seen`, whichever is newer.
+    fn mark_active(&mut self, state: &mut FlowState, seen: Duration) {
+        self.activity = self.activity.max(seen).max(state.last_seen);
+        state.active_at = self.activity;
+    }
+}
+
 /// The flow's slot, its state created if new (evicting the least recently used flow at
-/// capacity, whose last activity moves the eviction horizon). Made the most recent.
-/// (The flows-tracked gauge is refreshed by the reconcile pass, once a second.)
+/// capacity, whose last activity moves the eviction horizon). Made the most recent, and
+/// marked active as of `now`. (The flows-tracked gauge is refreshed by the reconcile
+/// pass, once a second.)
 fn flow_entry(
     flows: &mut FlowTable<FlowState>,
-    next_generation: &mut u64,
-    eviction_horizon: &mut Duration,
+    marks: &mut TableMarks,
     key: &FlowKey,
     flow: Flow,
     now: Duration,
@@ -799,15 +824,16 @@ fn flow_entry(
     let (slot, created) = flows.entry(
         key,
         || {
-            *next_generation += 1;
-            FlowState::new(flow, *next_generation, now, ifindex)
+            marks.next_generation += 1;
+            FlowState::new(flow, marks.next_generation, now, ifindex)
         },
-        |evicted| *eviction_horizon = (*eviction_horizon).max(evicted.last_seen),
+        |evicted| marks.eviction_horizon = marks.eviction_horizon.max(evicted.last_seen),
     );
     let state = flows.at_mut(slot);
     if state.ifindex == 0 {
         state.ifindex = ifindex;
     }
+    marks.mark_active(state, now);
     (slot, created)
 }
 

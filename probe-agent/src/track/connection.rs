@@ -41,8 +41,7 @@ impl Tracker {
                 // counters; this packet is its far side.
                 let (slot, _) = flow_entry(
                     &mut self.flows,
-                    &mut self.next_generation,
-                    &mut self.eviction_horizon,
+                    &mut self.marks,
                     &view.key,
                     view.flow,
                     packet.monotonic,
@@ -59,8 +58,7 @@ impl Tracker {
                 // under what the client asked for, the backend named.
                 let (slot, _) = flow_entry(
                     &mut self.flows,
-                    &mut self.next_generation,
-                    &mut self.eviction_horizon,
+                    &mut self.marks,
                     &original,
                     flow,
                     packet.monotonic,
@@ -123,10 +121,11 @@ impl Tracker {
             self.journal
                 .record(state, before, FlowEventKind::Timeout, now);
         }
-        self.next_generation += 1;
-        let kernel_seen = state.kernel_seen;
-        let ifindex = state.ifindex;
-        *state = FlowState::new(state.flow, self.next_generation, now, ifindex);
+        self.marks.next_generation += 1;
+        let (kernel_seen, ifindex, active_at) = (state.kernel_seen, state.ifindex, state.active_at);
+        *state = FlowState::new(state.flow, self.marks.next_generation, now, ifindex);
+        // Still the most recent flow: it keeps its place on the activity clock.
         state.kernel_seen = kernel_seen;
+        state.active_at = active_at;
     }
 }

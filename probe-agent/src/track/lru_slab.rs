@@ -196,7 +196,8 @@ impl<K: Hash + Eq + Copy, V> LruSlab<K, V> {
         self.entries.iter_mut().map(|(_, e)| (&e.key, &mut e.value))
     }
 
-    fn touch(&mut self, slot: Slot) {
+    /// Makes the entry at `slot`, which must be occupied, the most recent.
+    pub fn touch(&mut self, slot: Slot) {
         if slot != self.newest {
             self.unlink(slot);
             self.link_newest(slot);

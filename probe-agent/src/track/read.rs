@@ -7,7 +7,10 @@ impl Tracker {
     pub fn verdicts(&self, keep: &dyn Fn(&Verdict) -> bool, limit: usize) -> Vec<Verdict> {
         // The newest `limit` by (last_seen, first_seen), kept in a min-heap: memory stays
         // O(limit) on a full table, and a flow older than the heap's oldest is skipped
-        // before its verdict is even built.
+        // before its verdict is even built. Walked the most recent first, and no flow
+        // after one marked active before the heap's oldest was seen can be newer (see
+        // `TableMarks::activity`): a full heap ends the walk there, so the API's
+        // usual question reads `limit` flows and a few, not the whole table.
         // (Sized by the table too: "all" may be asked as usize::MAX.)
         let mut newest: BinaryHeap<Reverse<Ranked>> =
             BinaryHeap::with_capacity(limit.min(self.flows.len()) + 1);
@@ -16,8 +19,15 @@ impl Tracker {
         }
         for (_, state) in self.flows.iter() {
             let rank = (state.last_seen, state.first_seen, state.generation);
-            if newest.len() == limit && newest.peek().is_some_and(|Reverse(min)| rank <= min.0) {
-                continue;
+            if newest.len() == limit
+                && let Some(Reverse(min)) = newest.peek()
+            {
+                if state.active_at < min.0.0 {
+                    break;
+                }
+                if rank <= min.0 {
+                    continue;
+                }
             }
             let verdict = self.journal.verdict_of(state);
             if !keep(&verdict) {

@@ -43,7 +43,8 @@ impl Tracker {
             // Created by events that were all lost. Only recent activity brings a
             // flow back, and only one that cannot be an evicted flow's counts.
             let first_seen = Duration::from_nanos(counters.first_seen_ns);
-            if now.saturating_sub(last_seen) > RECOVERY_WINDOW || first_seen < self.eviction_horizon
+            if now.saturating_sub(last_seen) > RECOVERY_WINDOW
+                || first_seen < self.marks.eviction_horizon
             {
                 return;
             }
@@ -52,8 +53,7 @@ impl Tracker {
             };
             let (slot, _) = flow_entry(
                 &mut self.flows,
-                &mut self.next_generation,
-                &mut self.eviction_horizon,
+                &mut self.marks,
                 &key,
                 flow,
                 first_seen,
@@ -68,6 +68,9 @@ impl Tracker {
             recover::recover_lost(state, counters, sender, last_seen, &self.journal.metrics);
         if recovered {
             state.last_seen = state.last_seen.max(last_seen);
+            // Active again: marked, and made the most recent below, for the eviction
+            // order and for readers.
+            self.marks.mark_active(state, last_seen);
             // A recovered flow still waiting gets its timeout like any other.
             if state.verdict == VerdictKind::Pending {
                 let (start, timeout) = match state.flow.protocol {
@@ -91,6 +94,7 @@ impl Tracker {
             Explainer::new(&self.journal, &self.context, &self.pairing).refresh(state, before);
             self.journal
                 .record(state, before, FlowEventKind::Recovered, now);
+            self.flows.touch(slot);
         }
     }
 

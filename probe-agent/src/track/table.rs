@@ -60,6 +60,11 @@ impl<V> FlowTable<V> {
         self.entries.peek_mut(key).map(|e| &mut e.value)
     }
 
+    /// Makes the entry at `slot`, which must be occupied, the most recent.
+    pub fn touch(&mut self, slot: Slot) {
+        self.entries.touch(slot);
+    }
+
     /// The entry at `slot`, which must be occupied.
     pub fn at_mut(&mut self, slot: Slot) -> &mut V {
         &mut self.entries.at_mut(slot).value

@@ -375,6 +375,63 @@ fn limit_keeps_the_most_recent_oldest_first() {
     assert_eq!(ports, vec![3, 4]);
 }
 
+/// The walk for the newest `limit` ends early (see `TableMarks::activity`); it must pick
+/// what a walk of the whole table picks, whatever order packets and recoveries come in.
+#[test]
+fn the_newest_verdicts_are_those_of_a_whole_table_walk() {
+    let mut t = tracker_with(TrackerConfig {
+        flow_capacity: NonZeroUsize::new(64).unwrap(),
+        ..TrackerConfig::default()
+    });
+    // A fixed xorshift: repeatable, and no dependency for it.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    };
+    let kinds = [EventKind::Syn, EventKind::SynAck, EventKind::Rst];
+    let mut clock_ms = 1000;
+    for round in 0..2000 {
+        // Mostly forward, sometimes a packet from up to 50 ms back (another CPU's).
+        clock_ms += next(3);
+        let at = clock_ms - if next(4) == 0 { next(50) } else { 0 };
+        let client = format!("10.244.0.{}:{}", 5 + next(2), 1000 + next(100));
+        let kind = kinds[next(3) as usize];
+        t.on_packet(&packet(kind, IPPROTO_TCP, &client, SERVER, at, None));
+        if next(50) == 0 {
+            // Counts of an older flow's hook, recovered by a reconcile.
+            let client: SocketAddr = format!("10.244.0.5:{}", 1000 + next(100)).parse().unwrap();
+            let seen = (at - next(30)) * 1_000_000;
+            let counters = FlowCounters {
+                syn: 1 + next(3),
+                first_seen_ns: seen - 1_000_000,
+                last_seen_ns: seen,
+                ..FlowCounters::default()
+            };
+            let key = craft::flow_key(IPPROTO_TCP, client, SERVER.parse().unwrap());
+            t.reconcile([(hook(key), counters)], ms(clock_ms), ms(clock_ms));
+        }
+        if round % 50 == 0 {
+            t.sweep(ms(clock_ms));
+        }
+        for limit in [1, 5, 20] {
+            let all = t.verdicts(&|_| true, usize::MAX);
+            let expected: Vec<String> = all[all.len().saturating_sub(limit)..]
+                .iter()
+                .map(|v| format!("{v:?}"))
+                .collect();
+            let newest: Vec<String> = t
+                .verdicts(&|_| true, limit)
+                .iter()
+                .map(|v| format!("{v:?}"))
+                .collect();
+            assert_eq!(newest, expected, "round {round}, limit {limit}");
+        }
+    }
+}
+
 #[test]
 fn kernel_counts_recover_lost_events_without_double_counting() {
     let mut t = tracker();
