@@ -57,9 +57,12 @@ fn main() -> anyhow::Result<()> {
             // keeps such blocks in their own mappings, returned whole on free.
             // SAFETY: as above.
             unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024) };
-            // Built after entering the namespace: runtime threads inherit it.
+            // Built after entering the namespace: runtime threads inherit it. Its threads
+            // serve the API and watch the node; they yield to the datapath's threads
+            // (run::probe), which this thread starts at the default priority.
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
+                .on_thread_start(run::yield_to_datapath)
                 .enable_all()
                 .build()?;
             runtime.block_on(run::run(args, listener, ebpf))

@@ -16,6 +16,7 @@ use std::{
 };
 
 mod interfaces;
+mod priority;
 mod probe;
 mod queue;
 mod ring;
@@ -23,6 +24,8 @@ mod source;
 mod startup;
 mod tasks;
 mod tracking;
+
+pub use self::priority::yield_to_datapath;
 
 use anyhow::Context as _;
 use tokio::sync::watch;

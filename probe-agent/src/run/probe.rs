@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 use super::{
     interfaces::{learn_local_addresses, note_changes, publish, relist, watch_links},
     ring::read_ring,
-    tasks::{first_to_end, spawn_task},
+    tasks::{first_to_end, spawn_dedicated, spawn_task},
     tracking::{COUNT_BUFFERS, read_kernel_counts, track_loop},
 };
 use crate::{
@@ -74,8 +74,11 @@ pub(super) async fn run_probe(
 
     let fault = args.test_fault;
     let (batches_tx, batches) = mpsc::channel(QUEUE_BATCHES);
-    let reader = spawn_task(
+    // The reader and the tracker on threads of their own, before the API's (see
+    // super::priority).
+    let reader = spawn_dedicated(
         TaskName::RingReader,
+        "netprobe-ring",
         fault,
         read_ring(
             maps.events,
@@ -104,7 +107,7 @@ pub(super) async fn run_probe(
             Ok(())
         }
     });
-    let tracking = spawn_task(TaskName::Tracking, fault, {
+    let tracking = spawn_dedicated(TaskName::Tracking, "netprobe-track", fault, {
         let track = track_loop(
             batches,
             (snapshots, spent_tx),

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use tracing::warn;
+
 use crate::config::TaskName;
 
 /// With `--test-fault`: how long after it starts the chosen task fails.
@@ -19,15 +21,64 @@ pub(super) fn spawn_task(
     fault: Option<TaskName>,
     task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
 ) -> Task {
+    tokio::spawn(with_fault(name, fault, task))
+}
+
+/// Spawns a vital task as [`spawn_task`] does, but on an OS thread of its own (named
+/// `thread`) with a runtime of its own. The datapath's tasks go there: on the shared
+/// workers a woken task waits its turn behind every request the API is serving, and under
+/// a flood with the API busy the tracker got too few turns to keep up. Called from the
+/// main thread, the thread keeps the default priority (see [`super::priority`]).
+pub(super) fn spawn_dedicated(
+    name: TaskName,
+    thread: &str,
+    fault: Option<TaskName>,
+    task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+) -> Task {
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(thread.into())
+        .spawn(move || {
+            let nice = super::priority::this_threads_nice();
+            if nice > 0 {
+                warn!(
+                    nice,
+                    "{name} runs below the default priority: started from a runtime thread"
+                );
+            }
+            let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|runtime| runtime.block_on(with_fault(name, fault, task)))
+            }));
+            let _ = done_tx.send(ended);
+        });
+    let thread = thread.to_owned();
     tokio::spawn(async move {
-        if fault != Some(name) {
-            return task.await;
-        }
-        tokio::select! {
-            result = task => result,
-            () = tokio::time::sleep(FAULT_AFTER) => panic!("injected fault (--test-fault): {name} fails"),
+        spawned.map_err(|err| anyhow::anyhow!("starting thread {thread}: {err}"))?;
+        match done.await {
+            Ok(Ok(ended)) => ended,
+            // Its panic, as the task's own: named with its message like any other.
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => Err(anyhow::anyhow!("thread {thread} ended without a word")),
         }
     })
+}
+
+async fn with_fault(
+    name: TaskName,
+    fault: Option<TaskName>,
+    task: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    if fault != Some(name) {
+        return task.await;
+    }
+    tokio::select! {
+        result = task => result,
+        () = tokio::time::sleep(FAULT_AFTER) => panic!("injected fault (--test-fault): {name} fails"),
+    }
 }
 
 /// How a task ended, the most telling last.
@@ -159,6 +210,39 @@ mod tests {
         assert_eq!(
             first_to_end(&mut tasks).await,
             "the tracking task panicked: tracker bug"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_on_its_own_thread_is_named_as_any_other() {
+        let mut tasks = [
+            (TaskName::RingReader, idle()),
+            (
+                TaskName::Tracking,
+                spawn_dedicated(
+                    TaskName::Tracking,
+                    "netprobe-test",
+                    Some(TaskName::Tracking),
+                    async {
+                        assert_eq!(std::thread::current().name(), Some("netprobe-test"));
+                        std::future::pending().await
+                    },
+                ),
+            ),
+        ];
+        assert_eq!(
+            first_to_end(&mut tasks).await,
+            "the tracking task panicked: injected fault (--test-fault): the tracking task fails"
+        );
+        let mut ended = [(
+            TaskName::RingReader,
+            spawn_dedicated(TaskName::RingReader, "netprobe-test", None, async {
+                Err(anyhow::anyhow!("EBADF"))
+            }),
+        )];
+        assert_eq!(
+            first_to_end(&mut ended).await,
+            "the ring-buffer reader failed: EBADF"
         );
     }
 
