@@ -107,6 +107,15 @@ fn observe(ctx: &TcContext, direction: Direction) {
     if is_plain_tcp(ctx) {
         return;
     }
+    observe_in_full(ctx.skb.skb, direction);
+}
+
+/// Everything but the fast path, as a subprogram of its own: its stack frame and the
+/// registers it saves are set up only for the packets that need them, not for every
+/// plain data segment.
+#[inline(never)]
+fn observe_in_full(skb: *mut aya_ebpf::bindings::__sk_buff, direction: Direction) {
+    let ctx = &TcContext::new(skb);
     // At most twice: when headers straddle the linear part (rare on veth), make them
     // linear once and parse again. A loop rather than two calls keeps one inlined copy.
     for _ in 0..2 {
