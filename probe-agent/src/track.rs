@@ -529,7 +529,6 @@ impl Tracker {
         let (syn_timeout, dns_timeout) = (self.config.syn_timeout, self.config.dns_timeout);
         let journal = &mut self.journal;
         let metrics = &journal.metrics;
-        // (Made the most recent by `flow_entry` already.)
         // (Made the most recent, its activity marked, by `flow_entry` already: `now` is
         // not past the activity clock.)
         let state = self.flows.at_mut(slot);

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-
 use tracing::warn;
 
 use crate::config::TaskName;
