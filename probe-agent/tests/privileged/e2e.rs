@@ -44,9 +44,14 @@ impl Agent {
             std::process::id(),
             STARTED.fetch_add(1, Ordering::Relaxed)
         ));
+        // Short timeouts keep the tests quick, unless a test sets its own.
+        let defaults = [("--syn-timeout", "1s"), ("--dns-timeout", "1s")]
+            .into_iter()
+            .filter(|(flag, _)| !extra.contains(flag))
+            .flat_map(|(flag, value)| [flag, value]);
         let mut agent =
             lab::AgentCommand::new(Path::new(env!("CARGO_BIN_EXE_probe-agent")), node, &log)
-                .args(["--syn-timeout", "1s", "--dns-timeout", "1s"])
+                .args(defaults)
                 .args(extra)
                 .env(
                     "RUST_LOG",
@@ -658,8 +663,9 @@ fn dns_verdicts() {
         let verdicts = agent.verdicts(&format!("src_ip={}&protocol=udp", client.ipv4));
         let expansions = qnames(&verdicts, &|v| v.cause == Some(Cause::SearchPathExpansion));
         let failed = qnames(&verdicts, &|v| v.verdict == VerdictKind::Nxdomain);
+        // Both lookups (AAAA then A) must be in before the check, not just the first.
         let done = expanded.iter().all(|e| expansions.iter().any(|n| n == e))
-            && failed.iter().any(|n| n == "paymnt-service.");
+            && failed.iter().filter(|n| *n == "paymnt-service.").count() == 2;
         if done || Instant::now() > deadline {
             break (expansions, failed);
         }

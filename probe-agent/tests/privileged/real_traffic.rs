@@ -207,7 +207,9 @@ fn a_client_rst_before_any_answer_is_aborted_not_refused() {
     let server = node.add_pod("server", "default", 9).unwrap();
     let _silent = server.listen_tcp(7000).unwrap();
     server.drop_tcp_in(7000).unwrap();
-    let agent = Agent::start(&node, &[]);
+    // hping3 waits a second for an answer before it exits and the RST can follow, so
+    // the SYN must not time out in between: that would be a TIMEOUT, rightly.
+    let agent = Agent::start(&node, &["--syn-timeout", "30s"]);
     let capture = Capture::on_pod_veth(&node, &client).unwrap();
     for flag in ["-S", "-R"] {
         let out = client
