@@ -36,7 +36,7 @@ pub use self::conn::ServeOptions;
 pub use self::query::{DEFAULT_LIMIT, Filter, MAX_LIMIT, QueryError, parameter_names};
 use crate::{
     metrics::{self, AuthResult, Metrics},
-    model::{Cause, FlowEvent, InterfaceStatus, NodeVerdict, Verdict},
+    model::{Cause, Flow, FlowEvent, InterfaceStatus, NodeVerdict, Verdict, VerdictKind},
 };
 
 /// Concurrent `follow=true` streams; each holds a connection and a broadcast receiver.
@@ -68,10 +68,21 @@ impl Default for Limits {
 pub use crate::metrics::{OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 pub const NDJSON_CONTENT_TYPE: &str = "application/x-ndjson";
 
+/// The part of a verdict filter that a flow, its verdict and its cause decide: the tracker
+/// holds these as they are, so it asks this first and builds the verdicts of only the
+/// flows that pass (a question few flows answer then reads the table, not builds it).
+pub type HeadFilter<'a> = dyn Fn(&Flow, VerdictKind, Option<Cause>) -> bool + 'a;
+
 /// What the API serves; the tracker implements it.
 pub trait FlowSource: Send + Sync + 'static {
-    /// Verdicts accepted by `keep`: the `limit` with the newest last_seen, returned oldest first.
-    fn verdicts(&self, keep: &dyn Fn(&Verdict) -> bool, limit: usize) -> Vec<Verdict>;
+    /// Verdicts accepted by `head` and then `keep`: the `limit` with the newest last_seen,
+    /// returned oldest first.
+    fn verdicts(
+        &self,
+        head: &HeadFilter,
+        keep: &dyn Fn(&Verdict) -> bool,
+        limit: usize,
+    ) -> Vec<Verdict>;
     /// Recent-ring events accepted by `keep`: the newest `limit`, returned oldest first.
     fn events(&self, keep: &dyn Fn(&FlowEvent) -> bool, limit: usize) -> Vec<FlowEvent>;
     /// Every new FlowEvent from now on (for `follow=true`).
@@ -410,10 +421,12 @@ async fn verdicts(
                 .filter(|cause| !filter.names_cause(*cause))
                 .collect()
         };
-        let keep = |v: &Verdict| {
-            filter.matches_verdict(v) && v.cause.is_none_or(|cause| !folded.contains(&cause))
+        let head = |flow: &Flow, verdict, cause: Option<Cause>| {
+            filter.matches_head(flow, verdict, cause)
+                && cause.is_none_or(|cause| !folded.contains(&cause))
         };
-        (source.verdicts(&keep, limit), node)
+        let keep = |v: &Verdict| filter.matches_verdict(v);
+        (source.verdicts(&head, &keep, limit), node)
     })
     .await?;
     let node = serde_json::to_string(&node).map_err(|err| {

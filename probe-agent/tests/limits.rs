@@ -12,7 +12,7 @@ use chrono::{TimeZone, Utc};
 use probe_agent::{
     metrics::Metrics,
     model::{Counts, Flow, FlowEvent, InterfaceStatus, Protocol, Verdict, VerdictKind},
-    serve::{self, AppState, FlowSource, ServeOptions},
+    serve::{self, AppState, FlowSource, HeadFilter, ServeOptions},
 };
 use serde_json::Value;
 use tokio::{
@@ -68,8 +68,18 @@ impl Many {
 }
 
 impl FlowSource for Many {
-    fn verdicts(&self, keep: &dyn Fn(&Verdict) -> bool, limit: usize) -> Vec<Verdict> {
-        let kept: Vec<Verdict> = self.verdicts.iter().filter(|v| keep(v)).cloned().collect();
+    fn verdicts(
+        &self,
+        head: &HeadFilter,
+        keep: &dyn Fn(&Verdict) -> bool,
+        limit: usize,
+    ) -> Vec<Verdict> {
+        let kept: Vec<Verdict> = self
+            .verdicts
+            .iter()
+            .filter(|v| head(&v.flow, v.verdict, v.cause) && keep(v))
+            .cloned()
+            .collect();
         kept[kept.len().saturating_sub(limit)..].to_vec()
     }
     fn events(&self, _: &dyn Fn(&FlowEvent) -> bool, _: usize) -> Vec<FlowEvent> {

@@ -7,7 +7,7 @@ use tokio::sync::broadcast;
 use super::lock;
 use crate::{
     model::{FlowEvent, InterfaceStatus, NodeVerdict, Verdict},
-    serve::FlowSource,
+    serve::{FlowSource, HeadFilter},
     track::{Tracker, monotonic_now},
 };
 
@@ -20,8 +20,13 @@ pub(super) struct AgentSource {
 }
 
 impl FlowSource for AgentSource {
-    fn verdicts(&self, keep: &dyn Fn(&Verdict) -> bool, limit: usize) -> Vec<Verdict> {
-        lock(&self.tracker).verdicts(keep, limit)
+    fn verdicts(
+        &self,
+        head: &HeadFilter,
+        keep: &dyn Fn(&Verdict) -> bool,
+        limit: usize,
+    ) -> Vec<Verdict> {
+        lock(&self.tracker).verdicts_where(head, keep, limit)
     }
 
     fn events(&self, keep: &dyn Fn(&FlowEvent) -> bool, limit: usize) -> Vec<FlowEvent> {

@@ -31,7 +31,13 @@ fn newest<T: Clone>(
 }
 
 impl FlowSource for TestSource {
-    fn verdicts(&self, keep: &dyn Fn(&Verdict) -> bool, limit: usize) -> Vec<Verdict> {
+    fn verdicts(
+        &self,
+        head: &HeadFilter,
+        keep: &dyn Fn(&Verdict) -> bool,
+        limit: usize,
+    ) -> Vec<Verdict> {
+        let keep = |v: &Verdict| head(&v.flow, v.verdict, v.cause) && keep(v);
         newest(&self.verdicts, keep, limit, |v| v.last_seen)
     }
     fn events(&self, keep: &dyn Fn(&FlowEvent) -> bool, limit: usize) -> Vec<FlowEvent> {

@@ -286,12 +286,30 @@ impl Filter {
     }
 
     pub fn matches_verdict(&self, v: &Verdict) -> bool {
-        self.matches_cause(v.cause)
-            && self.matches(v.verdict, &v.flow, [&v.src, &v.dst], v.last_seen)
+        self.matches_head(&v.flow, v.verdict, v.cause)
+            && self.matches_rest([&v.src, &v.dst], v.last_seen)
     }
 
     pub fn matches_event(&self, e: &FlowEvent) -> bool {
-        self.matches_cause(e.cause) && self.matches(e.verdict, &e.flow, [&e.src, &e.dst], e.time)
+        self.matches_head(&e.flow, e.verdict, e.cause)
+            && self.matches_rest([&e.src, &e.dst], e.time)
+    }
+
+    /// What a flow, its verdict and its cause decide: verdict, cause, protocol, addresses
+    /// and port (see [`super::HeadFilter`]).
+    pub fn matches_head(&self, flow: &Flow, verdict: VerdictKind, cause: Option<Cause>) -> bool {
+        self.matches_cause(cause)
+            && self
+                .verdicts
+                .as_ref()
+                .is_none_or(|kinds| kinds.contains(&verdict))
+            && self.protocol.is_none_or(|p| p == flow.protocol)
+            && self.src_ip.is_none_or(|ip| ip == flow.src_ip)
+            && self.dst_ip.is_none_or(|ip| ip == flow.dst_ip)
+            && self
+                .ip
+                .is_none_or(|ip| ip == flow.src_ip || ip == flow.dst_ip)
+            && self.port.is_none_or(|port| port == flow.dst_port)
     }
 
     fn matches_cause(&self, cause: Option<Cause>) -> bool {
@@ -300,28 +318,12 @@ impl Filter {
             .is_none_or(|causes| cause.is_some_and(|c| causes.contains(&c)))
     }
 
-    fn matches(
-        &self,
-        verdict: VerdictKind,
-        flow: &Flow,
-        ends: [&Option<Arc<Endpoint>>; 2],
-        time: DateTime<Utc>,
-    ) -> bool {
+    /// The rest: names and time.
+    fn matches_rest(&self, ends: [&Option<Arc<Endpoint>>; 2], time: DateTime<Utc>) -> bool {
         let both = || ends.into_iter().flatten();
-        self.verdicts
-            .as_ref()
-            .is_none_or(|kinds| kinds.contains(&verdict))
-            && self.protocol.is_none_or(|p| p == flow.protocol)
-            && self.src_ip.is_none_or(|ip| ip == flow.src_ip)
-            && self.dst_ip.is_none_or(|ip| ip == flow.dst_ip)
-            && self
-                .ip
-                .is_none_or(|ip| ip == flow.src_ip || ip == flow.dst_ip)
-            && self.port.is_none_or(|port| port == flow.dst_port)
-            && self
-                .namespace
-                .as_deref()
-                .is_none_or(|ns| both().any(|end| end.namespace.as_deref() == Some(ns)))
+        self.namespace
+            .as_deref()
+            .is_none_or(|ns| both().any(|end| end.namespace.as_deref() == Some(ns)))
             && self.pod.as_ref().is_none_or(|glob| {
                 both().any(|end| end.pod.as_deref().is_some_and(|pod| glob.is_match(pod)))
             })

@@ -485,9 +485,14 @@ struct SlowSource {
 }
 
 impl FlowSource for SlowSource {
-    fn verdicts(&self, keep: &dyn Fn(&Verdict) -> bool, limit: usize) -> Vec<Verdict> {
+    fn verdicts(
+        &self,
+        head: &HeadFilter,
+        keep: &dyn Fn(&Verdict) -> bool,
+        limit: usize,
+    ) -> Vec<Verdict> {
         std::thread::sleep(self.delay);
-        self.inner.verdicts(keep, limit)
+        self.inner.verdicts(head, keep, limit)
     }
     fn events(&self, keep: &dyn Fn(&FlowEvent) -> bool, limit: usize) -> Vec<FlowEvent> {
         self.inner.events(keep, limit)
@@ -587,4 +592,65 @@ async fn requests_beyond_the_concurrency_limit_are_shed_with_a_503() {
     }
     // The budget is back once they are answered.
     assert_eq!(get(&app, "/healthz").await.status, StatusCode::OK);
+}
+
+/// A source that counts the verdicts `keep` is asked of: those the tracker builds.
+struct CountingSource {
+    inner: Arc<TestSource>,
+    built: std::sync::atomic::AtomicUsize,
+}
+
+impl FlowSource for CountingSource {
+    fn verdicts(
+        &self,
+        head: &HeadFilter,
+        keep: &dyn Fn(&Verdict) -> bool,
+        limit: usize,
+    ) -> Vec<Verdict> {
+        let counted = |v: &Verdict| {
+            self.built
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            keep(v)
+        };
+        self.inner.verdicts(head, &counted, limit)
+    }
+    fn events(&self, keep: &dyn Fn(&FlowEvent) -> bool, limit: usize) -> Vec<FlowEvent> {
+        self.inner.events(keep, limit)
+    }
+    fn subscribe(&self) -> broadcast::Receiver<FlowEvent> {
+        self.inner.subscribe()
+    }
+    fn interfaces(&self) -> Vec<InterfaceStatus> {
+        self.inner.interfaces()
+    }
+    fn readiness(&self) -> Result<(), String> {
+        self.inner.readiness()
+    }
+}
+
+#[tokio::test]
+async fn a_verdict_filter_is_asked_before_any_verdict_is_built() {
+    let inner = source();
+    let refused = inner
+        .verdicts
+        .iter()
+        .filter(|v| v.verdict == VerdictKind::Refused)
+        .count();
+    assert!(0 < refused && refused < inner.verdicts.len());
+    let counting = Arc::new(CountingSource {
+        inner,
+        built: Default::default(),
+    });
+    let app = app(AppState::new(
+        Arc::clone(&counting) as Arc<dyn FlowSource>,
+        Arc::new(Metrics::default()),
+    ));
+    let answer = get(&app, "/v1/verdicts?verdict=REFUSED").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.json()["verdicts"].as_array().unwrap().len(), refused);
+    // Only the refused flows' verdicts were built, not every flow's.
+    assert_eq!(
+        counting.built.load(std::sync::atomic::Ordering::Relaxed),
+        refused
+    );
 }

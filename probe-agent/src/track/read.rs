@@ -1,10 +1,22 @@
 //! What the API reads: verdicts and events, newest kept, and the node-wide verdicts.
 
 use super::*;
+use crate::serve::HeadFilter;
 
 impl Tracker {
     /// Verdicts accepted by `keep`: the `limit` most recently seen, oldest first.
     pub fn verdicts(&self, keep: &dyn Fn(&Verdict) -> bool, limit: usize) -> Vec<Verdict> {
+        self.verdicts_where(&|_, _, _| true, keep, limit)
+    }
+
+    /// The same, of the flows `head` accepts (asked of the flow as held, before its
+    /// verdict is built).
+    pub fn verdicts_where(
+        &self,
+        head: &HeadFilter,
+        keep: &dyn Fn(&Verdict) -> bool,
+        limit: usize,
+    ) -> Vec<Verdict> {
         // The newest `limit` by (last_seen, first_seen), kept in a min-heap: memory stays
         // O(limit) on a full table, and a flow older than the heap's oldest is skipped
         // before its verdict is even built. Walked the most recent first, and no flow
@@ -28,6 +40,9 @@ impl Tracker {
                 if rank <= min.0 {
                     continue;
                 }
+            }
+            if !head(&state.flow, state.verdict, state.cause) {
+                continue;
             }
             let verdict = self.journal.verdict_of(state);
             if !keep(&verdict) {

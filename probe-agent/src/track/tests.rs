@@ -428,6 +428,16 @@ fn the_newest_verdicts_are_those_of_a_whole_table_walk() {
                 .map(|v| format!("{v:?}"))
                 .collect();
             assert_eq!(newest, expected, "round {round}, limit {limit}");
+            // A head filter (what the API asks before building a verdict) picks the same
+            // verdicts as the same condition asked of the built ones.
+            let is_pending = |verdict| verdict == VerdictKind::Pending;
+            let built = t.verdicts(&|v| is_pending(v.verdict), limit);
+            let headed = t.verdicts_where(&|_, verdict, _| is_pending(verdict), &|_| true, limit);
+            assert_eq!(
+                format!("{headed:?}"),
+                format!("{built:?}"),
+                "round {round}, limit {limit}"
+            );
         }
     }
 }

@@ -101,6 +101,7 @@ pub struct Empty(pub tokio::sync::broadcast::Sender<probe_agent::model::FlowEven
 impl probe_agent::serve::FlowSource for Empty {
     fn verdicts(
         &self,
+        _: &probe_agent::serve::HeadFilter,
         _: &dyn Fn(&probe_agent::model::Verdict) -> bool,
         _: usize,
     ) -> Vec<probe_agent::model::Verdict> {
