@@ -199,8 +199,8 @@ enum Middle {
 /// Cost per run of the probe and of an empty classifier on the same packets: on every hook
 /// of both veths an empty classifier runs just before the probe and another just after
 /// (so neither gains from its place in the chain), read over rounds of iperf3. Rounds
-/// with the probe rotate with rounds where its ingress program alone runs on every hook,
-/// and rounds where a classifier that reads one packet byte takes its place.
+/// with the probe rotate with rounds of the other kinds of [`Middle`]: its ingress program
+/// alone on every hook, a classifier that reads one packet byte, and an empty pair.
 fn classifier_cost(probe: &mut Ebpf, interfaces: &[&str], client: &Pod, server: &Pod) {
     // Kernel run-time statistics, on while this fd lives (not during the throughput
     // rounds: timing every run has a cost of its own).
