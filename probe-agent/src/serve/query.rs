@@ -286,8 +286,13 @@ impl Filter {
     }
 
     pub fn matches_verdict(&self, v: &Verdict) -> bool {
-        self.matches_head(&v.flow, v.verdict, v.cause)
-            && self.matches_rest([&v.src, &v.dst], v.last_seen)
+        self.matches_head(&v.flow, v.verdict, v.cause) && self.matches_built(v)
+    }
+
+    /// What only a built verdict can be asked (names and time): the rest of the filter,
+    /// for a verdict whose head [`Self::matches_head`] has passed already.
+    pub fn matches_built(&self, v: &Verdict) -> bool {
+        self.matches_rest([&v.src, &v.dst], v.last_seen)
     }
 
     pub fn matches_event(&self, e: &FlowEvent) -> bool {

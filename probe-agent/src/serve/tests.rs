@@ -2,6 +2,7 @@
 
 use std::{
     net::SocketAddr,
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -478,13 +479,25 @@ async fn over_tcp_a_disconnect_frees_the_slot_and_shutdown_ends_streams() {
     assert_eq!(state.followers.available_permits(), MAX_FOLLOWERS);
 }
 
-/// A source whose verdict scans take `delay`, like a table of a million flows.
-struct SlowSource {
+/// The fixtures' source, watched: its verdict scans take `delay` (like a table of a
+/// million flows) and count the verdicts built, those `keep` is asked of.
+struct WatchedSource {
     inner: Arc<TestSource>,
     delay: Duration,
+    built: AtomicUsize,
 }
 
-impl FlowSource for SlowSource {
+impl WatchedSource {
+    fn new(delay: Duration) -> Self {
+        Self {
+            inner: source(),
+            delay,
+            built: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl FlowSource for WatchedSource {
     fn verdicts(
         &self,
         head: &HeadFilter,
@@ -492,7 +505,11 @@ impl FlowSource for SlowSource {
         limit: usize,
     ) -> Vec<Verdict> {
         std::thread::sleep(self.delay);
-        self.inner.verdicts(head, keep, limit)
+        let counted = |v: &Verdict| {
+            self.built.fetch_add(1, Ordering::Relaxed);
+            keep(v)
+        };
+        self.inner.verdicts(head, &counted, limit)
     }
     fn events(&self, keep: &dyn Fn(&FlowEvent) -> bool, limit: usize) -> Vec<FlowEvent> {
         self.inner.events(keep, limit)
@@ -509,10 +526,7 @@ impl FlowSource for SlowSource {
 }
 
 fn limited_app(limits: Limits, delay: Duration) -> Router {
-    let source = Arc::new(SlowSource {
-        inner: source(),
-        delay,
-    });
+    let source = Arc::new(WatchedSource::new(delay));
     app(AppState::new(source, Arc::new(Metrics::default())).with_limits(limits))
 }
 
@@ -594,63 +608,22 @@ async fn requests_beyond_the_concurrency_limit_are_shed_with_a_503() {
     assert_eq!(get(&app, "/healthz").await.status, StatusCode::OK);
 }
 
-/// A source that counts the verdicts `keep` is asked of: those the tracker builds.
-struct CountingSource {
-    inner: Arc<TestSource>,
-    built: std::sync::atomic::AtomicUsize,
-}
-
-impl FlowSource for CountingSource {
-    fn verdicts(
-        &self,
-        head: &HeadFilter,
-        keep: &dyn Fn(&Verdict) -> bool,
-        limit: usize,
-    ) -> Vec<Verdict> {
-        let counted = |v: &Verdict| {
-            self.built
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            keep(v)
-        };
-        self.inner.verdicts(head, &counted, limit)
-    }
-    fn events(&self, keep: &dyn Fn(&FlowEvent) -> bool, limit: usize) -> Vec<FlowEvent> {
-        self.inner.events(keep, limit)
-    }
-    fn subscribe(&self) -> broadcast::Receiver<FlowEvent> {
-        self.inner.subscribe()
-    }
-    fn interfaces(&self) -> Vec<InterfaceStatus> {
-        self.inner.interfaces()
-    }
-    fn readiness(&self) -> Result<(), String> {
-        self.inner.readiness()
-    }
-}
-
 #[tokio::test]
 async fn a_verdict_filter_is_asked_before_any_verdict_is_built() {
-    let inner = source();
-    let refused = inner
-        .verdicts
+    let watched = Arc::new(WatchedSource::new(Duration::ZERO));
+    let all = &watched.inner.verdicts;
+    let refused = all
         .iter()
         .filter(|v| v.verdict == VerdictKind::Refused)
         .count();
-    assert!(0 < refused && refused < inner.verdicts.len());
-    let counting = Arc::new(CountingSource {
-        inner,
-        built: Default::default(),
-    });
+    assert!(0 < refused && refused < all.len());
     let app = app(AppState::new(
-        Arc::clone(&counting) as Arc<dyn FlowSource>,
+        Arc::clone(&watched) as Arc<dyn FlowSource>,
         Arc::new(Metrics::default()),
     ));
     let answer = get(&app, "/v1/verdicts?verdict=REFUSED").await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     assert_eq!(answer.json()["verdicts"].as_array().unwrap().len(), refused);
     // Only the refused flows' verdicts were built, not every flow's.
-    assert_eq!(
-        counting.built.load(std::sync::atomic::Ordering::Relaxed),
-        refused
-    );
+    assert_eq!(watched.built.load(Ordering::Relaxed), refused);
 }
