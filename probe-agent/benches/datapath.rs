@@ -136,35 +136,23 @@ fn min_max(values: &[f64]) -> (f64, f64) {
         })
 }
 
-/// Attaches `program` of `ebpf` at both hooks of every interface, at `order` in the chains.
-fn attach_everywhere(
+const BOTH_HOOKS: [TcAttachType; 2] = [TcAttachType::Ingress, TcAttachType::Egress];
+
+/// Attaches `program` of `ebpf` at `hooks` of every interface, at `order` in the chains.
+fn attach_at(
     ebpf: &mut Ebpf,
     program: &'static str,
     interfaces: &[&str],
+    hooks: &[TcAttachType],
     order: fn() -> LinkOrder,
 ) -> Vec<(&'static str, SchedClassifierLinkId)> {
     let mut links = Vec::new();
     for interface in interfaces {
-        for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+        for &hook in hooks {
             links.push((program, attach(ebpf, program, interface, hook, order())));
         }
     }
     links
-}
-
-/// An empty classifier's copy at `hook` of every interface.
-fn attach_on_hook(
-    ebpf: &mut Ebpf,
-    interfaces: &[&str],
-    hook: TcAttachType,
-) -> Vec<(&'static str, SchedClassifierLinkId)> {
-    interfaces
-        .iter()
-        .map(|interface| {
-            let link = attach(ebpf, EMPTY_PROGRAM, interface, hook, LinkOrder::default());
-            (EMPTY_PROGRAM, link)
-        })
-        .collect()
 }
 
 /// Runs and run time so far, summed over programs.
@@ -230,24 +218,53 @@ fn classifier_cost(probe: &mut Ebpf, interfaces: &[&str], client: &Pod, server: 
         let middle = middles[kind];
         let mut links = match middle {
             Middle::Probe => attach_probe(probe, interfaces),
-            Middle::ProbeAsOne => {
-                attach_everywhere(probe, INGRESS_PROGRAM, interfaces, LinkOrder::default)
-            }
-            Middle::Touch => {
-                attach_everywhere(&mut touch, TOUCH_PROGRAM, interfaces, LinkOrder::default)
-            }
+            Middle::ProbeAsOne => attach_at(
+                probe,
+                INGRESS_PROGRAM,
+                interfaces,
+                &BOTH_HOOKS,
+                LinkOrder::default,
+            ),
+            Middle::Touch => attach_at(
+                &mut touch,
+                TOUCH_PROGRAM,
+                interfaces,
+                &BOTH_HOOKS,
+                LinkOrder::default,
+            ),
             Middle::EmptyPair => {
-                let mut links = attach_on_hook(&mut empty_in, interfaces, TcAttachType::Ingress);
-                links.extend(attach_on_hook(
-                    &mut empty_out,
+                let (ingress, egress) = ([TcAttachType::Ingress], [TcAttachType::Egress]);
+                let mut links = attach_at(
+                    &mut empty_in,
+                    EMPTY_PROGRAM,
                     interfaces,
-                    TcAttachType::Egress,
+                    &ingress,
+                    LinkOrder::default,
+                );
+                links.extend(attach_at(
+                    &mut empty_out,
+                    EMPTY_PROGRAM,
+                    interfaces,
+                    &egress,
+                    LinkOrder::default,
                 ));
                 links
             }
         };
-        let first = attach_everywhere(&mut ahead, EMPTY_PROGRAM, interfaces, LinkOrder::first);
-        let last = attach_everywhere(&mut behind, EMPTY_PROGRAM, interfaces, LinkOrder::last);
+        let first = attach_at(
+            &mut ahead,
+            EMPTY_PROGRAM,
+            interfaces,
+            &BOTH_HOOKS,
+            LinkOrder::first,
+        );
+        let last = attach_at(
+            &mut behind,
+            EMPTY_PROGRAM,
+            interfaces,
+            &BOTH_HOOKS,
+            LinkOrder::last,
+        );
         let mut read = |probe: &mut Ebpf| {
             let middle = match middle {
                 Middle::Probe | Middle::ProbeAsOne => {
@@ -395,19 +412,13 @@ fn throughput(probe: &mut Ebpf, interfaces: &[&str], client: &Pod, server: &Pod)
             let rate = match arm {
                 0 => iperf(client, server, IPERF_SECONDS),
                 1 => {
-                    let mut links = Vec::new();
-                    for interface in interfaces {
-                        for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
-                            let link = attach(
-                                &mut empty,
-                                EMPTY_PROGRAM,
-                                interface,
-                                hook,
-                                LinkOrder::default(),
-                            );
-                            links.push((EMPTY_PROGRAM, link));
-                        }
-                    }
+                    let links = attach_at(
+                        &mut empty,
+                        EMPTY_PROGRAM,
+                        interfaces,
+                        &BOTH_HOOKS,
+                        LinkOrder::default,
+                    );
                     let rate = iperf(client, server, IPERF_SECONDS);
                     detach(&mut empty, links);
                     rate
